@@ -1,0 +1,47 @@
+//! Attribute macros for `cache-runtime`. Depend on `cache-runtime` and use them from there:
+//! `use cache_runtime::cached;`. The generated code calls only
+//! `::cache_runtime::__private::…` (or the path given with `crate = "…"`).
+//!
+//! Layout (as in tracing-attributes): `attr` parses and validates the options, `template`
+//! parses key templates, `expand` generates code, this file only drives them.
+
+use proc_macro::TokenStream;
+
+mod attr;
+mod expand;
+mod template;
+
+/// Caches an async fn's result. Documented, with examples, on `cache_runtime::cached`.
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    drive(args, item, |args, item| {
+        let args = syn::parse2::<attr::CachedArgs>(args)?;
+        expand::cached(args, item)
+    })
+}
+
+/// Parses the item, runs `expand`, and on an error emits the error beside the user's item
+/// unchanged, so one mistake does not cascade into follow-on errors.
+fn drive(
+    args: TokenStream,
+    item: TokenStream,
+    expand: impl FnOnce(proc_macro2::TokenStream, syn::ItemFn) -> syn::Result<proc_macro2::TokenStream>,
+) -> TokenStream {
+    let item2 = proc_macro2::TokenStream::from(item.clone());
+    let func = match syn::parse2::<syn::ItemFn>(item2.clone()) {
+        Ok(func) => func,
+        Err(err) => {
+            let mut out = err.to_compile_error();
+            out.extend(item2);
+            return out.into();
+        }
+    };
+    match expand(args.into(), func) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => {
+            let mut out = err.to_compile_error();
+            out.extend(item2);
+            out.into()
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Key templates: `"user:<id>"`, `"feed:<user.id>:<q.page>"`.
+
+/// One piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Segment {
+    Lit(String),
+    /// `<root.field.sub>`
+    Placeholder {
+        root: String,
+        fields: Vec<String>,
+    },
+}
+
+/// Characters a template's literal text may not contain: they would break the key layout
+/// (`{` `}`), be read as an escape (`%`), or as a glob pattern, or are whitespace.
+fn bad_literal_char(c: char) -> bool {
+    matches!(c, '{' | '}' | '%' | '*' | '?' | '[' | ']' | '\\' | '"')
+        || c.is_whitespace()
+        || c.is_control()
+}
+
+fn is_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
+        && chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+/// Parses `template`; the error is a sentence meant to be spanned at the literal.
+pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    let mut rest = template;
+    while !rest.is_empty() {
+        let next = rest.find(['<', '>']).unwrap_or(rest.len());
+        let lit = &rest[..next];
+        if let Some(c) = lit.chars().find(|&c| bad_literal_char(c)) {
+            return Err(format!(
+                "key template {template:?} contains {c:?}; a key's literal text may not contain whitespace, \
+                 `{{` `}}` `%` `*` `?` `[` `]` `\\` or `\"`"
+            ));
+        }
+        if !lit.is_empty() {
+            segments.push(Segment::Lit(lit.to_owned()));
+        }
+        rest = &rest[next..];
+        if rest.is_empty() {
+            break;
+        }
+        if rest.starts_with('>') {
+            return Err(format!(
+                "unbalanced `>` in key template {template:?}: there is no `<` before it"
+            ));
+        }
+        let Some(close) = rest.find('>') else {
+            return Err(format!(
+                "unbalanced `<` in key template {template:?}: close the placeholder with `>`"
+            ));
+        };
+        let inner = &rest[1..close];
+        if inner.contains('<') {
+            return Err(format!(
+                "unbalanced `<` in key template {template:?}: placeholders cannot nest"
+            ));
+        }
+        let mut parts = inner.split('.');
+        let root = parts.next().unwrap_or_default().trim();
+        let fields: Vec<&str> = parts.map(str::trim).collect();
+        if !is_ident(root)
+            || fields
+                .iter()
+                .any(|f| !is_ident(f) && f.parse::<usize>().is_err())
+        {
+            return Err(format!(
+                "invalid placeholder `<{inner}>` in key template {template:?}: expected a parameter name, \
+                 optionally followed by fields, e.g. `<id>` or `<q.page>`"
+            ));
+        }
+        if matches!(segments.last(), Some(Segment::Placeholder { .. })) {
+            return Err(format!(
+                "placeholders must be separated by literal text in key template {template:?} \
+                 (e.g. `<a>:<b>`), otherwise two different argument lists could share a key"
+            ));
+        }
+        segments.push(Segment::Placeholder {
+            root: root.to_owned(),
+            fields: fields.into_iter().map(str::to_owned).collect(),
+        });
+        rest = &rest[close + 1..];
+    }
+    if segments.is_empty() {
+        return Err("the key template is empty".to_owned());
+    }
+    Ok(segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lit(s: &str) -> Segment {
+        Segment::Lit(s.to_owned())
+    }
+
+    fn ph(root: &str, fields: &[&str]) -> Segment {
+        Segment::Placeholder {
+            root: root.to_owned(),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn parses_placeholders_and_fields() {
+        assert_eq!(
+            parse("user:<id>").unwrap(),
+            vec![lit("user:"), ph("id", &[])]
+        );
+        assert_eq!(
+            parse("feed:<user.id>:<q.page>").unwrap(),
+            vec![
+                lit("feed:"),
+                ph("user", &["id"]),
+                lit(":"),
+                ph("q", &["page"])
+            ]
+        );
+        assert_eq!(
+            parse("<self.tenant>:x").unwrap(),
+            vec![ph("self", &["tenant"]), lit(":x")]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_templates() {
+        assert!(parse("user:<id").unwrap_err().contains("unbalanced `<`"));
+        assert!(parse("user:id>").unwrap_err().contains("unbalanced `>`"));
+        assert!(parse("user:<<id>>").unwrap_err().contains("cannot nest"));
+        assert!(parse("user:<>")
+            .unwrap_err()
+            .contains("invalid placeholder"));
+        assert!(parse("<a><b>").unwrap_err().contains("separated"));
+        assert!(parse("user {x}").unwrap_err().contains("literal text"));
+        assert!(parse("").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! The stored form of an entry in Redis: a fixed binary header followed by the payload.
+//!
+//! One `GET` returns everything a read needs: the payload, when it was stored, until when it
+//! is fresh and until when it may be served stale, its ETag, the time the value took to
+//! compute, and a fingerprint of the Rust type it was encoded from.
+//!
+//! Layout (little endian):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0 | magic `0xCA` |
+//! | 1 | format version (1) |
+//! | 2 | flags: bit 0 = negative entry (a cached `None`) |
+//! | 3 | ETag length `n` (0 = none) |
+//! | 4..12 | type fingerprint |
+//! | 12..20 | stored at, ms since the Unix epoch |
+//! | 20..28 | fresh until, ms |
+//! | 28..36 | stale until, ms (= fresh until when no stale window) |
+//! | 36..40 | recompute time, ms |
+//! | 40..40+n | ETag bytes |
+//! | 40+n.. | payload (JSON) |
+
+const MAGIC: u8 = 0xCA;
+const VERSION: u8 = 1;
+const HEADER: usize = 40;
+const FLAG_NEGATIVE: u8 = 1;
+
+/// The metadata kept beside every value, in Redis and in process memory alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) fingerprint: u64,
+    pub(crate) stored_at_ms: u64,
+    pub(crate) fresh_until_ms: u64,
+    pub(crate) stale_until_ms: u64,
+    pub(crate) recompute_ms: u32,
+    pub(crate) etag: Option<Box<str>>,
+}
+
+/// A decoded envelope borrowing its payload from the bytes Redis returned.
+#[derive(Debug)]
+pub(crate) struct Decoded<'a> {
+    pub(crate) meta: Meta,
+    pub(crate) negative: bool,
+    pub(crate) payload: &'a [u8],
+}
+
+/// Why bytes under one of our keys could not be read as an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Corrupt {
+    TooShort,
+    BadMagic,
+    UnknownVersion(u8),
+    BadEtag,
+}
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Corrupt::TooShort => f.write_str("shorter than the envelope header"),
+            Corrupt::BadMagic => f.write_str("not an envelope (bad magic byte)"),
+            Corrupt::UnknownVersion(v) => write!(f, "unknown envelope version {v}"),
+            Corrupt::BadEtag => f.write_str("invalid ETag field"),
+        }
+    }
+}
+
+pub(crate) fn encode(meta: &Meta, negative: bool, payload: &[u8]) -> Vec<u8> {
+    let etag = meta.etag.as_deref().unwrap_or("").as_bytes();
+    let etag_len = u8::try_from(etag.len()).unwrap_or(0);
+    let etag = &etag[..usize::from(etag_len)];
+    let mut out = Vec::with_capacity(HEADER + etag.len() + payload.len());
+    out.push(MAGIC);
+    out.push(VERSION);
+    out.push(if negative { FLAG_NEGATIVE } else { 0 });
+    out.push(etag_len);
+    out.extend_from_slice(&meta.fingerprint.to_le_bytes());
+    out.extend_from_slice(&meta.stored_at_ms.to_le_bytes());
+    out.extend_from_slice(&meta.fresh_until_ms.to_le_bytes());
+    out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
+    out.extend_from_slice(&meta.recompute_ms.to_le_bytes());
+    out.extend_from_slice(etag);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
+    if bytes.len() < HEADER {
+        return Err(Corrupt::TooShort);
+    }
+    if bytes[0] != MAGIC {
+        return Err(Corrupt::BadMagic);
+    }
+    if bytes[1] != VERSION {
+        return Err(Corrupt::UnknownVersion(bytes[1]));
+    }
+    let etag_len = usize::from(bytes[3]);
+    if bytes.len() < HEADER + etag_len {
+        return Err(Corrupt::TooShort);
+    }
+    let etag = if etag_len == 0 {
+        None
+    } else {
+        let raw =
+            std::str::from_utf8(&bytes[HEADER..HEADER + etag_len]).map_err(|_| Corrupt::BadEtag)?;
+        Some(raw.into())
+    };
+    let mut recompute = [0u8; 4];
+    recompute.copy_from_slice(&bytes[36..40]);
+    Ok(Decoded {
+        meta: Meta {
+            fingerprint: u64_at(bytes, 4),
+            stored_at_ms: u64_at(bytes, 12),
+            fresh_until_ms: u64_at(bytes, 20),
+            stale_until_ms: u64_at(bytes, 28),
+            recompute_ms: u32::from_le_bytes(recompute),
+            etag,
+        },
+        negative: bytes[2] & FLAG_NEGATIVE != 0,
+        payload: &bytes[HEADER + etag_len..],
+    })
+}
+
+/// A 64-bit fingerprint of a Rust type (FNV-1a of its type name), stored in every entry so
+/// that bytes written for one type are never decoded into another.
+pub(crate) fn fingerprint<T: ?Sized>() -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in std::any::type_name::<T>().bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            fingerprint: fingerprint::<u32>(),
+            stored_at_ms: 1,
+            fresh_until_ms: 2,
+            stale_until_ms: 3,
+            recompute_ms: 4,
+            etag: Some("\"abc\"".into()),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(&meta(), false, b"{\"a\":1}");
+        let d = decode(&bytes).unwrap();
+        assert_eq!(d.meta, meta());
+        assert!(!d.negative);
+        assert_eq!(d.payload, b"{\"a\":1}");
+    }
+
+    #[test]
+    fn garbage_is_rejected_not_panicking() {
+        assert_eq!(decode(b"").unwrap_err(), Corrupt::TooShort);
+        assert_eq!(
+            decode(b"hello world, this is not an envelope at all").unwrap_err(),
+            Corrupt::BadMagic
+        );
+        let mut bytes = encode(&meta(), true, b"");
+        bytes[1] = 9;
+        assert_eq!(decode(&bytes).unwrap_err(), Corrupt::UnknownVersion(9));
+        let mut bytes = encode(&meta(), true, b"");
+        bytes[3] = 200;
+        assert_eq!(decode(&bytes).unwrap_err(), Corrupt::TooShort);
+        for len in 0..bytes.len() {
+            let _ = decode(&bytes[..len]);
+        }
+    }
+
+    #[test]
+    fn fingerprints_differ_by_type() {
+        assert_ne!(fingerprint::<u32>(), fingerprint::<u64>());
+        assert_eq!(fingerprint::<Vec<String>>(), fingerprint::<Vec<String>>());
+    }
+}

@@ -1,0 +1,66 @@
+//! Errors reported by the plain API and the builder.
+
+use std::fmt;
+
+/// What went wrong talking to a cache backend or building a [`Cache`](crate::Cache).
+///
+/// The cached paths (the `#[cached]` macro and [`Cache::get_or_fetch`](crate::Cache::get_or_fetch))
+/// never return this: a cache failure there is a miss, logged and counted. The plain
+/// API returns it where the caller may want to act on it (a failed invalidation, a failed store).
+///
+/// ```
+/// let err = cache_runtime::Cache::builder().redis("not a url").build().unwrap_err();
+/// assert!(matches!(err, cache_runtime::CacheError::Config(_)));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The builder was given an invalid setting.
+    Config(String),
+    /// Redis answered with an error or the connection failed.
+    Redis(redis::RedisError),
+    /// Redis did not answer within the command timeout.
+    Timeout,
+    /// The value could not be serialized.
+    Encode(serde_json::Error),
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CacheError::Config(msg) => write!(f, "invalid cache configuration: {msg}"),
+            CacheError::Redis(err) => write!(f, "redis error: {err}"),
+            CacheError::Timeout => f.write_str("redis did not answer within the command timeout"),
+            CacheError::Encode(err) => write!(f, "could not encode the value: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CacheError::Redis(err) => Some(err),
+            CacheError::Encode(err) => Some(err),
+            CacheError::Config(_) | CacheError::Timeout => None,
+        }
+    }
+}
+
+impl From<redis::RedisError> for CacheError {
+    fn from(err: redis::RedisError) -> Self {
+        CacheError::Redis(err)
+    }
+}
+
+/// Returned by [`init`](crate::init) when the global cache was already set (explicitly, or
+/// implicitly by a cached call that ran before `init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyInitialized;
+
+impl fmt::Display for AlreadyInitialized {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the global cache is already initialized; call cache_runtime::init once, before the first cached call")
+    }
+}
+
+impl std::error::Error for AlreadyInitialized {}

@@ -1,0 +1,210 @@
+//! Cache keys: rendering, escaping, and the stored key layout.
+//!
+//! A stored key is `prefix:{namespace:key}`. The braces are a Redis Cluster hash tag: the
+//! entry and its bookkeeping keys (`…}:lock`, `…}:gen`) always share a slot.
+//!
+//! Values put into a key through placeholders are escaped with percent-encoding, so they can
+//! never contain the separators `:` `{` `}`, glob characters, whitespace or control bytes:
+//! `id = "1:admin"` renders as `1%3Aadmin` and can never produce another entry's key.
+
+use std::fmt::{self, Write as _};
+
+/// Appends `value` to `out`, percent-encoding every byte a key separator, a glob pattern or
+/// the Redis protocol could misread.
+///
+/// ```
+/// let mut key = String::from("user:");
+/// cache_runtime::key::escape_into(&mut key, "1:admin {x}");
+/// assert_eq!(key, "user:1%3Aadmin%20%7Bx%7D");
+/// ```
+pub fn escape_into(out: &mut String, value: &str) {
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if needs_escape(b) {
+            out.push_str(&value[start..i]);
+            push_escaped(out, b);
+            start = i + 1;
+        }
+    }
+    out.push_str(&value[start..]);
+}
+
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    !(b.is_ascii_alphanumeric()
+        || matches!(b, b'-' | b'_' | b'.' | b'/' | b'@' | b'+' | b'=' | b',')
+        || b >= 0x80)
+}
+
+fn push_escaped(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[usize::from(b >> 4)] as char);
+    out.push(HEX[usize::from(b & 0xF)] as char);
+}
+
+/// `fmt::Write` adapter escaping everything written through it.
+struct Escaper<'a>(&'a mut String);
+
+impl fmt::Write for Escaper<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
+    }
+}
+
+/// Whether `s` may be used verbatim as a key prefix or a namespace: non-empty ASCII letters,
+/// digits and `-_./@+=,` (no separator, brace, glob character or whitespace).
+///
+/// ```
+/// assert!(cache_runtime::key::is_valid_segment("users-v2"));
+/// assert!(!cache_runtime::key::is_valid_segment("a:b"));
+/// ```
+pub fn is_valid_segment(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii() && !needs_escape(b))
+}
+
+/// Builds one stored key. Used by the code `#[cached]` generates; the plain API builds keys
+/// with it too, so both agree on the layout.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct KeyWriter {
+    buf: String,
+    first_arg: bool,
+}
+
+impl KeyWriter {
+    /// Starts `prefix:{namespace:`.
+    pub(crate) fn new(prefix: &str, namespace: &str, capacity_hint: usize) -> Self {
+        let mut buf = String::with_capacity(prefix.len() + namespace.len() + capacity_hint + 4);
+        buf.push_str(prefix);
+        buf.push_str(":{");
+        buf.push_str(namespace);
+        buf.push(':');
+        KeyWriter {
+            buf,
+            first_arg: true,
+        }
+    }
+
+    #[doc(hidden)]
+    /// Literal text from a key template (validated at compile time).
+    #[inline]
+    pub fn lit(&mut self, s: &str) {
+        self.buf.push_str(s);
+    }
+
+    /// A key given to the plain API: used as written, except for the bytes that would break
+    /// the layout (`{`, `}`, control bytes, whitespace), which are escaped.
+    pub fn raw(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            if matches!(b, b'{' | b'}') || b.is_ascii_whitespace() || b.is_ascii_control() {
+                self.buf.push_str(&s[start..i]);
+                push_escaped(&mut self.buf, b);
+                start = i + 1;
+            }
+        }
+        self.buf.push_str(&s[start..]);
+    }
+
+    /// A placeholder value, rendered with `Display` and escaped.
+    #[inline]
+    pub fn display<D: fmt::Display + ?Sized>(&mut self, value: &D) {
+        // Writing into a String cannot fail.
+        let _ = write!(Escaper(&mut self.buf), "{value}");
+    }
+
+    /// One argument of a default key: JSON-encoded (unambiguous for every type), escaped,
+    /// `:`-separated from the previous one.
+    pub fn arg<S: serde::Serialize + ?Sized>(&mut self, value: &S) {
+        if !self.first_arg {
+            self.buf.push(':');
+        }
+        self.first_arg = false;
+        match serde_json::to_string(value) {
+            Ok(json) => escape_into(&mut self.buf, &json),
+            // A value whose Serialize impl fails still needs a key that no other value has.
+            Err(err) => {
+                self.buf.push_str("!err!");
+                escape_into(&mut self.buf, &err.to_string());
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> String {
+        self.buf.push('}');
+        self.buf
+    }
+}
+
+/// The glob pattern matching every stored key of a namespace (for `SCAN MATCH`).
+pub(crate) fn namespace_pattern(prefix: &str, namespace: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + namespace.len() + 5);
+    for part in [prefix, ":{", namespace, ":"] {
+        for c in part.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out.push('*');
+    out
+}
+
+/// The key prefix every stored key of a namespace starts with.
+pub(crate) fn namespace_start(prefix: &str, namespace: &str) -> String {
+    format!("{prefix}:{{{namespace}:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(parts: &[&str]) -> String {
+        let mut k = KeyWriter::new("p", "ns", 0);
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                k.lit(":");
+            }
+            k.display(part);
+        }
+        k.finish()
+    }
+
+    #[test]
+    fn escaped_values_never_collide() {
+        assert_ne!(render(&["1:admin", ""]), render(&["1", ":admin"]));
+        assert_ne!(render(&["1:admin"]), render(&["1", "admin"]));
+        assert_eq!(render(&["1:admin"]), "p:{ns:1%3Aadmin}");
+        assert_eq!(render(&["%3A"]), "p:{ns:%253A}");
+    }
+
+    #[test]
+    fn default_key_args_are_unambiguous() {
+        let key = |a: &str, b: &str| {
+            let mut k = KeyWriter::new("p", "ns", 0);
+            k.arg(a);
+            k.arg(b);
+            k.finish()
+        };
+        assert_ne!(key("1:admin", ""), key("1", ":admin"));
+        assert_ne!(key("a\"", "b"), key("a", "\"b"));
+    }
+
+    #[test]
+    fn namespace_pattern_escapes_globs() {
+        assert_eq!(namespace_pattern("app", "users"), "app:{users:*");
+        assert_eq!(namespace_pattern("a*", "n?"), "a\\*:{n\\?:*");
+    }
+
+    #[test]
+    fn raw_keys_keep_separators_but_not_braces() {
+        let mut k = KeyWriter::new("p", "_", 0);
+        k.raw("user:1 {x}");
+        assert_eq!(k.finish(), "p:{_:user:1%20%7Bx%7D}");
+    }
+}

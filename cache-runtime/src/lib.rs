@@ -1,0 +1,127 @@
+//! Caching for async Rust functions and axum handlers: one attribute, process memory or
+//! Redis, correct invalidation.
+//!
+//! ```
+//! use cache_runtime::cached;
+//!
+//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
+//! struct User { id: u64, name: String }
+//!
+//! #[cached(expire = 60, key = "user:<id>")]
+//! async fn get_user(id: u64) -> Option<User> {
+//!     Some(User { id, name: format!("user {id}") }) // a database call, in real code
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // No configuration: the global cache lives in process memory.
+//! let first = get_user(7).await;   // runs the body
+//! let second = get_user(7).await;  // served from the cache
+//! assert_eq!(first.unwrap().name, second.unwrap().name);
+//! # }
+//! ```
+//!
+//! To use Redis, build a [`Cache`] and install it with [`init`] at start-up:
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = cache_runtime::Cache::builder().redis("redis://127.0.0.1:6379").prefix("myapp").build()?;
+//! cache_runtime::init(cache)?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod backend;
+mod cache;
+mod envelope;
+mod error;
+mod fetch;
+pub mod key;
+mod time;
+
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+use std::sync::OnceLock;
+
+pub use cache::{Cache, CacheBuilder, Namespace, Stats, DEFAULT_NAMESPACE};
+pub use error::{AlreadyInitialized, CacheError};
+
+/// Caches an async function's result. See the crate README for every option.
+///
+/// ```
+/// # use cache_runtime::cached;
+/// #[cached(expire = 30, key = "square:<n>")]
+/// async fn square(n: u64) -> u64 { n * n }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() { assert_eq!(square(3).await, 9); }
+/// ```
+pub use cache_macros::cached;
+
+/// A value that can be stored in the cache: serializable, deserializable, cloneable and
+/// shareable between threads. Implemented for every type that is.
+///
+/// ```
+/// fn assert_cacheable<T: cache_runtime::Cacheable>() {}
+/// assert_cacheable::<Vec<String>>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in the cache",
+    label = "this type is cached by `#[cached]`",
+    note = "a cached value must implement serde's `Serialize` and `DeserializeOwned`, and `Clone + Send + Sync + 'static`"
+)]
+pub trait Cacheable:
+    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+
+impl<T> Cacheable for T where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+
+static GLOBAL: OnceLock<Cache> = OnceLock::new();
+
+/// Installs `cache` as the global cache used by `#[cached]` functions that have no `cache`
+/// option. Call it once at start-up, before the first cached call; without it the global cache
+/// is an in-memory [`Cache::memory`].
+///
+/// ```
+/// cache_runtime::init(cache_runtime::Cache::memory()).unwrap();
+/// assert!(cache_runtime::init(cache_runtime::Cache::memory()).is_err()); // only once
+/// ```
+pub fn init(cache: Cache) -> Result<(), AlreadyInitialized> {
+    GLOBAL.set(cache).map_err(|_| AlreadyInitialized)
+}
+
+/// The global cache: the one given to [`init`], or an in-memory cache if `init` was not called.
+///
+/// ```
+/// let cache = cache_runtime::global();
+/// assert!(!cache.is_redis());
+/// ```
+pub fn global() -> &'static Cache {
+    GLOBAL.get_or_init(Cache::memory)
+}
+
+/// What the macros expand to. Not a public API: it changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::fetch::{cached_option, cached_result, cached_value, CallOpts};
+    pub use crate::key::KeyWriter;
+    pub use crate::{global, Cache, Cacheable};
+    pub use core::time::Duration;
+
+    /// Resolves the `cache = …` option to a `&Cache`.
+    #[inline]
+    pub fn as_cache<C: AsRef<Cache> + ?Sized>(cache: &C) -> &Cache {
+        cache.as_ref()
+    }
+
+    /// Starts a key in `namespace` (validated at compile time).
+    #[inline]
+    pub fn key_writer(cache: &Cache, namespace: &str, capacity_hint: usize) -> KeyWriter {
+        cache.key_writer(namespace, capacity_hint)
+    }
+
+    /// Lets rustc point a "cannot be cached" error at the user's return type.
+    pub const fn assert_cacheable<T: Cacheable>() {}
+}
