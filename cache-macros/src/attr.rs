@@ -11,15 +11,7 @@ use syn::{Expr, Ident, Lit, LitStr, Path, Token};
 use crate::template::{self, Segment};
 
 /// Every option `#[cached]` accepts, in the order the "unknown option" error lists them.
-const CACHED_OPTIONS: &[&str] = &[
-    "expire",
-    "key",
-    "namespace",
-    "skip",
-    "cache_none",
-    "cache",
-    "crate",
-];
+const CACHED_OPTIONS: &[&str] = &["expire", "key", "namespace", "skip", "cache_none", "cache", "crate"];
 
 /// A value with the span of the option that set it.
 #[derive(Debug, Clone)]
@@ -72,10 +64,7 @@ fn int_secs(name: &str, lit: &Lit) -> syn::Result<u64> {
     };
     let secs: u64 = int.base10_parse()?;
     if secs == 0 {
-        return Err(syn::Error::new(
-            lit.span(),
-            format!("`{name}` must be at least 1 second"),
-        ));
+        return Err(syn::Error::new(lit.span(), format!("`{name}` must be at least 1 second")));
     }
     Ok(secs)
 }
@@ -83,19 +72,14 @@ fn int_secs(name: &str, lit: &Lit) -> syn::Result<u64> {
 fn lit_str(name: &str, lit: &Lit, example: &str) -> syn::Result<LitStr> {
     match lit {
         Lit::Str(s) => Ok(s.clone()),
-        other => Err(syn::Error::new(
-            other.span(),
-            format!("`{name}` expects a string, e.g. `{name} = {example}`"),
-        )),
+        other => Err(syn::Error::new(other.span(), format!("`{name}` expects a string, e.g. `{name} = {example}`"))),
     }
 }
 
 /// A namespace (and, at run time, a prefix) is one key segment: no separator, brace, glob
 /// character, escape character or whitespace.
 fn valid_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./@+=,".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./@+=,".contains(&b))
 }
 
 impl Parse for CachedArgs {
@@ -116,18 +100,12 @@ impl Parse for CachedArgs {
                 ));
             }
             if seen.contains(&name_str) {
-                errors.push(syn::Error::new(
-                    name.span(),
-                    format!("duplicate option `{name_str}`"),
-                ));
+                errors.push(syn::Error::new(name.span(), format!("duplicate option `{name_str}`")));
             }
             seen.push(name_str.clone());
             // `cache_none` alone means `cache_none = true`.
             if name_str == "cache_none" && (input.is_empty() || input.peek(Token![,])) {
-                args.cache_none = Some(Spanned {
-                    value: CacheNone::SameTtl,
-                    span: name.span(),
-                });
+                args.cache_none = Some(Spanned { value: CacheNone::SameTtl, span: name.span() });
             } else {
                 input.parse::<Token![=]>()?;
                 if let Err(err) = parse_value(&mut args, &name, input) {
@@ -155,10 +133,7 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
             args.skip = if input.peek(syn::token::Bracket) {
                 let content;
                 syn::bracketed!(content in input);
-                content
-                    .parse_terminated(Ident::parse_any, Token![,])?
-                    .into_iter()
-                    .collect()
+                content.parse_terminated(Ident::parse_any, Token![,])?.into_iter().collect()
             } else {
                 vec![input.parse()?]
             };
@@ -168,20 +143,11 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
     }
     let lit: Lit = input.parse()?;
     match name_str.as_str() {
-        "expire" => {
-            args.expire = Some(Spanned {
-                value: int_secs("expire", &lit)?,
-                span: lit.span(),
-            })
-        }
+        "expire" => args.expire = Some(Spanned { value: int_secs("expire", &lit)?, span: lit.span() }),
         "key" => {
             let s = lit_str("key", &lit, "\"user:<id>\"")?;
-            let segments =
-                template::parse(&s.value()).map_err(|msg| syn::Error::new(s.span(), msg))?;
-            args.key = Some(Spanned {
-                value: segments,
-                span: s.span(),
-            });
+            let segments = template::parse(&s.value()).map_err(|msg| syn::Error::new(s.span(), msg))?;
+            args.key = Some(Spanned { value: segments, span: s.span() });
         }
         "namespace" => {
             let s = lit_str("namespace", &lit, "\"users\"")?;
@@ -191,27 +157,20 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
                     "a namespace is non-empty ASCII letters, digits and `-_./@+=,` (no `:`, braces or whitespace)",
                 ));
             }
-            args.namespace = Some(Spanned {
-                value: s.value(),
-                span: s.span(),
-            });
+            args.namespace = Some(Spanned { value: s.value(), span: s.span() });
         }
         "cache_none" => {
-            let value = match &lit {
-                Lit::Bool(b) if b.value => CacheNone::SameTtl,
-                Lit::Bool(_) => return Ok(()),
-                Lit::Int(_) => CacheNone::Ttl(int_secs("cache_none", &lit)?),
-                other => {
-                    return Err(syn::Error::new(
+            let value =
+                match &lit {
+                    Lit::Bool(b) if b.value => CacheNone::SameTtl,
+                    Lit::Bool(_) => return Ok(()),
+                    Lit::Int(_) => CacheNone::Ttl(int_secs("cache_none", &lit)?),
+                    other => return Err(syn::Error::new(
                         other.span(),
                         "`cache_none` expects `true` or a ttl in seconds for cached `None`s, e.g. `cache_none = 10`",
-                    ))
-                }
-            };
-            args.cache_none = Some(Spanned {
-                value,
-                span: lit.span(),
-            });
+                    )),
+                };
+            args.cache_none = Some(Spanned { value, span: lit.span() });
         }
         "crate" => {
             let s = lit_str("crate", &lit, "\"my_cache\"")?;

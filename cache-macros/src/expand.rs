@@ -50,11 +50,7 @@ fn list(names: &[Ident]) -> String {
     if names.is_empty() {
         "it has none".to_owned()
     } else {
-        names
-            .iter()
-            .map(|n| format!("`{n}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -103,10 +99,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let mut errors = Errors::default();
     let sig = &func.sig;
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new(
-            sig.fn_token.span,
-            "`#[cached]` can only be used on an `async fn`",
-        ));
+        errors.push(syn::Error::new(sig.fn_token.span, "`#[cached]` can only be used on an `async fn`"));
     }
     let params = params(&func);
     for skipped in &args.skip {
@@ -123,10 +116,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let ret_ty = match &sig.output {
         ReturnType::Type(_, ty) => Some(&**ty),
         ReturnType::Default => {
-            errors.push(syn::Error::new(
-                sig.ident.span(),
-                "a `#[cached]` fn must return the value to cache",
-            ));
+            errors.push(syn::Error::new(sig.ident.span(), "a `#[cached]` fn must return the value to cache"));
             None
         }
     };
@@ -139,30 +129,17 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let mode = ret_ty.map(mode);
     if let (Some(cn), Some(m)) = (&args.cache_none, &mode) {
         if !matches!(m, Mode::Option(_)) {
-            errors.push(syn::Error::new(
-                cn.span,
-                "`cache_none` needs a fn returning `Option<T>`: it caches the `None`s",
-            ));
+            errors
+                .push(syn::Error::new(cn.span, "`cache_none` needs a fn returning `Option<T>`: it caches the `None`s"));
         }
     }
-    let krate = args
-        .krate
-        .clone()
-        .map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
+    let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
     let key = match &args.key {
-        Some(template) => template_key(
-            &template.value,
-            template.span,
-            &params,
-            &args.skip,
-            &mut errors,
-        ),
+        Some(template) => template_key(&template.value, template.span, &params, &args.skip, &mut errors),
         None => default_key(&func, &params, &args.skip),
     };
     errors.finish()?;
-    let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else {
-        unreachable!("reported above")
-    };
+    let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else { unreachable!("reported above") };
 
     let (runtime_fn, value_ty) = match mode {
         Mode::Plain(t) => (quote!(cached_value), t),
@@ -200,12 +177,8 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         });
     }
 
-    let ItemFn {
-        attrs, vis, block, ..
-    } = &func;
-    let (outer, inner): (Vec<_>, Vec<_>) = attrs
-        .iter()
-        .partition(|a| matches!(a.style, AttrStyle::Outer));
+    let ItemFn { attrs, vis, block, .. } = &func;
+    let (outer, inner): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer));
     let stmts = &block.stmts;
     let (key_builder, capacity) = key;
     Ok(quote! {
@@ -255,10 +228,7 @@ fn template_key(
                 capacity += 8;
                 let root_ident = if root == "self" {
                     if !params.has_self {
-                        errors.push(syn::Error::new(
-                            span,
-                            "placeholder `<self…>` in a fn without a `self` parameter",
-                        ));
+                        errors.push(syn::Error::new(span, "placeholder `<self…>` in a fn without a `self` parameter"));
                         continue;
                     }
                     quote_spanned!(span=> self)

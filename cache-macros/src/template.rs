@@ -14,15 +14,12 @@ pub(crate) enum Segment {
 /// Characters a template's literal text may not contain: they would break the key layout
 /// (`{` `}`), be read as an escape (`%`), or as a glob pattern, or are whitespace.
 fn bad_literal_char(c: char) -> bool {
-    matches!(c, '{' | '}' | '%' | '*' | '?' | '[' | ']' | '\\' | '"')
-        || c.is_whitespace()
-        || c.is_control()
+    matches!(c, '{' | '}' | '%' | '*' | '?' | '[' | ']' | '\\' | '"') || c.is_whitespace() || c.is_control()
 }
 
 fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
-        && chars.all(|c| c == '_' || c.is_alphanumeric())
+    matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic()) && chars.all(|c| c == '_' || c.is_alphanumeric())
 }
 
 /// Parses `template`; the error is a sentence meant to be spanned at the literal.
@@ -46,29 +43,19 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
             break;
         }
         if rest.starts_with('>') {
-            return Err(format!(
-                "unbalanced `>` in key template {template:?}: there is no `<` before it"
-            ));
+            return Err(format!("unbalanced `>` in key template {template:?}: there is no `<` before it"));
         }
         let Some(close) = rest.find('>') else {
-            return Err(format!(
-                "unbalanced `<` in key template {template:?}: close the placeholder with `>`"
-            ));
+            return Err(format!("unbalanced `<` in key template {template:?}: close the placeholder with `>`"));
         };
         let inner = &rest[1..close];
         if inner.contains('<') {
-            return Err(format!(
-                "unbalanced `<` in key template {template:?}: placeholders cannot nest"
-            ));
+            return Err(format!("unbalanced `<` in key template {template:?}: placeholders cannot nest"));
         }
         let mut parts = inner.split('.');
         let root = parts.next().unwrap_or_default().trim();
         let fields: Vec<&str> = parts.map(str::trim).collect();
-        if !is_ident(root)
-            || fields
-                .iter()
-                .any(|f| !is_ident(f) && f.parse::<usize>().is_err())
-        {
+        if !is_ident(root) || fields.iter().any(|f| !is_ident(f) && f.parse::<usize>().is_err()) {
             return Err(format!(
                 "invalid placeholder `<{inner}>` in key template {template:?}: expected a parameter name, \
                  optionally followed by fields, e.g. `<id>` or `<q.page>`"
@@ -101,31 +88,17 @@ mod tests {
     }
 
     fn ph(root: &str, fields: &[&str]) -> Segment {
-        Segment::Placeholder {
-            root: root.to_owned(),
-            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
-        }
+        Segment::Placeholder { root: root.to_owned(), fields: fields.iter().map(|f| (*f).to_owned()).collect() }
     }
 
     #[test]
     fn parses_placeholders_and_fields() {
-        assert_eq!(
-            parse("user:<id>").unwrap(),
-            vec![lit("user:"), ph("id", &[])]
-        );
+        assert_eq!(parse("user:<id>").unwrap(), vec![lit("user:"), ph("id", &[])]);
         assert_eq!(
             parse("feed:<user.id>:<q.page>").unwrap(),
-            vec![
-                lit("feed:"),
-                ph("user", &["id"]),
-                lit(":"),
-                ph("q", &["page"])
-            ]
+            vec![lit("feed:"), ph("user", &["id"]), lit(":"), ph("q", &["page"])]
         );
-        assert_eq!(
-            parse("<self.tenant>:x").unwrap(),
-            vec![ph("self", &["tenant"]), lit(":x")]
-        );
+        assert_eq!(parse("<self.tenant>:x").unwrap(), vec![ph("self", &["tenant"]), lit(":x")]);
     }
 
     #[test]
@@ -133,9 +106,7 @@ mod tests {
         assert!(parse("user:<id").unwrap_err().contains("unbalanced `<`"));
         assert!(parse("user:id>").unwrap_err().contains("unbalanced `>`"));
         assert!(parse("user:<<id>>").unwrap_err().contains("cannot nest"));
-        assert!(parse("user:<>")
-            .unwrap_err()
-            .contains("invalid placeholder"));
+        assert!(parse("user:<>").unwrap_err().contains("invalid placeholder"));
         assert!(parse("<a><b>").unwrap_err().contains("separated"));
         assert!(parse("user {x}").unwrap_err().contains("literal text"));
         assert!(parse("").is_err());

@@ -19,10 +19,7 @@ pub(crate) struct MemEntry {
 
 impl std::fmt::Debug for MemEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemEntry")
-            .field("meta", &self.meta)
-            .field("negative", &self.negative)
-            .finish_non_exhaustive()
+        f.debug_struct("MemEntry").field("meta", &self.meta).field("negative", &self.negative).finish_non_exhaustive()
     }
 }
 
@@ -31,19 +28,12 @@ struct EntryExpiry;
 
 impl EntryExpiry {
     fn remaining(entry: &MemEntry) -> Option<Duration> {
-        Some(Duration::from_millis(
-            entry.meta.stale_until_ms.saturating_sub(now_ms()),
-        ))
+        Some(Duration::from_millis(entry.meta.stale_until_ms.saturating_sub(now_ms())))
     }
 }
 
 impl moka::Expiry<String, Arc<MemEntry>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<MemEntry>,
-        _at: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &String, value: &Arc<MemEntry>, _at: Instant) -> Option<Duration> {
         Self::remaining(value)
     }
 
@@ -65,18 +55,13 @@ pub(crate) struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("entries", &self.entries.entry_count())
-            .finish()
+        f.debug_struct("MemoryStore").field("entries", &self.entries.entry_count()).finish()
     }
 }
 
 impl MemoryStore {
     pub(crate) fn new(max_entries: u64) -> Self {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_entries)
-            .expire_after(EntryExpiry)
-            .build();
+        let entries = moka::sync::Cache::builder().max_capacity(max_entries).expire_after(EntryExpiry).build();
         MemoryStore { entries }
     }
 
@@ -116,9 +101,7 @@ pub(crate) struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisStore").field("timeout", &self.timeout).finish_non_exhaustive()
     }
 }
 
@@ -126,8 +109,7 @@ impl RedisStore {
     /// Connects lazily: building never fails because Redis is down, the first command does
     /// (and is treated as a miss).
     pub(crate) fn new(url: &str, timeout: Duration) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| CacheError::Config(format!("invalid Redis URL: {e}")))?;
+        let client = redis::Client::open(url).map_err(|e| CacheError::Config(format!("invalid Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -149,21 +131,13 @@ impl RedisStore {
         self.run(redis::cmd("GET").arg(key)).await
     }
 
-    pub(crate) async fn set(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        ttl: Duration,
-    ) -> Result<(), CacheError> {
+    pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.run(redis::cmd("SET").arg(key).arg(bytes).arg("PX").arg(ms))
-            .await
+        self.run(redis::cmd("SET").arg(key).arg(bytes).arg("PX").arg(ms)).await
     }
 
     pub(crate) async fn del(&self, key: &str) -> Result<(), CacheError> {
-        self.run::<i64>(redis::cmd("UNLINK").arg(key))
-            .await
-            .map(drop)
+        self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
     }
 
     /// Deletes every key matching `pattern` with `SCAN` + `UNLINK` in batches (never `KEYS`).
@@ -171,16 +145,8 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .run(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
+            let (next, keys): (u64, Vec<String>) =
+                self.run(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000)).await?;
             if !keys.is_empty() {
                 removed += self.run::<u64>(redis::cmd("UNLINK").arg(&keys)).await?;
             }

@@ -165,14 +165,10 @@ impl CacheBuilder {
             )));
         }
         if self.default_ttl.is_zero() {
-            return Err(CacheError::Config(
-                "default_ttl must be greater than zero".to_owned(),
-            ));
+            return Err(CacheError::Config("default_ttl must be greater than zero".to_owned()));
         }
         if self.command_timeout.is_zero() {
-            return Err(CacheError::Config(
-                "command_timeout must be greater than zero".to_owned(),
-            ));
+            return Err(CacheError::Config("command_timeout must be greater than zero".to_owned()));
         }
         let store = match &self.redis_url {
             None => Store::Memory(MemoryStore::new(self.max_entries)),
@@ -267,10 +263,7 @@ impl Cache {
     /// # }
     /// ```
     pub fn namespace<'a>(&'a self, namespace: &'a str) -> Namespace<'a> {
-        Namespace {
-            cache: self,
-            namespace,
-        }
+        Namespace { cache: self, namespace }
     }
 
     /// Reads `key` (default namespace). A miss, an expired entry, an entry of another type, an
@@ -280,12 +273,7 @@ impl Cache {
     }
 
     /// Stores `value` under `key` (default namespace) for `ttl`.
-    pub async fn set<T: Cacheable>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: Duration,
-    ) -> Result<(), CacheError> {
+    pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), CacheError> {
         self.namespace(DEFAULT_NAMESPACE).set(key, value, ttl).await
     }
 
@@ -302,27 +290,18 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        self.namespace(DEFAULT_NAMESPACE)
-            .get_or_fetch(key, ttl, fetch)
-            .await
+        self.namespace(DEFAULT_NAMESPACE).get_or_fetch(key, ttl, fetch).await
     }
 
     /// Cache-aside for fallible fetches: only `Ok` is stored, an `Err` is returned as is.
     /// See [`Namespace::try_get_or_fetch`].
-    pub async fn try_get_or_fetch<T, E, F, Fut>(
-        &self,
-        key: &str,
-        ttl: Duration,
-        fetch: F,
-    ) -> Result<T, E>
+    pub async fn try_get_or_fetch<T, E, F, Fut>(&self, key: &str, ttl: Duration, fetch: F) -> Result<T, E>
     where
         T: Cacheable,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.namespace(DEFAULT_NAMESPACE)
-            .try_get_or_fetch(key, ttl, fetch)
-            .await
+        self.namespace(DEFAULT_NAMESPACE).try_get_or_fetch(key, ttl, fetch).await
     }
 
     /// Removes every entry of namespace `namespace`; returns how many were removed. On Redis
@@ -342,21 +321,12 @@ impl Cache {
         let mut ns = String::new();
         key::escape_into(&mut ns, namespace);
         let result = match &self.inner.store {
-            Store::Memory(mem) => {
-                Ok(mem.remove_prefix(&key::namespace_start(&self.inner.prefix, &ns)))
-            }
-            Store::Redis(redis) => {
-                redis
-                    .del_matching(&key::namespace_pattern(&self.inner.prefix, &ns))
-                    .await
-            }
+            Store::Memory(mem) => Ok(mem.remove_prefix(&key::namespace_start(&self.inner.prefix, &ns))),
+            Store::Redis(redis) => redis.del_matching(&key::namespace_pattern(&self.inner.prefix, &ns)).await,
         };
         self.count_result(&result, "clear_namespace");
         if result.is_ok() {
-            self.inner
-                .stats
-                .invalidations
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
@@ -403,10 +373,7 @@ impl Cache {
                     return Some(Found::Negative);
                 }
                 // A value stored for another type under the same key is a miss.
-                entry
-                    .value
-                    .downcast_ref::<V>()
-                    .map(|v| Found::Value(v.clone()))
+                entry.value.downcast_ref::<V>().map(|v| Found::Value(v.clone()))
             }
             Store::Redis(redis) => {
                 let result = redis.get(key).await;
@@ -438,16 +405,8 @@ impl Cache {
         let result = match &self.inner.store {
             Store::Memory(mem) => {
                 let entry = match value {
-                    Some(v) => MemEntry {
-                        meta,
-                        negative: false,
-                        value: Box::new(v.clone()),
-                    },
-                    None => MemEntry {
-                        meta,
-                        negative: true,
-                        value: Box::new(()),
-                    },
+                    Some(v) => MemEntry { meta, negative: false, value: Box::new(v.clone()) },
+                    None => MemEntry { meta, negative: true, value: Box::new(()) },
                 };
                 mem.insert(key, entry);
                 Ok(())
@@ -458,15 +417,7 @@ impl Cache {
                     None => Ok(Vec::new()),
                 };
                 match payload {
-                    Ok(payload) => {
-                        redis
-                            .set(
-                                &key,
-                                &envelope::encode(&meta, value.is_none(), &payload),
-                                ttl,
-                            )
-                            .await
-                    }
+                    Ok(payload) => redis.set(&key, &envelope::encode(&meta, value.is_none(), &payload), ttl).await,
                     Err(err) => Err(err),
                 }
             }
@@ -488,10 +439,7 @@ impl Cache {
         };
         self.count_result(&result, "invalidate");
         if result.is_ok() {
-            self.inner
-                .stats
-                .invalidations
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
@@ -539,38 +487,20 @@ pub struct Namespace<'a> {
 impl Namespace<'_> {
     /// Reads `key`; see [`Cache::get`].
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
-        match self
-            .cache
-            .read::<T>(&self.cache.full_key(self.namespace, key))
-            .await
-        {
+        match self.cache.read::<T>(&self.cache.full_key(self.namespace, key)).await {
             Some(Found::Value(v)) => Some(v),
             Some(Found::Negative) | None => None,
         }
     }
 
     /// Stores `value` under `key` for `ttl`.
-    pub async fn set<T: Cacheable>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: Duration,
-    ) -> Result<(), CacheError> {
-        self.cache
-            .write(
-                self.cache.full_key(self.namespace, key),
-                Some(value),
-                ttl,
-                Duration::ZERO,
-            )
-            .await
+    pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), CacheError> {
+        self.cache.write(self.cache.full_key(self.namespace, key), Some(value), ttl, Duration::ZERO).await
     }
 
     /// Removes `key`.
     pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
-        self.cache
-            .remove(&self.cache.full_key(self.namespace, key))
-            .await
+        self.cache.remove(&self.cache.full_key(self.namespace, key)).await
     }
 
     /// Removes every entry of this namespace; see [`Cache::clear_namespace`].
@@ -597,13 +527,7 @@ impl Namespace<'_> {
         Fut: Future<Output = T>,
     {
         let opts = CallOpts::new().expire(ttl);
-        fetch::run::<Plain<T>, _>(
-            self.cache,
-            self.cache.full_key(self.namespace, key),
-            &opts,
-            fetch(),
-        )
-        .await
+        fetch::run::<Plain<T>, _>(self.cache, self.cache.full_key(self.namespace, key), &opts, fetch()).await
     }
 
     /// Cache-aside for fallible fetches: only `Ok` values are stored.
@@ -617,24 +541,13 @@ impl Namespace<'_> {
     /// assert_eq!(cache.get::<u32>("k").await, None); // errors are never stored
     /// # }
     /// ```
-    pub async fn try_get_or_fetch<T, E, F, Fut>(
-        &self,
-        key: &str,
-        ttl: Duration,
-        fetch: F,
-    ) -> Result<T, E>
+    pub async fn try_get_or_fetch<T, E, F, Fut>(&self, key: &str, ttl: Duration, fetch: F) -> Result<T, E>
     where
         T: Cacheable,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         let opts = CallOpts::new().expire(ttl);
-        fetch::run::<ResultMode<T, E>, _>(
-            self.cache,
-            self.cache.full_key(self.namespace, key),
-            &opts,
-            fetch(),
-        )
-        .await
+        fetch::run::<ResultMode<T, E>, _>(self.cache, self.cache.full_key(self.namespace, key), &opts, fetch()).await
     }
 }

@@ -106,8 +106,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
     let etag = if etag_len == 0 {
         None
     } else {
-        let raw =
-            std::str::from_utf8(&bytes[HEADER..HEADER + etag_len]).map_err(|_| Corrupt::BadEtag)?;
+        let raw = std::str::from_utf8(&bytes[HEADER..HEADER + etag_len]).map_err(|_| Corrupt::BadEtag)?;
         Some(raw.into())
     };
     let mut recompute = [0u8; 4];
@@ -164,10 +163,7 @@ mod tests {
     #[test]
     fn garbage_is_rejected_not_panicking() {
         assert_eq!(decode(b"").unwrap_err(), Corrupt::TooShort);
-        assert_eq!(
-            decode(b"hello world, this is not an envelope at all").unwrap_err(),
-            Corrupt::BadMagic
-        );
+        assert_eq!(decode(b"hello world, this is not an envelope at all").unwrap_err(), Corrupt::BadMagic);
         let mut bytes = encode(&meta(), true, b"");
         bytes[1] = 9;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::UnknownVersion(9));

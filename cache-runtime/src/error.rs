@@ -59,7 +59,9 @@ pub struct AlreadyInitialized;
 
 impl fmt::Display for AlreadyInitialized {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the global cache is already initialized; call cache_runtime::init once, before the first cached call")
+        f.write_str(
+            "the global cache is already initialized; call cache_runtime::init once, before the first cached call",
+        )
     }
 }
 

@@ -25,11 +25,7 @@ impl Default for CallOpts {
 impl CallOpts {
     /// Nothing set: the cache's default ttl, `None` not stored.
     pub const fn new() -> Self {
-        CallOpts {
-            ttl: None,
-            cache_none: false,
-            none_ttl: None,
-        }
+        CallOpts { ttl: None, cache_none: false, none_ttl: None }
     }
 
     /// `expire = …`.
@@ -151,9 +147,7 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
         Decision::Store(value) => cache.write(key, Some(value), ttl, started.elapsed()).await,
         Decision::StoreNegative if opts.cache_none => {
             let ttl = opts.none_ttl.unwrap_or(ttl);
-            cache
-                .write::<M::Value>(key, None, ttl, started.elapsed())
-                .await
+            cache.write::<M::Value>(key, None, ttl, started.elapsed()).await
         }
         Decision::StoreNegative | Decision::Skip => Ok(()),
     };

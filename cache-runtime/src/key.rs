@@ -32,9 +32,7 @@ pub fn escape_into(out: &mut String, value: &str) {
 
 #[inline]
 fn needs_escape(b: u8) -> bool {
-    !(b.is_ascii_alphanumeric()
-        || matches!(b, b'-' | b'_' | b'.' | b'/' | b'@' | b'+' | b'=' | b',')
-        || b >= 0x80)
+    !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'@' | b'+' | b'=' | b',') || b >= 0x80)
 }
 
 fn push_escaped(out: &mut String, b: u8) {
@@ -82,10 +80,7 @@ impl KeyWriter {
         buf.push_str(":{");
         buf.push_str(namespace);
         buf.push(':');
-        KeyWriter {
-            buf,
-            first_arg: true,
-        }
+        KeyWriter { buf, first_arg: true }
     }
 
     #[doc(hidden)]

@@ -68,15 +68,9 @@ pub use cache_macros::cached;
     label = "this type is cached by `#[cached]`",
     note = "a cached value must implement serde's `Serialize` and `DeserializeOwned`, and `Clone + Send + Sync + 'static`"
 )]
-pub trait Cacheable:
-    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
-{
-}
+pub trait Cacheable: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {}
 
-impl<T> Cacheable for T where
-    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
-{
-}
+impl<T> Cacheable for T where T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {}
 
 static GLOBAL: OnceLock<Cache> = OnceLock::new();
 

@@ -30,11 +30,8 @@ impl RedisServer {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let mut server = RedisServer {
-                port,
-                child: None,
-                extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
-            };
+            let mut server =
+                RedisServer { port, child: None, extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect() };
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(err) => last_err = Some(err),
@@ -45,16 +42,7 @@ impl RedisServer {
 
     fn spawn(&mut self) -> std::io::Result<()> {
         let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -66,17 +54,13 @@ impl RedisServer {
                 return Ok(());
             }
             if let Some(status) = child.try_wait()? {
-                return Err(std::io::Error::other(format!(
-                    "redis-server exited with {status}"
-                )));
+                return Err(std::io::Error::other(format!("redis-server exited with {status}")));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
-        Err(std::io::Error::other(
-            "redis-server did not answer PING within 10 s",
-        ))
+        Err(std::io::Error::other("redis-server did not answer PING within 10 s"))
     }
 
     /// The port the server listens on.
@@ -117,19 +101,12 @@ impl RedisServer {
 
     /// Sends `signal` (e.g. `"STOP"`, `"CONT"`) to the server with `kill(1)`.
     pub fn signal(&self, signal: &str) -> std::io::Result<()> {
-        let pid = self
-            .pid()
-            .ok_or_else(|| std::io::Error::other("redis-server is not running"))?;
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()?;
+        let pid = self.pid().ok_or_else(|| std::io::Error::other("redis-server is not running"))?;
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
         if status.success() {
             Ok(())
         } else {
-            Err(std::io::Error::other(format!(
-                "kill -{signal} {pid} failed"
-            )))
+            Err(std::io::Error::other(format!("kill -{signal} {pid} failed")))
         }
     }
 }

@@ -1,0 +1,301 @@
+//! `#[cached]` on service functions, against process memory and a real redis-server.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cache_runtime::{cached, Cache};
+use serde::{Deserialize, Serialize};
+use support::{Backend, Calls};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+#[cached(expire = 60, key = "user:<id>", cache = cache, skip = [cache, calls])]
+async fn get_user(cache: &Cache, calls: &Calls, id: u64) -> Result<User, String> {
+    let n = calls.hit();
+    if id == 0 {
+        return Err("no user 0".to_owned());
+    }
+    Ok(User { id, name: format!("user {id} (load {n})") })
+}
+
+#[tokio::test]
+async fn second_call_does_not_run_the_body() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        let first = get_user(&b.cache, &calls, 7).await.unwrap();
+        let second = get_user(&b.cache, &calls, 7).await.unwrap();
+        assert_eq!(first, second, "{}", b.name);
+        assert_eq!(calls.get(), 1, "{}: the second call must be served from the cache", b.name);
+        get_user(&b.cache, &calls, 8).await.unwrap();
+        assert_eq!(calls.get(), 2, "{}: another id is another entry", b.name);
+        let stats = b.cache.stats();
+        assert_eq!((stats.hits, stats.misses), (1, 2), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn errors_are_never_stored() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        assert!(get_user(&b.cache, &calls, 0).await.is_err());
+        assert!(get_user(&b.cache, &calls, 0).await.is_err());
+        assert_eq!(calls.get(), 2, "{}: an Err must not be cached", b.name);
+    }
+}
+
+#[cached(expire = 1, key = "short:<id>", cache = cache, skip = [cache, calls])]
+async fn short_lived(cache: &Cache, calls: &Calls, id: u32) -> u32 {
+    calls.hit();
+    id * 2
+}
+
+#[tokio::test]
+async fn expiry_refetches() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        assert_eq!(short_lived(&b.cache, &calls, 4).await, 8);
+        assert_eq!(short_lived(&b.cache, &calls, 4).await, 8);
+        assert_eq!(calls.get(), 1, "{}", b.name);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(short_lived(&b.cache, &calls, 4).await, 8);
+        assert_eq!(calls.get(), 2, "{}: an expired entry must be fetched again", b.name);
+    }
+}
+
+#[cached(key = "maybe:<id>", cache = cache, skip = [cache, calls])]
+async fn maybe(cache: &Cache, calls: &Calls, id: u32) -> Option<u32> {
+    calls.hit();
+    (id % 2 == 0).then_some(id)
+}
+
+#[cached(expire = 60, key = "neg:<id>", cache_none = 1, cache = cache, skip = [cache, calls])]
+async fn maybe_negative(cache: &Cache, calls: &Calls, id: u32) -> Option<u32> {
+    calls.hit();
+    (id % 2 == 0).then_some(id)
+}
+
+#[tokio::test]
+async fn none_is_stored_only_with_cache_none() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        assert_eq!(maybe(&b.cache, &calls, 1).await, None);
+        assert_eq!(maybe(&b.cache, &calls, 1).await, None);
+        assert_eq!(calls.get(), 2, "{}: None is not cached by default", b.name);
+        assert_eq!(maybe(&b.cache, &calls, 2).await, Some(2));
+        assert_eq!(maybe(&b.cache, &calls, 2).await, Some(2));
+        assert_eq!(calls.get(), 3, "{}: Some is cached", b.name);
+
+        let calls = Calls::default();
+        assert_eq!(maybe_negative(&b.cache, &calls, 1).await, None);
+        assert_eq!(maybe_negative(&b.cache, &calls, 1).await, None);
+        assert_eq!(calls.get(), 1, "{}: cache_none stores the None", b.name);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(maybe_negative(&b.cache, &calls, 1).await, None);
+        assert_eq!(calls.get(), 2, "{}: a cached None has its own (1 s) ttl", b.name);
+    }
+}
+
+struct UserService {
+    cache: Cache,
+    tenant: String,
+    calls: Calls,
+}
+
+impl UserService {
+    #[cached(expire = 60, key = "tenant:<self.tenant>:user:<id>", cache = self.cache)]
+    async fn user(&self, id: u64) -> Result<User, std::io::Error> {
+        let n = self.calls.hit();
+        Ok(User { id, name: format!("{} #{n}", self.tenant) })
+    }
+
+    /// No `key`: module path, `Self` type, fn name and the arguments.
+    #[cached(cache = &self.cache)]
+    async fn search(&self, query: String, page: u32) -> Vec<String> {
+        self.calls.hit();
+        vec![format!("{query}/{page}")]
+    }
+}
+
+#[tokio::test]
+async fn methods_are_cached_per_receiver_data() {
+    for b in Backend::all() {
+        let acme = UserService { cache: b.cache.clone(), tenant: "acme".into(), calls: Calls::default() };
+        let umbrella = UserService { cache: b.cache.clone(), tenant: "umbrella".into(), calls: Calls::default() };
+        let a1 = acme.user(1).await.unwrap();
+        assert_eq!(acme.user(1).await.unwrap(), a1);
+        assert_eq!(acme.calls.get(), 1, "{}", b.name);
+        let u1 = umbrella.user(1).await.unwrap();
+        assert_eq!(u1.name, "umbrella #1", "{}: another tenant must not see acme's entry", b.name);
+
+        assert_eq!(acme.search("rust".into(), 1).await, vec!["rust/1"]);
+        assert_eq!(acme.search("rust".into(), 1).await, vec!["rust/1"]);
+        assert_eq!(acme.search("rust".into(), 2).await, vec!["rust/2"]);
+        assert_eq!(acme.calls.get(), 3, "{}: default keys include every argument", b.name);
+    }
+}
+
+#[cached(key = "pair:<a>:<b>", cache = cache, skip = [cache, calls])]
+async fn pair(cache: &Cache, calls: &Calls, a: &str, b: &str) -> String {
+    calls.hit();
+    format!("{a}|{b}")
+}
+
+#[cached(cache = cache, skip = [cache, calls])]
+async fn pair_default_key(cache: &Cache, calls: &Calls, a: String, b: String) -> String {
+    calls.hit();
+    format!("{a}|{b}")
+}
+
+#[tokio::test]
+async fn argument_values_are_escaped() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        assert_eq!(pair(&b.cache, &calls, "1:admin", "").await, "1:admin|");
+        assert_eq!(pair(&b.cache, &calls, "1", ":admin").await, "1|:admin");
+        assert_eq!(pair(&b.cache, &calls, "1", "admin").await, "1|admin");
+        assert_eq!(pair(&b.cache, &calls, "1}{*", "x y").await, "1}{*|x y");
+        assert_eq!(calls.get(), 4, "{}: distinct argument lists never share a key", b.name);
+
+        let calls = Calls::default();
+        assert_eq!(pair_default_key(&b.cache, &calls, "1:admin".into(), "".into()).await, "1:admin|");
+        assert_eq!(pair_default_key(&b.cache, &calls, "1".into(), ":admin".into()).await, "1|:admin");
+        assert_eq!(pair_default_key(&b.cache, &calls, "1\",\"".into(), "".into()).await, "1\",\"|");
+        assert_eq!(pair_default_key(&b.cache, &calls, "1".into(), "\",\"".into()).await, "1|\",\"");
+        assert_eq!(calls.get(), 4, "{}: default keys are unambiguous too", b.name);
+    }
+}
+
+#[cached(expire = 60, key = "ns-user:<id>", namespace = "users", cache = cache, skip = [cache, calls])]
+async fn namespaced_user(cache: &Cache, calls: &Calls, id: u64) -> u64 {
+    calls.hit();
+    id
+}
+
+#[tokio::test]
+async fn clear_namespace_drops_only_that_namespace() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        let other = Calls::default();
+        for id in 0..50 {
+            namespaced_user(&b.cache, &calls, id).await;
+            short_lived(&b.cache, &other, u32::try_from(id).unwrap()).await;
+        }
+        assert_eq!(b.cache.clear_namespace("users").await.unwrap(), 50, "{}", b.name);
+        for id in 0..50 {
+            namespaced_user(&b.cache, &calls, id).await;
+            short_lived(&b.cache, &other, u32::try_from(id).unwrap()).await;
+        }
+        assert_eq!(calls.get(), 100, "{}: every entry of the namespace was dropped", b.name);
+        assert_eq!(other.get(), 50, "{}: other namespaces were left alone", b.name);
+        // The plain API sees the same entries as the macro.
+        assert_eq!(b.cache.namespace("users").get::<u64>("ns-user:3").await, Some(3), "{}", b.name);
+        b.cache.namespace("users").invalidate("ns-user:3").await.unwrap();
+        namespaced_user(&b.cache, &calls, 3).await;
+        assert_eq!(calls.get(), 101, "{}: invalidate(key) drops the macro's entry", b.name);
+    }
+}
+
+#[tokio::test]
+async fn corrupt_or_foreign_entries_are_misses_and_are_overwritten() {
+    let b = Backend::redis();
+    let mut raw = b.raw().await;
+    let calls = Calls::default();
+    let key = "t:{default:user:5}";
+    for garbage in [&b"not an envelope"[..], &[0xCA, 1, 0, 0][..], &[0xCA; 64][..]] {
+        let _: () = redis::cmd("SET").arg(key).arg(garbage).query_async(&mut raw).await.unwrap();
+        let user = get_user(&b.cache, &calls, 5).await.unwrap();
+        assert_eq!(user.id, 5);
+        let stored: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut raw).await.unwrap();
+        assert_eq!(stored[0], 0xCA, "the corrupt entry was overwritten by a valid one");
+        assert_eq!(get_user(&b.cache, &calls, 5).await.unwrap(), user, "and it is served from then on");
+    }
+    assert_eq!(calls.get(), 3);
+
+    // An entry written for another type (a deploy that changed the struct) is a miss too.
+    b.cache.set("user:6", &"just a string".to_string(), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(get_user(&b.cache, &calls, 6).await.unwrap().id, 6);
+    assert_eq!(calls.get(), 4);
+    // A valid envelope whose payload does not decode into User.
+    b.cache.set("user:7", &serde_json::json!({"id": "seven"}), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(get_user(&b.cache, &calls, 7).await.unwrap().id, 7);
+    assert_eq!(calls.get(), 5);
+}
+
+#[tokio::test]
+async fn a_dead_redis_fails_open_and_caching_resumes() {
+    let mut b = Backend::redis();
+    let calls = Calls::default();
+    get_user(&b.cache, &calls, 1).await.unwrap();
+    get_user(&b.cache, &calls, 1).await.unwrap();
+    assert_eq!(calls.get(), 1);
+
+    b.redis.as_mut().unwrap().kill();
+    for i in 0..5 {
+        let started = Instant::now();
+        let user = get_user(&b.cache, &calls, 1).await.unwrap();
+        assert_eq!(user.id, 1);
+        // Two commands (GET, then SET) each bounded by the 200 ms command timeout.
+        assert!(started.elapsed() < Duration::from_millis(900), "call {i} took {:?}", started.elapsed());
+    }
+    assert_eq!(calls.get(), 6, "with Redis down every call runs the body");
+    assert!(b.cache.stats().errors > 0, "the failures are counted");
+
+    b.redis.as_mut().unwrap().restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = calls.get();
+        get_user(&b.cache, &calls, 2).await.unwrap();
+        get_user(&b.cache, &calls, 2).await.unwrap();
+        if calls.get() == before + 1 {
+            break; // the second call was a hit: caching resumed by itself
+        }
+        assert!(Instant::now() < deadline, "caching did not resume within 10 s of Redis returning");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn plain_api_cache_aside() {
+    for b in Backend::all() {
+        let ttl = Duration::from_secs(60);
+        let calls = Calls::default();
+        let fetch = || async {
+            calls.hit();
+            vec!["a".to_string(), "b".to_string()]
+        };
+        assert_eq!(b.cache.get_or_fetch("posts:hot", ttl, fetch).await, vec!["a", "b"]);
+        assert_eq!(b.cache.get_or_fetch("posts:hot", ttl, fetch).await, vec!["a", "b"]);
+        assert_eq!(calls.get(), 1, "{}", b.name);
+        assert_eq!(b.cache.get::<Vec<String>>("posts:hot").await.unwrap(), vec!["a", "b"]);
+        assert_eq!(b.cache.get::<u32>("posts:hot").await, None, "{}: another type is a miss", b.name);
+        b.cache.invalidate("posts:hot").await.unwrap();
+        assert_eq!(b.cache.get::<Vec<String>>("posts:hot").await, None, "{}", b.name);
+
+        let r: Result<u8, &str> = b.cache.try_get_or_fetch("k", ttl, || async { Err("down") }).await;
+        assert_eq!(r, Err("down"));
+        let r: Result<u8, &str> = b.cache.try_get_or_fetch("k", ttl, || async { Ok(1) }).await;
+        assert_eq!(r, Ok(1));
+        let r: Result<u8, &str> = b.cache.try_get_or_fetch("k", ttl, || async { Ok(2) }).await;
+        assert_eq!(r, Ok(1), "{}: the Ok was stored", b.name);
+    }
+}
+
+#[cached(expire = 60)]
+async fn global_default(x: u32) -> u32 {
+    x + 1
+}
+
+#[tokio::test]
+async fn the_global_cache_works_without_configuration() {
+    let before = cache_runtime::global().stats();
+    assert_eq!(global_default(1).await, 2);
+    assert_eq!(global_default(1).await, 2);
+    let after = cache_runtime::global().stats();
+    assert_eq!(after.hits - before.hits, 1);
+    assert!(!cache_runtime::global().is_redis());
+}
