@@ -141,13 +141,16 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     errors.finish()?;
     let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else { unreachable!("reported above") };
 
-    let (runtime_fn, value_ty) = match mode {
-        Mode::Plain(t) => (quote!(cached_value), t),
-        Mode::Option(t) => (quote!(cached_option), t),
-        Mode::Result(t) => (quote!(cached_result), t),
+    let (runtime_fn, value_ty, infer) = match mode {
+        Mode::Plain(t) => ("cached_value", t, quote!(_)),
+        Mode::Option(t) => ("cached_option", t, quote!(_)),
+        Mode::Result(t) => ("cached_result", t, quote!(_, _)),
     };
-    let assert_cacheable = quote_spanned! {value_ty.span()=>
-        #krate::__private::assert_cacheable::<#value_ty>();
+    let runtime_fn = Ident::new(runtime_fn, value_ty.span());
+    // The callee is spanned at the cached type, so "cannot be stored in the cache" errors
+    // point at the user's return type.
+    let call = quote_spanned! {value_ty.span()=>
+        #krate::__private::#runtime_fn::<#value_ty, #infer>(__cr_cache, __cr_key, &__CR_OPTS, __cr_body).await
     };
     let cache = match &args.cache {
         Some(expr) => quote_spanned! {expr.span()=>
@@ -185,7 +188,6 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         #(#outer)*
         #vis #sig {
             #(#inner)*
-            #assert_cacheable
             #cache
             let __cr_key = {
                 let mut __cr_w = #krate::__private::key_writer(__cr_cache, #namespace, #capacity);
@@ -193,7 +195,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
                 __cr_w.finish()
             };
             const __CR_OPTS: #krate::__private::CallOpts = #opts;
-            #krate::__private::#runtime_fn(__cr_cache, __cr_key, &__CR_OPTS, async {
+            let __cr_body = async {
                 // A fake return edge: fixes the block's type so `?` and `return` infer as in the
                 // user's fn.
                 #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
@@ -202,8 +204,8 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
                     return __cr_fake_return;
                 }
                 #(#stmts)*
-            })
-            .await
+            };
+            #call
         }
     })
 }

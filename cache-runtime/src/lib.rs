@@ -115,7 +115,4 @@ pub mod __private {
     pub fn key_writer(cache: &Cache, namespace: &str, capacity_hint: usize) -> KeyWriter {
         cache.key_writer(namespace, capacity_hint)
     }
-
-    /// Lets rustc point a "cannot be cached" error at the user's return type.
-    pub const fn assert_cacheable<T: Cacheable>() {}
 }
