@@ -11,7 +11,30 @@ use syn::{Expr, Ident, Lit, LitStr, Path, Token};
 use crate::template::{self, Segment};
 
 /// Every option `#[cached]` accepts, in the order the "unknown option" error lists them.
-const CACHED_OPTIONS: &[&str] = &["expire", "key", "namespace", "skip", "cache_none", "cache", "crate"];
+const CACHED_OPTIONS: &[&str] = &[
+    "expire",
+    "key",
+    "namespace",
+    "skip",
+    "cache_none",
+    "cache",
+    "crate",
+    "http",
+    "public",
+    "private",
+    "s_maxage",
+    "cdn_max_age",
+    "vary",
+    "last_modified",
+    "honor_no_cache",
+];
+
+/// Options that only make sense on an axum handler.
+pub(crate) const HTTP_OPTIONS: &[&str] =
+    &["public", "private", "s_maxage", "cdn_max_age", "vary", "last_modified", "honor_no_cache"];
+
+/// Options that may be written alone (`public`) as well as `= true` / `= false`.
+const FLAGS: &[&str] = &["cache_none", "http", "public", "private", "honor_no_cache"];
 
 /// A value with the span of the option that set it.
 #[derive(Debug, Clone)]
@@ -36,6 +59,17 @@ pub(crate) struct CachedArgs {
     pub(crate) cache_none: Option<Spanned<CacheNone>>,
     pub(crate) cache: Option<Expr>,
     pub(crate) krate: Option<Path>,
+    /// `http`: force handler mode.
+    pub(crate) http: Option<Span>,
+    pub(crate) public: Option<Span>,
+    pub(crate) private: Option<Span>,
+    pub(crate) s_maxage: Option<Spanned<u64>>,
+    pub(crate) cdn_max_age: Option<Spanned<u64>>,
+    pub(crate) vary: Option<Spanned<Vec<String>>>,
+    pub(crate) last_modified: Option<Spanned<String>>,
+    pub(crate) honor_no_cache: Option<Span>,
+    /// The first handler-only option used, for the "not a handler" error.
+    pub(crate) first_http_option: Option<(String, Span)>,
 }
 
 /// Collects errors so one compile reports every bad option.
@@ -103,9 +137,12 @@ impl Parse for CachedArgs {
                 errors.push(syn::Error::new(name.span(), format!("duplicate option `{name_str}`")));
             }
             seen.push(name_str.clone());
-            // `cache_none` alone means `cache_none = true`.
-            if name_str == "cache_none" && (input.is_empty() || input.peek(Token![,])) {
-                args.cache_none = Some(Spanned { value: CacheNone::SameTtl, span: name.span() });
+            if HTTP_OPTIONS.contains(&name_str.as_str()) && args.first_http_option.is_none() {
+                args.first_http_option = Some((name_str.clone(), name.span()));
+            }
+            // A flag alone means `= true`.
+            if FLAGS.contains(&name_str.as_str()) && (input.is_empty() || input.peek(Token![,])) {
+                set_flag(&mut args, &name_str, name.span());
             } else {
                 input.parse::<Token![=]>()?;
                 if let Err(err) = parse_value(&mut args, &name, input) {
@@ -120,6 +157,22 @@ impl Parse for CachedArgs {
         errors.finish()?;
         Ok(args)
     }
+}
+
+fn set_flag(args: &mut CachedArgs, name: &str, span: Span) {
+    match name {
+        "cache_none" => args.cache_none = Some(Spanned { value: CacheNone::SameTtl, span }),
+        "http" => args.http = Some(span),
+        "public" => args.public = Some(span),
+        "private" => args.private = Some(span),
+        "honor_no_cache" => args.honor_no_cache = Some(span),
+        _ => unreachable!("every flag is handled"),
+    }
+}
+
+/// Whether `s` is a valid HTTP header name (RFC 9110 token).
+fn valid_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> syn::Result<()> {
@@ -137,6 +190,29 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
             } else {
                 vec![input.parse()?]
             };
+            return Ok(());
+        }
+        "vary" => {
+            let span = input.span();
+            let names: Vec<LitStr> = if input.peek(syn::token::Bracket) {
+                let content;
+                syn::bracketed!(content in input);
+                content.parse_terminated(|p| p.parse::<LitStr>(), Token![,])?.into_iter().collect()
+            } else {
+                vec![input.parse()?]
+            };
+            let mut values = Vec::new();
+            for lit in &names {
+                let value = lit.value().to_ascii_lowercase();
+                if !valid_header_name(&value) {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!("`{}` is not a valid HTTP header name", lit.value()),
+                    ));
+                }
+                values.push(value);
+            }
+            args.vary = Some(Spanned { value: values, span });
             return Ok(());
         }
         _ => {}
@@ -171,6 +247,25 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
                     )),
                 };
             args.cache_none = Some(Spanned { value, span: lit.span() });
+        }
+        "http" | "public" | "private" | "honor_no_cache" => match &lit {
+            Lit::Bool(b) if b.value => set_flag(args, &name_str, lit.span()),
+            Lit::Bool(_) => {}
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    format!("`{name_str}` expects `true` or `false`, or nothing"),
+                ))
+            }
+        },
+        "s_maxage" => args.s_maxage = Some(Spanned { value: int_secs("s_maxage", &lit)?, span: lit.span() }),
+        "cdn_max_age" => args.cdn_max_age = Some(Spanned { value: int_secs("cdn_max_age", &lit)?, span: lit.span() }),
+        "last_modified" => {
+            let s = lit_str("last_modified", &lit, "\"updated_at\"")?;
+            if s.value().is_empty() {
+                return Err(syn::Error::new(s.span(), "`last_modified` names a field of the response body"));
+            }
+            args.last_modified = Some(Spanned { value: s.value(), span: s.span() });
         }
         "crate" => {
             let s = lit_str("crate", &lit, "\"my_cache\"")?;

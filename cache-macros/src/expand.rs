@@ -4,6 +4,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens as _};
 use syn::spanned::Spanned as _;
+use syn::visit::Visit;
 use syn::{AttrStyle, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
 use crate::attr::{CacheNone, CachedArgs, Errors};
@@ -95,6 +96,71 @@ fn mode(ty: &Type) -> Mode<'_> {
     Mode::Plain(ty)
 }
 
+/// Parameter types that mark a fn as an axum handler (the last path segment is compared).
+const EXTRACTORS: &[&str] = &[
+    "Path",
+    "Query",
+    "State",
+    "Json",
+    "Form",
+    "Extension",
+    "HeaderMap",
+    "TypedHeader",
+    "Method",
+    "Uri",
+    "OriginalUri",
+    "ConnectInfo",
+    "MatchedPath",
+    "Host",
+    "Request",
+    "RawQuery",
+    "RawForm",
+    "Multipart",
+];
+
+/// Return types that mark a fn as an axum handler (any path segment or `impl` bound).
+const RESPONSES: &[&str] =
+    &["IntoResponse", "Response", "Json", "Html", "Redirect", "StatusCode", "Sse", "ErrorResponse"];
+
+struct Mentions<'a> {
+    names: &'a [&'a str],
+    found: bool,
+    impl_trait: bool,
+}
+
+impl<'ast> Visit<'ast> for Mentions<'_> {
+    fn visit_path_segment(&mut self, seg: &'ast syn::PathSegment) {
+        if self.names.iter().any(|n| seg.ident == n) {
+            self.found = true;
+        }
+        syn::visit::visit_path_segment(self, seg);
+    }
+
+    fn visit_type_impl_trait(&mut self, it: &'ast syn::TypeImplTrait) {
+        self.impl_trait = true;
+        syn::visit::visit_type_impl_trait(self, it);
+    }
+}
+
+fn mentions<'a>(ty: &Type, names: &'a [&'a str]) -> Mentions<'a> {
+    let mut m = Mentions { names, found: false, impl_trait: false };
+    m.visit_type(ty);
+    m
+}
+
+/// Handler mode: `http`, an axum extractor parameter, or a response return type.
+fn is_handler(args: &CachedArgs, func: &ItemFn) -> bool {
+    args.http.is_some()
+        || func.sig.inputs.iter().any(|input| match input {
+            FnArg::Typed(pat) => match strip(&pat.ty) {
+                Type::Path(p) => p.path.segments.last().is_some_and(|seg| EXTRACTORS.iter().any(|e| seg.ident == e)),
+                _ => false,
+            },
+            FnArg::Receiver(_) => false,
+        })
+        || matches!(&func.sig.output, ReturnType::Type(_, ty) if mentions(ty, RESPONSES).found)
+}
+
 pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
     let sig = &func.sig;
@@ -113,6 +179,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
             ));
         }
     }
+    let handler = is_handler(&args, &func);
     let ret_ty = match &sig.output {
         ReturnType::Type(_, ty) => Some(&**ty),
         ReturnType::Default => {
@@ -120,15 +187,33 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
             None
         }
     };
-    if let Some(Type::ImplTrait(it)) = ret_ty.map(strip) {
-        errors.push(syn::Error::new(
-            it.span(),
-            "a `#[cached]` fn must return a concrete type (an `impl Trait` value cannot be stored)",
-        ));
+    if handler {
+        check_handler_options(&args, &mut errors);
+    } else {
+        if let Some((name, span)) = &args.first_http_option {
+            errors.push(syn::Error::new(
+                *span,
+                format!(
+                    "`{name}` only applies to axum handlers, and this fn is not recognised as one (no axum extractor \
+                     parameter, no response return type); add `http` to treat it as a handler"
+                ),
+            ));
+        }
+        if let Some(Type::ImplTrait(it)) = ret_ty.map(strip) {
+            errors.push(syn::Error::new(
+                it.span(),
+                "a `#[cached]` fn must return a concrete type (an `impl Trait` value cannot be stored)",
+            ));
+        }
     }
     let mode = ret_ty.map(mode);
     if let (Some(cn), Some(m)) = (&args.cache_none, &mode) {
-        if !matches!(m, Mode::Option(_)) {
+        if handler {
+            errors.push(syn::Error::new(
+                cn.span,
+                "`cache_none` does not apply to handlers: only 2xx responses are stored",
+            ));
+        } else if !matches!(m, Mode::Option(_)) {
             errors
                 .push(syn::Error::new(cn.span, "`cache_none` needs a fn returning `Option<T>`: it caches the `None`s"));
         }
@@ -136,22 +221,12 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
     let key = match &args.key {
         Some(template) => template_key(&template.value, template.span, &params, &args.skip, &mut errors),
+        None if handler => default_handler_key(&func),
         None => default_key(&func, &params, &args.skip),
     };
     errors.finish()?;
     let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else { unreachable!("reported above") };
 
-    let (runtime_fn, value_ty, infer) = match mode {
-        Mode::Plain(t) => ("cached_value", t, quote!(_)),
-        Mode::Option(t) => ("cached_option", t, quote!(_)),
-        Mode::Result(t) => ("cached_result", t, quote!(_, _)),
-    };
-    let runtime_fn = Ident::new(runtime_fn, value_ty.span());
-    // The callee is spanned at the cached type, so "cannot be stored in the cache" errors
-    // point at the user's return type.
-    let call = quote_spanned! {value_ty.span()=>
-        #krate::__private::#runtime_fn::<#value_ty, #infer>(__cr_cache, __cr_key, &__CR_OPTS, __cr_body).await
-    };
     let cache = match &args.cache {
         Some(expr) => quote_spanned! {expr.span()=>
             let __cr_cache_ref = &(#expr);
@@ -184,30 +259,115 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let (outer, inner): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer));
     let stmts = &block.stmts;
     let (key_builder, capacity) = key;
+    // A fake return edge fixes the block's type so `?` and `return` infer as in the user's
+    // fn (impossible, and unneeded, for `impl Trait` return types).
+    let fake_return = (!mentions(ret_ty, &[]).impl_trait).then(|| {
+        quote! {
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
+            if false {
+                let __cr_fake_return: #ret_ty = loop {};
+                return __cr_fake_return;
+            }
+        }
+    });
+    let prologue = quote! {
+        #(#inner)*
+        #cache
+        let mut __cr_w = #krate::__private::key_writer(__cr_cache, #namespace, #capacity);
+        #key_builder
+        const __CR_OPTS: #krate::__private::CallOpts = #opts;
+        let __cr_body = async {
+            #fake_return
+            #(#stmts)*
+        };
+    };
+
+    if handler {
+        let http_opts = http_opts(&args, &krate);
+        let mut sig = func.sig.clone();
+        let at = usize::from(params.has_self);
+        sig.inputs.insert(at, syn::parse_quote!(__cr_http: #krate::__private::HttpRequest));
+        sig.output = syn::parse_quote!(-> #krate::__private::Response);
+        let call = quote_spanned! {ret_ty.span()=>
+            #krate::__private::cached_handler(__cr_cache, __cr_w, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body).await
+        };
+        return Ok(quote! {
+            #(#outer)*
+            #vis #sig {
+                const __CR_HTTP: #krate::__private::HttpOpts = #http_opts;
+                #prologue
+                #call
+            }
+        });
+    }
+
+    let (runtime_fn, value_ty, infer) = match mode {
+        Mode::Plain(t) => ("cached_value", t, quote!(_)),
+        Mode::Option(t) => ("cached_option", t, quote!(_)),
+        Mode::Result(t) => ("cached_result", t, quote!(_, _)),
+    };
+    let runtime_fn = Ident::new(runtime_fn, value_ty.span());
+    // Spanned at the cached type, so "cannot be stored in the cache" points at it.
+    let call = quote_spanned! {value_ty.span()=>
+        #krate::__private::#runtime_fn::<#value_ty, #infer>(__cr_cache, __cr_w.finish(), &__CR_OPTS, __cr_body).await
+    };
     Ok(quote! {
         #(#outer)*
         #vis #sig {
-            #(#inner)*
-            #cache
-            let __cr_key = {
-                let mut __cr_w = #krate::__private::key_writer(__cr_cache, #namespace, #capacity);
-                #key_builder
-                __cr_w.finish()
-            };
-            const __CR_OPTS: #krate::__private::CallOpts = #opts;
-            let __cr_body = async {
-                // A fake return edge: fixes the block's type so `?` and `return` infer as in the
-                // user's fn.
-                #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
-                if false {
-                    let __cr_fake_return: #ret_ty = loop {};
-                    return __cr_fake_return;
-                }
-                #(#stmts)*
-            };
+            #prologue
             #call
         }
     })
+}
+
+fn check_handler_options(args: &CachedArgs, errors: &mut Errors) {
+    if let (Some(_), Some(private)) = (args.public, args.private) {
+        errors.push(syn::Error::new(private, "`public` and `private` exclude each other"));
+    }
+    if let (Some(s), None) = (&args.s_maxage, args.public) {
+        errors
+            .push(syn::Error::new(s.span, "`s_maxage` needs `public`: shared caches never store a `private` response"));
+    }
+}
+
+fn http_opts(args: &CachedArgs, krate: &TokenStream) -> TokenStream {
+    let mut out = quote!(#krate::__private::HttpOpts::new());
+    if args.public.is_some() {
+        out.extend(quote!(.public()));
+    }
+    if let Some(s) = &args.s_maxage {
+        let v = s.value;
+        out.extend(quote!(.s_maxage(#v)));
+    }
+    if let Some(s) = &args.cdn_max_age {
+        let v = s.value;
+        out.extend(quote!(.cdn_max_age(#v)));
+    }
+    if let Some(vary) = &args.vary {
+        let names = &vary.value;
+        out.extend(quote!(.vary(&[#(#names),*])));
+    }
+    if let Some(field) = &args.last_modified {
+        let f = &field.value;
+        out.extend(quote!(.last_modified_field(#f)));
+    }
+    if args.honor_no_cache.is_some() {
+        out.extend(quote!(.honor_no_cache()));
+    }
+    out
+}
+
+/// A handler without `key`: module path, fn name, then the request's path and query.
+fn default_handler_key(func: &ItemFn) -> (TokenStream, usize) {
+    let name = func.sig.ident.to_string();
+    let out = quote! {
+        __cr_w.lit(::core::module_path!());
+        __cr_w.lit("::");
+        __cr_w.lit(#name);
+        __cr_w.lit(":");
+        __cr_http.key_uri(&mut __cr_w);
+    };
+    (out, 96)
 }
 
 /// `key = "user:<id>"`: literal text as is, placeholders rendered with `Display`, escaped.

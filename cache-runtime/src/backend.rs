@@ -119,12 +119,17 @@ impl RedisStore {
         Ok(RedisStore { conn, timeout })
     }
 
+    /// One command. redis-rs bounds it with the response timeout (and connecting with the
+    /// connection timeout), both set to the command timeout: no second timer on the hot path.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
-            Ok(result) => result.map_err(CacheError::Redis),
-            Err(_) => Err(CacheError::Timeout),
-        }
+        cmd.query_async::<T>(&mut conn).await.map_err(|err| {
+            if err.is_timeout() {
+                CacheError::Timeout
+            } else {
+                CacheError::Redis(err)
+            }
+        })
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{MemEntry, MemoryStore, RedisStore};
+use crate::codec::{Codec, Json, Stored};
 use crate::envelope::{self, Meta};
 use crate::error::CacheError;
 use crate::fetch::{self, CallOpts, Plain, ResultMode};
@@ -191,6 +192,18 @@ pub(crate) enum Found<V> {
     Negative,
 }
 
+/// How long a found entry stays fresh (ms since the Unix epoch).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Times {
+    pub(crate) fresh_until_ms: u64,
+}
+
+impl Times {
+    fn of(meta: &Meta) -> Times {
+        Times { fresh_until_ms: meta.fresh_until_ms }
+    }
+}
+
 impl AsRef<Cache> for Cache {
     fn as_ref(&self) -> &Cache {
         self
@@ -362,30 +375,31 @@ impl Cache {
 
     /// Reads a fresh entry of type `V`. Anything else (absent, expired, wrong type,
     /// undecodable, store unreachable) is `None`: the caller runs the body and overwrites.
-    pub(crate) async fn read<V: Cacheable>(&self, key: &str) -> Option<Found<V>> {
+    pub(crate) async fn read<V: Stored, C: Codec<V>>(&self, key: &str) -> Option<(Found<V>, Times)> {
         match &self.inner.store {
             Store::Memory(mem) => {
                 let entry = mem.get(key)?;
                 if entry.meta.fresh_until_ms <= now_ms() {
                     return None;
                 }
+                let times = Times::of(&entry.meta);
                 if entry.negative {
-                    return Some(Found::Negative);
+                    return Some((Found::Negative, times));
                 }
                 // A value stored for another type under the same key is a miss.
-                entry.value.downcast_ref::<V>().map(|v| Found::Value(v.clone()))
+                entry.value.downcast_ref::<V>().map(|v| (Found::Value(v.clone()), times))
             }
             Store::Redis(redis) => {
                 let result = redis.get(key).await;
                 self.count_result(&result, "get");
                 let bytes = result.ok()??;
-                decode_entry::<V>(key, &bytes)
+                decode_entry::<V, C>(key, &bytes)
             }
         }
     }
 
     /// Stores `value` (or a negative entry when `None`) under `key` for `ttl`.
-    pub(crate) async fn write<V: Cacheable>(
+    pub(crate) async fn write<V: Stored, C: Codec<V>>(
         &self,
         key: String,
         value: Option<&V>,
@@ -413,7 +427,7 @@ impl Cache {
             }
             Store::Redis(redis) => {
                 let payload = match value {
-                    Some(v) => serde_json::to_vec(v).map_err(CacheError::Encode),
+                    Some(v) => C::encode(v),
                     None => Ok(Vec::new()),
                 };
                 match payload {
@@ -445,7 +459,7 @@ impl Cache {
     }
 }
 
-fn decode_entry<V: Cacheable>(key: &str, bytes: &[u8]) -> Option<Found<V>> {
+fn decode_entry<V: Stored, C: Codec<V>>(key: &str, bytes: &[u8]) -> Option<(Found<V>, Times)> {
     let decoded = match envelope::decode(bytes) {
         Ok(decoded) => decoded,
         Err(why) => {
@@ -465,11 +479,12 @@ fn decode_entry<V: Cacheable>(key: &str, bytes: &[u8]) -> Option<Found<V>> {
     if decoded.meta.fresh_until_ms <= now_ms() {
         return None;
     }
+    let times = Times::of(&decoded.meta);
     if decoded.negative {
-        return Some(Found::Negative);
+        return Some((Found::Negative, times));
     }
-    match serde_json::from_slice::<V>(decoded.payload) {
-        Ok(value) => Some(Found::Value(value)),
+    match C::decode(decoded.payload) {
+        Ok(value) => Some((Found::Value(value), times)),
         Err(err) => {
             tracing::warn!(target: "cache_runtime", key, error = %err, "cache entry does not decode; treating it as a miss");
             None
@@ -487,15 +502,15 @@ pub struct Namespace<'a> {
 impl Namespace<'_> {
     /// Reads `key`; see [`Cache::get`].
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
-        match self.cache.read::<T>(&self.cache.full_key(self.namespace, key)).await {
-            Some(Found::Value(v)) => Some(v),
-            Some(Found::Negative) | None => None,
+        match self.cache.read::<T, Json>(&self.cache.full_key(self.namespace, key)).await {
+            Some((Found::Value(v), _)) => Some(v),
+            Some((Found::Negative, _)) | None => None,
         }
     }
 
     /// Stores `value` under `key` for `ttl`.
     pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), CacheError> {
-        self.cache.write(self.cache.full_key(self.namespace, key), Some(value), ttl, Duration::ZERO).await
+        self.cache.write::<T, Json>(self.cache.full_key(self.namespace, key), Some(value), ttl, Duration::ZERO).await
     }
 
     /// Removes `key`.

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::cache::{Cache, Found};
+use crate::codec::Json;
 use crate::Cacheable;
 
 /// Per-call options, built in a `const` by the code `#[cached]` generates.
@@ -41,7 +42,7 @@ impl CallOpts {
         self
     }
 
-    fn ttl(&self, cache: &Cache) -> Duration {
+    pub(crate) fn ttl(&self, cache: &Cache) -> Duration {
         match self.ttl {
             Some(ttl) => ttl,
             None => cache.default_ttl(),
@@ -132,7 +133,7 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     opts: &CallOpts,
     body: F,
 ) -> M::Out {
-    if let Some(found) = cache.read::<M::Value>(&key).await {
+    if let Some((found, _)) = cache.read::<M::Value, Json>(&key).await {
         if let Some(out) = M::rebuild(found) {
             cache.record_hit();
             return out;
@@ -144,10 +145,10 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     let ttl = opts.ttl(cache);
     // A failed store is logged and counted inside `write`; the caller still gets its result.
     let _ = match M::decide(&out) {
-        Decision::Store(value) => cache.write(key, Some(value), ttl, started.elapsed()).await,
+        Decision::Store(value) => cache.write::<M::Value, Json>(key, Some(value), ttl, started.elapsed()).await,
         Decision::StoreNegative if opts.cache_none => {
             let ttl = opts.none_ttl.unwrap_or(ttl);
-            cache.write::<M::Value>(key, None, ttl, started.elapsed()).await
+            cache.write::<M::Value, Json>(key, None, ttl, started.elapsed()).await
         }
         Decision::StoreNegative | Decision::Skip => Ok(()),
     };

@@ -32,9 +32,12 @@
 
 mod backend;
 mod cache;
+mod codec;
 mod envelope;
 mod error;
 mod fetch;
+#[cfg(feature = "axum")]
+mod http;
 pub mod key;
 mod time;
 
@@ -45,6 +48,8 @@ use std::sync::OnceLock;
 
 pub use cache::{Cache, CacheBuilder, Namespace, Stats, DEFAULT_NAMESPACE};
 pub use error::{AlreadyInitialized, CacheError};
+#[cfg(feature = "axum")]
+pub use http::X_CACHE;
 
 /// Caches an async function's result. See the crate README for every option.
 ///
@@ -103,6 +108,11 @@ pub mod __private {
     pub use crate::key::KeyWriter;
     pub use crate::{global, Cache, Cacheable};
     pub use core::time::Duration;
+
+    #[cfg(feature = "axum")]
+    pub use crate::http::{cached_handler, HttpOpts, HttpRequest};
+    #[cfg(feature = "axum")]
+    pub use axum::response::Response;
 
     /// Resolves the `cache = …` option to a `&Cache`.
     #[inline]

@@ -1,0 +1,471 @@
+//! HTTP caching for axum handlers (RFC 9110 §13 conditional requests, RFC 9111 caching).
+//!
+//! `#[cached]` on a handler adds a hidden [`HttpRequest`] extractor (method, URI, headers)
+//! and hands the handler's future to [`cached_handler`]:
+//!
+//! - only `GET` and `HEAD` are cached; other methods run the handler untouched (`X-Cache: BYPASS`);
+//! - only 2xx responses are stored (status, body, headers other than `Set-Cookie`,
+//!   hop-by-hop and caching headers); a response with `Set-Cookie` or `Cache-Control: no-store`
+//!   is never stored;
+//! - every response carries a strong `ETag` (SHA-256 of the body: the same on every replica
+//!   and after restarts), `Cache-Control`, `Last-Modified`, `Vary` (when configured) and
+//!   `X-Cache: HIT | MISS | BYPASS`;
+//! - `If-None-Match` (lists, `*`, weak comparison) answers `304 Not Modified`;
+//!   `If-Modified-Since` is evaluated only when `If-None-Match` is absent; malformed
+//!   conditional headers are ignored;
+//! - headers named in `vary` are hashed (SHA-256) into the key, so a response is only ever
+//!   served to requests with the same values.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes, HttpBody as _};
+use axum::extract::FromRequestParts;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use headers::{CacheControl, ETag, HeaderMapExt as _, IfModifiedSince, IfNoneMatch, LastModified};
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::{Cache, Found, Times};
+use crate::codec::Codec;
+use crate::error::CacheError;
+use crate::fetch::CallOpts;
+use crate::key::{escape_into, KeyWriter};
+use crate::time::now_ms;
+
+/// The cache status header.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+const CLOUDFLARE_CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cloudflare-cdn-cache-control");
+/// Bodies larger than this are served but not stored.
+const MAX_STORED_BODY: u64 = 8 * 1024 * 1024;
+
+/// What a cached handler needs from the request. Added by `#[cached]` as a hidden first
+/// extractor; it never rejects a request.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct HttpRequest {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for HttpRequest {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(HttpRequest {
+            method: parts.method.clone(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl HttpRequest {
+    /// The default key of a handler without `key`: its request's path and query.
+    pub fn key_uri(&self, key: &mut KeyWriter) {
+        key.display(&self.path_and_query);
+    }
+}
+
+/// Where `Last-Modified` comes from.
+#[derive(Debug, Clone, Copy)]
+enum LastModifiedFrom {
+    StoredAt,
+    /// A top-level field of the JSON body: RFC 3339 text or Unix seconds.
+    Field(&'static str),
+}
+
+/// HTTP options of one handler, built in a `const` by the generated code.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct HttpOpts {
+    public: bool,
+    s_maxage: Option<u64>,
+    cdn_max_age: Option<u64>,
+    vary: &'static [&'static str],
+    last_modified: LastModifiedFrom,
+    honor_no_cache: bool,
+}
+
+impl Default for HttpOpts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpOpts {
+    /// `private`, no `Vary`, `Last-Modified` = stored-at, client `no-cache` ignored.
+    pub const fn new() -> Self {
+        HttpOpts {
+            public: false,
+            s_maxage: None,
+            cdn_max_age: None,
+            vary: &[],
+            last_modified: LastModifiedFrom::StoredAt,
+            honor_no_cache: false,
+        }
+    }
+    /// `public`.
+    pub const fn public(mut self) -> Self {
+        self.public = true;
+        self
+    }
+    /// `s_maxage = N`.
+    pub const fn s_maxage(mut self, secs: u64) -> Self {
+        self.s_maxage = Some(secs);
+        self
+    }
+    /// `cdn_max_age = N`.
+    pub const fn cdn_max_age(mut self, secs: u64) -> Self {
+        self.cdn_max_age = Some(secs);
+        self
+    }
+    /// `vary = [...]`, lower-case header names validated at compile time.
+    pub const fn vary(mut self, names: &'static [&'static str]) -> Self {
+        self.vary = names;
+        self
+    }
+    /// `last_modified = "field"`.
+    pub const fn last_modified_field(mut self, field: &'static str) -> Self {
+        self.last_modified = LastModifiedFrom::Field(field);
+        self
+    }
+    /// `honor_no_cache`.
+    pub const fn honor_no_cache(mut self) -> Self {
+        self.honor_no_cache = true;
+        self
+    }
+}
+
+/// A stored 2xx response.
+#[derive(Debug)]
+pub(crate) struct StoredResponse {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+    /// Quoted strong ETag.
+    etag: ETag,
+    etag_text: Box<str>,
+    last_modified_ms: u64,
+}
+
+/// Binary payload of a stored response:
+/// `status u16 | last_modified_ms u64 | etag_len u8 | etag | n_headers u16 | (name_len u16 | name | value_len u32 | value)* | body`.
+pub(crate) struct ResponseCodec;
+
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if bytes.len() < n {
+        return Err("truncated stored response".to_owned());
+    }
+    let (head, tail) = bytes.split_at(n);
+    *bytes = tail;
+    Ok(head)
+}
+
+fn take_uint(bytes: &mut &[u8], width: usize) -> Result<u64, String> {
+    let raw = take(bytes, width)?;
+    let mut buf = [0u8; 8];
+    buf[..width].copy_from_slice(raw);
+    Ok(u64::from_le_bytes(buf))
+}
+
+impl Codec<Arc<StoredResponse>> for ResponseCodec {
+    fn encode(value: &Arc<StoredResponse>) -> Result<Vec<u8>, CacheError> {
+        let mut out = Vec::with_capacity(64 + value.body.len());
+        out.extend_from_slice(&value.status.as_u16().to_le_bytes());
+        out.extend_from_slice(&value.last_modified_ms.to_le_bytes());
+        let etag = value.etag_text.as_bytes();
+        out.push(u8::try_from(etag.len()).map_err(|_| CacheError::Config("ETag too long".to_owned()))?);
+        out.extend_from_slice(etag);
+        let n = u16::try_from(value.headers.len()).map_err(|_| CacheError::Config("too many headers".to_owned()))?;
+        out.extend_from_slice(&n.to_le_bytes());
+        for (name, v) in &value.headers {
+            let name = name.as_str().as_bytes();
+            out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_le_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.extend_from_slice(&value.body);
+        Ok(out)
+    }
+
+    fn decode(mut bytes: &[u8]) -> Result<Arc<StoredResponse>, String> {
+        let b = &mut bytes;
+        let status = u16::try_from(take_uint(b, 2)?).map_err(|e| e.to_string())?;
+        let status = StatusCode::from_u16(status).map_err(|e| e.to_string())?;
+        let last_modified_ms = take_uint(b, 8)?;
+        let etag_len = usize::try_from(take_uint(b, 1)?).map_err(|e| e.to_string())?;
+        let etag_text = std::str::from_utf8(take(b, etag_len)?).map_err(|e| e.to_string())?;
+        let etag: ETag = etag_text.parse().map_err(|_| "invalid stored ETag".to_owned())?;
+        let n = take_uint(b, 2)?;
+        let mut headers = Vec::new();
+        for _ in 0..n {
+            let len = usize::try_from(take_uint(b, 2)?).map_err(|e| e.to_string())?;
+            let name = HeaderName::from_bytes(take(b, len)?).map_err(|e| e.to_string())?;
+            let len = usize::try_from(take_uint(b, 4)?).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_bytes(take(b, len)?).map_err(|e| e.to_string())?;
+            headers.push((name, value));
+        }
+        Ok(Arc::new(StoredResponse {
+            status,
+            headers,
+            body: Bytes::copy_from_slice(bytes),
+            etag,
+            etag_text: etag_text.into(),
+            last_modified_ms,
+        }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xF)]));
+    }
+    out
+}
+
+/// Appends one `:h.<name>=<sha256 of its values>` segment per `vary` header, so requests
+/// that differ in any of them never share an entry.
+fn add_vary(key: &mut KeyWriter, headers: &HeaderMap, vary: &[&str]) {
+    for name in vary {
+        let mut hasher = Sha256::new();
+        let mut count = 0u32;
+        for value in headers.get_all(*name) {
+            hasher.update(value.as_bytes());
+            hasher.update([0u8]);
+            count += 1;
+        }
+        hasher.update(count.to_le_bytes());
+        let mut segment = String::from(":h.");
+        escape_into(&mut segment, name);
+        segment.push('=');
+        segment.push_str(&hex(&hasher.finalize()[..16]));
+        key.lit(&segment);
+    }
+}
+
+fn set_x_cache(response: &mut Response, status: &'static str) {
+    response.headers_mut().insert(X_CACHE, HeaderValue::from_static(status));
+}
+
+/// Headers of a handler's response that are never stored or replayed.
+fn is_unstored_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "content-length"
+            | "date"
+            | "set-cookie"
+            | "cache-control"
+            | "etag"
+            | "last-modified"
+            | "vary"
+            | "x-cache"
+            | "cdn-cache-control"
+            | "cloudflare-cdn-cache-control"
+            | "age"
+            | "expires"
+    )
+}
+
+fn to_system_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(ms / 1000)
+}
+
+/// `Last-Modified` from a field of the JSON body: RFC 3339 text or Unix seconds.
+fn last_modified_from_body(body: &[u8], field: &str) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match value.get(field)? {
+        serde_json::Value::String(s) => {
+            let t = humantime::parse_rfc3339_weak(s).ok()?;
+            Some(u64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?)
+        }
+        serde_json::Value::Number(n) => n.as_u64().map(|secs| secs.saturating_mul(1000)),
+        _ => None,
+    }
+}
+
+impl HttpOpts {
+    fn cache_control(&self, remaining_secs: u64) -> HeaderValue {
+        let visibility = if self.public { "public" } else { "private" };
+        let text = match self.s_maxage {
+            Some(s) if self.public => format!("{visibility}, max-age={remaining_secs}, s-maxage={s}"),
+            _ => format!("{visibility}, max-age={remaining_secs}"),
+        };
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("private"))
+    }
+
+    /// Adds the caching headers shared by 200 and 304 answers.
+    fn add_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, times: Times, x_cache: &'static str) {
+        let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
+        headers.insert(header::CACHE_CONTROL, self.cache_control(remaining));
+        headers.typed_insert(stored.etag.clone());
+        headers.typed_insert(LastModified::from(to_system_time(stored.last_modified_ms)));
+        if !self.vary.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&self.vary.join(", ")) {
+                headers.insert(header::VARY, v);
+            }
+        }
+        if let Some(secs) = self.cdn_max_age {
+            if let Ok(v) = HeaderValue::from_str(&format!("max-age={secs}")) {
+                headers.insert(CDN_CACHE_CONTROL, v.clone());
+                headers.insert(CLOUDFLARE_CDN_CACHE_CONTROL, v);
+            }
+        }
+        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    }
+}
+
+/// RFC 9110 §13.2.2: `If-None-Match` first; `If-Modified-Since` only without it.
+/// Malformed values are ignored (the request is answered in full).
+fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        return match request.typed_try_get::<IfNoneMatch>() {
+            Ok(Some(inm)) => !inm.precondition_passes(&stored.etag),
+            _ => false,
+        };
+    }
+    match request.typed_try_get::<IfModifiedSince>() {
+        Ok(Some(ims)) => !ims.is_modified(to_system_time(stored.last_modified_ms)),
+        _ => false,
+    }
+}
+
+fn respond(
+    stored: &StoredResponse,
+    times: Times,
+    request: &HttpRequest,
+    opts: &HttpOpts,
+    x_cache: &'static str,
+) -> Response {
+    if not_modified(&request.headers, stored) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        opts.add_headers(response.headers_mut(), stored, times, x_cache);
+        return response;
+    }
+    let body = if request.method == Method::HEAD { Body::empty() } else { Body::from(stored.body.clone()) };
+    let mut response = Response::new(body);
+    *response.status_mut() = stored.status;
+    let headers = response.headers_mut();
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+    opts.add_headers(headers, stored, times, x_cache);
+    response
+}
+
+/// What the client's own `Cache-Control` asks for, when the handler honours it.
+enum ClientDirective {
+    None,
+    NoCache,
+    NoStore,
+}
+
+fn client_directive(headers: &HeaderMap) -> ClientDirective {
+    match headers.typed_try_get::<CacheControl>() {
+        Ok(Some(cc)) if cc.no_store() => ClientDirective::NoStore,
+        Ok(Some(cc)) if cc.no_cache() => ClientDirective::NoCache,
+        _ => ClientDirective::None,
+    }
+}
+
+/// The runtime side of `#[cached]` on an axum handler.
+#[doc(hidden)]
+pub async fn cached_handler<R, F>(
+    cache: &Cache,
+    mut key: KeyWriter,
+    request: HttpRequest,
+    opts: &CallOpts,
+    http: &HttpOpts,
+    body: F,
+) -> Response
+where
+    R: IntoResponse,
+    F: Future<Output = R>,
+{
+    if request.method != Method::GET && request.method != Method::HEAD {
+        let mut response = body.await.into_response();
+        set_x_cache(&mut response, "BYPASS");
+        return response;
+    }
+    let directive = if http.honor_no_cache { client_directive(&request.headers) } else { ClientDirective::None };
+    add_vary(&mut key, &request.headers, http.vary);
+    let key = key.finish();
+    if matches!(directive, ClientDirective::None) {
+        if let Some((Found::Value(stored), times)) = cache.read::<Arc<StoredResponse>, ResponseCodec>(&key).await {
+            cache.record_hit();
+            return respond(&stored, times, &request, http, "HIT");
+        }
+    }
+    cache.record_miss();
+    let started = Instant::now();
+    let response = body.await.into_response();
+    let x_cache = if matches!(directive, ClientDirective::None) { "MISS" } else { "BYPASS" };
+    let never_store = response.headers().contains_key(header::SET_COOKIE)
+        || response.headers().typed_get::<CacheControl>().is_some_and(|cc| cc.no_store());
+    let small_enough = response.body().size_hint().upper().is_some_and(|n| n <= MAX_STORED_BODY);
+    if !response.status().is_success() || never_store || !small_enough {
+        let mut response = response;
+        set_x_cache(&mut response, x_cache);
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::try_from(MAX_STORED_BODY).unwrap_or(usize::MAX)).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            tracing::warn!(target: "cache_runtime", error = %err, "handler body failed while being read");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "response body failed").into_response();
+        }
+    };
+    let etag_text = format!("\"{}\"", hex(&Sha256::digest(&bytes)[..16]));
+    let etag: ETag = match etag_text.parse() {
+        Ok(etag) => etag,
+        Err(_) => unreachable!("a quoted hex string is a valid ETag"),
+    };
+    let now = now_ms();
+    let last_modified_ms = match http.last_modified {
+        LastModifiedFrom::StoredAt => now,
+        LastModifiedFrom::Field(field) => last_modified_from_body(&bytes, field).unwrap_or(now),
+    };
+    let stored = Arc::new(StoredResponse {
+        status: parts.status,
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| !is_unstored_header(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        body: bytes,
+        etag,
+        etag_text: etag_text.into(),
+        last_modified_ms,
+    });
+    let ttl = opts.ttl(cache);
+    if !matches!(directive, ClientDirective::NoStore) {
+        // A failed store is logged and counted; the client still gets the response.
+        let _ = cache.write::<Arc<StoredResponse>, ResponseCodec>(key, Some(&stored), ttl, started.elapsed()).await;
+    }
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let times = Times { fresh_until_ms: now.saturating_add(ttl_ms) };
+    respond(&stored, times, &request, http, x_cache)
+}

@@ -1,0 +1,238 @@
+//! Routes of the example application (the route contract is documented in the README).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cache_runtime::{cached, Cache};
+use headers::authorization::Bearer;
+use headers::{Authorization, HeaderMapExt as _};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Db, DbError, Post, User, USERS};
+
+/// Settings read from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub port: u16,
+    /// Unset: the in-memory cache. Set: Redis.
+    pub redis_url: Option<String>,
+    /// Unset: SQLite in memory.
+    pub database_path: Option<PathBuf>,
+    pub db_latency: Duration,
+}
+
+impl Config {
+    /// `PORT` (3000), `REDIS_URL`, `DATABASE_PATH`, `DB_LATENCY_MS` (5).
+    pub fn from_env() -> Result<Config, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let port =
+            var("PORT").map_or(Ok(3000), |v| v.parse().map_err(|_| format!("PORT={v:?} is not a port number")))?;
+        let latency_ms: u64 = var("DB_LATENCY_MS")
+            .map_or(Ok(5), |v| v.parse().map_err(|_| format!("DB_LATENCY_MS={v:?} is not a number of milliseconds")))?;
+        Ok(Config {
+            port,
+            redis_url: var("REDIS_URL"),
+            database_path: var("DATABASE_PATH").map(PathBuf::from),
+            db_latency: Duration::from_millis(latency_ms),
+        })
+    }
+}
+
+/// Shared state: the database and the cache.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub db: Db,
+    pub cache: Cache,
+}
+
+impl App {
+    pub fn new(config: &Config) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
+        let db = Db::open(config.database_path.as_deref(), config.db_latency)?;
+        let cache = match &config.redis_url {
+            Some(url) => Cache::builder().redis(url).prefix("axum-app").build()?,
+            None => Cache::builder().prefix("axum-app").build()?,
+        };
+        Ok(App { db, cache })
+    }
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/users/{id}", get(get_user).put(update_user))
+        .route("/posts", get(list_posts).post(create_post))
+        .route("/feed", get(feed))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+/// Errors answered as JSON with a status.
+#[derive(Debug)]
+pub enum AppError {
+    NotFound,
+    BadRequest(&'static str),
+    Db(DbError),
+}
+
+impl From<DbError> for AppError {
+    fn from(err: DbError) -> Self {
+        AppError::Db(err)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            AppError::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
+            AppError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.to_owned()),
+            AppError::Db(err) => {
+                tracing::error!(%err, "database call failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            }
+        };
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+async fn index() -> &'static str {
+    "routes: GET /users/{id} (1..=1000), PUT /users/{id}, GET /posts, POST /posts, GET /feed?page=N (Authorization: Bearer <name>), GET /metrics\n"
+}
+
+/// `GET /users/{id}`: private, 60 s, `Last-Modified` from `updated_at`.
+#[cached(expire = 60, key = "user:<id>", last_modified = "updated_at", cache = app.cache)]
+async fn get_user(Path(id): Path<u64>, State(app): State<App>) -> Result<Json<User>, AppError> {
+    app.db.user(id).await?.map(Json).ok_or(AppError::NotFound)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserPatch {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// `PUT /users/{id}`: writes, then drops the cached user (on every replica sharing the Redis).
+async fn update_user(
+    Path(id): Path<u64>,
+    State(app): State<App>,
+    Json(patch): Json<UserPatch>,
+) -> Result<Json<User>, AppError> {
+    if patch.name.is_none() && patch.email.is_none() {
+        return Err(AppError::BadRequest("nothing to update: send `name` and/or `email`"));
+    }
+    let user = app.db.update_user(id, patch.name, patch.email).await?.ok_or(AppError::NotFound)?;
+    if let Err(err) = app.cache.invalidate(&format!("user:{id}")).await {
+        tracing::warn!(%err, id, "could not invalidate the cached user");
+    }
+    Ok(Json(user))
+}
+
+/// `GET /posts`: public, for browsers 60 s, shared caches 120 s, CDNs 600 s.
+#[cached(expire = 60, key = "posts", public, s_maxage = 120, cdn_max_age = 600, cache = app.cache)]
+async fn list_posts(State(app): State<App>) -> Result<Json<Vec<Post>>, AppError> {
+    Ok(Json(app.db.posts(0, 100).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewPost {
+    pub title: String,
+    pub body: String,
+}
+
+/// `POST /posts`: adds a post, then drops the post list and every feed.
+async fn create_post(State(app): State<App>, Json(post): Json<NewPost>) -> Result<(StatusCode, Json<Post>), AppError> {
+    if post.title.trim().is_empty() {
+        return Err(AppError::BadRequest("`title` must not be empty"));
+    }
+    let post = app.db.add_post(post.title, post.body).await?;
+    if let Err(err) = app.cache.invalidate("posts").await {
+        tracing::warn!(%err, "could not invalidate the post list");
+    }
+    if let Err(err) = app.cache.clear_namespace("feed").await {
+        tracing::warn!(%err, "could not invalidate the feeds");
+    }
+    Ok((StatusCode::CREATED, Json(post)))
+}
+
+/// The caller, from `Authorization: Bearer <name>`: every name is a user of its own.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthUser {
+    pub id: u64,
+    pub name: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.typed_try_get::<Authorization<Bearer>>() {
+            Ok(Some(auth)) if !auth.token().is_empty() => {
+                let name = auth.token().to_owned();
+                // A stable id per name, above the seeded users (FNV-1a).
+                let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in name.bytes() {
+                    hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                Ok(AuthUser { id: USERS + 1 + hash % 1_000_000_000, name })
+            }
+            _ => Err((
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({ "error": "send `Authorization: Bearer <name>`" })),
+            )
+                .into_response()),
+        }
+    }
+}
+
+fn first_page() -> u64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    #[serde(default = "first_page")]
+    pub page: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Feed {
+    pub user: AuthUser,
+    pub page: u64,
+    pub posts: Vec<Post>,
+}
+
+/// `GET /feed?page=N`: per user (key and `Vary: Authorization`), private.
+#[cached(expire = 30, key = "feed:<user.id>:<page>", namespace = "feed", vary = ["authorization"], cache = app.cache)]
+async fn feed(
+    user: AuthUser,
+    Query(FeedQuery { page }): Query<FeedQuery>,
+    State(app): State<App>,
+) -> Result<Json<Feed>, AppError> {
+    if page == 0 {
+        return Err(AppError::BadRequest("pages start at 1"));
+    }
+    let posts = app.db.posts((page - 1) * 10, 10).await?;
+    Ok(Json(Feed { user, page, posts }))
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let s = app.cache.stats();
+    let mut out = String::new();
+    for (name, help, value) in [
+        ("cache_hits_total", "Reads answered from the cache.", s.hits),
+        ("cache_misses_total", "Reads that ran the handler.", s.misses),
+        ("cache_stale_total", "Reads answered with a stale entry.", s.stale),
+        ("cache_errors_total", "Cache store operations that failed (the request went on without the cache).", s.errors),
+        ("db_queries_total", "Reads that reached the database.", app.db.reads()),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
