@@ -126,6 +126,8 @@ struct Mentions<'a> {
     names: &'a [&'a str],
     found: bool,
     impl_trait: bool,
+    /// The bounds of every `impl Trait` in the type.
+    impl_bounds: Vec<syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>>,
 }
 
 impl<'ast> Visit<'ast> for Mentions<'_> {
@@ -138,12 +140,13 @@ impl<'ast> Visit<'ast> for Mentions<'_> {
 
     fn visit_type_impl_trait(&mut self, it: &'ast syn::TypeImplTrait) {
         self.impl_trait = true;
+        self.impl_bounds.push(it.bounds.clone());
         syn::visit::visit_type_impl_trait(self, it);
     }
 }
 
 fn mentions<'a>(ty: &Type, names: &'a [&'a str]) -> Mentions<'a> {
-    let mut m = Mentions { names, found: false, impl_trait: false };
+    let mut m = Mentions { names, found: false, impl_trait: false, impl_bounds: Vec::new() };
     m.visit_type(ty);
     m
 }
@@ -288,12 +291,26 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         let at = usize::from(params.has_self);
         sig.inputs.insert(at, syn::parse_quote!(__cr_http: #krate::__private::HttpRequest));
         sig.output = syn::parse_quote!(-> #krate::__private::Response);
+        // Naming the return type (when it can be named) puts "does not implement IntoResponse"
+        // on it.
+        let response_ty = if fake_return.is_some() { quote!(#ret_ty) } else { quote!(_) };
         let call = quote_spanned! {ret_ty.span()=>
-            #krate::__private::cached_handler(__cr_cache, __cr_w, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body).await
+            #krate::__private::cached_handler::<#response_ty, _>(__cr_cache, __cr_w, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body).await
         };
+        // The return type is replaced by `Response`; naming the bounds of its `impl Trait`s
+        // keeps them (and the user's imports of them) checked and used.
+        let bounds = mentions(ret_ty, &[]).impl_bounds;
+        let params = (0..bounds.len()).map(|i| format_ident!("__CrR{}", i));
+        let uses_bounds = (!bounds.is_empty()).then(|| {
+            quote! {
+                #[allow(dead_code, non_snake_case)]
+                fn __cr_return_bounds<#(#params: #bounds),*>() {}
+            }
+        });
         return Ok(quote! {
             #(#outer)*
             #vis #sig {
+                #uses_bounds
                 const __CR_HTTP: #krate::__private::HttpOpts = #http_opts;
                 #prologue
                 #call

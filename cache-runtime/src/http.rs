@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use headers::{CacheControl, ETag, HeaderMapExt as _, IfModifiedSince, IfNoneMatch, LastModified};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{Cache, Found, Times};
+use crate::cache::{Cache, Found};
 use crate::codec::Codec;
 use crate::error::CacheError;
 use crate::fetch::CallOpts;
@@ -158,7 +158,8 @@ pub(crate) struct StoredResponse {
 }
 
 /// Binary payload of a stored response:
-/// `status u16 | last_modified_ms u64 | etag_len u8 | etag | n_headers u16 | (name_len u16 | name | value_len u32 | value)* | body`.
+/// `status u16 | last_modified_ms u64 | etag_len u8 | etag | n_headers u16 | (name_len u16 | name | value_len u32 | value)* | body_len u64 | body`.
+/// The body length is checked, so a truncated entry is a miss, never a truncated response.
 pub(crate) struct ResponseCodec;
 
 fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
@@ -194,6 +195,7 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
             out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes());
             out.extend_from_slice(v.as_bytes());
         }
+        out.extend_from_slice(&(value.body.len() as u64).to_le_bytes());
         out.extend_from_slice(&value.body);
         Ok(out)
     }
@@ -214,6 +216,10 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
             let len = usize::try_from(take_uint(b, 4)?).map_err(|e| e.to_string())?;
             let value = HeaderValue::from_bytes(take(b, len)?).map_err(|e| e.to_string())?;
             headers.push((name, value));
+        }
+        let body_len = take_uint(b, 8)?;
+        if u64::try_from(bytes.len()).ok() != Some(body_len) {
+            return Err(format!("stored body is {} bytes, expected {body_len}", bytes.len()));
         }
         Ok(Arc::new(StoredResponse {
             status,
@@ -315,9 +321,8 @@ impl HttpOpts {
     }
 
     /// Adds the caching headers shared by 200 and 304 answers.
-    fn add_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, times: Times, x_cache: &'static str) {
-        let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
-        headers.insert(header::CACHE_CONTROL, self.cache_control(remaining));
+    fn add_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, max_age: u64, x_cache: &'static str) {
+        headers.insert(header::CACHE_CONTROL, self.cache_control(max_age));
         headers.typed_insert(stored.etag.clone());
         headers.typed_insert(LastModified::from(to_system_time(stored.last_modified_ms)));
         if !self.vary.is_empty() {
@@ -350,16 +355,17 @@ fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
     }
 }
 
+/// `max_age`: the entry's remaining freshness in whole seconds (the full ttl on a miss).
 fn respond(
     stored: &StoredResponse,
-    times: Times,
+    max_age: u64,
     request: &HttpRequest,
     opts: &HttpOpts,
     x_cache: &'static str,
 ) -> Response {
     if not_modified(&request.headers, stored) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
-        opts.add_headers(response.headers_mut(), stored, times, x_cache);
+        opts.add_headers(response.headers_mut(), stored, max_age, x_cache);
         return response;
     }
     let body = if request.method == Method::HEAD { Body::empty() } else { Body::from(stored.body.clone()) };
@@ -370,7 +376,7 @@ fn respond(
         headers.append(name.clone(), value.clone());
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
-    opts.add_headers(headers, stored, times, x_cache);
+    opts.add_headers(headers, stored, max_age, x_cache);
     response
 }
 
@@ -414,7 +420,8 @@ where
     if matches!(directive, ClientDirective::None) {
         if let Some((Found::Value(stored), times)) = cache.read::<Arc<StoredResponse>, ResponseCodec>(&key).await {
             cache.record_hit();
-            return respond(&stored, times, &request, http, "HIT");
+            let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
+            return respond(&stored, remaining, &request, http, "HIT");
         }
     }
     cache.record_miss();
@@ -465,7 +472,5 @@ where
         // A failed store is logged and counted; the client still gets the response.
         let _ = cache.write::<Arc<StoredResponse>, ResponseCodec>(key, Some(&stored), ttl, started.elapsed()).await;
     }
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let times = Times { fresh_until_ms: now.saturating_add(ttl_ms) };
-    respond(&stored, times, &request, http, x_cache)
+    respond(&stored, ttl.as_secs(), &request, http, x_cache)
 }

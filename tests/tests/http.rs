@@ -1,0 +1,427 @@
+//! `#[cached]` on axum handlers, over real TCP with a real HTTP client, in memory and Redis
+//! modes: the example application's routes plus handlers written here for the edge cases.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use cache_runtime::test_util::RedisServer;
+use cache_runtime::{cached, Cache};
+use examples::app::{router, App, Config};
+use reqwest::header::HeaderMap;
+use support::Calls;
+
+/// Serves `router` on a free loopback port; the server stops when the test's runtime ends.
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// The example app on a fresh in-memory database, with the in-memory cache or a Redis one.
+struct TestApp {
+    base: String,
+    app: App,
+    _redis: Option<RedisServer>,
+}
+
+impl TestApp {
+    async fn start(redis: bool) -> TestApp {
+        let server = redis.then(|| RedisServer::start().unwrap());
+        let config = Config {
+            port: 0,
+            redis_url: server.as_ref().map(RedisServer::url),
+            database_path: None,
+            db_latency: Duration::ZERO,
+        };
+        let app = App::new(&config).unwrap();
+        let base = serve(router(app.clone())).await;
+        TestApp { base, app, _redis: server }
+    }
+
+    async fn both() -> Vec<TestApp> {
+        vec![TestApp::start(false).await, TestApp::start(true).await]
+    }
+
+    fn mode(&self) -> &'static str {
+        if self.app.cache.is_redis() {
+            "redis"
+        } else {
+            "memory"
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn h<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers.get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn a_second_get_is_a_hit_and_does_not_reach_the_database() {
+    for t in TestApp::both().await {
+        let c = client();
+        let first = c.get(t.url("/users/1")).send().await.unwrap();
+        assert_eq!(first.status(), 200, "{}", t.mode());
+        let headers = first.headers().clone();
+        assert_eq!(h(&headers, "x-cache"), "MISS", "{}", t.mode());
+        let etag = h(&headers, "etag").to_owned();
+        assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() == 34, "strong quoted ETag: {etag}");
+        assert_eq!(h(&headers, "cache-control"), "private, max-age=60", "{}", t.mode());
+        assert_eq!(h(&headers, "content-type"), "application/json");
+        let body: serde_json::Value = first.json().await.unwrap();
+        assert_eq!(body["id"], 1);
+        // Last-Modified comes from the user's `updated_at`.
+        let updated = humantime::parse_rfc3339(body["updated_at"].as_str().unwrap()).unwrap();
+        assert_eq!(h(&headers, "last-modified"), httpdate(updated));
+
+        let second = c.get(t.url("/users/1")).send().await.unwrap();
+        assert_eq!(h(second.headers(), "x-cache"), "HIT", "{}", t.mode());
+        assert_eq!(h(second.headers(), "etag"), etag);
+        let max_age: u64 =
+            h(second.headers(), "cache-control").trim_start_matches("private, max-age=").parse().unwrap();
+        assert!(max_age <= 60, "max-age is the remaining freshness");
+        assert_eq!(second.json::<serde_json::Value>().await.unwrap(), body);
+        assert_eq!(t.app.db.reads(), 1, "{}: the second GET must not reach the database", t.mode());
+    }
+}
+
+fn httpdate(t: std::time::SystemTime) -> String {
+    let mut headers = axum::http::HeaderMap::new();
+    headers::HeaderMapExt::typed_insert(&mut headers, headers::LastModified::from(t));
+    headers[header::LAST_MODIFIED].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn etags_are_the_same_on_every_replica() {
+    let dir = std::env::temp_dir().join(format!("cache-toolkit-etag-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("app.sqlite");
+    let mut etags = Vec::new();
+    for _ in 0..2 {
+        // Two replicas (one after the other: a restart) on one database file, each with its own cache.
+        let config = Config { port: 0, redis_url: None, database_path: Some(db.clone()), db_latency: Duration::ZERO };
+        let base = serve(router(App::new(&config).unwrap())).await;
+        let r = client().get(format!("{base}/users/42")).send().await.unwrap();
+        assert_eq!(h(r.headers(), "x-cache"), "MISS");
+        etags.push(h(r.headers(), "etag").to_owned());
+    }
+    assert_eq!(etags[0], etags[1]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn if_none_match_answers_304_with_the_validators() {
+    for t in TestApp::both().await {
+        let c = client();
+        let r = c.get(t.url("/users/2")).send().await.unwrap();
+        let etag = h(r.headers(), "etag").to_owned();
+        let last_modified = h(r.headers(), "last-modified").to_owned();
+        let weak = format!("W/{etag}");
+        let list = format!("\"nope\", {etag}");
+        for inm in [etag.as_str(), "*", weak.as_str(), list.as_str()] {
+            let r = c.get(t.url("/users/2")).header("if-none-match", inm).send().await.unwrap();
+            assert_eq!(r.status(), 304, "{}: If-None-Match: {inm}", t.mode());
+            let headers = r.headers().clone();
+            assert_eq!(h(&headers, "etag"), etag);
+            assert!(h(&headers, "cache-control").starts_with("private, max-age="));
+            assert_eq!(h(&headers, "last-modified"), last_modified);
+            assert_eq!(h(&headers, "x-cache"), "HIT");
+            assert!(r.bytes().await.unwrap().is_empty(), "a 304 has no body");
+        }
+        for inm in ["\"other\"", "W/\"other\", \"again\"", "garbage without quotes", "\"unterminated"] {
+            let r = c.get(t.url("/users/2")).header("if-none-match", inm).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{}: If-None-Match: {inm}", t.mode());
+            assert_eq!(r.json::<serde_json::Value>().await.unwrap()["id"], 2);
+        }
+        // HEAD with a matching validator is a 304 too.
+        let r = c.head(t.url("/users/2")).header("if-none-match", &etag).send().await.unwrap();
+        assert_eq!(r.status(), 304);
+        assert_eq!(t.app.db.reads(), 1, "{}", t.mode());
+    }
+}
+
+#[tokio::test]
+async fn if_modified_since_is_used_only_without_if_none_match() {
+    for t in TestApp::both().await {
+        let c = client();
+        let r = c.get(t.url("/users/3")).send().await.unwrap();
+        let last_modified = h(r.headers(), "last-modified").to_owned();
+        let r = c.get(t.url("/users/3")).header("if-modified-since", &last_modified).send().await.unwrap();
+        assert_eq!(r.status(), 304, "{}", t.mode());
+        assert_eq!(h(r.headers(), "last-modified"), last_modified);
+        let later = httpdate(std::time::SystemTime::now() + Duration::from_secs(3600));
+        let r = c.get(t.url("/users/3")).header("if-modified-since", &later).send().await.unwrap();
+        assert_eq!(r.status(), 304, "{}: not modified since a later date", t.mode());
+        let r =
+            c.get(t.url("/users/3")).header("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT").send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}: modified since 2000", t.mode());
+        // If-None-Match present (and not matching): If-Modified-Since is ignored.
+        let r = c
+            .get(t.url("/users/3"))
+            .header("if-none-match", "\"other\"")
+            .header("if-modified-since", &later)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", t.mode());
+        for bad in ["yesterday", "", "Sat, 99 Foo 2000 00:00:00 GMT"] {
+            let r = c.get(t.url("/users/3")).header("if-modified-since", bad).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{}: malformed If-Modified-Since {bad:?} is ignored", t.mode());
+        }
+    }
+}
+
+#[tokio::test]
+async fn head_gets_the_get_headers_and_no_body() {
+    for t in TestApp::both().await {
+        let c = client();
+        let get = c.get(t.url("/posts")).send().await.unwrap();
+        let get_headers = get.headers().clone();
+        let body = get.bytes().await.unwrap();
+        let head = c.head(t.url("/posts")).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        let headers = head.headers().clone();
+        assert_eq!(h(&headers, "x-cache"), "HIT", "{}: HEAD is served from GET's entry", t.mode());
+        assert_eq!(h(&headers, "content-length"), body.len().to_string());
+        for name in ["etag", "content-type", "last-modified", "cdn-cache-control"] {
+            assert_eq!(h(&headers, name), h(&get_headers, name), "{}: {name}", t.mode());
+        }
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn public_and_cdn_headers() {
+    for t in TestApp::both().await {
+        let r = client().get(t.url("/posts")).send().await.unwrap();
+        let headers = r.headers();
+        assert_eq!(h(headers, "cache-control"), "public, max-age=60, s-maxage=120", "{}", t.mode());
+        assert_eq!(h(headers, "cdn-cache-control"), "max-age=600");
+        assert_eq!(h(headers, "cloudflare-cdn-cache-control"), "max-age=600");
+    }
+}
+
+#[tokio::test]
+async fn writes_pass_through_and_the_next_read_sees_them() {
+    for t in TestApp::both().await {
+        let c = client();
+        let before: serde_json::Value = c.get(t.url("/users/4")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(before["name"], "User 4");
+        let r = c.put(t.url("/users/4")).json(&serde_json::json!({"name": "Ada"})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c.get(t.url("/users/4")).send().await.unwrap();
+        assert_eq!(h(r.headers(), "x-cache"), "MISS", "{}: the write invalidated the entry", t.mode());
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap()["name"], "Ada");
+
+        let posts: Vec<serde_json::Value> = c.get(t.url("/posts")).send().await.unwrap().json().await.unwrap();
+        let r = c.post(t.url("/posts")).json(&serde_json::json!({"title": "New", "body": "b"})).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let after: Vec<serde_json::Value> = c.get(t.url("/posts")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(after.len(), posts.len() + 1, "{}", t.mode());
+        assert_eq!(after[0]["title"], "New");
+    }
+}
+
+#[tokio::test]
+async fn errors_are_not_stored() {
+    for t in TestApp::both().await {
+        let c = client();
+        for _ in 0..2 {
+            let r = c.get(t.url("/users/5000")).send().await.unwrap();
+            assert_eq!(r.status(), 404);
+            assert_eq!(h(r.headers(), "x-cache"), "MISS");
+        }
+        assert_eq!(t.app.db.reads(), 2, "{}: a 404 is not cached", t.mode());
+        let r = c.get(t.url("/users/abc")).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+    }
+}
+
+#[tokio::test]
+async fn vary_keeps_every_user_to_their_own_response() {
+    for t in TestApp::both().await {
+        let c = client();
+        let feed = |who: &'static str| {
+            let c = c.clone();
+            let url = t.url("/feed?page=1");
+            async move {
+                let r = c.get(url).bearer_auth(who).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let x_cache = h(r.headers(), "x-cache").to_owned();
+                assert_eq!(h(r.headers(), "vary"), "authorization");
+                assert!(h(r.headers(), "cache-control").starts_with("private"));
+                let body: serde_json::Value = r.json().await.unwrap();
+                (x_cache, body["user"]["name"].as_str().unwrap().to_owned())
+            }
+        };
+        assert_eq!(feed("alice").await, ("MISS".to_owned(), "alice".to_owned()), "{}", t.mode());
+        assert_eq!(feed("bob").await, ("MISS".to_owned(), "bob".to_owned()), "{}", t.mode());
+        assert_eq!(feed("alice").await, ("HIT".to_owned(), "alice".to_owned()), "{}", t.mode());
+        assert_eq!(feed("bob").await, ("HIT".to_owned(), "bob".to_owned()), "{}", t.mode());
+        assert_eq!(t.app.db.reads(), 2, "{}", t.mode());
+        let r = c.get(t.url("/feed")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let r = c.get(t.url("/feed?page=2")).bearer_auth("alice").send().await.unwrap();
+        assert_eq!(h(r.headers(), "x-cache"), "MISS", "another page is another entry");
+    }
+}
+
+#[tokio::test]
+async fn a_client_cannot_force_misses_unless_the_handler_allows_it() {
+    for t in TestApp::both().await {
+        let c = client();
+        c.get(t.url("/users/6")).send().await.unwrap();
+        let r = c.get(t.url("/users/6")).header("cache-control", "no-cache").send().await.unwrap();
+        assert_eq!(h(r.headers(), "x-cache"), "HIT", "{}: no-cache from a client is ignored by default", t.mode());
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_hits_misses_and_database_reads() {
+    let t = TestApp::start(false).await;
+    let c = client();
+    for _ in 0..3 {
+        c.get(t.url("/users/7")).send().await.unwrap();
+    }
+    let text = c.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "cache_hits_total 2",
+        "cache_misses_total 1",
+        "cache_stale_total 0",
+        "cache_errors_total 0",
+        "db_queries_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+}
+
+// ----- handlers written here, for what the example app does not exercise -----
+
+#[derive(Clone)]
+struct Counted {
+    cache: Cache,
+    calls: std::sync::Arc<Calls>,
+}
+
+#[cached(http, honor_no_cache, expire = 60, cache = state.cache)]
+async fn honoring(State(state): State<Counted>) -> String {
+    format!("call {}", state.calls.hit())
+}
+
+#[cached(expire = 60, cache = state.cache)]
+async fn tuple_status(State(state): State<Counted>, Path(id): Path<u32>) -> impl IntoResponse {
+    state.calls.hit();
+    (StatusCode::CREATED, [("x-custom", "kept")], Json(serde_json::json!({ "id": id })))
+}
+
+#[cached(expire = 60, cache = state.cache)]
+async fn with_cookie(State(state): State<Counted>) -> impl IntoResponse {
+    state.calls.hit();
+    ([(header::SET_COOKIE, "session=secret")], "personal")
+}
+
+async fn edge_app(redis: Option<&RedisServer>) -> (String, Counted) {
+    let cache = match redis {
+        Some(server) => Cache::builder().redis(server.url()).build().unwrap(),
+        None => Cache::memory(),
+    };
+    let state = Counted { cache, calls: std::sync::Arc::default() };
+    let router = Router::new()
+        .route("/honoring", get(honoring))
+        .route("/tuple/{id}", get(tuple_status))
+        .route("/cookie", get(with_cookie))
+        .with_state(state.clone());
+    (serve(router).await, state)
+}
+
+#[tokio::test]
+async fn handlers_of_every_shape() {
+    let server = RedisServer::start().unwrap();
+    for redis in [None, Some(&server)] {
+        let (base, state) = edge_app(redis).await;
+        let c = client();
+
+        // Client no-cache honoured: the handler runs again (and refreshes the entry); no-store
+        // runs it without storing.
+        assert_eq!(c.get(format!("{base}/honoring")).send().await.unwrap().text().await.unwrap(), "call 1");
+        assert_eq!(c.get(format!("{base}/honoring")).send().await.unwrap().text().await.unwrap(), "call 1");
+        let r = c.get(format!("{base}/honoring")).header("cache-control", "no-cache").send().await.unwrap();
+        assert_eq!(h(r.headers(), "x-cache"), "BYPASS");
+        assert_eq!(r.text().await.unwrap(), "call 2");
+        assert_eq!(c.get(format!("{base}/honoring")).send().await.unwrap().text().await.unwrap(), "call 2");
+        let r = c.get(format!("{base}/honoring")).header("cache-control", "no-store").send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "call 3");
+        assert_eq!(c.get(format!("{base}/honoring")).send().await.unwrap().text().await.unwrap(), "call 2");
+
+        // (StatusCode, headers, Json): status and the handler's own headers are stored.
+        for expected in ["MISS", "HIT"] {
+            let r = c.get(format!("{base}/tuple/9")).send().await.unwrap();
+            assert_eq!(r.status(), 201);
+            assert_eq!(h(r.headers(), "x-cache"), expected);
+            assert_eq!(h(r.headers(), "x-custom"), "kept");
+            assert_eq!(r.json::<serde_json::Value>().await.unwrap()["id"], 9);
+        }
+        // The default key of a handler is its path and query.
+        let r = c.get(format!("{base}/tuple/10")).send().await.unwrap();
+        assert_eq!(h(r.headers(), "x-cache"), "MISS");
+
+        // A response that sets a cookie is never stored.
+        for _ in 0..2 {
+            let r = c.get(format!("{base}/cookie")).send().await.unwrap();
+            assert_eq!(h(r.headers(), "x-cache"), "MISS");
+            assert_eq!(h(r.headers(), "set-cookie"), "session=secret");
+        }
+        assert_eq!(state.calls.get(), 3 + 2 + 2);
+    }
+}
+
+#[tokio::test]
+async fn a_dead_redis_never_turns_into_a_5xx() {
+    let mut t = TestApp::start(true).await;
+    let c = client();
+    assert_eq!(c.get(t.url("/users/8")).send().await.unwrap().status(), 200);
+    t._redis.as_mut().unwrap().kill();
+    for path in ["/users/8", "/posts", "/users/9"] {
+        let r = c.get(t.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(h(r.headers(), "x-cache"), "MISS");
+    }
+    let r = c.put(t.url("/users/8")).json(&serde_json::json!({"email": "x@y"})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a write succeeds even when the invalidation cannot reach Redis");
+}
+
+#[tokio::test]
+async fn corrupt_stored_responses_are_misses() {
+    let t = TestApp::start(true).await;
+    let c = client();
+    assert_eq!(c.get(t.url("/users/10")).send().await.unwrap().status(), 200);
+    let client = redis::Client::open(t._redis.as_ref().unwrap().url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = "axum-app:{default:user:10}";
+    let stored: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap();
+    // Keep the envelope but truncate the stored response inside it; then pure garbage.
+    for garbage in [stored[..stored.len() - 60].to_vec(), b"garbage".to_vec()] {
+        let _: () = redis::cmd("SET").arg(key).arg(garbage).query_async(&mut conn).await.unwrap();
+        let r = c.get(t.url("/users/10")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(h(r.headers(), "x-cache"), "MISS");
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap()["id"], 10);
+        let r = c.get(t.url("/users/10")).send().await.unwrap();
+        assert_eq!(h(r.headers(), "x-cache"), "HIT", "the corrupt entry was overwritten");
+    }
+}
