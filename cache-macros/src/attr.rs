@@ -14,6 +14,7 @@ use crate::template::{self, Segment};
 const CACHED_OPTIONS: &[&str] = &[
     "expire",
     "key",
+    "tags",
     "namespace",
     "skip",
     "cache_none",
@@ -54,6 +55,7 @@ pub(crate) enum CacheNone {
 pub(crate) struct CachedArgs {
     pub(crate) expire: Option<Spanned<u64>>,
     pub(crate) key: Option<Spanned<Vec<Segment>>>,
+    pub(crate) tags: Vec<Spanned<Vec<Segment>>>,
     pub(crate) namespace: Option<Spanned<String>>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) cache_none: Option<Spanned<CacheNone>>,
@@ -116,45 +118,165 @@ fn valid_segment(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./@+=,".contains(&b))
 }
 
+/// The loop every attribute shares: `name`, `name = value`, comma-separated. Unknown names
+/// stop parsing (the message lists the valid ones); duplicates and bad values are collected.
+/// `on_value` parses one value, `on_flag` handles a flag written alone.
+fn parse_options(
+    input: ParseStream<'_>,
+    macro_name: &str,
+    valid: &[&str],
+    flags: &[&str],
+    mut on_flag: impl FnMut(&str, Span),
+    mut on_value: impl FnMut(&Ident, ParseStream<'_>) -> syn::Result<()>,
+) -> syn::Result<()> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut errors = Errors::default();
+    while !input.is_empty() {
+        let name = Ident::parse_any(input)?;
+        let name_str = name.to_string();
+        if !valid.contains(&name_str.as_str()) {
+            return Err(syn::Error::new(
+                name.span(),
+                format!("unknown option `{name_str}`; the options of `#[{macro_name}]` are: {}", valid.join(", ")),
+            ));
+        }
+        if seen.contains(&name_str) {
+            errors.push(syn::Error::new(name.span(), format!("duplicate option `{name_str}`")));
+        }
+        seen.push(name_str.clone());
+        // A flag alone means `= true`.
+        if flags.contains(&name_str.as_str()) && (input.is_empty() || input.peek(Token![,])) {
+            on_flag(&name_str, name.span());
+        } else {
+            input.parse::<Token![=]>()?;
+            if let Err(err) = on_value(&name, input) {
+                errors.push(err);
+            }
+        }
+        if input.is_empty() {
+            break;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    errors.finish()
+}
+
+/// `"tmpl"` or `["tmpl", ...]`, each parsed as a key template.
+fn templates(name: &str, input: ParseStream<'_>) -> syn::Result<Vec<Spanned<Vec<Segment>>>> {
+    let lits: Vec<LitStr> = if input.peek(syn::token::Bracket) {
+        let content;
+        syn::bracketed!(content in input);
+        content.parse_terminated(|p| p.parse::<LitStr>(), Token![,])?.into_iter().collect()
+    } else {
+        let lit: Lit = input.parse()?;
+        vec![lit_str(name, &lit, "[\"users\", \"user:<id>\"]")?]
+    };
+    lits.iter()
+        .map(|s| {
+            let segments = template::parse(&s.value()).map_err(|msg| syn::Error::new(s.span(), msg))?;
+            Ok(Spanned { value: segments, span: s.span() })
+        })
+        .collect()
+}
+
+fn namespace_lit(lit: &Lit) -> syn::Result<Spanned<String>> {
+    let s = lit_str("namespace", lit, "\"users\"")?;
+    if !valid_segment(&s.value()) {
+        return Err(syn::Error::new(
+            s.span(),
+            "a namespace is non-empty ASCII letters, digits and `-_./@+=,` (no `:`, braces or whitespace)",
+        ));
+    }
+    Ok(Spanned { value: s.value(), span: s.span() })
+}
+
 impl Parse for CachedArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let mut args = CachedArgs::default();
-        let mut seen: Vec<String> = Vec::new();
-        let mut errors = Errors::default();
-        while !input.is_empty() {
-            let name = Ident::parse_any(input)?;
-            let name_str = name.to_string();
-            if !CACHED_OPTIONS.contains(&name_str.as_str()) {
-                return Err(syn::Error::new(
-                    name.span(),
-                    format!(
-                        "unknown option `{name_str}`; the options of `#[cached]` are: {}",
-                        CACHED_OPTIONS.join(", ")
-                    ),
-                ));
-            }
-            if seen.contains(&name_str) {
-                errors.push(syn::Error::new(name.span(), format!("duplicate option `{name_str}`")));
-            }
-            seen.push(name_str.clone());
-            if HTTP_OPTIONS.contains(&name_str.as_str()) && args.first_http_option.is_none() {
-                args.first_http_option = Some((name_str.clone(), name.span()));
-            }
-            // A flag alone means `= true`.
-            if FLAGS.contains(&name_str.as_str()) && (input.is_empty() || input.peek(Token![,])) {
-                set_flag(&mut args, &name_str, name.span());
-            } else {
-                input.parse::<Token![=]>()?;
-                if let Err(err) = parse_value(&mut args, &name, input) {
-                    errors.push(err);
+        let args = std::cell::RefCell::new(CachedArgs::default());
+        parse_options(
+            input,
+            "cached",
+            CACHED_OPTIONS,
+            FLAGS,
+            |name, span| {
+                let mut args = args.borrow_mut();
+                if HTTP_OPTIONS.contains(&name) && args.first_http_option.is_none() {
+                    args.first_http_option = Some((name.to_owned(), span));
                 }
-            }
-            if input.is_empty() {
-                break;
-            }
-            input.parse::<Token![,]>()?;
+                set_flag(&mut args, name, span);
+            },
+            |name, input| {
+                let mut args = args.borrow_mut();
+                let name_str = name.to_string();
+                if HTTP_OPTIONS.contains(&name_str.as_str()) && args.first_http_option.is_none() {
+                    args.first_http_option = Some((name_str, name.span()));
+                }
+                parse_value(&mut args, name, input)
+            },
+        )?;
+        Ok(args.into_inner())
+    }
+}
+
+/// Every option `#[invalidates]` accepts.
+const INVALIDATES_OPTIONS: &[&str] = &["key", "keys", "tags", "namespace", "before", "cache", "crate", "http"];
+
+#[derive(Default)]
+pub(crate) struct InvalidatesArgs {
+    pub(crate) keys: Vec<Spanned<Vec<Segment>>>,
+    pub(crate) tags: Vec<Spanned<Vec<Segment>>>,
+    pub(crate) namespace: Option<Spanned<String>>,
+    pub(crate) before: bool,
+    pub(crate) http: bool,
+    pub(crate) cache: Option<Expr>,
+    pub(crate) krate: Option<Path>,
+}
+
+impl Parse for InvalidatesArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let span = input.span();
+        let args = std::cell::RefCell::new(InvalidatesArgs::default());
+        parse_options(
+            input,
+            "invalidates",
+            INVALIDATES_OPTIONS,
+            &["before", "http"],
+            |name, _| match name {
+                "before" => args.borrow_mut().before = true,
+                _ => args.borrow_mut().http = true,
+            },
+            |name, input| {
+                let mut args = args.borrow_mut();
+                match name.to_string().as_str() {
+                    "key" | "keys" => args.keys.extend(templates("keys", input)?),
+                    "tags" => args.tags.extend(templates("tags", input)?),
+                    "cache" => args.cache = Some(input.parse()?),
+                    name => {
+                        let lit: Lit = input.parse()?;
+                        match (name, &lit) {
+                            ("namespace", lit) => args.namespace = Some(namespace_lit(lit)?),
+                            ("before", Lit::Bool(b)) => args.before = b.value,
+                            ("http", Lit::Bool(b)) => args.http = b.value,
+                            ("crate", lit) => args.krate = Some(lit_str("crate", lit, "\"my_cache\"")?.parse()?),
+                            (name, other) => {
+                                return Err(syn::Error::new(
+                                    other.span(),
+                                    format!("`{name}` expects `true` or `false`, or nothing"),
+                                ))
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let args = args.into_inner();
+        if args.keys.is_empty() && args.tags.is_empty() && args.namespace.is_none() {
+            return Err(syn::Error::new(
+                span,
+                "`#[invalidates]` needs something to invalidate: `key`, `keys`, `tags` or `namespace`",
+            ));
         }
-        errors.finish()?;
         Ok(args)
     }
 }
@@ -192,6 +314,10 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
             };
             return Ok(());
         }
+        "tags" => {
+            args.tags = templates("tags", input)?;
+            return Ok(());
+        }
         "vary" => {
             let span = input.span();
             let names: Vec<LitStr> = if input.peek(syn::token::Bracket) {
@@ -225,16 +351,7 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
             let segments = template::parse(&s.value()).map_err(|msg| syn::Error::new(s.span(), msg))?;
             args.key = Some(Spanned { value: segments, span: s.span() });
         }
-        "namespace" => {
-            let s = lit_str("namespace", &lit, "\"users\"")?;
-            if !valid_segment(&s.value()) {
-                return Err(syn::Error::new(
-                    s.span(),
-                    "a namespace is non-empty ASCII letters, digits and `-_./@+=,` (no `:`, braces or whitespace)",
-                ));
-            }
-            args.namespace = Some(Spanned { value: s.value(), span: s.span() });
-        }
+        "namespace" => args.namespace = Some(namespace_lit(&lit)?),
         "cache_none" => {
             let value =
                 match &lit {

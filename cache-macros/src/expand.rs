@@ -7,7 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::visit::Visit;
 use syn::{AttrStyle, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
-use crate::attr::{CacheNone, CachedArgs, Errors};
+use crate::attr::{CacheNone, CachedArgs, Errors, InvalidatesArgs, Spanned};
 use crate::template::Segment;
 
 /// The names a fn's parameters bind, in order (`Path(id): Path<u64>` binds `id`).
@@ -152,16 +152,14 @@ fn mentions<'a>(ty: &Type, names: &'a [&'a str]) -> Mentions<'a> {
 }
 
 /// Handler mode: `http`, an axum extractor parameter, or a response return type.
-fn is_handler(args: &CachedArgs, func: &ItemFn) -> bool {
-    args.http.is_some()
-        || func.sig.inputs.iter().any(|input| match input {
-            FnArg::Typed(pat) => match strip(&pat.ty) {
-                Type::Path(p) => p.path.segments.last().is_some_and(|seg| EXTRACTORS.iter().any(|e| seg.ident == e)),
-                _ => false,
-            },
-            FnArg::Receiver(_) => false,
-        })
-        || matches!(&func.sig.output, ReturnType::Type(_, ty) if mentions(ty, RESPONSES).found)
+fn is_handler(http: bool, func: &ItemFn) -> bool {
+    http || func.sig.inputs.iter().any(|input| match input {
+        FnArg::Typed(pat) => match strip(&pat.ty) {
+            Type::Path(p) => p.path.segments.last().is_some_and(|seg| EXTRACTORS.iter().any(|e| seg.ident == e)),
+            _ => false,
+        },
+        FnArg::Receiver(_) => false,
+    }) || matches!(&func.sig.output, ReturnType::Type(_, ty) if mentions(ty, RESPONSES).found)
 }
 
 pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream> {
@@ -182,7 +180,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
             ));
         }
     }
-    let handler = is_handler(&args, &func);
+    let handler = is_handler(args.http.is_some(), &func);
     let ret_ty = match &sig.output {
         ReturnType::Type(_, ty) => Some(&**ty),
         ReturnType::Default => {
@@ -227,6 +225,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         None if handler => default_handler_key(&func),
         None => default_key(&func, &params, &args.skip),
     };
+    let tags = render_tags(&args.tags, &params, &args.skip, &krate, &mut errors);
     errors.finish()?;
     let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else { unreachable!("reported above") };
 
@@ -273,12 +272,14 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
             }
         }
     });
+    let tag_count = tags.len();
     let prologue = quote! {
         #(#inner)*
         #cache
         let mut __cr_w = #krate::__private::key_writer(__cr_cache, #namespace, #capacity);
         #key_builder
         const __CR_OPTS: #krate::__private::CallOpts = #opts;
+        let __cr_tags: [::std::string::String; #tag_count] = [#(#tags),*];
         let __cr_body = async {
             #fake_return
             #(#stmts)*
@@ -295,18 +296,11 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         // on it.
         let response_ty = if fake_return.is_some() { quote!(#ret_ty) } else { quote!(_) };
         let call = quote_spanned! {ret_ty.span()=>
-            #krate::__private::cached_handler::<#response_ty, _>(__cr_cache, __cr_w, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body).await
+            #krate::__private::cached_handler::<#response_ty, _>(
+                __cr_cache, __cr_w, #namespace, &__cr_tags, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body,
+            ).await
         };
-        // The return type is replaced by `Response`; naming the bounds of its `impl Trait`s
-        // keeps them (and the user's imports of them) checked and used.
-        let bounds = mentions(ret_ty, &[]).impl_bounds;
-        let params = (0..bounds.len()).map(|i| format_ident!("__CrR{}", i));
-        let uses_bounds = (!bounds.is_empty()).then(|| {
-            quote! {
-                #[allow(dead_code, non_snake_case)]
-                fn __cr_return_bounds<#(#params: #bounds),*>() {}
-            }
-        });
+        let uses_bounds = return_bounds(ret_ty, true);
         return Ok(quote! {
             #(#outer)*
             #vis #sig {
@@ -326,7 +320,9 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let runtime_fn = Ident::new(runtime_fn, value_ty.span());
     // Spanned at the cached type, so "cannot be stored in the cache" points at it.
     let call = quote_spanned! {value_ty.span()=>
-        #krate::__private::#runtime_fn::<#value_ty, #infer>(__cr_cache, __cr_w.finish(), &__CR_OPTS, __cr_body).await
+        #krate::__private::#runtime_fn::<#value_ty, #infer>(
+            __cr_cache, __cr_w.finish(), #namespace, &__cr_tags, &__CR_OPTS, __cr_body,
+        ).await
     };
     Ok(quote! {
         #(#outer)*
@@ -463,4 +459,136 @@ fn default_key(func: &ItemFn, params: &Params, skip: &[Ident]) -> (TokenStream, 
         out.extend(quote_spanned!(param.span()=> __cr_w.arg(&#ident);));
     }
     (out, 48 + 12 * params.names.len())
+}
+
+/// Each tag template rendered into a `String` (placeholders escaped like key values).
+fn render_tags(
+    tags: &[Spanned<Vec<Segment>>],
+    params: &Params,
+    skip: &[Ident],
+    krate: &TokenStream,
+    errors: &mut Errors,
+) -> Vec<TokenStream> {
+    tags.iter()
+        .map(|tag| {
+            let (stmts, capacity) = template_key(&tag.value, tag.span, params, skip, errors);
+            quote!({
+                let mut __cr_w = #krate::__private::KeyWriter::tag(#capacity);
+                #stmts
+                __cr_w.finish_tag()
+            })
+        })
+        .collect()
+}
+
+/// `#[invalidates(...)]`: render what to invalidate from the arguments, run the body, then
+/// (or, with `before`, first) hand it to the runtime. Only a successful body invalidates: `Ok`,
+/// `Some`, a 2xx response, or any value of another type.
+pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<TokenStream> {
+    let mut errors = Errors::default();
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new(sig.fn_token.span, "`#[invalidates]` can only be used on an `async fn`"));
+    }
+    let params = params(&func);
+    let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
+    let mut ops = Vec::new();
+    for key in &args.keys {
+        let (stmts, capacity) = template_key(&key.value, key.span, &params, &[], &mut errors);
+        ops.push(quote!(.key({
+            let mut __cr_w = #krate::__private::key_writer(__cr_cache, #krate::DEFAULT_NAMESPACE, #capacity);
+            #stmts
+            __cr_w.finish()
+        })));
+    }
+    for tag in render_tags(&args.tags, &params, &[], &krate, &mut errors) {
+        ops.push(quote!(.tag(#tag)));
+    }
+    if let Some(ns) = &args.namespace {
+        let ns = &ns.value;
+        ops.push(quote!(.namespace(#ns)));
+    }
+    errors.finish()?;
+
+    let handler = is_handler(args.http, &func);
+    let cache = match &args.cache {
+        Some(expr) => quote_spanned! {expr.span()=>
+            let __cr_cache_ref = &(#expr);
+            let __cr_cache: &#krate::__private::Cache = #krate::__private::as_cache(__cr_cache_ref);
+        },
+        None => quote!(let __cr_cache: &#krate::__private::Cache = #krate::__private::global();),
+    };
+    let ItemFn { attrs, vis, block, .. } = &func;
+    let (outer, inner): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer));
+    let stmts = &block.stmts;
+    let ret_ty: Type = match &sig.output {
+        ReturnType::Type(_, ty) => (**ty).clone(),
+        ReturnType::Default => syn::parse_quote!(()),
+    };
+    let nameable = !mentions(&ret_ty, &[]).impl_trait;
+    let fake_return = nameable.then(|| {
+        quote! {
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
+            if false {
+                let __cr_fake_return: #ret_ty = loop {};
+                return __cr_fake_return;
+            }
+        }
+    });
+    let (before, after) = if args.before {
+        (quote!(__cr_inv.run().await;), quote!())
+    } else {
+        (
+            quote!(),
+            quote!(if __cr_ok {
+                __cr_inv.run().await;
+            }),
+        )
+    };
+    let (sig, success, result) = if handler {
+        let mut sig = sig.clone();
+        sig.output = syn::parse_quote!(-> #krate::__private::Response);
+        let into = quote_spanned!(ret_ty.span()=> #krate::__private::IntoResponse::into_response(__cr_out));
+        (sig, quote!(let __cr_out = #into; let __cr_ok = __cr_out.status().is_success();), quote!(__cr_out))
+    } else {
+        let check = match mode(&ret_ty) {
+            Mode::Option(_) => quote!(::core::option::Option::is_some(&__cr_out)),
+            Mode::Result(_) => quote!(::core::result::Result::is_ok(&__cr_out)),
+            Mode::Plain(_) => quote!(true),
+        };
+        (sig.clone(), quote!(let __cr_ok = #check;), quote!(__cr_out))
+    };
+    let uses_bounds = return_bounds(&ret_ty, handler);
+    Ok(quote! {
+        #(#outer)*
+        #vis #sig {
+            #(#inner)*
+            #uses_bounds
+            #cache
+            let __cr_inv = #krate::__private::Invalidation::new(__cr_cache) #(#ops)*;
+            #before
+            let __cr_out = async {
+                #fake_return
+                #(#stmts)*
+            }
+            .await;
+            #success
+            #after
+            #result
+        }
+    })
+}
+
+/// When the return type is replaced by `Response`, naming the bounds of its `impl Trait`s
+/// keeps them (and the user's imports of them) checked and used.
+fn return_bounds(ret_ty: &Type, replaced: bool) -> Option<TokenStream> {
+    let bounds = mentions(ret_ty, &[]).impl_bounds;
+    if !replaced || bounds.is_empty() {
+        return None;
+    }
+    let params = (0..bounds.len()).map(|i| format_ident!("__CrR{}", i));
+    Some(quote! {
+        #[allow(dead_code, non_snake_case)]
+        fn __cr_return_bounds<#(#params: #bounds),*>() {}
+    })
 }

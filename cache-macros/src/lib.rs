@@ -20,6 +20,16 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     })
 }
 
+/// Invalidates keys, tags or a namespace when an async fn succeeds. Documented, with examples,
+/// on `cache_runtime::invalidates`.
+#[proc_macro_attribute]
+pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
+    drive(args, item, |args, item| {
+        let args = syn::parse2::<attr::InvalidatesArgs>(args)?;
+        expand::invalidates(args, item)
+    })
+}
+
 /// Parses the item, runs `expand`, and on an error emits the error beside the user's item
 /// unchanged, so one mistake does not cascade into follow-on errors.
 fn drive(

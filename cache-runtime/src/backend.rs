@@ -1,7 +1,19 @@
 //! The two stores: process memory (moka) and Redis (redis-rs `ConnectionManager`).
+//!
+//! Both keep the same invalidation rules:
+//! - a per-key **generation**, bumped by every invalidation of the key; a fill stores only if
+//!   the generation is the one its read saw (memcache-style leases: a slow read of the old row
+//!   can never overwrite a newer invalidation);
+//! - a **version** per tag, bumped by every invalidation of the tag; an entry records the
+//!   versions its tags had before its value was computed and is valid only while they still
+//!   have them (O(1) tag invalidation that also catches entries filled while it runs);
+//! - a version per namespace, bumped by `clear_namespace` before it removes the entries, so a
+//!   fill that started before the clear cannot store afterwards.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -9,6 +21,15 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::envelope::Meta;
 use crate::error::CacheError;
 use crate::time::now_ms;
+
+/// What a read saw, that its fill must still see to be allowed to store.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lease {
+    pub(crate) generation: Option<u64>,
+    pub(crate) namespace_version: Option<u64>,
+    /// `(tag, version)` in the caller's order.
+    pub(crate) tags: Vec<(String, u64)>,
+}
 
 /// A value held in process memory: typed, so a hit is a downcast and a clone, no decoding.
 pub(crate) struct MemEntry {
@@ -48,21 +69,53 @@ impl moka::Expiry<String, Arc<MemEntry>> for EntryExpiry {
     }
 }
 
-#[derive(Clone)]
+const SHARDS: usize = 64;
+
+/// How long a key's generation is remembered after its last invalidation: far longer than
+/// any fill takes.
+const GENERATION_TTL: Duration = Duration::from_secs(3600);
+
+fn tag_name(tag: &str) -> String {
+    format!("t:{tag}")
+}
+
+fn namespace_name(namespace: &str) -> String {
+    format!("n:{namespace}")
+}
+
 pub(crate) struct MemoryStore {
     entries: moka::sync::Cache<String, Arc<MemEntry>>,
+    generations: moka::sync::Cache<String, u64>,
+    /// Versions of tags (`t:…`) and namespaces (`n:…`).
+    versions: RwLock<HashMap<String, u64>>,
+    /// Serialises a fill's check-and-insert with invalidations of the same key.
+    shards: Box<[Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("entries", &self.entries.entry_count()).finish()
+        f.debug_struct("MemoryStore").field("entries", &self.entries.entry_count()).finish_non_exhaustive()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl MemoryStore {
     pub(crate) fn new(max_entries: u64) -> Self {
-        let entries = moka::sync::Cache::builder().max_capacity(max_entries).expire_after(EntryExpiry).build();
-        MemoryStore { entries }
+        MemoryStore {
+            entries: moka::sync::Cache::builder().max_capacity(max_entries).expire_after(EntryExpiry).build(),
+            generations: moka::sync::Cache::builder().time_to_idle(GENERATION_TTL).build(),
+            versions: RwLock::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<()> {
+        &self.shards[usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)]
     }
 
     #[inline]
@@ -70,18 +123,86 @@ impl MemoryStore {
         self.entries.get(key)
     }
 
+    /// Whether every tag of `entry` still has the version it recorded. `missing` is what an
+    /// unknown tag counts as: version 0 where this store is the source of truth, "unknown"
+    /// (not current) where it mirrors Redis.
+    pub(crate) fn tags_current(&self, entry: &MemEntry, missing: Option<u64>) -> bool {
+        if entry.meta.tags.is_empty() {
+            return true;
+        }
+        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entry.meta.tags.iter().all(|(tag, v)| versions.get(&tag_name(tag)).copied().or(missing) == Some(*v))
+    }
+
+    /// The generation of `key` and the versions of its namespace and tags, as they are now.
+    pub(crate) fn lease(&self, key: &str, namespace: &str, tags: &[String]) -> Lease {
+        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Lease {
+            generation: Some(self.generations.get(key).unwrap_or(0)),
+            namespace_version: Some(versions.get(&namespace_name(namespace)).copied().unwrap_or(0)),
+            tags: tags.iter().map(|t| (t.clone(), versions.get(&tag_name(t)).copied().unwrap_or(0))).collect(),
+        }
+    }
+
+    /// Inserts `entry` if nothing it depends on was invalidated since `lease` was taken.
+    pub(crate) fn fill(&self, key: String, namespace: &str, lease: &Lease, entry: MemEntry) -> bool {
+        let _key_guard = lock(self.shard(&key));
+        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = Some(self.generations.get(&key).unwrap_or(0)) == lease.generation
+            && Some(versions.get(&namespace_name(namespace)).copied().unwrap_or(0)) == lease.namespace_version
+            && lease.tags.iter().all(|(t, v)| versions.get(&tag_name(t)).copied().unwrap_or(0) == *v);
+        if current {
+            self.entries.insert(key, Arc::new(entry));
+        }
+        current
+    }
+
+    /// Stores without a lease (the plain API's `set`, or a mirror of what Redis holds).
     pub(crate) fn insert(&self, key: String, entry: MemEntry) {
         self.entries.insert(key, Arc::new(entry));
     }
 
+    pub(crate) fn invalidate_key(&self, key: &str) {
+        let _key_guard = lock(self.shard(key));
+        let next = self.generations.get(key).unwrap_or(0) + 1;
+        self.generations.insert(key.to_owned(), next);
+        self.entries.invalidate(key);
+    }
+
+    /// Bumps a tag's version (here the source of truth); returns the new version.
+    pub(crate) fn bump_tag(&self, tag: &str) -> u64 {
+        let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let v = versions.entry(tag_name(tag)).or_insert(0);
+        *v += 1;
+        *v
+    }
+
+    /// Records a tag version learned from Redis (versions only grow).
+    pub(crate) fn learn_tag(&self, tag: &str, version: u64) {
+        let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let v = versions.entry(tag_name(tag)).or_insert(version);
+        *v = (*v).max(version);
+    }
+
+    /// Forgets what this process knew of a tag's version.
+    pub(crate) fn forget_tag(&self, tag: &str) {
+        self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&tag_name(tag));
+    }
+
+    /// Forgets `key` without bumping its generation (an L1 dropping its copy).
     pub(crate) fn remove(&self, key: &str) {
         self.entries.invalidate(key);
     }
 
-    /// Removes every entry whose key starts with `start`; returns how many.
-    pub(crate) fn remove_prefix(&self, start: &str) -> u64 {
+    /// Bumps the namespace's version (so fills that started before cannot store), then removes
+    /// every entry whose key starts with `start`; returns how many.
+    pub(crate) fn clear_namespace(&self, namespace: &str, start: &str) -> u64 {
+        {
+            let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *versions.entry(namespace_name(namespace)).or_insert(0) += 1;
+        }
         let mut removed = 0;
-        for (key, _) in self.entries.iter() {
+        for (key, _) in &self.entries {
             if key.starts_with(start) {
                 self.entries.invalidate(key.as_str());
                 removed += 1;
@@ -89,20 +210,90 @@ impl MemoryStore {
         }
         removed
     }
+
+    /// Drops everything, versions included (an L1 that may have missed invalidations).
+    pub(crate) fn flush(&self) {
+        self.entries.invalidate_all();
+        self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
 }
+
+/// The keys of one entry's bookkeeping in Redis. The generation shares the entry's hash slot.
+pub(crate) fn generation_key(entry_key: &str) -> String {
+    format!("{entry_key}:g")
+}
+
+pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
+    format!("{prefix}:t:{{{tag}}}")
+}
+
+pub(crate) fn namespace_key(prefix: &str, namespace: &str) -> String {
+    format!("{prefix}:n:{{{namespace}}}")
+}
+
+/// `KEYS`: entry, generation, namespace version, tag versions. `ARGV`: the values the read saw
+/// for `KEYS[2..]` (`''` = absent), then the envelope, then the ttl in ms.
+const FILL: &str = r"
+for i = 2, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if not v then v = '' end
+  if v ~= ARGV[i - 1] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[#KEYS], 'PX', ARGV[#KEYS + 1])
+return 1
+";
+
+/// `KEYS`: entry, generation. Bumps the generation (remembered for a day) and drops the entry.
+const INVALIDATE_KEY: &str = r"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 86400000)
+return redis.call('UNLINK', KEYS[1])
+";
+
+/// `KEYS`: tag versions; `ARGV[i]`: a random initial value for `KEYS[i]`. Gives every absent
+/// version a random start (a version key lost to eviction must not come back as a value some
+/// old entry recorded), and returns them all.
+const INIT_VERSIONS: &str = r"
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'NX') end
+return redis.call('MGET', unpack(KEYS))
+";
 
 /// Redis through a `ConnectionManager` (one multiplexed connection that reconnects by
 /// itself), every command bounded by the command timeout.
-#[derive(Clone)]
 pub(crate) struct RedisStore {
-    conn: ConnectionManager,
+    /// Replaced by a fresh manager when the current one keeps failing: a manager whose
+    /// reconnection ended in an error that is not an I/O error never tries again by itself.
+    conn: arc_swap::ArcSwap<ConnectionManager>,
+    /// ms since the Unix epoch of the last replacement.
+    last_rebuild_ms: std::sync::atomic::AtomicU64,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     timeout: Duration,
+    fill: Arc<redis::Script>,
+    invalidate_key: Arc<redis::Script>,
+    init_versions: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").field("timeout", &self.timeout).finish_non_exhaustive()
     }
+}
+
+/// What one read returned: the entry's bytes and what its fill must still see.
+pub(crate) struct RedisRead {
+    pub(crate) bytes: Option<Vec<u8>>,
+    pub(crate) lease: Lease,
+    /// Tags whose version key is absent (they need a version before a fill).
+    pub(crate) missing_tags: Vec<usize>,
+}
+
+fn parse_version(raw: Option<&Vec<u8>>) -> Option<u64> {
+    std::str::from_utf8(raw?).ok()?.parse().ok()
+}
+
+fn seen(v: Option<u64>) -> String {
+    v.map_or_else(String::new, |v| v.to_string())
 }
 
 impl RedisStore {
@@ -115,24 +306,146 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(RedisStore { conn, timeout })
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(RedisStore {
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            last_rebuild_ms: std::sync::atomic::AtomicU64::new(now_ms()),
+            client,
+            config,
+            timeout,
+            fill: Arc::new(redis::Script::new(FILL)),
+            invalidate_key: Arc::new(redis::Script::new(INVALIDATE_KEY)),
+            init_versions: Arc::new(redis::Script::new(INIT_VERSIONS)),
+        })
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        ConnectionManager::clone(&self.conn.load())
+    }
+
+    async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, CacheError> {
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(err)) if err.is_timeout() => Err(CacheError::Timeout),
+            Ok(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => return Err(CacheError::Redis(err)),
+            Ok(Err(err)) => Err(CacheError::Redis(err)),
+            Err(_) => Err(CacheError::Timeout),
+        };
+        self.maybe_rebuild();
+        result
+    }
+
+    /// After a connection-level failure, at most once a second, start over with a new
+    /// (lazy) connection manager.
+    fn maybe_rebuild(&self) {
+        use std::sync::atomic::Ordering;
+        let now = now_ms();
+        let last = self.last_rebuild_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self.last_rebuild_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        if let Ok(fresh) = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            self.conn.store(Arc::new(fresh));
+        }
     }
 
     /// One command, bounded by the command timeout as a whole: while the connection manager
     /// reconnects (with retries and backoff) a command would otherwise wait for the reconnection.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) if err.is_timeout() => Err(CacheError::Timeout),
-            Ok(Err(err)) => Err(CacheError::Redis(err)),
-            Err(_) => Err(CacheError::Timeout),
-        }
+        let mut conn = self.conn();
+        self.bounded(cmd.query_async::<T>(&mut conn)).await
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        self.run(redis::cmd("GET").arg(key)).await
+    /// One round trip: the entry, its generation, its namespace's and tags' versions.
+    pub(crate) async fn read(
+        &self,
+        key: &str,
+        prefix: &str,
+        namespace: &str,
+        tags: &[String],
+    ) -> Result<RedisRead, CacheError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(key).arg(generation_key(key)).arg(namespace_key(prefix, namespace));
+        for tag in tags {
+            cmd.arg(tag_key(prefix, tag));
+        }
+        let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
+        let tag_values = values.split_off(3.min(values.len()));
+        let mut missing_tags = Vec::new();
+        let lease = Lease {
+            generation: parse_version(values.get(1).and_then(Option::as_ref)),
+            namespace_version: parse_version(values.get(2).and_then(Option::as_ref)),
+            tags: tags
+                .iter()
+                .zip(tag_values.iter().map(|v| parse_version(v.as_ref())))
+                .enumerate()
+                .map(|(i, (t, v))| {
+                    if v.is_none() {
+                        missing_tags.push(i);
+                    }
+                    (t.clone(), v.unwrap_or(0))
+                })
+                .collect(),
+        };
+        Ok(RedisRead { bytes: values.into_iter().next().flatten(), lease, missing_tags })
+    }
+
+    /// Current versions of `tags` (one `MGET`; absent ones are `None`).
+    pub(crate) async fn tag_versions(&self, prefix: &str, tags: &[&str]) -> Result<Vec<Option<u64>>, CacheError> {
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for tag in tags {
+            cmd.arg(tag_key(prefix, tag));
+        }
+        let values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
+        Ok(values.iter().map(|v| parse_version(v.as_ref())).collect())
+    }
+
+    /// Gives the absent tag versions a random start; fills in `lease`.
+    pub(crate) async fn init_tags(&self, prefix: &str, lease: &mut Lease, missing: &[usize]) -> Result<(), CacheError> {
+        let mut invocation = self.init_versions.prepare_invoke();
+        for &i in missing {
+            invocation.key(tag_key(prefix, &lease.tags[i].0));
+            invocation.arg(random_start());
+        }
+        let mut conn = self.conn();
+        let values: Vec<Option<Vec<u8>>> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        for (&i, v) in missing.iter().zip(&values) {
+            lease.tags[i].1 =
+                parse_version(v.as_ref()).ok_or(CacheError::Config("tag version is not a number".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Stores `bytes` if nothing the lease depends on changed; `Ok(false)` when it did.
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        prefix: &str,
+        namespace: &str,
+        lease: &Lease,
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let mut invocation = self.fill.prepare_invoke();
+        invocation.key(key).key(generation_key(key)).key(namespace_key(prefix, namespace));
+        invocation.arg(seen(lease.generation)).arg(seen(lease.namespace_version));
+        for (tag, version) in &lease.tags {
+            invocation.key(tag_key(prefix, tag));
+            invocation.arg(version.to_string());
+        }
+        invocation.arg(bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let mut conn = self.conn();
+        let stored: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok(stored == 1)
     }
 
     pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
@@ -140,8 +453,20 @@ impl RedisStore {
         self.run(redis::cmd("SET").arg(key).arg(bytes).arg("PX").arg(ms)).await
     }
 
-    pub(crate) async fn del(&self, key: &str) -> Result<(), CacheError> {
-        self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
+    pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), CacheError> {
+        let mut invocation = self.invalidate_key.prepare_invoke();
+        invocation.key(key).key(generation_key(key));
+        let mut conn = self.conn();
+        self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
+    }
+
+    /// Bumps a version key (`INCR`); returns the new version.
+    pub(crate) async fn bump(&self, version_key: &str) -> Result<u64, CacheError> {
+        self.run(redis::cmd("INCR").arg(version_key)).await
+    }
+
+    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<usize, CacheError> {
+        self.run(redis::cmd("PUBLISH").arg(channel).arg(message)).await
     }
 
     /// Deletes every key matching `pattern` with `SCAN` + `UNLINK` in batches (never `KEYS`).
@@ -160,4 +485,12 @@ impl RedisStore {
             cursor = next;
         }
     }
+}
+
+/// A random 40-bit starting version (well below 2^53, far from any `INCR`ed small value).
+fn random_start() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    now_ms().hash(&mut h);
+    std::thread::current().id().hash(&mut h);
+    (h.finish() >> 24) | (1 << 39)
 }

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{MemEntry, MemoryStore, RedisStore};
+use crate::backend::{namespace_key, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
 use crate::codec::{Codec, Json, Stored};
+use crate::coherence::{Coherence, Message};
 use crate::envelope::{self, Meta};
 use crate::error::CacheError;
 use crate::fetch::{self, CallOpts, Plain, ResultMode};
@@ -41,12 +42,19 @@ struct Inner {
     default_ttl: Duration,
     store: Store,
     stats: Counters,
+    /// Invalidations that failed, retried before the next Redis read.
+    pending: std::sync::Mutex<Vec<Op>>,
+    has_pending: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
 enum Store {
     Memory(MemoryStore),
-    Redis(RedisStore),
+    Redis {
+        redis: Arc<RedisStore>,
+        /// The process-memory tier in front of Redis, when enabled.
+        l1: Option<Arc<Coherence>>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +64,7 @@ struct Counters {
     stale: AtomicU64,
     errors: AtomicU64,
     stores: AtomicU64,
+    dropped_fills: AtomicU64,
     invalidations: AtomicU64,
 }
 
@@ -78,7 +87,9 @@ pub struct Stats {
     pub errors: u64,
     /// Values written to the store.
     pub stores: u64,
-    /// Keys or namespaces invalidated.
+    /// Fills dropped because what they computed was invalidated meanwhile (stale sets avoided).
+    pub dropped_fills: u64,
+    /// Keys, tags or namespaces invalidated.
     pub invalidations: u64,
 }
 
@@ -102,6 +113,10 @@ pub struct CacheBuilder {
     default_ttl: Duration,
     command_timeout: Duration,
     max_entries: u64,
+    l1: bool,
+    l1_max_entries: u64,
+    l1_ttl: Duration,
+    coherence_timeout: Duration,
 }
 
 impl Default for CacheBuilder {
@@ -112,6 +127,10 @@ impl Default for CacheBuilder {
             default_ttl: Duration::from_secs(300),
             command_timeout: Duration::from_millis(250),
             max_entries: 100_000,
+            l1: true,
+            l1_max_entries: 10_000,
+            l1_ttl: Duration::from_secs(30),
+            coherence_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -157,6 +176,34 @@ impl CacheBuilder {
         self
     }
 
+    /// With Redis: keep a bounded process-memory tier (L1, typed values: a hit costs no I/O
+    /// and no decoding) in front of Redis, kept coherent across replicas through Redis
+    /// pub/sub (default: on).
+    pub fn l1(mut self, enabled: bool) -> Self {
+        self.l1 = enabled;
+        self
+    }
+
+    /// Upper bound on the number of entries in the L1 (default 10,000).
+    pub fn l1_max_entries(mut self, max: u64) -> Self {
+        self.l1_max_entries = max;
+        self
+    }
+
+    /// Longest time an entry stays in the L1, whatever its own ttl (default 30 s): a bound on
+    /// staleness should an invalidation message be lost without the channel noticing.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = ttl;
+        self
+    }
+
+    /// How long an invalidation waits for every replica to acknowledge it has dropped the
+    /// entry from its L1 (default 100 ms).
+    pub fn coherence_timeout(mut self, timeout: Duration) -> Self {
+        self.coherence_timeout = timeout;
+        self
+    }
+
     /// Builds the cache. Fails only on an invalid setting, never because Redis is down.
     pub fn build(self) -> Result<Cache, CacheError> {
         if !key::is_valid_segment(&self.prefix) {
@@ -173,7 +220,12 @@ impl CacheBuilder {
         }
         let store = match &self.redis_url {
             None => Store::Memory(MemoryStore::new(self.max_entries)),
-            Some(url) => Store::Redis(RedisStore::new(url, self.command_timeout)?),
+            Some(url) => Store::Redis {
+                redis: Arc::new(RedisStore::new(url, self.command_timeout)?),
+                l1: self.l1.then(|| {
+                    Arc::new(Coherence::new(&self.prefix, self.l1_max_entries, self.l1_ttl, self.coherence_timeout))
+                }),
+            },
         };
         Ok(Cache {
             inner: Arc::new(Inner {
@@ -181,6 +233,8 @@ impl CacheBuilder {
                 default_ttl: self.default_ttl,
                 store,
                 stats: Counters::default(),
+                pending: std::sync::Mutex::new(Vec::new()),
+                has_pending: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -243,7 +297,18 @@ impl Cache {
 
     /// Whether entries are stored in Redis.
     pub fn is_redis(&self) -> bool {
-        matches!(self.inner.store, Store::Redis(_))
+        matches!(self.inner.store, Store::Redis { .. })
+    }
+
+    /// Whether the process-memory tier in front of Redis is in use right now: configured, and
+    /// its invalidation channel subscribed. (It starts with the first cached call, and is
+    /// bypassed while the channel is down.)
+    ///
+    /// ```
+    /// assert!(!cache_runtime::Cache::memory().l1_live());
+    /// ```
+    pub fn l1_live(&self) -> bool {
+        matches!(&self.inner.store, Store::Redis { l1: Some(c), .. } if c.live())
     }
 
     /// The ttl used when none is given.
@@ -260,6 +325,7 @@ impl Cache {
             stale: c.stale.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             stores: c.stores.load(Ordering::Relaxed),
+            dropped_fills: c.dropped_fills.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
         }
     }
@@ -333,15 +399,26 @@ impl Cache {
     pub async fn clear_namespace(&self, namespace: &str) -> Result<u64, CacheError> {
         let mut ns = String::new();
         key::escape_into(&mut ns, namespace);
-        let result = match &self.inner.store {
-            Store::Memory(mem) => Ok(mem.remove_prefix(&key::namespace_start(&self.inner.prefix, &ns))),
-            Store::Redis(redis) => redis.del_matching(&key::namespace_pattern(&self.inner.prefix, &ns)).await,
-        };
-        self.count_result(&result, "clear_namespace");
-        if result.is_ok() {
-            self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        self.apply(Op::Namespace(ns)).await
+    }
+
+    /// Removes every entry tagged `tag` (`#[cached(tags = [...])]`), on every replica. O(1):
+    /// the tag's version is bumped and entries recorded under an older version stop matching,
+    /// including entries being filled while this runs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use cache_runtime::{cached, Cache};
+    /// # static CACHE: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Cache::memory);
+    /// #[cached(key = "post:<id>", tags = ["posts"], cache = *CACHE)]
+    /// async fn post(id: u32) -> String { format!("post {id}") }
+    ///
+    /// post(1).await;
+    /// CACHE.invalidate_tag("posts").await.unwrap(); // post(1) is computed again next time
+    /// # }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        self.apply(Op::Tag(tag.to_owned())).await.map(drop)
     }
 
     // ----- the engine shared by the plain API and the macros -----
@@ -373,68 +450,244 @@ impl Cache {
         }
     }
 
-    /// Reads a fresh entry of type `V`. Anything else (absent, expired, wrong type,
-    /// undecodable, store unreachable) is `None`: the caller runs the body and overwrites.
-    pub(crate) async fn read<V: Stored, C: Codec<V>>(&self, key: &str) -> Option<(Found<V>, Times)> {
+    /// Reads `key`. A hit is a fresh entry of type `V` whose tags are all current; anything
+    /// else (absent, expired, wrong type, undecodable, invalidated tag) is a miss that carries
+    /// the lease its fill needs. `lease: None` means "do not store" (the store is failing, or
+    /// invalidations that failed earlier could not be applied yet).
+    ///
+    /// `refresh`: skip the hit, only take the lease (a refresh that must recompute).
+    pub(crate) async fn lookup<V: Stored, C: Codec<V>>(
+        &self,
+        key: &str,
+        namespace: &str,
+        tags: &[String],
+        refresh: bool,
+    ) -> Lookup<V> {
         match &self.inner.store {
             Store::Memory(mem) => {
-                let entry = mem.get(key)?;
-                if entry.meta.fresh_until_ms <= now_ms() {
-                    return None;
+                if let Some(entry) = mem.get(key).filter(|_| !refresh) {
+                    if entry.meta.fresh_until_ms > now_ms() && mem.tags_current(&entry, Some(0)) {
+                        let times = Times::of(&entry.meta);
+                        if entry.negative {
+                            return Lookup { hit: Some((Found::Negative, times)), lease: None, l1_epoch: None };
+                        }
+                        // A value stored for another type under the same key is a miss.
+                        if let Some(v) = entry.value.downcast_ref::<V>() {
+                            return Lookup { hit: Some((Found::Value(v.clone()), times)), lease: None, l1_epoch: None };
+                        }
+                    }
                 }
-                let times = Times::of(&entry.meta);
-                if entry.negative {
-                    return Some((Found::Negative, times));
-                }
-                // A value stored for another type under the same key is a miss.
-                entry.value.downcast_ref::<V>().map(|v| (Found::Value(v.clone()), times))
+                Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
             }
-            Store::Redis(redis) => {
-                let result = redis.get(key).await;
+            Store::Redis { redis, l1 } => {
+                let mut l1_epoch = None;
+                if let Some(c) = l1 {
+                    c.ensure_started(redis);
+                    if c.live() {
+                        if let Some(hit) = l1_hit::<V>(&c.l1, key, refresh) {
+                            return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+                        }
+                        l1_epoch = Some(c.epoch());
+                    }
+                }
+                if !self.flush_pending().await {
+                    return Lookup { hit: None, lease: None, l1_epoch: None };
+                }
+                let result = redis.read(key, &self.inner.prefix, namespace, tags).await;
                 self.count_result(&result, "get");
-                let bytes = result.ok()??;
-                decode_entry::<V, C>(key, &bytes)
+                let Ok(mut read) = result else { return Lookup { hit: None, lease: None, l1_epoch: None } };
+                if let (Some(c), Some(_)) = (l1, l1_epoch) {
+                    for (i, (tag, version)) in read.lease.tags.iter().enumerate() {
+                        if !read.missing_tags.contains(&i) {
+                            c.l1.learn_tag(tag, *version);
+                        }
+                    }
+                }
+                if let Some(bytes) = read.bytes.as_ref().filter(|_| !refresh) {
+                    if let Some((hit, meta)) = self.decode_hit::<V, C>(redis, key, bytes, &read).await {
+                        if let (Some(c), Some(epoch)) = (l1, l1_epoch) {
+                            let value = match &hit.0 {
+                                Found::Value(v) => Some(v),
+                                Found::Negative => None,
+                            };
+                            self.l1_insert(c, epoch, key.to_owned(), meta, value);
+                        }
+                        return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+                    }
+                }
+                if !read.missing_tags.is_empty() {
+                    let result = redis.init_tags(&self.inner.prefix, &mut read.lease, &read.missing_tags).await;
+                    self.count_result(&result, "init tag versions");
+                    if result.is_err() {
+                        return Lookup { hit: None, lease: None, l1_epoch: None };
+                    }
+                    if let Some(c) = l1 {
+                        for &i in &read.missing_tags {
+                            let (tag, version) = &read.lease.tags[i];
+                            c.l1.learn_tag(tag, *version);
+                        }
+                    }
+                }
+                Lookup { hit: None, lease: Some(read.lease), l1_epoch }
             }
         }
     }
 
-    /// Stores `value` (or a negative entry when `None`) under `key` for `ttl`.
-    pub(crate) async fn write<V: Stored, C: Codec<V>>(
+    /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
+    /// `epoch` was read (before the Redis read) or the channel is down.
+    fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, mut meta: Meta, value: Option<&V>) {
+        meta.stale_until_ms = meta.fresh_until_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
+        meta.fresh_until_ms = meta.stale_until_ms;
+        if c.live() && c.epoch() == epoch {
+            c.l1.insert(key, mem_entry(meta, value));
+        }
+    }
+
+    async fn decode_hit<V: Stored, C: Codec<V>>(
+        &self,
+        redis: &RedisStore,
+        key: &str,
+        bytes: &[u8],
+        read: &RedisRead,
+    ) -> Option<((Found<V>, Times), Meta)> {
+        let decoded = match envelope::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(why) => {
+                tracing::warn!(target: "cache_runtime", key, %why, "unreadable cache entry; treating it as a miss");
+                return None;
+            }
+        };
+        if decoded.meta.fingerprint != envelope::fingerprint::<V>() {
+            tracing::warn!(
+                target: "cache_runtime",
+                key,
+                expected = std::any::type_name::<V>(),
+                "cache entry was written for another type; treating it as a miss"
+            );
+            return None;
+        }
+        if decoded.meta.fresh_until_ms <= now_ms() {
+            return None;
+        }
+        if !self.recorded_tags_current(redis, &decoded.meta.tags, read).await {
+            return None;
+        }
+        let times = Times::of(&decoded.meta);
+        if decoded.negative {
+            return Some(((Found::Negative, times), decoded.meta));
+        }
+        match C::decode(decoded.payload) {
+            Ok(value) => Some(((Found::Value(value), times), decoded.meta)),
+            Err(err) => {
+                tracing::warn!(target: "cache_runtime", key, error = %err, "cache entry does not decode; treating it as a miss");
+                None
+            }
+        }
+    }
+
+    /// Whether every tag an entry recorded still has the recorded version. The versions of the
+    /// caller's tags came with the read; others (an entry read through the plain API) cost one
+    /// more round trip.
+    async fn recorded_tags_current(&self, redis: &RedisStore, recorded: &[(String, u64)], read: &RedisRead) -> bool {
+        let mut unknown = Vec::new();
+        for (tag, version) in recorded {
+            match read.lease.tags.iter().position(|(t, _)| t == tag) {
+                Some(i) if read.missing_tags.contains(&i) => return false,
+                Some(i) if read.lease.tags[i].1 != *version => return false,
+                Some(_) => {}
+                None => unknown.push((tag.as_str(), *version)),
+            }
+        }
+        if unknown.is_empty() {
+            return true;
+        }
+        let names: Vec<&str> = unknown.iter().map(|(t, _)| *t).collect();
+        match redis.tag_versions(&self.inner.prefix, &names).await {
+            Ok(current) => current.iter().zip(&unknown).all(|(c, (_, v))| *c == Some(*v)),
+            Err(err) => {
+                self.count_result::<()>(&Err(err), "get tag versions");
+                false
+            }
+        }
+    }
+
+    /// Stores `value` (a negative entry when `None`) under `key` for `ttl`, unless something
+    /// the lease depends on was invalidated since the read: then the store is dropped (a slow
+    /// read of the old data never overwrites a newer invalidation). Returns whether it stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn fill<V: Stored, C: Codec<V>>(
         &self,
         key: String,
+        namespace: &str,
+        lease: &Lease,
+        l1_epoch: Option<u64>,
         value: Option<&V>,
         ttl: Duration,
         recompute: Duration,
-    ) -> Result<(), CacheError> {
+    ) -> bool {
+        let meta = self.meta::<V>(ttl, recompute, lease.tags.clone());
+        let result = match &self.inner.store {
+            Store::Memory(mem) => Ok(mem.fill(key, namespace, lease, mem_entry(meta, value))),
+            Store::Redis { redis, l1 } => match encode_entry::<V, C>(&meta, value) {
+                Ok(bytes) => {
+                    let stored = redis.fill(&key, &self.inner.prefix, namespace, lease, &bytes, ttl).await;
+                    if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
+                        self.l1_insert(c, epoch, key, meta, value);
+                    }
+                    stored
+                }
+                Err(err) => Err(err),
+            },
+        };
+        self.count_result(&result, "set");
+        match result {
+            Ok(true) => {
+                self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(false) => {
+                self.inner.stats.dropped_fills.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "cache_runtime", namespace, "fill dropped: invalidated while it was computed");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn meta<V>(&self, ttl: Duration, recompute: Duration, tags: Vec<(String, u64)>) -> Meta {
         let now = now_ms();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let meta = Meta {
+        Meta {
             fingerprint: envelope::fingerprint::<V>(),
             stored_at_ms: now,
             fresh_until_ms: now.saturating_add(ttl_ms),
             stale_until_ms: now.saturating_add(ttl_ms),
             recompute_ms: u32::try_from(recompute.as_millis()).unwrap_or(u32::MAX),
             etag: None,
-        };
+            tags,
+        }
+    }
+
+    /// Stores unconditionally (the plain API's `set`).
+    async fn store<V: Stored, C: Codec<V>>(&self, key: String, value: &V, ttl: Duration) -> Result<(), CacheError> {
+        let meta = self.meta::<V>(ttl, Duration::ZERO, Vec::new());
         let result = match &self.inner.store {
             Store::Memory(mem) => {
-                let entry = match value {
-                    Some(v) => MemEntry { meta, negative: false, value: Box::new(v.clone()) },
-                    None => MemEntry { meta, negative: true, value: Box::new(()) },
-                };
-                mem.insert(key, entry);
+                mem.insert(key, mem_entry(meta, Some(value)));
                 Ok(())
             }
-            Store::Redis(redis) => {
-                let payload = match value {
-                    Some(v) => C::encode(v),
-                    None => Ok(Vec::new()),
-                };
-                match payload {
-                    Ok(payload) => redis.set(&key, &envelope::encode(&meta, value.is_none(), &payload), ttl).await,
-                    Err(err) => Err(err),
+            Store::Redis { redis, l1 } => match encode_entry::<V, C>(&meta, Some(value)) {
+                Ok(bytes) => {
+                    // Another replica's L1 may hold the previous value: a set is an invalidation too.
+                    let stored = redis.set(&key, &bytes, ttl).await;
+                    if let (Ok(()), Some(c)) = (&stored, l1) {
+                        c.apply_local(&Message::Key(key.clone()));
+                        let _ = c.publish(redis, &Message::Key(key)).await;
+                    }
+                    stored
                 }
-            }
+                Err(err) => Err(err),
+            },
         };
         self.count_result(&result, "set");
         if result.is_ok() {
@@ -443,53 +696,184 @@ impl Cache {
         result
     }
 
-    pub(crate) async fn remove(&self, key: &str) -> Result<(), CacheError> {
-        let result = match &self.inner.store {
-            Store::Memory(mem) => {
-                mem.remove(key);
-                Ok(())
-            }
-            Store::Redis(redis) => redis.del(key).await,
-        };
+    /// Applies one invalidation; one that fails on Redis is queued and retried before this
+    /// cache reads from Redis again (so it is never silently lost), and the error returned.
+    /// Returns how many entries a namespace clear removed (0 for keys and tags).
+    pub(crate) async fn apply(&self, op: Op) -> Result<u64, CacheError> {
+        let result = self.try_apply(&op).await;
         self.count_result(&result, "invalidate");
-        if result.is_ok() {
-            self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(removed) => {
+                self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                Ok(removed)
+            }
+            Err(err) => {
+                lock(&self.inner.pending).push(op);
+                self.inner.has_pending.store(true, Ordering::Release);
+                Err(err)
+            }
         }
-        result
+    }
+
+    async fn try_apply(&self, op: &Op) -> Result<u64, CacheError> {
+        let prefix = &self.inner.prefix;
+        match &self.inner.store {
+            Store::Memory(mem) => Ok(match op {
+                Op::Key(key) => {
+                    mem.invalidate_key(key);
+                    0
+                }
+                Op::Tag(tag) => {
+                    mem.bump_tag(tag);
+                    0
+                }
+                Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
+            }),
+            Store::Redis { redis, l1 } => {
+                // The writer's own L1 first: its next read cannot see what it invalidated.
+                if let Some(c) = l1 {
+                    match op {
+                        Op::Key(key) => c.apply_local(&Message::Key(key.clone())),
+                        Op::Tag(tag) => c.forget_tag(tag),
+                        Op::Namespace(ns) => c.apply_local(&Message::Namespace(ns.clone())),
+                    }
+                }
+                let (message, removed) = match op {
+                    Op::Key(key) => {
+                        redis.invalidate_key(key).await?;
+                        (Message::Key(key.clone()), 0)
+                    }
+                    Op::Tag(tag) => {
+                        let version = redis.bump(&tag_key(prefix, tag)).await?;
+                        (Message::Tag { tag: tag.clone(), version }, 0)
+                    }
+                    Op::Namespace(ns) => {
+                        redis.bump(&namespace_key(prefix, ns)).await?;
+                        let removed = redis.del_matching(&key::namespace_pattern(prefix, ns)).await?;
+                        (Message::Namespace(ns.clone()), removed)
+                    }
+                };
+                if let Some(c) = l1 {
+                    c.publish(redis, &message).await?;
+                }
+                Ok(removed)
+            }
+        }
+    }
+
+    /// Retries queued invalidations; `true` when none is left.
+    async fn flush_pending(&self) -> bool {
+        if !self.inner.has_pending.load(Ordering::Acquire) {
+            return true;
+        }
+        let ops = std::mem::take(&mut *lock(&self.inner.pending));
+        let mut failed = Vec::new();
+        for op in ops {
+            if self.try_apply(&op).await.is_err() {
+                failed.push(op);
+            } else {
+                self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut pending = lock(&self.inner.pending);
+        failed.append(&mut pending);
+        *pending = failed;
+        let empty = pending.is_empty();
+        self.inner.has_pending.store(!empty, Ordering::Release);
+        empty
     }
 }
 
-fn decode_entry<V: Stored, C: Codec<V>>(key: &str, bytes: &[u8]) -> Option<(Found<V>, Times)> {
-    let decoded = match envelope::decode(bytes) {
-        Ok(decoded) => decoded,
-        Err(why) => {
-            tracing::warn!(target: "cache_runtime", key, %why, "unreadable cache entry; treating it as a miss");
-            return None;
+/// What one `#[invalidates]` call invalidates, rendered before its body runs.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Invalidation<'a> {
+    cache: &'a Cache,
+    ops: Vec<Op>,
+}
+
+impl<'a> Invalidation<'a> {
+    pub fn new(cache: &'a Cache) -> Self {
+        Invalidation { cache, ops: Vec::new() }
+    }
+
+    /// A full stored key (built with the cache's key writer).
+    pub fn key(mut self, key: String) -> Self {
+        self.ops.push(Op::Key(key));
+        self
+    }
+
+    pub fn tag(mut self, tag: String) -> Self {
+        self.ops.push(Op::Tag(tag));
+        self
+    }
+
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.ops.push(Op::Namespace(namespace.to_owned()));
+        self
+    }
+
+    /// Applies every invalidation; failures are logged, counted and queued for retry (they
+    /// never fail the request that caused them).
+    pub async fn run(&self) {
+        for op in &self.ops {
+            let _ = self.cache.apply(op.clone()).await;
         }
-    };
-    if decoded.meta.fingerprint != envelope::fingerprint::<V>() {
-        tracing::warn!(
-            target: "cache_runtime",
-            key,
-            expected = std::any::type_name::<V>(),
-            "cache entry was written for another type; treating it as a miss"
-        );
+    }
+}
+
+/// One invalidation, kept to be retried when it fails.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// A full stored key.
+    Key(String),
+    Tag(String),
+    /// An escaped namespace.
+    Namespace(String),
+}
+
+/// What a lookup found, and what its fill needs.
+pub(crate) struct Lookup<V> {
+    pub(crate) hit: Option<(Found<V>, Times)>,
+    pub(crate) lease: Option<Lease>,
+    /// The L1 epoch before the Redis read, when the L1 is in use.
+    pub(crate) l1_epoch: Option<u64>,
+}
+
+/// A fresh, current, typed entry from a process-memory tier that mirrors Redis.
+fn l1_hit<V: Stored>(l1: &MemoryStore, key: &str, refresh: bool) -> Option<(Found<V>, Times)> {
+    let entry = l1.get(key).filter(|_| !refresh)?;
+    if entry.meta.fresh_until_ms <= now_ms() || !l1.tags_current(&entry, None) {
         return None;
     }
-    if decoded.meta.fresh_until_ms <= now_ms() {
-        return None;
-    }
-    let times = Times::of(&decoded.meta);
-    if decoded.negative {
+    let times = Times::of(&entry.meta);
+    if entry.negative {
         return Some((Found::Negative, times));
     }
-    match C::decode(decoded.payload) {
-        Ok(value) => Some((Found::Value(value), times)),
-        Err(err) => {
-            tracing::warn!(target: "cache_runtime", key, error = %err, "cache entry does not decode; treating it as a miss");
-            None
-        }
+    entry.value.downcast_ref::<V>().map(|v| (Found::Value(v.clone()), times))
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>) -> MemEntry {
+    match value {
+        Some(v) => MemEntry { meta, negative: false, value: Box::new(v.clone()) },
+        None => MemEntry { meta, negative: true, value: Box::new(()) },
     }
+}
+
+fn encode_entry<V: Stored, C: Codec<V>>(meta: &Meta, value: Option<&V>) -> Result<Vec<u8>, CacheError> {
+    let payload = match value {
+        Some(v) => C::encode(v)?,
+        None => Vec::new(),
+    };
+    envelope::encode(meta, value.is_none(), &payload).map_err(|why| CacheError::Config(why.to_owned()))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The plain API within one namespace, from [`Cache::namespace`].
@@ -500,9 +884,20 @@ pub struct Namespace<'a> {
 }
 
 impl Namespace<'_> {
+    fn escaped(&self) -> String {
+        let mut ns = String::new();
+        key::escape_into(&mut ns, self.namespace);
+        ns
+    }
+
     /// Reads `key`; see [`Cache::get`].
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
-        match self.cache.read::<T, Json>(&self.cache.full_key(self.namespace, key)).await {
+        match self
+            .cache
+            .lookup::<T, Json>(&self.cache.full_key(self.namespace, key), &self.escaped(), &[], false)
+            .await
+            .hit
+        {
             Some((Found::Value(v), _)) => Some(v),
             Some((Found::Negative, _)) | None => None,
         }
@@ -510,12 +905,12 @@ impl Namespace<'_> {
 
     /// Stores `value` under `key` for `ttl`.
     pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), CacheError> {
-        self.cache.write::<T, Json>(self.cache.full_key(self.namespace, key), Some(value), ttl, Duration::ZERO).await
+        self.cache.store::<T, Json>(self.cache.full_key(self.namespace, key), value, ttl).await
     }
 
     /// Removes `key`.
     pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
-        self.cache.remove(&self.cache.full_key(self.namespace, key)).await
+        self.cache.apply(Op::Key(self.cache.full_key(self.namespace, key))).await.map(drop)
     }
 
     /// Removes every entry of this namespace; see [`Cache::clear_namespace`].
@@ -542,7 +937,8 @@ impl Namespace<'_> {
         Fut: Future<Output = T>,
     {
         let opts = CallOpts::new().expire(ttl);
-        fetch::run::<Plain<T>, _>(self.cache, self.cache.full_key(self.namespace, key), &opts, fetch()).await
+        let key = self.cache.full_key(self.namespace, key);
+        fetch::run::<Plain<T>, _>(self.cache, key, &self.escaped(), &[], &opts, fetch()).await
     }
 
     /// Cache-aside for fallible fetches: only `Ok` values are stored.
@@ -563,6 +959,7 @@ impl Namespace<'_> {
         Fut: Future<Output = Result<T, E>>,
     {
         let opts = CallOpts::new().expire(ttl);
-        fetch::run::<ResultMode<T, E>, _>(self.cache, self.cache.full_key(self.namespace, key), &opts, fetch()).await
+        let key = self.cache.full_key(self.namespace, key);
+        fetch::run::<ResultMode<T, E>, _>(self.cache, key, &self.escaped(), &[], &opts, fetch()).await
     }
 }

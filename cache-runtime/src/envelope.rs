@@ -17,12 +17,14 @@
 //! | 20..28 | fresh until, ms |
 //! | 28..36 | stale until, ms (= fresh until when no stale window) |
 //! | 36..40 | recompute time, ms |
-//! | 40..40+n | ETag bytes |
-//! | 40+n.. | payload (JSON) |
+//! | 40..42 | length `t` of the tag section |
+//! | 42..42+n | ETag bytes |
+//! | 42+n..42+n+t | tags: `(name length u8, name, version u64)*`, the versions they had when the value was computed |
+//! | 42+n+t.. | payload |
 
 const MAGIC: u8 = 0xCA;
 const VERSION: u8 = 1;
-const HEADER: usize = 40;
+const HEADER: usize = 42;
 const FLAG_NEGATIVE: u8 = 1;
 
 /// The metadata kept beside every value, in Redis and in process memory alike.
@@ -34,6 +36,8 @@ pub(crate) struct Meta {
     pub(crate) stale_until_ms: u64,
     pub(crate) recompute_ms: u32,
     pub(crate) etag: Option<Box<str>>,
+    /// `(tag, version)`: the entry is valid while every tag still has that version.
+    pub(crate) tags: Vec<(String, u64)>,
 }
 
 /// A decoded envelope borrowing its payload from the bytes Redis returned.
@@ -51,6 +55,7 @@ pub(crate) enum Corrupt {
     BadMagic,
     UnknownVersion(u8),
     BadEtag,
+    BadTags,
 }
 
 impl std::fmt::Display for Corrupt {
@@ -60,15 +65,25 @@ impl std::fmt::Display for Corrupt {
             Corrupt::BadMagic => f.write_str("not an envelope (bad magic byte)"),
             Corrupt::UnknownVersion(v) => write!(f, "unknown envelope version {v}"),
             Corrupt::BadEtag => f.write_str("invalid ETag field"),
+            Corrupt::BadTags => f.write_str("invalid tag section"),
         }
     }
 }
 
-pub(crate) fn encode(meta: &Meta, negative: bool, payload: &[u8]) -> Vec<u8> {
+/// Fails only when the tags do not fit (a name over 255 bytes, or over 64 KiB of tags): such
+/// an entry is not stored rather than stored without its tags.
+pub(crate) fn encode(meta: &Meta, negative: bool, payload: &[u8]) -> Result<Vec<u8>, &'static str> {
     let etag = meta.etag.as_deref().unwrap_or("").as_bytes();
     let etag_len = u8::try_from(etag.len()).unwrap_or(0);
     let etag = &etag[..usize::from(etag_len)];
-    let mut out = Vec::with_capacity(HEADER + etag.len() + payload.len());
+    let mut tags = Vec::new();
+    for (name, version) in &meta.tags {
+        tags.push(u8::try_from(name.len()).map_err(|_| "a tag is longer than 255 bytes")?);
+        tags.extend_from_slice(name.as_bytes());
+        tags.extend_from_slice(&version.to_le_bytes());
+    }
+    let tags_len = u16::try_from(tags.len()).map_err(|_| "the tags take more than 64 KiB")?;
+    let mut out = Vec::with_capacity(HEADER + etag.len() + tags.len() + payload.len());
     out.push(MAGIC);
     out.push(VERSION);
     out.push(if negative { FLAG_NEGATIVE } else { 0 });
@@ -78,9 +93,11 @@ pub(crate) fn encode(meta: &Meta, negative: bool, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&meta.fresh_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.recompute_ms.to_le_bytes());
+    out.extend_from_slice(&tags_len.to_le_bytes());
     out.extend_from_slice(etag);
+    out.extend_from_slice(&tags);
     out.extend_from_slice(payload);
-    out
+    Ok(out)
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -100,7 +117,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
         return Err(Corrupt::UnknownVersion(bytes[1]));
     }
     let etag_len = usize::from(bytes[3]);
-    if bytes.len() < HEADER + etag_len {
+    let tags_len = usize::from(u16::from_le_bytes([bytes[40], bytes[41]]));
+    if bytes.len() < HEADER + etag_len + tags_len {
         return Err(Corrupt::TooShort);
     }
     let etag = if etag_len == 0 {
@@ -109,6 +127,17 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
         let raw = std::str::from_utf8(&bytes[HEADER..HEADER + etag_len]).map_err(|_| Corrupt::BadEtag)?;
         Some(raw.into())
     };
+    let mut tags = Vec::new();
+    let mut section = &bytes[HEADER + etag_len..HEADER + etag_len + tags_len];
+    while let Some((&len, rest)) = section.split_first() {
+        let len = usize::from(len);
+        if rest.len() < len + 8 {
+            return Err(Corrupt::BadTags);
+        }
+        let name = std::str::from_utf8(&rest[..len]).map_err(|_| Corrupt::BadTags)?;
+        tags.push((name.to_owned(), u64_at(rest, len)));
+        section = &rest[len + 8..];
+    }
     let mut recompute = [0u8; 4];
     recompute.copy_from_slice(&bytes[36..40]);
     Ok(Decoded {
@@ -119,9 +148,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
             stale_until_ms: u64_at(bytes, 28),
             recompute_ms: u32::from_le_bytes(recompute),
             etag,
+            tags,
         },
         negative: bytes[2] & FLAG_NEGATIVE != 0,
-        payload: &bytes[HEADER + etag_len..],
+        payload: &bytes[HEADER + etag_len + tags_len..],
     })
 }
 
@@ -148,12 +178,13 @@ mod tests {
             stale_until_ms: 3,
             recompute_ms: 4,
             etag: Some("\"abc\"".into()),
+            tags: vec![("posts".to_owned(), 7), ("user:1".to_owned(), u64::MAX)],
         }
     }
 
     #[test]
     fn round_trip() {
-        let bytes = encode(&meta(), false, b"{\"a\":1}");
+        let bytes = encode(&meta(), false, b"{\"a\":1}").unwrap();
         let d = decode(&bytes).unwrap();
         assert_eq!(d.meta, meta());
         assert!(!d.negative);
@@ -164,10 +195,10 @@ mod tests {
     fn garbage_is_rejected_not_panicking() {
         assert_eq!(decode(b"").unwrap_err(), Corrupt::TooShort);
         assert_eq!(decode(b"hello world, this is not an envelope at all").unwrap_err(), Corrupt::BadMagic);
-        let mut bytes = encode(&meta(), true, b"");
+        let mut bytes = encode(&meta(), true, b"").unwrap();
         bytes[1] = 9;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::UnknownVersion(9));
-        let mut bytes = encode(&meta(), true, b"");
+        let mut bytes = encode(&meta(), true, b"").unwrap();
         bytes[3] = 200;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::TooShort);
         for len in 0..bytes.len() {

@@ -130,10 +130,13 @@ impl<T: Cacheable, E> Mode for ResultMode<T, E> {
 pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     cache: &Cache,
     key: String,
+    namespace: &str,
+    tags: &[String],
     opts: &CallOpts,
     body: F,
 ) -> M::Out {
-    if let Some((found, _)) = cache.read::<M::Value, Json>(&key).await {
+    let lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, false).await;
+    if let Some((found, _)) = lookup.hit {
         if let Some(out) = M::rebuild(found) {
             cache.record_hit();
             return out;
@@ -142,16 +145,20 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     cache.record_miss();
     let started = Instant::now();
     let out = body.await;
+    let Some(lease) = lookup.lease else { return out };
     let ttl = opts.ttl(cache);
-    // A failed store is logged and counted inside `write`; the caller still gets its result.
-    let _ = match M::decide(&out) {
-        Decision::Store(value) => cache.write::<M::Value, Json>(key, Some(value), ttl, started.elapsed()).await,
+    match M::decide(&out) {
+        Decision::Store(value) => {
+            cache
+                .fill::<M::Value, Json>(key, namespace, &lease, lookup.l1_epoch, Some(value), ttl, started.elapsed())
+                .await;
+        }
         Decision::StoreNegative if opts.cache_none => {
             let ttl = opts.none_ttl.unwrap_or(ttl);
-            cache.write::<M::Value, Json>(key, None, ttl, started.elapsed()).await
+            cache.fill::<M::Value, Json>(key, namespace, &lease, lookup.l1_epoch, None, ttl, started.elapsed()).await;
         }
-        Decision::StoreNegative | Decision::Skip => Ok(()),
-    };
+        Decision::StoreNegative | Decision::Skip => {}
+    }
     out
 }
 
@@ -159,28 +166,34 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
 pub async fn cached_value<T: Cacheable, F: Future<Output = T>>(
     cache: &Cache,
     key: String,
+    namespace: &str,
+    tags: &[String],
     opts: &CallOpts,
     body: F,
 ) -> T {
-    run::<Plain<T>, F>(cache, key, opts, body).await
+    run::<Plain<T>, F>(cache, key, namespace, tags, opts, body).await
 }
 
 /// `#[cached]` on a fn returning `Option<T>`.
 pub async fn cached_option<T: Cacheable, F: Future<Output = Option<T>>>(
     cache: &Cache,
     key: String,
+    namespace: &str,
+    tags: &[String],
     opts: &CallOpts,
     body: F,
 ) -> Option<T> {
-    run::<OptionMode<T>, F>(cache, key, opts, body).await
+    run::<OptionMode<T>, F>(cache, key, namespace, tags, opts, body).await
 }
 
 /// `#[cached]` on a fn returning `Result<T, E>`.
 pub async fn cached_result<T: Cacheable, E, F: Future<Output = Result<T, E>>>(
     cache: &Cache,
     key: String,
+    namespace: &str,
+    tags: &[String],
     opts: &CallOpts,
     body: F,
 ) -> Result<T, E> {
-    run::<ResultMode<T, E>, F>(cache, key, opts, body).await
+    run::<ResultMode<T, E>, F>(cache, key, namespace, tags, opts, body).await
 }

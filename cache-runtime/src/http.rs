@@ -397,9 +397,12 @@ fn client_directive(headers: &HeaderMap) -> ClientDirective {
 
 /// The runtime side of `#[cached]` on an axum handler.
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
 pub async fn cached_handler<R, F>(
     cache: &Cache,
     mut key: KeyWriter,
+    namespace: &str,
+    tags: &[String],
     request: HttpRequest,
     opts: &CallOpts,
     http: &HttpOpts,
@@ -417,8 +420,10 @@ where
     let directive = if http.honor_no_cache { client_directive(&request.headers) } else { ClientDirective::None };
     add_vary(&mut key, &request.headers, http.vary);
     let key = key.finish();
-    if matches!(directive, ClientDirective::None) {
-        if let Some((Found::Value(stored), times)) = cache.read::<Arc<StoredResponse>, ResponseCodec>(&key).await {
+    let refresh = !matches!(directive, ClientDirective::None);
+    let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, refresh).await;
+    {
+        if let Some((Found::Value(stored), times)) = lookup.hit {
             cache.record_hit();
             let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
             return respond(&stored, remaining, &request, http, "HIT");
@@ -468,9 +473,19 @@ where
         last_modified_ms,
     });
     let ttl = opts.ttl(cache);
-    if !matches!(directive, ClientDirective::NoStore) {
-        // A failed store is logged and counted; the client still gets the response.
-        let _ = cache.write::<Arc<StoredResponse>, ResponseCodec>(key, Some(&stored), ttl, started.elapsed()).await;
+    if let (Some(lease), false) = (lookup.lease, matches!(directive, ClientDirective::NoStore)) {
+        // A failed or dropped store is logged and counted; the client still gets the response.
+        cache
+            .fill::<Arc<StoredResponse>, ResponseCodec>(
+                key,
+                namespace,
+                &lease,
+                lookup.l1_epoch,
+                Some(&stored),
+                ttl,
+                started.elapsed(),
+            )
+            .await;
     }
     respond(&stored, ttl.as_secs(), &request, http, x_cache)
 }

@@ -84,6 +84,16 @@ impl KeyWriter {
     }
 
     #[doc(hidden)]
+    /// A tag: rendered like a key, without prefix or namespace.
+    pub fn tag(capacity_hint: usize) -> Self {
+        KeyWriter { buf: String::with_capacity(capacity_hint), first_arg: true }
+    }
+
+    /// Ends a tag started with [`KeyWriter::tag`].
+    pub fn finish_tag(self) -> String {
+        self.buf
+    }
+
     /// Literal text from a key template (validated at compile time).
     #[inline]
     pub fn lit(&mut self, s: &str) {

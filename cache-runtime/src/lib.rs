@@ -33,6 +33,7 @@
 mod backend;
 mod cache;
 mod codec;
+mod coherence;
 mod envelope;
 mod error;
 mod fetch;
@@ -60,6 +61,32 @@ pub use http::X_CACHE;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() { assert_eq!(square(3).await, 9); }
 /// ```
 pub use cache_macros::cached;
+
+/// Invalidates keys, tags or a namespace after an async fn succeeds (`Ok`, `Some`, a 2xx
+/// response, or any other value), on every replica. Placeholders work as in `#[cached]`.
+///
+/// ```
+/// use cache_runtime::{cached, invalidates};
+///
+/// #[cached(expire = 60, key = "user:<id>", tags = ["users"])]
+/// async fn user(id: u64) -> Option<String> { Some(format!("user {id}")) }
+///
+/// #[invalidates(key = "user:<id>")]
+/// async fn rename(id: u64, name: String) -> Result<(), std::io::Error> {
+///     let _ = (id, name); // write to the database here
+///     Ok(())
+/// }
+///
+/// #[invalidates(tags = ["users"])]
+/// async fn import_users() -> Result<usize, std::io::Error> { Ok(0) }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// user(1).await;
+/// rename(1, "Ada".into()).await.unwrap(); // the next user(1) runs the body again
+/// import_users().await.unwrap();          // so does every fn cached with the tag `users`
+/// # }
+/// ```
+pub use cache_macros::invalidates;
 
 /// A value that can be stored in the cache: serializable, deserializable, cloneable and
 /// shareable between threads. Implemented for every type that is.
@@ -104,6 +131,7 @@ pub fn global() -> &'static Cache {
 /// What the macros expand to. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cache::Invalidation;
     pub use crate::fetch::{cached_option, cached_result, cached_value, CallOpts};
     pub use crate::key::KeyWriter;
     pub use crate::{global, Cache, Cacheable};
@@ -112,7 +140,7 @@ pub mod __private {
     #[cfg(feature = "axum")]
     pub use crate::http::{cached_handler, HttpOpts, HttpRequest};
     #[cfg(feature = "axum")]
-    pub use axum::response::Response;
+    pub use axum::response::{IntoResponse, Response};
 
     /// Resolves the `cache = …` option to a `&Cache`.
     #[inline]

@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cache_runtime::{cached, Cache};
+use cache_runtime::{cached, invalidates, Cache};
 use headers::authorization::Bearer;
 use headers::{Authorization, HeaderMapExt as _};
 use serde::{Deserialize, Serialize};
@@ -25,10 +25,12 @@ pub struct Config {
     /// Unset: SQLite in memory.
     pub database_path: Option<PathBuf>,
     pub db_latency: Duration,
+    /// With Redis: the process-memory tier in front of it (`CACHE_L1`, default on; `0` = off).
+    pub l1: bool,
 }
 
 impl Config {
-    /// `PORT` (3000), `REDIS_URL`, `DATABASE_PATH`, `DB_LATENCY_MS` (5).
+    /// `PORT` (3000), `REDIS_URL`, `DATABASE_PATH`, `DB_LATENCY_MS` (5), `CACHE_L1` (1).
     pub fn from_env() -> Result<Config, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let port =
@@ -40,6 +42,7 @@ impl Config {
             redis_url: var("REDIS_URL"),
             database_path: var("DATABASE_PATH").map(PathBuf::from),
             db_latency: Duration::from_millis(latency_ms),
+            l1: var("CACHE_L1").is_none_or(|v| v != "0" && v != "false"),
         })
     }
 }
@@ -55,7 +58,7 @@ impl App {
     pub fn new(config: &Config) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         let db = Db::open(config.database_path.as_deref(), config.db_latency)?;
         let cache = match &config.redis_url {
-            Some(url) => Cache::builder().redis(url).prefix("axum-app").build()?,
+            Some(url) => Cache::builder().redis(url).prefix("axum-app").l1(config.l1).build()?,
             None => Cache::builder().prefix("axum-app").build()?,
         };
         Ok(App { db, cache })
@@ -116,7 +119,8 @@ pub struct UserPatch {
     pub email: Option<String>,
 }
 
-/// `PUT /users/{id}`: writes, then drops the cached user (on every replica sharing the Redis).
+/// `PUT /users/{id}`: writes, then (on success) drops the cached user on every replica.
+#[invalidates(key = "user:<id>", cache = app.cache)]
 async fn update_user(
     Path(id): Path<u64>,
     State(app): State<App>,
@@ -126,14 +130,11 @@ async fn update_user(
         return Err(AppError::BadRequest("nothing to update: send `name` and/or `email`"));
     }
     let user = app.db.update_user(id, patch.name, patch.email).await?.ok_or(AppError::NotFound)?;
-    if let Err(err) = app.cache.invalidate(&format!("user:{id}")).await {
-        tracing::warn!(%err, id, "could not invalidate the cached user");
-    }
     Ok(Json(user))
 }
 
-/// `GET /posts`: public, for browsers 60 s, shared caches 120 s, CDNs 600 s.
-#[cached(expire = 60, key = "posts", public, s_maxage = 120, cdn_max_age = 600, cache = app.cache)]
+/// `GET /posts`: public, for browsers 60 s, shared caches 120 s, CDNs 600 s; tagged `posts`.
+#[cached(expire = 60, key = "posts", tags = ["posts"], public, s_maxage = 120, cdn_max_age = 600, cache = app.cache)]
 async fn list_posts(State(app): State<App>) -> Result<Json<Vec<Post>>, AppError> {
     Ok(Json(app.db.posts(0, 100).await?))
 }
@@ -144,18 +145,13 @@ pub struct NewPost {
     pub body: String,
 }
 
-/// `POST /posts`: adds a post, then drops the post list and every feed.
+/// `POST /posts`: adds a post, then drops everything tagged `posts` (the list and every feed).
+#[invalidates(tags = ["posts"], cache = app.cache)]
 async fn create_post(State(app): State<App>, Json(post): Json<NewPost>) -> Result<(StatusCode, Json<Post>), AppError> {
     if post.title.trim().is_empty() {
         return Err(AppError::BadRequest("`title` must not be empty"));
     }
     let post = app.db.add_post(post.title, post.body).await?;
-    if let Err(err) = app.cache.invalidate("posts").await {
-        tracing::warn!(%err, "could not invalidate the post list");
-    }
-    if let Err(err) = app.cache.clear_namespace("feed").await {
-        tracing::warn!(%err, "could not invalidate the feeds");
-    }
     Ok((StatusCode::CREATED, Json(post)))
 }
 
@@ -208,7 +204,14 @@ pub struct Feed {
 }
 
 /// `GET /feed?page=N`: per user (key and `Vary: Authorization`), private.
-#[cached(expire = 30, key = "feed:<user.id>:<page>", namespace = "feed", vary = ["authorization"], cache = app.cache)]
+#[cached(
+    expire = 30,
+    key = "feed:<user.id>:<page>",
+    namespace = "feed",
+    tags = ["posts"],
+    vary = ["authorization"],
+    cache = app.cache
+)]
 async fn feed(
     user: AuthUser,
     Query(FeedQuery { page }): Query<FeedQuery>,

@@ -202,7 +202,7 @@ async fn clear_namespace_drops_only_that_namespace() {
 
 #[tokio::test]
 async fn corrupt_or_foreign_entries_are_misses_and_are_overwritten() {
-    let b = Backend::redis();
+    let b = Backend::redis_without_l1();
     let mut raw = b.raw().await;
     let calls = Calls::default();
     let key = "t:{default:user:5}";
@@ -228,7 +228,7 @@ async fn corrupt_or_foreign_entries_are_misses_and_are_overwritten() {
 
 #[tokio::test]
 async fn a_dead_redis_fails_open_and_caching_resumes() {
-    let mut b = Backend::redis();
+    let mut b = Backend::redis_without_l1();
     let calls = Calls::default();
     get_user(&b.cache, &calls, 1).await.unwrap();
     get_user(&b.cache, &calls, 1).await.unwrap();
@@ -239,7 +239,7 @@ async fn a_dead_redis_fails_open_and_caching_resumes() {
         let started = Instant::now();
         let user = get_user(&b.cache, &calls, 1).await.unwrap();
         assert_eq!(user.id, 1);
-        // Two commands (GET, then SET) each bounded by the 200 ms command timeout.
+        // The read (and at most one write) each bounded by the 200 ms command timeout.
         assert!(started.elapsed() < Duration::from_millis(900), "call {i} took {:?}", started.elapsed());
     }
     assert_eq!(calls.get(), 6, "with Redis down every call runs the body");
@@ -248,10 +248,10 @@ async fn a_dead_redis_fails_open_and_caching_resumes() {
     b.redis.as_mut().unwrap().restart().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        get_user(&b.cache, &calls, 2).await.unwrap();
         let before = calls.get();
         get_user(&b.cache, &calls, 2).await.unwrap();
-        get_user(&b.cache, &calls, 2).await.unwrap();
-        if calls.get() == before + 1 {
+        if calls.get() == before {
             break; // the second call was a hit: caching resumed by itself
         }
         assert!(Instant::now() < deadline, "caching did not resume within 10 s of Redis returning");

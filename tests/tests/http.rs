@@ -29,32 +29,39 @@ async fn serve(router: Router) -> String {
 struct TestApp {
     base: String,
     app: App,
+    l1: bool,
     _redis: Option<RedisServer>,
 }
 
 impl TestApp {
     async fn start(redis: bool) -> TestApp {
+        Self::start_with(redis, true).await
+    }
+
+    async fn start_with(redis: bool, l1: bool) -> TestApp {
         let server = redis.then(|| RedisServer::start().unwrap());
         let config = Config {
             port: 0,
             redis_url: server.as_ref().map(RedisServer::url),
             database_path: None,
             db_latency: Duration::ZERO,
+            l1,
         };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;
-        TestApp { base, app, _redis: server }
+        TestApp { base, app, l1, _redis: server }
     }
 
+    /// Memory, Redis, and Redis with the process-memory tier.
     async fn both() -> Vec<TestApp> {
-        vec![TestApp::start(false).await, TestApp::start(true).await]
+        vec![TestApp::start(false).await, TestApp::start_with(true, false).await, TestApp::start(true).await]
     }
 
     fn mode(&self) -> &'static str {
-        if self.app.cache.is_redis() {
-            "redis"
-        } else {
-            "memory"
+        match (self.app.cache.is_redis(), self._redis.is_some() && self.l1) {
+            (false, _) => "memory",
+            (true, false) => "redis",
+            (true, true) => "redis+l1",
         }
     }
 
@@ -114,7 +121,8 @@ async fn etags_are_the_same_on_every_replica() {
     let mut etags = Vec::new();
     for _ in 0..2 {
         // Two replicas (one after the other: a restart) on one database file, each with its own cache.
-        let config = Config { port: 0, redis_url: None, database_path: Some(db.clone()), db_latency: Duration::ZERO };
+        let config =
+            Config { port: 0, redis_url: None, database_path: Some(db.clone()), db_latency: Duration::ZERO, l1: true };
         let base = serve(router(App::new(&config).unwrap())).await;
         let r = client().get(format!("{base}/users/42")).send().await.unwrap();
         assert_eq!(h(r.headers(), "x-cache"), "MISS");
@@ -407,7 +415,7 @@ async fn a_dead_redis_never_turns_into_a_5xx() {
 
 #[tokio::test]
 async fn corrupt_stored_responses_are_misses() {
-    let t = TestApp::start(true).await;
+    let t = TestApp::start_with(true, false).await;
     let c = client();
     assert_eq!(c.get(t.url("/users/10")).send().await.unwrap().status(), 200);
     let client = redis::Client::open(t._redis.as_ref().unwrap().url()).unwrap();

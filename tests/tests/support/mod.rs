@@ -20,20 +20,31 @@ impl Backend {
         Backend { name: "memory", cache: Cache::builder().prefix("t").build().unwrap(), redis: None }
     }
 
+    /// Redis with the process-memory tier in front (the default with Redis).
     pub fn redis() -> Backend {
+        Self::redis_with(true)
+    }
+
+    /// Redis alone: every read goes to Redis (for tests that tamper with what Redis holds).
+    pub fn redis_without_l1() -> Backend {
+        Self::redis_with(false)
+    }
+
+    fn redis_with(l1: bool) -> Backend {
         let server = RedisServer::start().expect("redis-server must be installed (scripts/test installs it)");
         let cache = Cache::builder()
             .redis(server.url())
             .prefix("t")
+            .l1(l1)
             .command_timeout(Duration::from_millis(200))
             .build()
             .unwrap();
-        Backend { name: "redis", cache, redis: Some(server) }
+        Backend { name: if l1 { "redis+l1" } else { "redis" }, cache, redis: Some(server) }
     }
 
-    /// Both backends, memory first.
+    /// Every backend: memory, Redis, Redis with the L1.
     pub fn all() -> Vec<Backend> {
-        vec![Backend::memory(), Backend::redis()]
+        vec![Backend::memory(), Backend::redis_without_l1(), Backend::redis()]
     }
 
     /// A raw connection to this backend's Redis.

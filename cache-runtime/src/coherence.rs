@@ -1,0 +1,273 @@
+//! The process-memory tier (L1) in front of Redis, kept coherent across replicas.
+//!
+//! - Every invalidation is applied to the writer's own L1 first, then in Redis, then published
+//!   on `<prefix>:inv`. Every subscribed replica (the writer included) applies it to its L1 and
+//!   acknowledges on `<prefix>:ack`; the writer waits for as many acknowledgements as `PUBLISH`
+//!   reported receivers (bounded by the coherence timeout). So when a write's invalidation
+//!   returns, no connected replica's L1 still holds what it invalidated.
+//! - Tags: a message carries the tag's new version; an L1 entry is used only while every tag it
+//!   recorded has the version this process last learned.
+//! - The L1 fill race (a replica reads an old value from Redis, the invalidation arrives before
+//!   the value is in its L1, then the old value lands in L1): every message bumps an epoch, and
+//!   a value enters L1 only if the epoch did not move since before its Redis read.
+//! - Pub/sub is at-most-once: when the subscription drops or stops answering pings, the L1 is
+//!   flushed and not used until the channel is subscribed again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio::sync::Notify;
+
+use crate::backend::{MemoryStore, RedisStore};
+use crate::key;
+
+/// One invalidation as published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Message {
+    Key(String),
+    Tag { tag: String, version: u64 },
+    Namespace(String),
+}
+
+impl Message {
+    fn encode(&self, id: u64) -> String {
+        match self {
+            Message::Key(key) => format!("k {id} {key}"),
+            Message::Tag { tag, version } => format!("t {id} {version} {tag}"),
+            Message::Namespace(ns) => format!("n {id} {ns}"),
+        }
+    }
+
+    fn decode(text: &str) -> Option<(u64, Message)> {
+        let (kind, rest) = text.split_once(' ')?;
+        let (id, rest) = rest.split_once(' ')?;
+        let id = id.parse().ok()?;
+        let message = match kind {
+            "k" => Message::Key(rest.to_owned()),
+            "t" => {
+                let (version, tag) = rest.split_once(' ')?;
+                Message::Tag { tag: tag.to_owned(), version: version.parse().ok()? }
+            }
+            "n" => Message::Namespace(rest.to_owned()),
+            _ => return None,
+        };
+        Some((id, message))
+    }
+}
+
+struct AckWait {
+    needed: AtomicUsize,
+    got: AtomicUsize,
+    done: Notify,
+}
+
+/// The L1 of one `Cache` and its invalidation channel.
+pub(crate) struct Coherence {
+    pub(crate) l1: MemoryStore,
+    /// Entries stay in L1 at most this long.
+    pub(crate) l1_ttl: Duration,
+    prefix: String,
+    channel: String,
+    ack_channel: String,
+    /// Subscribed and answering: only then is the L1 used.
+    live: AtomicBool,
+    /// Bumped by every message applied and every channel loss.
+    epoch: AtomicU64,
+    started: AtomicBool,
+    ack_timeout: Duration,
+    waits: Mutex<HashMap<u64, Arc<AckWait>>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Coherence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coherence").field("channel", &self.channel).field("live", &self.live).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Coherence {
+    pub(crate) fn new(prefix: &str, l1_max_entries: u64, l1_ttl: Duration, ack_timeout: Duration) -> Self {
+        Coherence {
+            l1: MemoryStore::new(l1_max_entries),
+            l1_ttl,
+            prefix: prefix.to_owned(),
+            channel: format!("{prefix}:inv"),
+            ack_channel: format!("{prefix}:ack"),
+            live: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            ack_timeout,
+            waits: Mutex::new(HashMap::new()),
+            // Ids only need to be unique among in-flight invalidations of all replicas.
+            next_id: AtomicU64::new(u64::from(std::process::id()) << 40 | (crate::time::now_ms() & 0xFF_FFFF_FFFF)),
+        }
+    }
+
+    /// Whether the L1 may be used (the channel is subscribed and healthy).
+    #[inline]
+    pub(crate) fn live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Starts the subscriber on first use (it needs a Tokio runtime, which `build` may lack).
+    pub(crate) fn ensure_started(self: &Arc<Self>, redis: &Arc<RedisStore>) {
+        if self.started.load(Ordering::Relaxed) || self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.started.store(false, Ordering::Release);
+            return;
+        };
+        handle.spawn(subscriber(Arc::downgrade(self), Arc::clone(redis)));
+    }
+
+    /// Applies a message to this process's L1.
+    pub(crate) fn apply_local(&self, message: &Message) {
+        match message {
+            Message::Key(key) => self.l1.remove(key),
+            Message::Tag { tag, version } => self.l1.learn_tag(tag, *version),
+            Message::Namespace(ns) => {
+                self.l1.clear_namespace(ns, &key::namespace_start(&self.prefix, ns));
+            }
+        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Makes every L1 entry tagged `tag` unusable until the tag's new version is learned.
+    pub(crate) fn forget_tag(&self, tag: &str) {
+        self.l1.forget_tag(tag);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn lost(&self) {
+        self.live.store(false, Ordering::Release);
+        self.l1.flush();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Publishes `message` and waits until every replica that received it has applied it (or
+    /// the coherence timeout passes). Returns the number of receivers.
+    pub(crate) async fn publish(&self, redis: &RedisStore, message: &Message) -> Result<usize, crate::CacheError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let wait =
+            Arc::new(AckWait { needed: AtomicUsize::new(usize::MAX), got: AtomicUsize::new(0), done: Notify::new() });
+        lock(&self.waits).insert(id, Arc::clone(&wait));
+        let published = redis.publish(&self.channel, message.encode(id).as_bytes()).await;
+        if let Ok(receivers) = published {
+            wait.needed.store(receivers, Ordering::Release);
+            if wait.got.load(Ordering::Acquire) < receivers {
+                let notified = wait.done.notified();
+                if wait.got.load(Ordering::Acquire) < receivers
+                    && tokio::time::timeout(self.ack_timeout, notified).await.is_err()
+                {
+                    tracing::debug!(target: "cache_runtime", receivers, acked = wait.got.load(Ordering::Acquire), "not every replica acknowledged an invalidation in time");
+                }
+            }
+        }
+        lock(&self.waits).remove(&id);
+        published
+    }
+
+    fn acked(&self, id: u64) {
+        let wait = lock(&self.waits).get(&id).cloned();
+        if let Some(wait) = wait {
+            let got = wait.got.fetch_add(1, Ordering::AcqRel) + 1;
+            if got >= wait.needed.load(Ordering::Acquire) {
+                wait.done.notify_one();
+            }
+        }
+    }
+}
+
+/// Subscribes, applies messages, acknowledges them, pings; on any failure flushes the L1 and
+/// starts over. Ends when the cache is dropped.
+async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(c) = coherence.upgrade() else { return };
+        let (channel, ack_channel) = (c.channel.clone(), c.ack_channel.clone());
+        drop(c);
+        let subscribed = async {
+            let mut pubsub = redis.client().get_async_pubsub().await?;
+            pubsub.subscribe(&[channel.as_str(), ack_channel.as_str()]).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+            Ok(Ok(pubsub)) => pubsub,
+            _ => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let (mut sink, mut stream) = pubsub.split();
+        {
+            let Some(c) = coherence.upgrade() else { return };
+            // Anything cached before this point may have missed messages.
+            c.l1.flush();
+            c.epoch.fetch_add(1, Ordering::AcqRel);
+            c.live.store(true, Ordering::Release);
+        }
+        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(c) = coherence.upgrade() else { return };
+                    let Ok(payload) = msg.get_payload::<String>() else { continue };
+                    if msg.get_channel_name() == c.ack_channel {
+                        if let Some(id) = payload.strip_prefix("a ").and_then(|id| id.parse().ok()) {
+                            c.acked(id);
+                        }
+                    } else if let Some((id, message)) = Message::decode(&payload) {
+                        c.apply_local(&message);
+                        let redis = Arc::clone(&redis);
+                        let ack_channel = c.ack_channel.clone();
+                        tokio::spawn(async move {
+                            let _ = redis.publish(&ack_channel, format!("a {id}").as_bytes()).await;
+                        });
+                    }
+                }
+                _ = ping.tick() => {
+                    if !matches!(tokio::time::timeout(Duration::from_secs(2), sink.ping::<redis::Value>()).await, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(c) = coherence.upgrade() else { return };
+        tracing::warn!(target: "cache_runtime", "invalidation channel lost; process-memory tier flushed until it is back");
+        c.lost();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [
+            Message::Key("app:{default:user:1}".into()),
+            Message::Tag { tag: "user:1".into(), version: 42 },
+            Message::Namespace("feed".into()),
+        ] {
+            assert_eq!(Message::decode(&m.encode(7)), Some((7, m)));
+        }
+        assert_eq!(Message::decode("garbage"), None);
+        assert_eq!(Message::decode("t 1 notanumber tag"), None);
+    }
+}
