@@ -3,9 +3,11 @@
 //!
 //! - `memory/cached_macro` vs `memory/moka_direct`: a hit through the macro on the in-memory
 //!   store vs rendering the same key and doing a moka get + clone of the same value.
-//! - `redis/cached_macro` vs `redis/redis_rs_direct`: a hit through the macro on Redis vs a
-//!   hand-written redis-rs `GET` + `serde_json` decode over a `ConnectionManager` to the
-//!   same server.
+//! - `redis/cached_macro` vs `redis/redis_rs_direct`: a hit through the macro on Redis (L1
+//!   off) vs a hand-written redis-rs `GET` + `serde_json` decode over a `ConnectionManager` to
+//!   the same server.
+//! - `two_tier/l1_hit` vs `two_tier/memory_hit`: a hit in the process-memory tier of a Redis
+//!   cache vs a hit in a memory-only cache.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -93,5 +95,29 @@ fn redis(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, redis);
+/// A hit in the process-memory tier of a Redis cache vs a hit in a memory-only cache.
+fn two_tier(c: &mut Criterion) {
+    let server = RedisServer::start().expect("redis-server");
+    let rt = runtime();
+    let two_tier = rt.block_on(async { Cache::builder().redis(server.url()).build().unwrap() });
+    rt.block_on(async {
+        get_user(&two_tier, 42).await;
+        while !two_tier.l1_live() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        get_user(&two_tier, 42).await; // now in the L1
+    });
+    let memory = Cache::memory();
+    rt.block_on(get_user(&memory, 42));
+    let mut group = c.benchmark_group("two_tier");
+    group.bench_function("l1_hit", |b| {
+        b.to_async(&rt).iter(|| async { black_box(get_user(&two_tier, black_box(42)).await) });
+    });
+    group.bench_function("memory_hit", |b| {
+        b.to_async(&rt).iter(|| async { black_box(get_user(&memory, black_box(42)).await) });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, memory, redis, two_tier);
 criterion_main!(benches);
