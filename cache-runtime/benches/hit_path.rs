@@ -67,8 +67,9 @@ fn memory(c: &mut Criterion) {
 fn redis(c: &mut Criterion) {
     let server = RedisServer::start().expect("redis-server");
     let rt = runtime();
+    // L1 off: every hit is a Redis round trip.
     let cache = rt.block_on(async {
-        Cache::builder().redis(server.url()).command_timeout(Duration::from_secs(1)).build().unwrap()
+        Cache::builder().redis(server.url()).l1(false).command_timeout(Duration::from_secs(1)).build().unwrap()
     });
     rt.block_on(get_user(&cache, 42));
     let conn = rt.block_on(async {

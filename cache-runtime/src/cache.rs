@@ -450,6 +450,17 @@ impl Cache {
         }
     }
 
+    /// A hit from process memory (the memory store, or a live L1): no I/O, no future. The
+    /// read path tries this first.
+    #[inline]
+    pub(crate) fn local_hit<V: Stored>(&self, key: &str) -> Option<(Found<V>, Times)> {
+        match &self.inner.store {
+            Store::Memory(mem) => memory_hit(mem, key, Some(0)),
+            Store::Redis { l1: Some(c), .. } if c.live() => memory_hit(&c.l1, key, None),
+            Store::Redis { .. } => None,
+        }
+    }
+
     /// Reads `key`. A hit is a fresh entry of type `V` whose tags are all current; anything
     /// else (absent, expired, wrong type, undecodable, invalidated tag) is a miss that carries
     /// the lease its fill needs. `lease: None` means "do not store" (the store is failing, or
@@ -465,17 +476,8 @@ impl Cache {
     ) -> Lookup<V> {
         match &self.inner.store {
             Store::Memory(mem) => {
-                if let Some(entry) = mem.get(key).filter(|_| !refresh) {
-                    if entry.meta.fresh_until_ms > now_ms() && mem.tags_current(&entry, Some(0)) {
-                        let times = Times::of(&entry.meta);
-                        if entry.negative {
-                            return Lookup { hit: Some((Found::Negative, times)), lease: None, l1_epoch: None };
-                        }
-                        // A value stored for another type under the same key is a miss.
-                        if let Some(v) = entry.value.downcast_ref::<V>() {
-                            return Lookup { hit: Some((Found::Value(v.clone()), times)), lease: None, l1_epoch: None };
-                        }
-                    }
+                if let Some(hit) = memory_hit::<V>(mem, key, Some(0)).filter(|_| !refresh) {
+                    return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                 }
                 Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
             }
@@ -484,7 +486,7 @@ impl Cache {
                 if let Some(c) = l1 {
                     c.ensure_started(redis);
                     if c.live() {
-                        if let Some(hit) = l1_hit::<V>(&c.l1, key, refresh) {
+                        if let Some(hit) = memory_hit::<V>(&c.l1, key, None).filter(|_| !refresh) {
                             return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                         }
                         l1_epoch = Some(c.epoch());
@@ -840,10 +842,12 @@ pub(crate) struct Lookup<V> {
     pub(crate) l1_epoch: Option<u64>,
 }
 
-/// A fresh, current, typed entry from a process-memory tier that mirrors Redis.
-fn l1_hit<V: Stored>(l1: &MemoryStore, key: &str, refresh: bool) -> Option<(Found<V>, Times)> {
-    let entry = l1.get(key).filter(|_| !refresh)?;
-    if entry.meta.fresh_until_ms <= now_ms() || !l1.tags_current(&entry, None) {
+/// A fresh, current, typed entry from process memory. `missing`: what a tag this process has
+/// no version for counts as (see `MemoryStore::tags_current`).
+#[inline]
+fn memory_hit<V: Stored>(store: &MemoryStore, key: &str, missing: Option<u64>) -> Option<(Found<V>, Times)> {
+    let entry = store.get(key)?;
+    if entry.meta.fresh_until_ms <= now_ms() || !store.tags_current(&entry, missing) {
         return None;
     }
     let times = Times::of(&entry.meta);

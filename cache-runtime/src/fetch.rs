@@ -135,6 +135,13 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     opts: &CallOpts,
     body: F,
 ) -> M::Out {
+    if let Some((found, _)) = cache.local_hit::<M::Value>(&key) {
+        if let Some(out) = M::rebuild(found) {
+            cache.record_hit();
+            crate::key::recycle(key);
+            return out;
+        }
+    }
     let lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, false).await;
     if let Some((found, _)) = lookup.hit {
         if let Some(out) = M::rebuild(found) {

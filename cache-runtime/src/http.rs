@@ -421,6 +421,14 @@ where
     add_vary(&mut key, &request.headers, http.vary);
     let key = key.finish();
     let refresh = !matches!(directive, ClientDirective::None);
+    if !refresh {
+        if let Some((Found::Value(stored), times)) = cache.local_hit::<Arc<StoredResponse>>(&key) {
+            cache.record_hit();
+            crate::key::recycle(key);
+            let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
+            return respond(&stored, remaining, &request, http, "HIT");
+        }
+    }
     let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, refresh).await;
     {
         if let Some((Found::Value(stored), times)) = lookup.hit {

@@ -75,7 +75,7 @@ pub struct KeyWriter {
 impl KeyWriter {
     /// Starts `prefix:{namespace:`.
     pub(crate) fn new(prefix: &str, namespace: &str, capacity_hint: usize) -> Self {
-        let mut buf = String::with_capacity(prefix.len() + namespace.len() + capacity_hint + 4);
+        let mut buf = take_buffer(prefix.len() + namespace.len() + capacity_hint + 4);
         buf.push_str(prefix);
         buf.push_str(":{");
         buf.push_str(namespace);
@@ -142,6 +142,36 @@ impl KeyWriter {
     pub fn finish(mut self) -> String {
         self.buf.push('}');
         self.buf
+    }
+}
+
+thread_local! {
+    /// Key buffers given back after a hit: a hit then allocates nothing for its key.
+    static BUFFERS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buffer(capacity: usize) -> String {
+    let reused = BUFFERS.with(|b| b.borrow_mut().pop());
+    match reused {
+        Some(mut buf) => {
+            buf.clear();
+            buf.reserve(capacity);
+            buf
+        }
+        None => String::with_capacity(capacity),
+    }
+}
+
+/// Gives a key's buffer back for the next key built on this thread (when the key was only
+/// read, not stored).
+pub(crate) fn recycle(key: String) {
+    if key.capacity() <= 1024 {
+        BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < 8 {
+                b.push(key);
+            }
+        });
     }
 }
 
