@@ -11,6 +11,7 @@ use crate::coherence::{Coherence, Message};
 use crate::envelope::{self, Meta};
 use crate::error::CacheError;
 use crate::fetch::{self, CallOpts, Plain, ResultMode};
+use crate::flight::Flights;
 use crate::key::{self, KeyWriter};
 use crate::time::now_ms;
 use crate::Cacheable;
@@ -45,6 +46,8 @@ struct Inner {
     /// Invalidations that failed, retried before the next Redis read.
     pending: std::sync::Mutex<Vec<Op>>,
     has_pending: std::sync::atomic::AtomicBool,
+    /// Misses being computed in this process (single-flight).
+    flights: Flights,
 }
 
 #[derive(Debug)]
@@ -235,12 +238,14 @@ impl CacheBuilder {
                 stats: Counters::default(),
                 pending: std::sync::Mutex::new(Vec::new()),
                 has_pending: std::sync::atomic::AtomicBool::new(false),
+                flights: Flights::default(),
             }),
         })
     }
 }
 
 /// What a read found.
+#[derive(Clone)]
 pub(crate) enum Found<V> {
     Value(V),
     Negative,
@@ -448,6 +453,10 @@ impl Cache {
             self.inner.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: "cache_runtime", op, error = %err, "cache store failed; continuing without it");
         }
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.inner.flights
     }
 
     /// A hit from process memory (the memory store, or a live L1): no I/O, no future. The

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{Cache, Found};
 use crate::codec::Json;
+use crate::flight::Joined;
 use crate::Cacheable;
 
 /// Per-call options, built in a `const` by the code `#[cached]` generates.
@@ -142,30 +143,50 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
             return out;
         }
     }
+    // Single-flight: one caller per cold key in this process reads the store and runs the body.
+    let leader = match cache.flights().join::<M::Value>(&key).await {
+        Joined::Leader(leader) => leader,
+        Joined::Shared(found) => {
+            if let Some(out) = M::rebuild(found) {
+                cache.record_hit();
+                return out;
+            }
+            // A leader shares only what this mode can use; should it not, run the body.
+            return body.await;
+        }
+    };
     let lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, false).await;
     if let Some((found, _)) = lookup.hit {
-        if let Some(out) = M::rebuild(found) {
+        if let Some(out) = M::rebuild(found.clone()) {
             cache.record_hit();
+            leader.finish(Some(found));
             return out;
         }
     }
     cache.record_miss();
     let started = Instant::now();
     let out = body.await;
-    let Some(lease) = lookup.lease else { return out };
     let ttl = opts.ttl(cache);
-    match M::decide(&out) {
+    let shared = match M::decide(&out) {
         Decision::Store(value) => {
-            cache
-                .fill::<M::Value, Json>(key, namespace, &lease, lookup.l1_epoch, Some(value), ttl, started.elapsed())
-                .await;
+            if let Some(lease) = &lookup.lease {
+                let recompute = started.elapsed();
+                cache.fill::<M::Value, Json>(key, namespace, lease, lookup.l1_epoch, Some(value), ttl, recompute).await;
+            }
+            Some(Found::Value(value.clone()))
         }
-        Decision::StoreNegative if opts.cache_none => {
-            let ttl = opts.none_ttl.unwrap_or(ttl);
-            cache.fill::<M::Value, Json>(key, namespace, &lease, lookup.l1_epoch, None, ttl, started.elapsed()).await;
+        Decision::StoreNegative => {
+            if let (Some(lease), true) = (&lookup.lease, opts.cache_none) {
+                let ttl = opts.none_ttl.unwrap_or(ttl);
+                cache
+                    .fill::<M::Value, Json>(key, namespace, lease, lookup.l1_epoch, None, ttl, started.elapsed())
+                    .await;
+            }
+            Some(Found::Negative)
         }
-        Decision::StoreNegative | Decision::Skip => {}
-    }
+        Decision::Skip => None,
+    };
+    leader.finish(shared);
     out
 }
 

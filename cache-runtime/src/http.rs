@@ -33,6 +33,7 @@ use crate::cache::{Cache, Found};
 use crate::codec::Codec;
 use crate::error::CacheError;
 use crate::fetch::CallOpts;
+use crate::flight::Joined;
 use crate::key::{escape_into, KeyWriter};
 use crate::time::now_ms;
 
@@ -429,13 +430,30 @@ where
             return respond(&stored, remaining, &request, http, "HIT");
         }
     }
-    let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, refresh).await;
-    {
-        if let Some((Found::Value(stored), times)) = lookup.hit {
-            cache.record_hit();
-            let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
-            return respond(&stored, remaining, &request, http, "HIT");
+    // Single-flight (not for a client's forced refresh): concurrent misses of one key run the
+    // handler once; a 2xx response is shared, anything else lets the next waiter run it.
+    let leader = if refresh {
+        None
+    } else {
+        match cache.flights().join::<Arc<StoredResponse>>(&key).await {
+            Joined::Leader(leader) => Some(leader),
+            Joined::Shared(Found::Value(stored)) => {
+                cache.record_hit();
+                let remaining = opts.ttl(cache).as_secs();
+                return respond(&stored, remaining, &request, http, "HIT");
+            }
+            Joined::Shared(Found::Negative) => None,
         }
+    };
+    let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, refresh).await;
+    if let Some((Found::Value(stored), times)) = lookup.hit {
+        cache.record_hit();
+        let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
+        let response = respond(&stored, remaining, &request, http, "HIT");
+        if let Some(leader) = leader {
+            leader.finish(Some(Found::Value(stored)));
+        }
+        return response;
     }
     cache.record_miss();
     let started = Instant::now();
@@ -445,6 +463,9 @@ where
         || response.headers().typed_get::<CacheControl>().is_some_and(|cc| cc.no_store());
     let small_enough = response.body().size_hint().upper().is_some_and(|n| n <= MAX_STORED_BODY);
     if !response.status().is_success() || never_store || !small_enough {
+        if let Some(leader) = leader {
+            leader.finish::<Arc<StoredResponse>>(None);
+        }
         let mut response = response;
         set_x_cache(&mut response, x_cache);
         return response;
@@ -494,6 +515,9 @@ where
                 started.elapsed(),
             )
             .await;
+    }
+    if let Some(leader) = leader {
+        leader.finish(Some(Found::Value(Arc::clone(&stored))));
     }
     respond(&stored, ttl.as_secs(), &request, http, x_cache)
 }

@@ -37,6 +37,7 @@ mod coherence;
 mod envelope;
 mod error;
 mod fetch;
+mod flight;
 #[cfg(feature = "axum")]
 mod http;
 pub mod key;
