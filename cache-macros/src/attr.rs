@@ -28,6 +28,10 @@ const CACHED_OPTIONS: &[&str] = &[
     "vary",
     "last_modified",
     "honor_no_cache",
+    "stale",
+    "stale_if_error",
+    "early",
+    "beta",
 ];
 
 /// Options that only make sense on an axum handler.
@@ -35,7 +39,7 @@ pub(crate) const HTTP_OPTIONS: &[&str] =
     &["public", "private", "s_maxage", "cdn_max_age", "vary", "last_modified", "honor_no_cache"];
 
 /// Options that may be written alone (`public`) as well as `= true` / `= false`.
-const FLAGS: &[&str] = &["cache_none", "http", "public", "private", "honor_no_cache"];
+const FLAGS: &[&str] = &["cache_none", "http", "public", "private", "honor_no_cache", "early"];
 
 /// A value with the span of the option that set it.
 #[derive(Debug, Clone)]
@@ -70,6 +74,10 @@ pub(crate) struct CachedArgs {
     pub(crate) vary: Option<Spanned<Vec<String>>>,
     pub(crate) last_modified: Option<Spanned<String>>,
     pub(crate) honor_no_cache: Option<Span>,
+    pub(crate) stale: Option<Spanned<u64>>,
+    pub(crate) stale_if_error: Option<Spanned<u64>>,
+    /// `early` (β = 1) or `beta = f`.
+    pub(crate) early: Option<Spanned<f64>>,
     /// The first handler-only option used, for the "not a handler" error.
     pub(crate) first_http_option: Option<(String, Span)>,
 }
@@ -288,6 +296,7 @@ fn set_flag(args: &mut CachedArgs, name: &str, span: Span) {
         "public" => args.public = Some(span),
         "private" => args.private = Some(span),
         "honor_no_cache" => args.honor_no_cache = Some(span),
+        "early" => args.early = Some(Spanned { value: 1.0, span }),
         _ => unreachable!("every flag is handled"),
     }
 }
@@ -365,7 +374,24 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
                 };
             args.cache_none = Some(Spanned { value, span: lit.span() });
         }
-        "http" | "public" | "private" | "honor_no_cache" => match &lit {
+        "stale" => args.stale = Some(Spanned { value: int_secs("stale", &lit)?, span: lit.span() }),
+        "stale_if_error" => {
+            args.stale_if_error = Some(Spanned { value: int_secs("stale_if_error", &lit)?, span: lit.span() });
+        }
+        "beta" => {
+            let beta = match &lit {
+                Lit::Float(f) => f.base10_parse::<f64>()?,
+                Lit::Int(i) => i.base10_parse::<f64>()?,
+                other => {
+                    return Err(syn::Error::new(other.span(), "`beta` expects a positive number, e.g. `beta = 1.5`"))
+                }
+            };
+            if !(beta > 0.0 && beta.is_finite()) {
+                return Err(syn::Error::new(lit.span(), "`beta` must be a positive number"));
+            }
+            args.early = Some(Spanned { value: beta, span: lit.span() });
+        }
+        "http" | "public" | "private" | "honor_no_cache" | "early" => match &lit {
             Lit::Bool(b) if b.value => set_flag(args, &name_str, lit.span()),
             Lit::Bool(_) => {}
             other => {

@@ -190,6 +190,18 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     };
     if handler {
         check_handler_options(&args, &mut errors);
+        for (name, span) in [
+            ("stale", args.stale.as_ref().map(|s| s.span)),
+            ("stale_if_error", args.stale_if_error.as_ref().map(|s| s.span)),
+            ("early", args.early.as_ref().map(|s| s.span)),
+        ] {
+            if let Some(span) = span {
+                errors.push(syn::Error::new(
+                    span,
+                    format!("`{name}` is not supported on handlers yet (only on service functions)"),
+                ));
+            }
+        }
     } else {
         if let Some((name, span)) = &args.first_http_option {
             errors.push(syn::Error::new(
@@ -229,12 +241,24 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     errors.finish()?;
     let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else { unreachable!("reported above") };
 
+    // A refresh can run in the background only if the body owns everything it uses.
+    let background = !handler && (args.stale.is_some() || args.early.is_some()) && owns_its_parameters(&func);
     let cache = match &args.cache {
+        Some(expr) if background => quote_spanned! {expr.span()=>
+            let __cr_cache_owned: #krate::__private::Cache =
+                ::core::clone::Clone::clone(#krate::__private::as_cache(&(#expr)));
+            let __cr_cache: &#krate::__private::Cache = &__cr_cache_owned;
+        },
         Some(expr) => quote_spanned! {expr.span()=>
             let __cr_cache_ref = &(#expr);
             let __cr_cache: &#krate::__private::Cache = #krate::__private::as_cache(__cr_cache_ref);
         },
         None => quote!(let __cr_cache: &#krate::__private::Cache = #krate::__private::global();),
+    };
+    let (body_kw, spawner) = if background {
+        (quote!(async move), quote!(#krate::__private::Spawner::background()))
+    } else {
+        (quote!(async), quote!(#krate::__private::Spawner::inline()))
     };
     let namespace = args.namespace.as_ref().map_or_else(
         || quote!(#krate::DEFAULT_NAMESPACE),
@@ -247,6 +271,18 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     if let Some(expire) = &args.expire {
         let secs = expire.value;
         opts.extend(quote!(.expire(#krate::__private::Duration::from_secs(#secs))));
+    }
+    if let Some(stale) = &args.stale {
+        let secs = stale.value;
+        opts.extend(quote!(.stale(#krate::__private::Duration::from_secs(#secs))));
+    }
+    if let Some(stale) = &args.stale_if_error {
+        let secs = stale.value;
+        opts.extend(quote!(.stale_if_error(#krate::__private::Duration::from_secs(#secs))));
+    }
+    if let Some(early) = &args.early {
+        let beta = early.value;
+        opts.extend(quote!(.early(#beta)));
     }
     if let Some(cn) = &args.cache_none {
         opts.extend(match cn.value {
@@ -280,7 +316,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         #key_builder
         const __CR_OPTS: #krate::__private::CallOpts = #opts;
         let __cr_tags: [::std::string::String; #tag_count] = [#(#tags),*];
-        let __cr_body = async {
+        let __cr_body = #body_kw {
             #fake_return
             #(#stmts)*
         };
@@ -321,7 +357,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     // Spanned at the cached type, so "cannot be stored in the cache" points at it.
     let call = quote_spanned! {value_ty.span()=>
         #krate::__private::#runtime_fn::<#value_ty, #infer>(
-            __cr_cache, __cr_w.finish(), #namespace, &__cr_tags, &__CR_OPTS, __cr_body,
+            __cr_cache, __cr_w.finish(), #namespace, &__cr_tags, &__CR_OPTS, __cr_body, #spawner,
         ).await
     };
     Ok(quote! {
@@ -329,6 +365,37 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         #vis #sig {
             #prologue
             #call
+        }
+    })
+}
+
+/// No receiver, no generics, and no parameter type that borrows (`&`, a lifetime, `impl`,
+/// `dyn`): the body can be moved into a `'static` task.
+fn owns_its_parameters(func: &ItemFn) -> bool {
+    struct Borrows(bool);
+    impl<'ast> Visit<'ast> for Borrows {
+        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
+            self.0 = true;
+        }
+        fn visit_lifetime(&mut self, _: &'ast syn::Lifetime) {
+            self.0 = true;
+        }
+        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
+            self.0 = true;
+        }
+        fn visit_type_trait_object(&mut self, _: &'ast syn::TypeTraitObject) {
+            self.0 = true;
+        }
+    }
+    if !func.sig.generics.params.is_empty() {
+        return false;
+    }
+    func.sig.inputs.iter().all(|input| match input {
+        FnArg::Receiver(_) => false,
+        FnArg::Typed(pat) => {
+            let mut b = Borrows(false);
+            b.visit_type(&pat.ty);
+            !b.0
         }
     })
 }

@@ -460,6 +460,17 @@ impl RedisStore {
         self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
     }
 
+    /// `SET key 1 NX PX hold`: whether this caller got it.
+    pub(crate) async fn claim(&self, key: &str, hold: Duration) -> Result<bool, CacheError> {
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self.run(redis::cmd("SET").arg(key).arg(1).arg("NX").arg("PX").arg(ms)).await?;
+        Ok(set.is_some())
+    }
+
+    pub(crate) async fn unlink(&self, key: &str) -> Result<(), CacheError> {
+        self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
+    }
+
     /// Bumps a version key (`INCR`); returns the new version.
     pub(crate) async fn bump(&self, version_key: &str) -> Result<u64, CacheError> {
         self.run(redis::cmd("INCR").arg(version_key)).await

@@ -10,7 +10,7 @@ use crate::codec::{Codec, Json, Stored};
 use crate::coherence::{Coherence, Message};
 use crate::envelope::{self, Meta};
 use crate::error::CacheError;
-use crate::fetch::{self, CallOpts, Plain, ResultMode};
+use crate::fetch::{self, CallOpts, Plain, ResultMode, Spawner};
 use crate::flight::Flights;
 use crate::key::{self, KeyWriter};
 use crate::time::now_ms;
@@ -48,6 +48,9 @@ struct Inner {
     has_pending: std::sync::atomic::AtomicBool,
     /// Misses being computed in this process (single-flight).
     flights: Flights,
+    /// Keys being refreshed by this process (stale-while-revalidate, early refresh).
+    refreshing: moka::sync::Cache<String, ()>,
+    rng: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -120,6 +123,7 @@ pub struct CacheBuilder {
     l1_max_entries: u64,
     l1_ttl: Duration,
     coherence_timeout: Duration,
+    random_seed: Option<u64>,
 }
 
 impl Default for CacheBuilder {
@@ -134,6 +138,7 @@ impl Default for CacheBuilder {
             l1_max_entries: 10_000,
             l1_ttl: Duration::from_secs(30),
             coherence_timeout: Duration::from_millis(100),
+            random_seed: None,
         }
     }
 }
@@ -207,6 +212,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Seeds the random source of probabilistic early refresh (`early`), for reproducible
+    /// tests. Unseeded by default.
+    pub fn random_seed(mut self, seed: u64) -> Self {
+        self.random_seed = Some(seed);
+        self
+    }
+
     /// Builds the cache. Fails only on an invalid setting, never because Redis is down.
     pub fn build(self) -> Result<Cache, CacheError> {
         if !key::is_valid_segment(&self.prefix) {
@@ -239,6 +251,12 @@ impl CacheBuilder {
                 pending: std::sync::Mutex::new(Vec::new()),
                 has_pending: std::sync::atomic::AtomicBool::new(false),
                 flights: Flights::default(),
+                refreshing: moka::sync::Cache::builder().time_to_live(Duration::from_secs(30)).build(),
+                rng: AtomicU64::new(self.random_seed.unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64)
+                })),
             }),
         })
     }
@@ -251,15 +269,17 @@ pub(crate) enum Found<V> {
     Negative,
 }
 
-/// How long a found entry stays fresh (ms since the Unix epoch).
+/// How long a found entry stays fresh, and may be served stale (ms since the Unix epoch).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Times {
     pub(crate) fresh_until_ms: u64,
+    /// How long the value took to compute (XFetch's Δ).
+    pub(crate) recompute_ms: u32,
 }
 
 impl Times {
     fn of(meta: &Meta) -> Times {
-        Times { fresh_until_ms: meta.fresh_until_ms }
+        Times { fresh_until_ms: meta.fresh_until_ms, recompute_ms: meta.recompute_ms }
     }
 }
 
@@ -459,15 +479,57 @@ impl Cache {
         &self.inner.flights
     }
 
-    /// A hit from process memory (the memory store, or a live L1): no I/O, no future. The
+    /// Claims the right to refresh `key` (one refresh per key in this process and, on Redis,
+    /// across replicas: `SET …}:r NX PX`). The claim lapses after `hold`.
+    pub(crate) async fn claim_refresh(&self, key: &str, hold: Duration) -> bool {
+        let local = self.inner.refreshing.entry(key.to_owned()).or_insert(()).is_fresh();
+        if !local {
+            return false;
+        }
+        match &self.inner.store {
+            Store::Memory(_) => true,
+            Store::Redis { redis, .. } => {
+                let claimed = redis.claim(&refresh_key(key), hold).await;
+                self.count_result(&claimed, "claim refresh");
+                if !matches!(claimed, Ok(true)) {
+                    self.inner.refreshing.invalidate(key);
+                }
+                matches!(claimed, Ok(true))
+            }
+        }
+    }
+
+    pub(crate) async fn release_refresh(&self, key: &str) {
+        self.inner.refreshing.invalidate(key);
+        if let Store::Redis { redis, .. } = &self.inner.store {
+            let _ = redis.unlink(&refresh_key(key)).await;
+        }
+    }
+
+    /// A uniform draw in (0, 1] (SplitMix64; seedable for tests with `random_seed`).
+    pub(crate) fn random(&self) -> f64 {
+        let mut z =
+            self.inner.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    pub(crate) fn record_stale(&self) {
+        self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A fresh hit from process memory (the memory store, or a live L1): no I/O, no future. The
     /// read path tries this first.
     #[inline]
     pub(crate) fn local_hit<V: Stored>(&self, key: &str) -> Option<(Found<V>, Times)> {
-        match &self.inner.store {
+        let hit = match &self.inner.store {
             Store::Memory(mem) => memory_hit(mem, key, Some(0)),
             Store::Redis { l1: Some(c), .. } if c.live() => memory_hit(&c.l1, key, None),
             Store::Redis { .. } => None,
-        }
+        }?;
+        (hit.1.fresh_until_ms > now_ms()).then_some(hit)
     }
 
     /// Reads `key`. A hit is a fresh entry of type `V` whose tags are all current; anything
@@ -495,7 +557,9 @@ impl Cache {
                 if let Some(c) = l1 {
                     c.ensure_started(redis);
                     if c.live() {
-                        if let Some(hit) = memory_hit::<V>(&c.l1, key, None).filter(|_| !refresh) {
+                        // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
+                        let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
+                        if let Some(hit) = memory_hit::<V>(&c.l1, key, None).filter(fresh) {
                             return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                         }
                         l1_epoch = Some(c.epoch());
@@ -547,8 +611,8 @@ impl Cache {
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
     /// `epoch` was read (before the Redis read) or the channel is down.
     fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, mut meta: Meta, value: Option<&V>) {
-        meta.stale_until_ms = meta.fresh_until_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
-        meta.fresh_until_ms = meta.stale_until_ms;
+        meta.stale_until_ms = meta.stale_until_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
+        meta.fresh_until_ms = meta.fresh_until_ms.min(meta.stale_until_ms);
         if c.live() && c.epoch() == epoch {
             c.l1.insert(key, mem_entry(meta, value));
         }
@@ -577,7 +641,7 @@ impl Cache {
             );
             return None;
         }
-        if decoded.meta.fresh_until_ms <= now_ms() {
+        if decoded.meta.stale_until_ms <= now_ms() {
             return None;
         }
         if !self.recorded_tags_current(redis, &decoded.meta.tags, read).await {
@@ -633,15 +697,15 @@ impl Cache {
         lease: &Lease,
         l1_epoch: Option<u64>,
         value: Option<&V>,
-        ttl: Duration,
+        (ttl, keep): (Duration, Duration),
         recompute: Duration,
     ) -> bool {
-        let meta = self.meta::<V>(ttl, recompute, lease.tags.clone());
+        let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
         let result = match &self.inner.store {
             Store::Memory(mem) => Ok(mem.fill(key, namespace, lease, mem_entry(meta, value))),
             Store::Redis { redis, l1 } => match encode_entry::<V, C>(&meta, value) {
                 Ok(bytes) => {
-                    let stored = redis.fill(&key, &self.inner.prefix, namespace, lease, &bytes, ttl).await;
+                    let stored = redis.fill(&key, &self.inner.prefix, namespace, lease, &bytes, ttl + keep).await;
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
                         self.l1_insert(c, epoch, key, meta, value);
                     }
@@ -665,14 +729,15 @@ impl Cache {
         }
     }
 
-    fn meta<V>(&self, ttl: Duration, recompute: Duration, tags: Vec<(String, u64)>) -> Meta {
+    /// `keep`: how long the entry outlives its freshness (the serve-stale windows).
+    fn meta<V>(&self, ttl: Duration, keep: Duration, recompute: Duration, tags: Vec<(String, u64)>) -> Meta {
         let now = now_ms();
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let fresh_until_ms = now.saturating_add(duration_ms(ttl));
         Meta {
             fingerprint: envelope::fingerprint::<V>(),
             stored_at_ms: now,
-            fresh_until_ms: now.saturating_add(ttl_ms),
-            stale_until_ms: now.saturating_add(ttl_ms),
+            fresh_until_ms,
+            stale_until_ms: fresh_until_ms.saturating_add(duration_ms(keep)),
             recompute_ms: u32::try_from(recompute.as_millis()).unwrap_or(u32::MAX),
             etag: None,
             tags,
@@ -681,7 +746,7 @@ impl Cache {
 
     /// Stores unconditionally (the plain API's `set`).
     async fn store<V: Stored, C: Codec<V>>(&self, key: String, value: &V, ttl: Duration) -> Result<(), CacheError> {
-        let meta = self.meta::<V>(ttl, Duration::ZERO, Vec::new());
+        let meta = self.meta::<V>(ttl, Duration::ZERO, Duration::ZERO, Vec::new());
         let result = match &self.inner.store {
             Store::Memory(mem) => {
                 mem.insert(key, mem_entry(meta, Some(value)));
@@ -851,12 +916,12 @@ pub(crate) struct Lookup<V> {
     pub(crate) l1_epoch: Option<u64>,
 }
 
-/// A fresh, current, typed entry from process memory. `missing`: what a tag this process has
+/// A current, typed entry from process memory, fresh or inside its serve-stale window. `missing`: what a tag this process has
 /// no version for counts as (see `MemoryStore::tags_current`).
 #[inline]
 fn memory_hit<V: Stored>(store: &MemoryStore, key: &str, missing: Option<u64>) -> Option<(Found<V>, Times)> {
     let entry = store.get(key)?;
-    if entry.meta.fresh_until_ms <= now_ms() || !store.tags_current(&entry, missing) {
+    if entry.meta.stale_until_ms <= now_ms() || !store.tags_current(&entry, missing) {
         return None;
     }
     let times = Times::of(&entry.meta);
@@ -866,7 +931,11 @@ fn memory_hit<V: Stored>(store: &MemoryStore, key: &str, missing: Option<u64>) -
     entry.value.downcast_ref::<V>().map(|v| (Found::Value(v.clone()), times))
 }
 
-fn duration_ms(d: Duration) -> u64 {
+fn refresh_key(key: &str) -> String {
+    format!("{key}:r")
+}
+
+pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -911,8 +980,8 @@ impl Namespace<'_> {
             .await
             .hit
         {
-            Some((Found::Value(v), _)) => Some(v),
-            Some((Found::Negative, _)) | None => None,
+            Some((Found::Value(v), times)) if times.fresh_until_ms > now_ms() => Some(v),
+            Some(_) | None => None,
         }
     }
 
@@ -951,7 +1020,7 @@ impl Namespace<'_> {
     {
         let opts = CallOpts::new().expire(ttl);
         let key = self.cache.full_key(self.namespace, key);
-        fetch::run::<Plain<T>, _>(self.cache, key, &self.escaped(), &[], &opts, fetch()).await
+        fetch::run::<Plain<T>, _>(self.cache, key, &self.escaped(), &[], &opts, fetch(), Spawner::inline()).await
     }
 
     /// Cache-aside for fallible fetches: only `Ok` values are stored.
@@ -973,6 +1042,7 @@ impl Namespace<'_> {
     {
         let opts = CallOpts::new().expire(ttl);
         let key = self.cache.full_key(self.namespace, key);
-        fetch::run::<ResultMode<T, E>, _>(self.cache, key, &self.escaped(), &[], &opts, fetch()).await
+        fetch::run::<ResultMode<T, E>, _>(self.cache, key, &self.escaped(), &[], &opts, fetch(), Spawner::inline())
+            .await
     }
 }

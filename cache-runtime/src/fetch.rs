@@ -2,11 +2,14 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use crate::cache::{Cache, Found};
+use crate::backend::Lease;
+use crate::cache::{duration_ms, Cache, Found, Times};
 use crate::codec::Json;
 use crate::flight::Joined;
+use crate::time::now_ms;
 use crate::Cacheable;
 
 /// Per-call options, built in a `const` by the code `#[cached]` generates.
@@ -16,6 +19,10 @@ pub struct CallOpts {
     ttl: Option<Duration>,
     cache_none: bool,
     none_ttl: Option<Duration>,
+    stale: Option<Duration>,
+    stale_if_error: Option<Duration>,
+    /// XFetch's β (`early` = 1.0).
+    beta: Option<f64>,
 }
 
 impl Default for CallOpts {
@@ -27,7 +34,42 @@ impl Default for CallOpts {
 impl CallOpts {
     /// Nothing set: the cache's default ttl, `None` not stored.
     pub const fn new() -> Self {
-        CallOpts { ttl: None, cache_none: false, none_ttl: None }
+        CallOpts { ttl: None, cache_none: false, none_ttl: None, stale: None, stale_if_error: None, beta: None }
+    }
+
+    /// `stale = N`: serve the expired value for N more seconds while one refresh replaces it.
+    pub const fn stale(mut self, window: Duration) -> Self {
+        self.stale = Some(window);
+        self
+    }
+
+    /// `stale_if_error = N`: when the body fails, serve the expired value for up to N seconds.
+    pub const fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// `early` / `beta = f`: probabilistic early refresh (XFetch) with this β.
+    pub const fn early(mut self, beta: f64) -> Self {
+        self.beta = Some(beta);
+        self
+    }
+
+    /// How long an entry outlives its freshness (the longer serve-stale window).
+    pub(crate) fn keep(&self) -> Duration {
+        let stale = match self.stale {
+            Some(d) => d,
+            None => Duration::ZERO,
+        };
+        let if_error = match self.stale_if_error {
+            Some(d) => d,
+            None => Duration::ZERO,
+        };
+        if stale > if_error {
+            stale
+        } else {
+            if_error
+        }
     }
 
     /// `expire = …`.
@@ -51,6 +93,86 @@ impl CallOpts {
     }
 }
 
+/// How a found entry may be used now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    Fresh,
+    /// Fresh, but XFetch drew an early refresh for this caller.
+    RefreshEarly,
+    /// Expired, inside the `stale` window: serve it, refresh it.
+    Stale,
+    /// Expired, inside only the `stale_if_error` window: a fallback should the body fail.
+    Fallback,
+    Gone,
+}
+
+impl CallOpts {
+    /// XFetch (Vattani et al., VLDB 2015): refresh when `now − Δ·β·ln(rand) ≥ expiry`, Δ the
+    /// time the value took to compute.
+    pub(crate) fn freshness(&self, cache: &Cache, times: &Times, now: u64) -> Freshness {
+        if now < times.fresh_until_ms {
+            if let Some(beta) = self.beta {
+                let delta = f64::from(times.recompute_ms);
+                if now as f64 - delta * beta * cache.random().ln() >= times.fresh_until_ms as f64 {
+                    return Freshness::RefreshEarly;
+                }
+            }
+            return Freshness::Fresh;
+        }
+        let past = now - times.fresh_until_ms;
+        if self.stale.is_some_and(|w| past < duration_ms(w)) {
+            Freshness::Stale
+        } else if self.stale_if_error.is_some_and(|w| past < duration_ms(w)) {
+            Freshness::Fallback
+        } else {
+            Freshness::Gone
+        }
+    }
+}
+
+/// A refresh job's last step: given the body's result, store it. Built by the runtime; run
+/// after the body, in the background.
+pub type Finish<O> = Box<dyn FnOnce(O) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Whether the runtime may run a refresh in the background: only for a body that owns
+/// everything it uses (`'static + Send`). `#[cached]` passes `background()` when every
+/// parameter is owned and `stale` or `early` is set, `inline()` otherwise (then the caller that
+/// wins the refresh runs it, and the others get the stale value at once).
+#[doc(hidden)]
+pub struct Spawner<F: Future>(Option<SpawnFn<F>>);
+
+/// Starts a body and its `Finish` in a task of their own.
+type SpawnFn<F> = fn(F, Finish<<F as Future>::Output>);
+
+impl<F: Future> std::fmt::Debug for Spawner<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Spawner::background" } else { "Spawner::inline" })
+    }
+}
+
+impl<F: Future> Spawner<F> {
+    /// Refreshes run in the caller's task.
+    pub const fn inline() -> Self {
+        Spawner(None)
+    }
+}
+
+impl<F> Spawner<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    /// Refreshes run in a spawned task.
+    pub fn background() -> Self {
+        Spawner(Some(|body, finish| {
+            tokio::spawn(async move {
+                let out = body.await;
+                finish(out).await;
+            });
+        }))
+    }
+}
+
 /// What to do with a body's result.
 pub(crate) enum Decision<'a, V> {
     Store(&'a V),
@@ -63,6 +185,8 @@ pub(crate) trait Mode {
     type Out;
     type Value: Cacheable;
     fn decide(out: &Self::Out) -> Decision<'_, Self::Value>;
+    /// A failure that `stale_if_error` may cover.
+    fn failed(out: &Self::Out) -> bool;
     /// The result a hit stands for, or `None` when this mode cannot use the entry.
     fn rebuild(found: Found<Self::Value>) -> Option<Self::Out>;
 }
@@ -85,6 +209,9 @@ impl<T: Cacheable> Mode for Plain<T> {
     fn decide(out: &T) -> Decision<'_, T> {
         Decision::Store(out)
     }
+    fn failed(_: &T) -> bool {
+        false
+    }
     fn rebuild(found: Found<T>) -> Option<T> {
         match found {
             Found::Value(v) => Some(v),
@@ -101,6 +228,9 @@ impl<T: Cacheable> Mode for OptionMode<T> {
             Some(v) => Decision::Store(v),
             None => Decision::StoreNegative,
         }
+    }
+    fn failed(_: &Option<T>) -> bool {
+        false
     }
     fn rebuild(found: Found<T>) -> Option<Option<T>> {
         match found {
@@ -119,6 +249,9 @@ impl<T: Cacheable, E> Mode for ResultMode<T, E> {
             Err(_) => Decision::Skip,
         }
     }
+    fn failed(out: &Result<T, E>) -> bool {
+        out.is_err()
+    }
     fn rebuild(found: Found<T>) -> Option<Result<T, E>> {
         match found {
             Found::Value(v) => Some(Ok(v)),
@@ -127,7 +260,45 @@ impl<T: Cacheable, E> Mode for ResultMode<T, E> {
     }
 }
 
+/// What a body's result means for the store and for waiting callers.
+fn outcome<M: Mode>(out: &M::Out) -> Option<Found<M::Value>> {
+    match M::decide(out) {
+        Decision::Store(value) => Some(Found::Value(value.clone())),
+        Decision::StoreNegative => Some(Found::Negative),
+        Decision::Skip => None,
+    }
+}
+
+/// Stores a body's result under the lease its read took.
+async fn store<V: Cacheable>(
+    cache: &Cache,
+    key: String,
+    namespace: &str,
+    (lease, l1_epoch): (&Lease, Option<u64>),
+    found: &Found<V>,
+    opts: &CallOpts,
+    recompute: Duration,
+) {
+    let ttl = opts.ttl(cache);
+    let keep = opts.keep();
+    match found {
+        Found::Value(value) => {
+            cache.fill::<V, Json>(key, namespace, lease, l1_epoch, Some(value), (ttl, keep), recompute).await;
+        }
+        Found::Negative if opts.cache_none => {
+            let ttl = opts.none_ttl.unwrap_or(ttl);
+            cache.fill::<V, Json>(key, namespace, lease, l1_epoch, None, (ttl, keep), recompute).await;
+        }
+        Found::Negative => {}
+    }
+}
+
+/// Longest a refresh may hold its claim.
+const REFRESH_HOLD: Duration = Duration::from_secs(10);
+
 /// Read `key`; on a miss run `body`, store what the mode says to store, return the result.
+/// With `stale` / `early`, a stale or early-drawn entry is served while one refresh per key
+/// (across replicas) replaces it; with `stale_if_error`, a failing body falls back to it.
 pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     cache: &Cache,
     key: String,
@@ -135,12 +306,15 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     tags: &[String],
     opts: &CallOpts,
     body: F,
+    spawner: Spawner<F>,
 ) -> M::Out {
-    if let Some((found, _)) = cache.local_hit::<M::Value>(&key) {
-        if let Some(out) = M::rebuild(found) {
-            cache.record_hit();
-            crate::key::recycle(key);
-            return out;
+    if let Some((found, times)) = cache.local_hit::<M::Value>(&key) {
+        if opts.beta.is_none() || opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
+            if let Some(out) = M::rebuild(found) {
+                cache.record_hit();
+                crate::key::recycle(key);
+                return out;
+            }
         }
     }
     // Single-flight: one caller per cold key in this process reads the store and runs the body.
@@ -156,38 +330,94 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
         }
     };
     let lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, false).await;
-    if let Some((found, _)) = lookup.hit {
-        if let Some(out) = M::rebuild(found.clone()) {
-            cache.record_hit();
-            leader.finish(Some(found));
-            return out;
+    let mut fallback = None;
+    if let Some((found, times)) = lookup.hit {
+        let freshness = opts.freshness(cache, &times, now_ms());
+        match (freshness, M::rebuild(found.clone())) {
+            (Freshness::Fresh | Freshness::RefreshEarly | Freshness::Stale, Some(current)) => {
+                let refresh = freshness != Freshness::Fresh && cache.claim_refresh(&key, REFRESH_HOLD).await;
+                // The lease is taken before the body starts, so a write during the refresh wins.
+                let lease = match (refresh, spawner.0.is_some()) {
+                    (true, true) => cache.lookup::<M::Value, Json>(&key, namespace, tags, true).await.lease,
+                    _ => None,
+                };
+                if let (true, Some(spawn), Some(lease)) = (refresh, spawner.0, lease) {
+                    // Serve what is stored now; a background task recomputes and stores.
+                    let (cache2, key2, namespace2, opts2) = (cache.clone(), key.clone(), namespace.to_owned(), *opts);
+                    let started = Instant::now();
+                    spawn(
+                        body,
+                        Box::new(move |out: M::Out| {
+                            let found = outcome::<M>(&out);
+                            Box::pin(async move {
+                                if let Some(found) = &found {
+                                    let (k, n) = (key2.clone(), namespace2.as_str());
+                                    store(&cache2, k, n, (&lease, None), found, &opts2, started.elapsed()).await;
+                                }
+                                cache2.release_refresh(&key2).await;
+                            })
+                        }),
+                    );
+                } else if refresh {
+                    // The body borrows its caller: this caller refreshes, the others are
+                    // served the current value at once.
+                    leader.finish(Some(found.clone()));
+                    let out = refresh_inline::<M>(cache, key.clone(), namespace, tags, opts, body, Some(found)).await;
+                    cache.release_refresh(&key).await;
+                    return out;
+                }
+                if freshness == Freshness::Stale {
+                    cache.record_stale();
+                } else {
+                    cache.record_hit();
+                }
+                leader.finish(Some(found));
+                return current;
+            }
+            (Freshness::Fallback, Some(_)) => fallback = Some(found),
+            _ => {}
         }
     }
     cache.record_miss();
     let started = Instant::now();
     let out = body.await;
-    let ttl = opts.ttl(cache);
-    let shared = match M::decide(&out) {
-        Decision::Store(value) => {
-            if let Some(lease) = &lookup.lease {
-                let recompute = started.elapsed();
-                cache.fill::<M::Value, Json>(key, namespace, lease, lookup.l1_epoch, Some(value), ttl, recompute).await;
-            }
-            Some(Found::Value(value.clone()))
+    let shared = outcome::<M>(&out);
+    if let Some(found) = &shared {
+        if let Some(lease) = &lookup.lease {
+            store(cache, key, namespace, (lease, lookup.l1_epoch), found, opts, started.elapsed()).await;
         }
-        Decision::StoreNegative => {
-            if let (Some(lease), true) = (&lookup.lease, opts.cache_none) {
-                let ttl = opts.none_ttl.unwrap_or(ttl);
-                cache
-                    .fill::<M::Value, Json>(key, namespace, lease, lookup.l1_epoch, None, ttl, started.elapsed())
-                    .await;
-            }
-            Some(Found::Negative)
-        }
-        Decision::Skip => None,
-    };
+    }
     leader.finish(shared);
-    out
+    match fallback {
+        Some(stale) if M::failed(&out) => {
+            cache.record_stale();
+            M::rebuild(stale).unwrap_or(out)
+        }
+        _ => out,
+    }
+}
+
+/// Recomputes `key` in the caller's task: take a lease, run the body, store. A failing body
+/// falls back to `current` (the value being refreshed).
+async fn refresh_inline<M: Mode>(
+    cache: &Cache,
+    key: String,
+    namespace: &str,
+    tags: &[String],
+    opts: &CallOpts,
+    body: impl Future<Output = M::Out>,
+    current: Option<Found<M::Value>>,
+) -> M::Out {
+    let lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, true).await;
+    let started = Instant::now();
+    let out = body.await;
+    if let (Some(found), Some(lease)) = (outcome::<M>(&out), &lookup.lease) {
+        store(cache, key, namespace, (lease, lookup.l1_epoch), &found, opts, started.elapsed()).await;
+    }
+    match current {
+        Some(current) if M::failed(&out) => M::rebuild(current).unwrap_or(out),
+        _ => out,
+    }
 }
 
 /// `#[cached]` on a fn returning `T`.
@@ -198,8 +428,9 @@ pub async fn cached_value<T: Cacheable, F: Future<Output = T>>(
     tags: &[String],
     opts: &CallOpts,
     body: F,
+    spawner: Spawner<F>,
 ) -> T {
-    run::<Plain<T>, F>(cache, key, namespace, tags, opts, body).await
+    run::<Plain<T>, F>(cache, key, namespace, tags, opts, body, spawner).await
 }
 
 /// `#[cached]` on a fn returning `Option<T>`.
@@ -210,8 +441,9 @@ pub async fn cached_option<T: Cacheable, F: Future<Output = Option<T>>>(
     tags: &[String],
     opts: &CallOpts,
     body: F,
+    spawner: Spawner<F>,
 ) -> Option<T> {
-    run::<OptionMode<T>, F>(cache, key, namespace, tags, opts, body).await
+    run::<OptionMode<T>, F>(cache, key, namespace, tags, opts, body, spawner).await
 }
 
 /// `#[cached]` on a fn returning `Result<T, E>`.
@@ -222,6 +454,58 @@ pub async fn cached_result<T: Cacheable, E, F: Future<Output = Result<T, E>>>(
     tags: &[String],
     opts: &CallOpts,
     body: F,
+    spawner: Spawner<F>,
 ) -> Result<T, E> {
-    run::<ResultMode<T, E>, F>(cache, key, namespace, tags, opts, body).await
+    run::<ResultMode<T, E>, F>(cache, key, namespace, tags, opts, body, spawner).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(fresh_until_ms: u64, recompute_ms: u32) -> Times {
+        Times { fresh_until_ms, recompute_ms }
+    }
+
+    #[test]
+    fn xfetch_refreshes_with_the_expected_probability() {
+        let cache = Cache::builder().random_seed(42).build().unwrap();
+        let opts = CallOpts::new().early(1.0);
+        // Δ = 100 ms, β = 1, 100 ms before expiry: P(refresh) = P(−ln r ≥ 1) = e⁻¹.
+        let now = 1_000_000;
+        let draws = 20_000;
+        let early = (0..draws)
+            .filter(|_| opts.freshness(&cache, &times(now + 100, 100), now) == Freshness::RefreshEarly)
+            .count();
+        let p = early as f64 / f64::from(draws);
+        assert!((p - (-1.0f64).exp()).abs() < 0.02, "p = {p}");
+        // Far from expiry: (almost) never; past it: never "early" but stale or gone.
+        let far =
+            (0..draws).filter(|_| opts.freshness(&cache, &times(now + 5_000, 100), now) != Freshness::Fresh).count();
+        assert!(far < 5, "{far}");
+        assert_eq!(opts.freshness(&cache, &times(now - 1, 100), now), Freshness::Gone);
+    }
+
+    #[test]
+    fn a_seeded_source_repeats_its_draws() {
+        let draw = |seed| {
+            let cache = Cache::builder().random_seed(seed).build().unwrap();
+            (0..5).map(|_| cache.random()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        assert!(draw(9).iter().all(|r| *r > 0.0 && *r <= 1.0));
+    }
+
+    #[test]
+    fn stale_windows_classify_expired_entries() {
+        let cache = Cache::memory();
+        let opts = CallOpts::new().stale(Duration::from_secs(10)).stale_if_error(Duration::from_secs(60));
+        let now = 1_000_000;
+        assert_eq!(opts.freshness(&cache, &times(now + 1, 0), now), Freshness::Fresh);
+        assert_eq!(opts.freshness(&cache, &times(now - 5_000, 0), now), Freshness::Stale);
+        assert_eq!(opts.freshness(&cache, &times(now - 30_000, 0), now), Freshness::Fallback);
+        assert_eq!(opts.freshness(&cache, &times(now - 90_000, 0), now), Freshness::Gone);
+        assert_eq!(opts.keep(), Duration::from_secs(60));
+    }
 }

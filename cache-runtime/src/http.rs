@@ -446,7 +446,8 @@ where
         }
     };
     let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, refresh).await;
-    if let Some((Found::Value(stored), times)) = lookup.hit {
+    let fresh = lookup.hit.as_ref().is_some_and(|(_, times)| times.fresh_until_ms > now_ms());
+    if let (Some((Found::Value(stored), times)), true) = (lookup.hit, fresh) {
         cache.record_hit();
         let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
         let response = respond(&stored, remaining, &request, http, "HIT");
@@ -511,7 +512,7 @@ where
                 &lease,
                 lookup.l1_epoch,
                 Some(&stored),
-                ttl,
+                (ttl, opts.keep()),
                 started.elapsed(),
             )
             .await;

@@ -133,7 +133,7 @@ pub fn global() -> &'static Cache {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::cache::Invalidation;
-    pub use crate::fetch::{cached_option, cached_result, cached_value, CallOpts};
+    pub use crate::fetch::{cached_option, cached_result, cached_value, CallOpts, Spawner};
     pub use crate::key::KeyWriter;
     pub use crate::{global, Cache, Cacheable};
     pub use core::time::Duration;

@@ -1,0 +1,160 @@
+//! Freshness: stale-while-revalidate, stale-if-error, probabilistic early refresh (XFetch).
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_runtime::{cached, Cache};
+use support::{Backend, Calls};
+
+/// Owned parameters: the refresh runs in a background task.
+#[cached(expire = 1, stale = 30, key = "swr:<id>", cache = cache, skip = [cache, calls])]
+async fn swr(cache: Cache, calls: Arc<Calls>, id: u32) -> String {
+    let n = calls.hit();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    format!("{id} v{n}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_values_are_served_at_once_while_one_background_refresh_replaces_them() {
+    for b in Backend::all() {
+        let calls = Arc::new(Calls::default());
+        assert_eq!(swr(b.cache.clone(), calls.clone(), 1).await, "1 v1");
+        tokio::time::sleep(Duration::from_millis(1100)).await; // expired, inside `stale`
+        let started = Instant::now();
+        let callers: Vec<_> = (0..50).map(|_| tokio::spawn(swr(b.cache.clone(), calls.clone(), 1))).collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), "1 v1", "{}: everyone gets the stale value", b.name);
+        }
+        assert!(started.elapsed() < Duration::from_millis(150), "{}: at once ({:?})", b.name, started.elapsed());
+        assert!(b.cache.stats().stale >= 1, "{}", b.name);
+        tokio::time::sleep(Duration::from_millis(400)).await; // the refresh lands
+        assert_eq!(swr(b.cache.clone(), calls.clone(), 1).await, "1 v2", "{}: replaced by the refresh", b.name);
+        assert_eq!(calls.get(), 2, "{}: exactly one refresh", b.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refresh_per_key_across_replicas() {
+    let a = Backend::redis();
+    let b = Cache::builder().redis(a.redis.as_ref().unwrap().url()).prefix("t").build().unwrap();
+    let calls = Arc::new(Calls::default());
+    assert_eq!(swr(a.cache.clone(), calls.clone(), 2).await, "2 v1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let callers: Vec<_> = (0..40)
+        .map(|i| tokio::spawn(swr(if i % 2 == 0 { a.cache.clone() } else { b.clone() }, calls.clone(), 2)))
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap(), "2 v1");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(swr(b.clone(), calls.clone(), 2).await, "2 v2");
+    assert_eq!(swr(a.cache.clone(), calls.clone(), 2).await, "2 v2");
+    assert_eq!(calls.get(), 2, "two replicas, 40 stale reads, one refresh");
+}
+
+/// A borrowed parameter: the caller that wins the refresh runs it; the others are served the
+/// stale value at once.
+#[cached(expire = 1, stale = 30, key = "swr-inline:<id>", cache = cache, skip = [cache, calls])]
+async fn swr_inline(cache: &Cache, calls: &Calls, id: u32) -> String {
+    let n = calls.hit();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    format!("{id} v{n}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn borrowed_bodies_are_refreshed_by_one_caller() {
+    for b in Backend::all() {
+        let calls = Arc::new(Calls::default());
+        assert_eq!(swr_inline(&b.cache, &calls, 1).await, "1 v1");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let callers: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, calls) = (b.cache.clone(), calls.clone());
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    (swr_inline(&cache, &calls, 1).await, started.elapsed())
+                })
+            })
+            .collect();
+        let mut fresh = 0;
+        for caller in callers {
+            let (value, took) = caller.await.unwrap();
+            if value == "1 v2" {
+                fresh += 1;
+            } else {
+                assert_eq!(value, "1 v1");
+                assert!(took < Duration::from_millis(150), "{}: stale at once ({took:?})", b.name);
+            }
+        }
+        assert_eq!(fresh, 1, "{}: one caller refreshed", b.name);
+        assert_eq!(calls.get(), 2, "{}", b.name);
+    }
+}
+
+#[cached(expire = 1, stale_if_error = 2, key = "sie:<id>", cache = cache, skip = [cache, failing])]
+async fn flaky(cache: &Cache, failing: &AtomicBool, id: u32) -> Result<u32, String> {
+    if failing.load(Ordering::SeqCst) {
+        Err(format!("{id}: database down"))
+    } else {
+        Ok(id * 10)
+    }
+}
+
+#[tokio::test]
+async fn a_failing_body_falls_back_to_the_stale_value() {
+    for b in Backend::all() {
+        let failing = AtomicBool::new(false);
+        assert_eq!(flaky(&b.cache, &failing, 3).await, Ok(30));
+        failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await; // expired, inside stale_if_error
+        assert_eq!(flaky(&b.cache, &failing, 3).await, Ok(30), "{}: stale value instead of the error", b.name);
+        assert!(b.cache.stats().stale >= 1);
+        assert_eq!(flaky(&b.cache, &failing, 4).await, Err("4: database down".to_owned()), "{}: nothing stale", b.name);
+        tokio::time::sleep(Duration::from_millis(2000)).await; // past the window
+        assert_eq!(flaky(&b.cache, &failing, 3).await, Err("3: database down".to_owned()), "{}", b.name);
+        failing.store(false, Ordering::SeqCst);
+        assert_eq!(flaky(&b.cache, &failing, 3).await, Ok(30));
+    }
+}
+
+const KEYS: usize = 1000;
+
+#[cached(expire = 2, beta = 4.0, key = "early:<id>", cache = cache, skip = [cache, runs])]
+async fn early(cache: Cache, runs: Arc<Vec<AtomicU32>>, id: usize) -> usize {
+    runs[id].fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(25)).await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refresh_happens_before_expiry_and_is_spread_out() {
+    let cache = Cache::builder().random_seed(7).build().unwrap();
+    let runs: Arc<Vec<AtomicU32>> = Arc::new((0..KEYS).map(|_| AtomicU32::new(0)).collect());
+    // 1,000 keys written at the same instant (each took ~25 ms to compute).
+    let fills: Vec<_> = (0..KEYS).map(|id| tokio::spawn(early(cache.clone(), runs.clone(), id))).collect();
+    for fill in fills {
+        fill.await.unwrap();
+    }
+    let written = Instant::now();
+    // Read every key every 20 ms until just before they expire; note when each was refreshed.
+    let mut refreshed_at: Vec<Option<Duration>> = vec![None; KEYS];
+    while written.elapsed() < Duration::from_millis(1900) {
+        for id in 0..KEYS {
+            assert_eq!(early(cache.clone(), runs.clone(), id).await, id);
+            if refreshed_at[id].is_none() && runs[id].load(Ordering::SeqCst) > 1 {
+                refreshed_at[id] = Some(written.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let times: Vec<u128> = refreshed_at.iter().flatten().map(|d| d.as_millis() / 100).collect();
+    assert!(!times.is_empty(), "some keys were refreshed before they expired");
+    let mut buckets = times.clone();
+    buckets.sort_unstable();
+    buckets.dedup();
+    assert!(buckets.len() >= 3, "refreshes are spread over time, not synchronised: 100 ms buckets {buckets:?}");
+    assert!(times.len() < KEYS, "not every key recomputed early: {}", times.len());
+}
