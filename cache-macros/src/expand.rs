@@ -190,18 +190,6 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     };
     if handler {
         check_handler_options(&args, &mut errors);
-        for (name, span) in [
-            ("stale", args.stale.as_ref().map(|s| s.span)),
-            ("stale_if_error", args.stale_if_error.as_ref().map(|s| s.span)),
-            ("early", args.early.as_ref().map(|s| s.span)),
-        ] {
-            if let Some(span) = span {
-                errors.push(syn::Error::new(
-                    span,
-                    format!("`{name}` is not supported on handlers yet (only on service functions)"),
-                ));
-            }
-        }
     } else {
         if let Some((name, span)) = &args.first_http_option {
             errors.push(syn::Error::new(
@@ -242,7 +230,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else { unreachable!("reported above") };
 
     // A refresh can run in the background only if the body owns everything it uses.
-    let background = !handler && (args.stale.is_some() || args.early.is_some()) && owns_its_parameters(&func);
+    let background = (args.stale.is_some() || args.early.is_some()) && owns_its_parameters(&func);
     let cache = match &args.cache {
         Some(expr) if background => quote_spanned! {expr.span()=>
             let __cr_cache_owned: #krate::__private::Cache =
@@ -333,7 +321,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         let response_ty = if fake_return.is_some() { quote!(#ret_ty) } else { quote!(_) };
         let call = quote_spanned! {ret_ty.span()=>
             #krate::__private::cached_handler::<#response_ty, _>(
-                __cr_cache, __cr_w, #namespace, &__cr_tags, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body,
+                __cr_cache, __cr_w, #namespace, &__cr_tags, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body, #spawner,
             ).await
         };
         let uses_bounds = return_bounds(ret_ty, true);
@@ -433,6 +421,14 @@ fn http_opts(args: &CachedArgs, krate: &TokenStream) -> TokenStream {
     }
     if args.honor_no_cache.is_some() {
         out.extend(quote!(.honor_no_cache()));
+    }
+    if let Some(s) = &args.stale {
+        let v = s.value;
+        out.extend(quote!(.stale_while_revalidate(#v)));
+    }
+    if let Some(s) = &args.stale_if_error {
+        let v = s.value;
+        out.extend(quote!(.stale_if_error(#v)));
     }
     out
 }

@@ -139,7 +139,7 @@ pub type Finish<O> = Box<dyn FnOnce(O) -> Pin<Box<dyn Future<Output = ()> + Send
 /// parameter is owned and `stale` or `early` is set, `inline()` otherwise (then the caller that
 /// wins the refresh runs it, and the others get the stale value at once).
 #[doc(hidden)]
-pub struct Spawner<F: Future>(Option<SpawnFn<F>>);
+pub struct Spawner<F: Future>(pub(crate) Option<SpawnFn<F>>);
 
 /// Starts a body and its `Finish` in a task of their own.
 type SpawnFn<F> = fn(F, Finish<<F as Future>::Output>);
@@ -320,9 +320,13 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     // Single-flight: one caller per cold key in this process reads the store and runs the body.
     let leader = match cache.flights().join::<M::Value>(&key).await {
         Joined::Leader(leader) => leader,
-        Joined::Shared(found) => {
+        Joined::Shared(found, stale) => {
             if let Some(out) = M::rebuild(found) {
-                cache.record_hit();
+                if stale {
+                    cache.record_stale();
+                } else {
+                    cache.record_hit();
+                }
                 return out;
             }
             // A leader shares only what this mode can use; should it not, run the body.
@@ -361,17 +365,22 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
                 } else if refresh {
                     // The body borrows its caller: this caller refreshes, the others are
                     // served the current value at once.
-                    leader.finish(Some(found.clone()));
+                    if freshness == Freshness::Stale {
+                        leader.finish_stale(found.clone());
+                    } else {
+                        leader.finish(Some(found.clone()));
+                    }
                     let out = refresh_inline::<M>(cache, key.clone(), namespace, tags, opts, body, Some(found)).await;
                     cache.release_refresh(&key).await;
                     return out;
                 }
                 if freshness == Freshness::Stale {
                     cache.record_stale();
+                    leader.finish_stale(found);
                 } else {
                     cache.record_hit();
+                    leader.finish(Some(found));
                 }
-                leader.finish(Some(found));
                 return current;
             }
             (Freshness::Fallback, Some(_)) => fallback = Some(found),

@@ -29,10 +29,10 @@ use axum::response::{IntoResponse, Response};
 use headers::{CacheControl, ETag, HeaderMapExt as _, IfModifiedSince, IfNoneMatch, LastModified};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{Cache, Found};
+use crate::cache::{Cache, Found, Times};
 use crate::codec::Codec;
 use crate::error::CacheError;
-use crate::fetch::CallOpts;
+use crate::fetch::{CallOpts, Freshness, Spawner};
 use crate::flight::Joined;
 use crate::key::{escape_into, KeyWriter};
 use crate::time::now_ms;
@@ -94,6 +94,9 @@ pub struct HttpOpts {
     vary: &'static [&'static str],
     last_modified: LastModifiedFrom,
     honor_no_cache: bool,
+    /// Advertised in `Cache-Control` (RFC 5861).
+    stale_while_revalidate: Option<u64>,
+    stale_if_error: Option<u64>,
 }
 
 impl Default for HttpOpts {
@@ -112,7 +115,19 @@ impl HttpOpts {
             vary: &[],
             last_modified: LastModifiedFrom::StoredAt,
             honor_no_cache: false,
+            stale_while_revalidate: None,
+            stale_if_error: None,
         }
+    }
+    /// `stale = N`: `stale-while-revalidate=N`.
+    pub const fn stale_while_revalidate(mut self, secs: u64) -> Self {
+        self.stale_while_revalidate = Some(secs);
+        self
+    }
+    /// `stale_if_error = N`: `stale-if-error=N`.
+    pub const fn stale_if_error(mut self, secs: u64) -> Self {
+        self.stale_if_error = Some(secs);
+        self
     }
     /// `public`.
     pub const fn public(mut self) -> Self {
@@ -314,10 +329,16 @@ fn last_modified_from_body(body: &[u8], field: &str) -> Option<u64> {
 impl HttpOpts {
     fn cache_control(&self, remaining_secs: u64) -> HeaderValue {
         let visibility = if self.public { "public" } else { "private" };
-        let text = match self.s_maxage {
+        let mut text = match self.s_maxage {
             Some(s) if self.public => format!("{visibility}, max-age={remaining_secs}, s-maxage={s}"),
             _ => format!("{visibility}, max-age={remaining_secs}"),
         };
+        if let Some(n) = self.stale_while_revalidate {
+            text.push_str(&format!(", stale-while-revalidate={n}"));
+        }
+        if let Some(n) = self.stale_if_error {
+            text.push_str(&format!(", stale-if-error={n}"));
+        }
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("private"))
     }
 
@@ -396,6 +417,55 @@ fn client_directive(headers: &HeaderMap) -> ClientDirective {
     }
 }
 
+/// Turns a handler's response into what is stored, or gives it back when it must not be
+/// stored (not 2xx, sets a cookie, `no-store`, too large, or its body failed).
+async fn to_stored(response: Response, http: &HttpOpts) -> Result<Arc<StoredResponse>, Response> {
+    let never_store = response.headers().contains_key(header::SET_COOKIE)
+        || response.headers().typed_get::<CacheControl>().is_some_and(|cc| cc.no_store());
+    let small_enough = response.body().size_hint().upper().is_some_and(|n| n <= MAX_STORED_BODY);
+    if !response.status().is_success() || never_store || !small_enough {
+        return Err(response);
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::try_from(MAX_STORED_BODY).unwrap_or(usize::MAX)).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            tracing::warn!(target: "cache_runtime", error = %err, "handler body failed while being read");
+            return Err((StatusCode::INTERNAL_SERVER_ERROR, "response body failed").into_response());
+        }
+    };
+    let etag_text = format!("\"{}\"", hex(&Sha256::digest(&bytes)[..16]));
+    let etag: ETag = match etag_text.parse() {
+        Ok(etag) => etag,
+        Err(_) => unreachable!("a quoted hex string is a valid ETag"),
+    };
+    let now = now_ms();
+    let last_modified_ms = match http.last_modified {
+        LastModifiedFrom::StoredAt => now,
+        LastModifiedFrom::Field(field) => last_modified_from_body(&bytes, field).unwrap_or(now),
+    };
+    Ok(Arc::new(StoredResponse {
+        status: parts.status,
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| !is_unstored_header(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        body: bytes,
+        etag,
+        etag_text: etag_text.into(),
+        last_modified_ms,
+    }))
+}
+
+/// Longest a refresh may hold its claim.
+const REFRESH_HOLD: Duration = Duration::from_secs(10);
+
+fn remaining_secs(times: &Times) -> u64 {
+    times.fresh_until_ms.saturating_sub(now_ms()) / 1000
+}
+
 /// The runtime side of `#[cached]` on an axum handler.
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
@@ -408,6 +478,7 @@ pub async fn cached_handler<R, F>(
     opts: &CallOpts,
     http: &HttpOpts,
     body: F,
+    spawner: Spawner<F>,
 ) -> Response
 where
     R: IntoResponse,
@@ -421,96 +492,206 @@ where
     let directive = if http.honor_no_cache { client_directive(&request.headers) } else { ClientDirective::None };
     add_vary(&mut key, &request.headers, http.vary);
     let key = key.finish();
-    let refresh = !matches!(directive, ClientDirective::None);
-    if !refresh {
+    let forced = !matches!(directive, ClientDirective::None);
+    if !forced {
         if let Some((Found::Value(stored), times)) = cache.local_hit::<Arc<StoredResponse>>(&key) {
-            cache.record_hit();
-            crate::key::recycle(key);
-            let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
-            return respond(&stored, remaining, &request, http, "HIT");
+            if opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
+                cache.record_hit();
+                crate::key::recycle(key);
+                return respond(&stored, remaining_secs(&times), &request, http, "HIT");
+            }
         }
     }
     // Single-flight (not for a client's forced refresh): concurrent misses of one key run the
     // handler once; a 2xx response is shared, anything else lets the next waiter run it.
-    let leader = if refresh {
+    let leader = if forced {
         None
     } else {
         match cache.flights().join::<Arc<StoredResponse>>(&key).await {
             Joined::Leader(leader) => Some(leader),
-            Joined::Shared(Found::Value(stored)) => {
+            Joined::Shared(Found::Value(stored), false) => {
                 cache.record_hit();
-                let remaining = opts.ttl(cache).as_secs();
-                return respond(&stored, remaining, &request, http, "HIT");
+                return respond(&stored, opts.ttl(cache).as_secs(), &request, http, "HIT");
             }
-            Joined::Shared(Found::Negative) => None,
+            Joined::Shared(Found::Value(stored), true) => {
+                cache.record_stale();
+                return respond(&stored, 0, &request, http, "STALE");
+            }
+            Joined::Shared(Found::Negative, _) => None,
         }
     };
-    let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, refresh).await;
-    let fresh = lookup.hit.as_ref().is_some_and(|(_, times)| times.fresh_until_ms > now_ms());
-    if let (Some((Found::Value(stored), times)), true) = (lookup.hit, fresh) {
-        cache.record_hit();
-        let remaining = times.fresh_until_ms.saturating_sub(now_ms()) / 1000;
-        let response = respond(&stored, remaining, &request, http, "HIT");
-        if let Some(leader) = leader {
-            leader.finish(Some(Found::Value(stored)));
+    let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, forced).await;
+    let mut fallback = None;
+    if let Some((Found::Value(stored), times)) = lookup.hit {
+        let freshness = opts.freshness(cache, &times, now_ms());
+        if matches!(freshness, Freshness::Fresh | Freshness::RefreshEarly | Freshness::Stale) {
+            let refresh = freshness != Freshness::Fresh && cache.claim_refresh(&key, REFRESH_HOLD).await;
+            if refresh {
+                if let Some(spawn) = spawner.0 {
+                    // The lease is taken before the handler runs, so a write during it wins.
+                    let lease =
+                        cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, true).await.lease;
+                    match lease {
+                        Some(lease) => {
+                            let (cache2, key2, namespace2, opts2, http2) =
+                                (cache.clone(), key.clone(), namespace.to_owned(), *opts, *http);
+                            let started = Instant::now();
+                            spawn(
+                                body,
+                                Box::new(move |out: R| {
+                                    let response = out.into_response();
+                                    Box::pin(async move {
+                                        if let Ok(stored) = to_stored(response, &http2).await {
+                                            let ttl = (opts2.ttl(&cache2), opts2.keep());
+                                            let (k, n) = (key2.clone(), namespace2.as_str());
+                                            cache2
+                                                .fill::<Arc<StoredResponse>, ResponseCodec>(
+                                                    k,
+                                                    n,
+                                                    &lease,
+                                                    None,
+                                                    Some(&stored),
+                                                    ttl,
+                                                    started.elapsed(),
+                                                )
+                                                .await;
+                                        }
+                                        cache2.release_refresh(&key2).await;
+                                    })
+                                }),
+                            );
+                        }
+                        None => cache.release_refresh(&key).await,
+                    }
+                    return respond_current(cache, leader, &stored, &times, &request, http, freshness);
+                }
+                // The handler borrows: this request refreshes, the others get the current value.
+                if let Some(leader) = leader {
+                    if freshness == Freshness::Stale {
+                        leader.finish_stale(Found::Value(Arc::clone(&stored)));
+                    } else {
+                        leader.finish(Some(Found::Value(Arc::clone(&stored))));
+                    }
+                }
+                let response = compute(
+                    cache,
+                    key.clone(),
+                    namespace,
+                    tags,
+                    &request,
+                    opts,
+                    http,
+                    body,
+                    None,
+                    "MISS",
+                    Some(stored),
+                )
+                .await;
+                cache.release_refresh(&key).await;
+                return response;
+            }
+            return respond_current(cache, leader, &stored, &times, &request, http, freshness);
         }
-        return response;
+        if freshness == Freshness::Fallback {
+            fallback = Some(stored);
+        }
     }
+    let x_cache = if forced { "BYPASS" } else { "MISS" };
+    let store = !matches!(directive, ClientDirective::NoStore);
+    let lease = lookup.lease.filter(|_| store).map(|lease| (lease, lookup.l1_epoch));
+    compute_with(cache, key, namespace, &request, opts, http, body, lease, x_cache, fallback, leader).await
+}
+
+/// Serves a fresh (HIT) or stale (STALE) entry without running the handler.
+fn respond_current(
+    cache: &Cache,
+    leader: Option<crate::flight::Leader<'_>>,
+    stored: &Arc<StoredResponse>,
+    times: &Times,
+    request: &HttpRequest,
+    http: &HttpOpts,
+    freshness: Freshness,
+) -> Response {
+    let label = if freshness == Freshness::Stale {
+        cache.record_stale();
+        "STALE"
+    } else {
+        cache.record_hit();
+        "HIT"
+    };
+    if let Some(leader) = leader {
+        if freshness == Freshness::Stale {
+            leader.finish_stale(Found::Value(Arc::clone(stored)));
+        } else {
+            leader.finish(Some(Found::Value(Arc::clone(stored))));
+        }
+    }
+    respond(stored, remaining_secs(times), request, http, label)
+}
+
+/// Runs the handler in this request (a refresh the others do not wait for): takes a lease,
+/// stores a storable response.
+#[allow(clippy::too_many_arguments)]
+async fn compute<R: IntoResponse>(
+    cache: &Cache,
+    key: String,
+    namespace: &str,
+    tags: &[String],
+    request: &HttpRequest,
+    opts: &CallOpts,
+    http: &HttpOpts,
+    body: impl Future<Output = R>,
+    leader: Option<crate::flight::Leader<'_>>,
+    x_cache: &'static str,
+    current: Option<Arc<StoredResponse>>,
+) -> Response {
+    let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, true).await;
+    let lease = lookup.lease.map(|lease| (lease, lookup.l1_epoch));
+    compute_with(cache, key, namespace, request, opts, http, body, lease, x_cache, current, leader).await
+}
+
+/// Runs the handler; stores its response when storable and a lease allows; on a 5xx with a
+/// `fallback` (inside `stale_if_error`), answers the fallback instead.
+#[allow(clippy::too_many_arguments)]
+async fn compute_with<R: IntoResponse>(
+    cache: &Cache,
+    key: String,
+    namespace: &str,
+    request: &HttpRequest,
+    opts: &CallOpts,
+    http: &HttpOpts,
+    body: impl Future<Output = R>,
+    lease: Option<(crate::backend::Lease, Option<u64>)>,
+    x_cache: &'static str,
+    fallback: Option<Arc<StoredResponse>>,
+    leader: Option<crate::flight::Leader<'_>>,
+) -> Response {
     cache.record_miss();
     let started = Instant::now();
     let response = body.await.into_response();
-    let x_cache = if matches!(directive, ClientDirective::None) { "MISS" } else { "BYPASS" };
-    let never_store = response.headers().contains_key(header::SET_COOKIE)
-        || response.headers().typed_get::<CacheControl>().is_some_and(|cc| cc.no_store());
-    let small_enough = response.body().size_hint().upper().is_some_and(|n| n <= MAX_STORED_BODY);
-    if !response.status().is_success() || never_store || !small_enough {
-        if let Some(leader) = leader {
-            leader.finish::<Arc<StoredResponse>>(None);
-        }
-        let mut response = response;
-        set_x_cache(&mut response, x_cache);
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let bytes = match axum::body::to_bytes(body, usize::try_from(MAX_STORED_BODY).unwrap_or(usize::MAX)).await {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            tracing::warn!(target: "cache_runtime", error = %err, "handler body failed while being read");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "response body failed").into_response();
+    let stored = match to_stored(response, http).await {
+        Ok(stored) => stored,
+        Err(mut response) => {
+            if let Some(leader) = leader {
+                leader.finish::<Arc<StoredResponse>>(None);
+            }
+            if let (Some(stale), true) = (&fallback, response.status().is_server_error()) {
+                cache.record_stale();
+                return respond(stale, 0, request, http, "STALE");
+            }
+            set_x_cache(&mut response, x_cache);
+            return response;
         }
     };
-    let etag_text = format!("\"{}\"", hex(&Sha256::digest(&bytes)[..16]));
-    let etag: ETag = match etag_text.parse() {
-        Ok(etag) => etag,
-        Err(_) => unreachable!("a quoted hex string is a valid ETag"),
-    };
-    let now = now_ms();
-    let last_modified_ms = match http.last_modified {
-        LastModifiedFrom::StoredAt => now,
-        LastModifiedFrom::Field(field) => last_modified_from_body(&bytes, field).unwrap_or(now),
-    };
-    let stored = Arc::new(StoredResponse {
-        status: parts.status,
-        headers: parts
-            .headers
-            .iter()
-            .filter(|(n, _)| !is_unstored_header(n))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect(),
-        body: bytes,
-        etag,
-        etag_text: etag_text.into(),
-        last_modified_ms,
-    });
     let ttl = opts.ttl(cache);
-    if let (Some(lease), false) = (lookup.lease, matches!(directive, ClientDirective::NoStore)) {
+    if let Some((lease, l1_epoch)) = &lease {
         // A failed or dropped store is logged and counted; the client still gets the response.
         cache
             .fill::<Arc<StoredResponse>, ResponseCodec>(
                 key,
                 namespace,
-                &lease,
-                lookup.l1_epoch,
+                lease,
+                *l1_epoch,
                 Some(&stored),
                 (ttl, opts.keep()),
                 started.elapsed(),
@@ -520,5 +701,5 @@ where
     if let Some(leader) = leader {
         leader.finish(Some(Found::Value(Arc::clone(&stored))));
     }
-    respond(&stored, ttl.as_secs(), &request, http, x_cache)
+    respond(&stored, ttl.as_secs(), request, http, x_cache)
 }

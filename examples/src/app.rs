@@ -133,8 +133,18 @@ async fn update_user(
     Ok(Json(user))
 }
 
-/// `GET /posts`: public, for browsers 60 s, shared caches 120 s, CDNs 600 s; tagged `posts`.
-#[cached(expire = 60, key = "posts", tags = ["posts"], public, s_maxage = 120, cdn_max_age = 600, cache = app.cache)]
+/// `GET /posts`: public, for browsers 60 s, shared caches 120 s, CDNs 600 s; tagged `posts`;
+/// for 60 s after expiry the old list is served while one background refresh replaces it.
+#[cached(
+    expire = 60,
+    stale = 60,
+    key = "posts",
+    tags = ["posts"],
+    public,
+    s_maxage = 120,
+    cdn_max_age = 600,
+    cache = app.cache
+)]
 async fn list_posts(State(app): State<App>) -> Result<Json<Vec<Post>>, AppError> {
     Ok(Json(app.db.posts(0, 100).await?))
 }

@@ -158,3 +158,101 @@ async fn early_refresh_happens_before_expiry_and_is_spread_out() {
     assert!(buckets.len() >= 3, "refreshes are spread over time, not synchronised: 100 ms buckets {buckets:?}");
     assert!(times.len() < KEYS, "not every key recomputed early: {}", times.len());
 }
+
+// ----- handlers -----
+
+#[derive(Clone)]
+struct Page {
+    cache: Cache,
+    calls: Arc<Calls>,
+    failing: Arc<AtomicBool>,
+}
+
+#[cached(expire = 1, stale = 30, cache = page.cache)]
+async fn swr_page(axum::extract::State(page): axum::extract::State<Page>) -> String {
+    let n = page.calls.hit();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    format!("page v{n}")
+}
+
+#[cached(expire = 1, stale_if_error = 30, cache = page.cache)]
+async fn fragile_page(axum::extract::State(page): axum::extract::State<Page>) -> (axum::http::StatusCode, String) {
+    if page.failing.load(Ordering::SeqCst) {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database down".to_owned());
+    }
+    (axum::http::StatusCode::OK, format!("page v{}", page.calls.hit()))
+}
+
+async fn serve_pages(cache: Cache) -> (String, Page) {
+    let page = Page { cache, calls: Arc::default(), failing: Arc::default() };
+    let router = axum::Router::new()
+        .route("/swr", axum::routing::get(swr_page))
+        .route("/fragile", axum::routing::get(fragile_page))
+        .with_state(page.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (base, page)
+}
+
+async fn fetch(c: &reqwest::Client, url: &str) -> (u16, String, String, String) {
+    let r = c.get(url).send().await.unwrap();
+    let h = |n: &str| r.headers().get(n).map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+    let (x_cache, cc) = (h("x-cache"), h("cache-control"));
+    (r.status().as_u16(), x_cache, cc, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_answer_stale_while_one_refresh_runs() {
+    for b in Backend::all() {
+        let (base, page) = serve_pages(b.cache.clone()).await;
+        let c = reqwest::Client::new();
+        let url = format!("{base}/swr");
+        let (_, x_cache, cc, body) = fetch(&c, &url).await;
+        assert_eq!((x_cache.as_str(), body.as_str()), ("MISS", "page v1"), "{}", b.name);
+        assert!(cc.ends_with("stale-while-revalidate=30"), "{}: advertised: {cc}", b.name);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let started = Instant::now();
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                tokio::spawn({
+                    let (c, url) = (c.clone(), url.clone());
+                    async move { fetch(&c, &url).await }
+                })
+            })
+            .collect();
+        for r in requests {
+            let (status, x_cache, _, body) = r.await.unwrap();
+            assert_eq!((status, x_cache.as_str(), body.as_str()), (200, "STALE", "page v1"), "{}", b.name);
+        }
+        assert!(started.elapsed() < Duration::from_millis(150), "{}: at once ({:?})", b.name, started.elapsed());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (_, x_cache, _, body) = fetch(&c, &url).await;
+        assert_eq!((x_cache.as_str(), body.as_str()), ("HIT", "page v2"), "{}: refreshed in the background", b.name);
+        assert_eq!(page.calls.get(), 2, "{}: one refresh", b.name);
+    }
+}
+
+#[tokio::test]
+async fn handlers_serve_stale_if_the_handler_fails() {
+    for b in Backend::all() {
+        let (base, page) = serve_pages(b.cache.clone()).await;
+        let c = reqwest::Client::new();
+        let url = format!("{base}/fragile");
+        let (status, _, cc, body) = fetch(&c, &url).await;
+        assert_eq!((status, body.as_str()), (200, "page v1"));
+        assert!(cc.ends_with("stale-if-error=30"), "{}: advertised: {cc}", b.name);
+        page.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (status, x_cache, _, body) = fetch(&c, &url).await;
+        assert_eq!(
+            (status, x_cache.as_str(), body.as_str()),
+            (200, "STALE", "page v1"),
+            "{}: the stale page, not the 503",
+            b.name
+        );
+        page.failing.store(false, Ordering::SeqCst);
+        let (status, x_cache, _, body) = fetch(&c, &url).await;
+        assert_eq!((status, x_cache.as_str(), body.as_str()), (200, "MISS", "page v2"), "{}", b.name);
+    }
+}

@@ -218,7 +218,12 @@ async fn public_and_cdn_headers() {
     for t in TestApp::both().await {
         let r = client().get(t.url("/posts")).send().await.unwrap();
         let headers = r.headers();
-        assert_eq!(h(headers, "cache-control"), "public, max-age=60, s-maxage=120", "{}", t.mode());
+        assert_eq!(
+            h(headers, "cache-control"),
+            "public, max-age=60, s-maxage=120, stale-while-revalidate=60",
+            "{}",
+            t.mode()
+        );
         assert_eq!(h(headers, "cdn-cache-control"), "max-age=600");
         assert_eq!(h(headers, "cloudflare-cdn-cache-control"), "max-age=600");
     }
