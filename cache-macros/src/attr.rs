@@ -32,6 +32,7 @@ const CACHED_OPTIONS: &[&str] = &[
     "stale_if_error",
     "early",
     "beta",
+    "lock",
 ];
 
 /// Options that only make sense on an axum handler.
@@ -39,7 +40,7 @@ pub(crate) const HTTP_OPTIONS: &[&str] =
     &["public", "private", "s_maxage", "cdn_max_age", "vary", "last_modified", "honor_no_cache"];
 
 /// Options that may be written alone (`public`) as well as `= true` / `= false`.
-const FLAGS: &[&str] = &["cache_none", "http", "public", "private", "honor_no_cache", "early"];
+const FLAGS: &[&str] = &["cache_none", "http", "public", "private", "honor_no_cache", "early", "lock"];
 
 /// A value with the span of the option that set it.
 #[derive(Debug, Clone)]
@@ -78,6 +79,8 @@ pub(crate) struct CachedArgs {
     pub(crate) stale_if_error: Option<Spanned<u64>>,
     /// `early` (β = 1) or `beta = f`.
     pub(crate) early: Option<Spanned<f64>>,
+    /// `lock` (10 s) or `lock = N`: seconds the cross-replica lock is held at most.
+    pub(crate) lock: Option<Spanned<u64>>,
     /// The first handler-only option used, for the "not a handler" error.
     pub(crate) first_http_option: Option<(String, Span)>,
 }
@@ -297,6 +300,7 @@ fn set_flag(args: &mut CachedArgs, name: &str, span: Span) {
         "private" => args.private = Some(span),
         "honor_no_cache" => args.honor_no_cache = Some(span),
         "early" => args.early = Some(Spanned { value: 1.0, span }),
+        "lock" => args.lock = Some(Spanned { value: 10, span }),
         _ => unreachable!("every flag is handled"),
     }
 }
@@ -375,6 +379,11 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
             args.cache_none = Some(Spanned { value, span: lit.span() });
         }
         "stale" => args.stale = Some(Spanned { value: int_secs("stale", &lit)?, span: lit.span() }),
+        "lock" => match &lit {
+            Lit::Bool(b) if b.value => args.lock = Some(Spanned { value: 10, span: lit.span() }),
+            Lit::Bool(_) => {}
+            _ => args.lock = Some(Spanned { value: int_secs("lock", &lit)?, span: lit.span() }),
+        },
         "stale_if_error" => {
             args.stale_if_error = Some(Spanned { value: int_secs("stale_if_error", &lit)?, span: lit.span() });
         }

@@ -272,6 +272,10 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         let beta = early.value;
         opts.extend(quote!(.early(#beta)));
     }
+    if let Some(lock) = &args.lock {
+        let secs = lock.value;
+        opts.extend(quote!(.lock(#krate::__private::Duration::from_secs(#secs))));
+    }
     if let Some(cn) = &args.cache_none {
         opts.extend(match cn.value {
             CacheNone::SameTtl => quote!(.cache_none(::core::option::Option::None)),

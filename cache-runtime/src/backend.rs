@@ -467,6 +467,18 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    /// `SET key token NX PX hold`: whether this caller got it.
+    pub(crate) async fn claim_token(&self, key: &str, token: &str, hold: Duration) -> Result<bool, CacheError> {
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self.run(redis::cmd("SET").arg(key).arg(token).arg("NX").arg("PX").arg(ms)).await?;
+        Ok(set.is_some())
+    }
+
+    pub(crate) async fn invoke_i64(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<i64, CacheError> {
+        let mut conn = self.conn();
+        self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
     pub(crate) async fn unlink(&self, key: &str) -> Result<(), CacheError> {
         self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
     }

@@ -13,6 +13,7 @@ use crate::error::CacheError;
 use crate::fetch::{self, CallOpts, Plain, ResultMode, Spawner};
 use crate::flight::Flights;
 use crate::key::{self, KeyWriter};
+use crate::lock::{Attempt, Locks};
 use crate::time::now_ms;
 use crate::Cacheable;
 
@@ -60,6 +61,8 @@ enum Store {
         redis: Arc<RedisStore>,
         /// The process-memory tier in front of Redis, when enabled.
         l1: Option<Arc<Coherence>>,
+        /// Cross-replica locks of `#[cached(lock)]`.
+        locks: Arc<Locks>,
     },
 }
 
@@ -240,6 +243,7 @@ impl CacheBuilder {
                 l1: self.l1.then(|| {
                     Arc::new(Coherence::new(&self.prefix, self.l1_max_entries, self.l1_ttl, self.coherence_timeout))
                 }),
+                locks: Arc::new(Locks::new(&self.prefix)),
             },
         };
         Ok(Cache {
@@ -499,6 +503,58 @@ impl Cache {
         }
     }
 
+    /// `lock`: on Redis, hold the key's cross-replica lock to compute it, or wait for the
+    /// holder's value (woken when it lands). In memory, single-flight already is the lock.
+    pub(crate) async fn lock_or_wait<V: Stored, C: Codec<V>>(
+        &self,
+        key: &str,
+        namespace: &str,
+        tags: &[String],
+        hold: Duration,
+    ) -> Locked<V> {
+        let Store::Redis { redis, locks, .. } = &self.inner.store else {
+            return Locked::Compute { token: None, lookup: None };
+        };
+        let deadline = now_ms().saturating_add(duration_ms(hold));
+        let mut waited = false;
+        loop {
+            match locks.attempt(redis, key, hold, deadline).await {
+                Attempt::Held(token) if !waited => return Locked::Compute { token: Some(token), lookup: None },
+                Attempt::Held(token) => {
+                    // The previous holder may have stored the value meanwhile.
+                    let lookup = self.lookup::<V, C>(key, namespace, tags, false).await;
+                    if let Some((found, times)) = lookup.hit.as_ref().filter(|(_, t)| t.fresh_until_ms > now_ms()) {
+                        let ready = Locked::Ready(found.clone(), *times);
+                        locks.release(redis, key, &token).await;
+                        return ready;
+                    }
+                    return Locked::Compute { token: Some(token), lookup: Some(lookup) };
+                }
+                Attempt::Retry => {
+                    waited = true;
+                    let lookup = self.lookup::<V, C>(key, namespace, tags, false).await;
+                    if let Some((found, times)) = lookup.hit.filter(|(_, t)| t.fresh_until_ms > now_ms()) {
+                        return Locked::Ready(found, times);
+                    }
+                }
+                Attempt::TimedOut => {
+                    let lookup = self.lookup::<V, C>(key, namespace, tags, false).await;
+                    if let Some((found, times)) = lookup.hit.as_ref().filter(|(_, t)| t.fresh_until_ms > now_ms()) {
+                        return Locked::Ready(found.clone(), *times);
+                    }
+                    return Locked::Compute { token: None, lookup: Some(lookup) };
+                }
+            }
+        }
+    }
+
+    /// Releases a lock taken by `lock_or_wait` and wakes its waiters.
+    pub(crate) async fn unlock(&self, key: &str, token: &str) {
+        if let Store::Redis { redis, locks, .. } = &self.inner.store {
+            locks.release(redis, key, token).await;
+        }
+    }
+
     pub(crate) async fn release_refresh(&self, key: &str) {
         self.inner.refreshing.invalidate(key);
         if let Store::Redis { redis, .. } = &self.inner.store {
@@ -552,7 +608,7 @@ impl Cache {
                 }
                 Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
             }
-            Store::Redis { redis, l1 } => {
+            Store::Redis { redis, l1, .. } => {
                 let mut l1_epoch = None;
                 if let Some(c) = l1 {
                     c.ensure_started(redis);
@@ -703,7 +759,7 @@ impl Cache {
         let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
         let result = match &self.inner.store {
             Store::Memory(mem) => Ok(mem.fill(key, namespace, lease, mem_entry(meta, value))),
-            Store::Redis { redis, l1 } => match encode_entry::<V, C>(&meta, value) {
+            Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, value) {
                 Ok(bytes) => {
                     let stored = redis.fill(&key, &self.inner.prefix, namespace, lease, &bytes, ttl + keep).await;
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
@@ -752,7 +808,7 @@ impl Cache {
                 mem.insert(key, mem_entry(meta, Some(value)));
                 Ok(())
             }
-            Store::Redis { redis, l1 } => match encode_entry::<V, C>(&meta, Some(value)) {
+            Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, Some(value)) {
                 Ok(bytes) => {
                     // Another replica's L1 may hold the previous value: a set is an invalidation too.
                     let stored = redis.set(&key, &bytes, ttl).await;
@@ -805,7 +861,7 @@ impl Cache {
                 }
                 Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
             }),
-            Store::Redis { redis, l1 } => {
+            Store::Redis { redis, l1, .. } => {
                 // The writer's own L1 first: its next read cannot see what it invalidated.
                 if let Some(c) = l1 {
                     match op {
@@ -906,6 +962,15 @@ pub(crate) enum Op {
     Tag(String),
     /// An escaped namespace.
     Namespace(String),
+}
+
+/// What `lock_or_wait` gave.
+pub(crate) enum Locked<V> {
+    /// Compute the value (holding the lock when `token` is set); `lookup`: a newer read to use
+    /// instead of the caller's (its lease is the current one).
+    Compute { token: Option<String>, lookup: Option<Lookup<V>> },
+    /// The holder's value.
+    Ready(Found<V>, Times),
 }
 
 /// What a lookup found, and what its fill needs.

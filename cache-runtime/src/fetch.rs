@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use crate::backend::Lease;
-use crate::cache::{duration_ms, Cache, Found, Times};
+use crate::cache::{duration_ms, Cache, Found, Locked, Times};
 use crate::codec::Json;
 use crate::flight::Joined;
 use crate::time::now_ms;
@@ -23,6 +23,8 @@ pub struct CallOpts {
     stale_if_error: Option<Duration>,
     /// XFetch's β (`early` = 1.0).
     beta: Option<f64>,
+    /// `lock`: how long the cross-replica lock is held at most (and waited for).
+    lock: Option<Duration>,
 }
 
 impl Default for CallOpts {
@@ -34,7 +36,15 @@ impl Default for CallOpts {
 impl CallOpts {
     /// Nothing set: the cache's default ttl, `None` not stored.
     pub const fn new() -> Self {
-        CallOpts { ttl: None, cache_none: false, none_ttl: None, stale: None, stale_if_error: None, beta: None }
+        CallOpts {
+            ttl: None,
+            cache_none: false,
+            none_ttl: None,
+            stale: None,
+            stale_if_error: None,
+            beta: None,
+            lock: None,
+        }
     }
 
     /// `stale = N`: serve the expired value for N more seconds while one refresh replaces it.
@@ -53,6 +63,16 @@ impl CallOpts {
     pub const fn early(mut self, beta: f64) -> Self {
         self.beta = Some(beta);
         self
+    }
+
+    /// `lock` / `lock = N`: one caller per key across replicas computes a missing value.
+    pub const fn lock(mut self, hold: Duration) -> Self {
+        self.lock = Some(hold);
+        self
+    }
+
+    pub(crate) fn lock_hold(&self) -> Option<Duration> {
+        self.lock
     }
 
     /// How long an entry outlives its freshness (the longer serve-stale window).
@@ -333,9 +353,9 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
             return body.await;
         }
     };
-    let lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, false).await;
+    let mut lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, false).await;
     let mut fallback = None;
-    if let Some((found, times)) = lookup.hit {
+    if let Some((found, times)) = lookup.hit.take() {
         let freshness = opts.freshness(cache, &times, now_ms());
         match (freshness, M::rebuild(found.clone())) {
             (Freshness::Fresh | Freshness::RefreshEarly | Freshness::Stale, Some(current)) => {
@@ -387,14 +407,35 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
             _ => {}
         }
     }
+    let mut lock_token = None;
+    if let Some(hold) = opts.lock {
+        match cache.lock_or_wait::<M::Value, Json>(&key, namespace, tags, hold).await {
+            Locked::Ready(found, _) => {
+                if let Some(out) = M::rebuild(found.clone()) {
+                    cache.record_hit();
+                    leader.finish(Some(found));
+                    return out;
+                }
+            }
+            Locked::Compute { token, lookup: newer } => {
+                lock_token = token;
+                if let Some(newer) = newer {
+                    lookup = newer;
+                }
+            }
+        }
+    }
     cache.record_miss();
     let started = Instant::now();
     let out = body.await;
     let shared = outcome::<M>(&out);
     if let Some(found) = &shared {
         if let Some(lease) = &lookup.lease {
-            store(cache, key, namespace, (lease, lookup.l1_epoch), found, opts, started.elapsed()).await;
+            store(cache, key.clone(), namespace, (lease, lookup.l1_epoch), found, opts, started.elapsed()).await;
         }
+    }
+    if let Some(token) = lock_token {
+        cache.unlock(&key, &token).await;
     }
     leader.finish(shared);
     match fallback {

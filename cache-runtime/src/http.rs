@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use headers::{CacheControl, ETag, HeaderMapExt as _, IfModifiedSince, IfNoneMatch, LastModified};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{Cache, Found, Times};
+use crate::cache::{Cache, Found, Locked, Times};
 use crate::codec::Codec;
 use crate::error::CacheError;
 use crate::fetch::{CallOpts, Freshness, Spawner};
@@ -520,9 +520,9 @@ where
             Joined::Shared(Found::Negative, _) => None,
         }
     };
-    let lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, forced).await;
+    let mut lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, forced).await;
     let mut fallback = None;
-    if let Some((Found::Value(stored), times)) = lookup.hit {
+    if let Some((Found::Value(stored), times)) = lookup.hit.take() {
         let freshness = opts.freshness(cache, &times, now_ms());
         if matches!(freshness, Freshness::Fresh | Freshness::RefreshEarly | Freshness::Stale) {
             let refresh = freshness != Freshness::Fresh && cache.claim_refresh(&key, REFRESH_HOLD).await;
@@ -598,8 +598,32 @@ where
     }
     let x_cache = if forced { "BYPASS" } else { "MISS" };
     let store = !matches!(directive, ClientDirective::NoStore);
+    let mut lock_token = None;
+    if let (Some(hold), false) = (opts.lock_hold(), forced) {
+        match cache.lock_or_wait::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, hold).await {
+            Locked::Ready(Found::Value(stored), times) => {
+                cache.record_hit();
+                if let Some(leader) = leader {
+                    leader.finish(Some(Found::Value(Arc::clone(&stored))));
+                }
+                return respond(&stored, remaining_secs(&times), &request, http, "HIT");
+            }
+            Locked::Ready(Found::Negative, _) => {}
+            Locked::Compute { token, lookup: newer } => {
+                lock_token = token;
+                if let Some(newer) = newer {
+                    lookup = newer;
+                }
+            }
+        }
+    }
     let lease = lookup.lease.filter(|_| store).map(|lease| (lease, lookup.l1_epoch));
-    compute_with(cache, key, namespace, &request, opts, http, body, lease, x_cache, fallback, leader).await
+    let response =
+        compute_with(cache, key.clone(), namespace, &request, opts, http, body, lease, x_cache, fallback, leader).await;
+    if let Some(token) = lock_token {
+        cache.unlock(&key, &token).await;
+    }
+    response
 }
 
 /// Serves a fresh (HIT) or stale (STALE) entry without running the handler.

@@ -41,6 +41,7 @@ mod flight;
 #[cfg(feature = "axum")]
 mod http;
 pub mod key;
+mod lock;
 mod time;
 
 #[cfg(feature = "test-util")]

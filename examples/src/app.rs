@@ -134,10 +134,12 @@ async fn update_user(
 }
 
 /// `GET /posts`: public, for browsers 60 s, shared caches 120 s, CDNs 600 s; tagged `posts`;
-/// for 60 s after expiry the old list is served while one background refresh replaces it.
+/// for 60 s after expiry the old list is served while one background refresh replaces it; a
+/// cold list is computed by one replica while the others wait for it (`lock`).
 #[cached(
     expire = 60,
     stale = 60,
+    lock,
     key = "posts",
     tags = ["posts"],
     public,
