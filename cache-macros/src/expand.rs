@@ -231,18 +231,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
 
     // A refresh can run in the background only if the body owns everything it uses.
     let background = (args.stale.is_some() || args.early.is_some()) && owns_its_parameters(&func);
-    let cache = match &args.cache {
-        Some(expr) if background => quote_spanned! {expr.span()=>
-            let __cr_cache_owned: #krate::__private::Cache =
-                ::core::clone::Clone::clone(#krate::__private::as_cache(&(#expr)));
-            let __cr_cache: &#krate::__private::Cache = &__cr_cache_owned;
-        },
-        Some(expr) => quote_spanned! {expr.span()=>
-            let __cr_cache_ref = &(#expr);
-            let __cr_cache: &#krate::__private::Cache = #krate::__private::as_cache(__cr_cache_ref);
-        },
-        None => quote!(let __cr_cache: &#krate::__private::Cache = #krate::__private::global();),
-    };
+    let cache = cache_binding(args.cache.as_ref(), &krate, background);
     let (body_kw, spawner) = if background {
         (quote!(async move), quote!(#krate::__private::Spawner::background()))
     } else {
@@ -578,13 +567,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
     errors.finish()?;
 
     let handler = is_handler(args.http, &func);
-    let cache = match &args.cache {
-        Some(expr) => quote_spanned! {expr.span()=>
-            let __cr_cache_ref = &(#expr);
-            let __cr_cache: &#krate::__private::Cache = #krate::__private::as_cache(__cr_cache_ref);
-        },
-        None => quote!(let __cr_cache: &#krate::__private::Cache = #krate::__private::global();),
-    };
+    let cache = cache_binding(args.cache.as_ref(), &krate, false);
     let ItemFn { attrs, vis, block, .. } = &func;
     let (outer, inner): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer));
     let stmts = &block.stmts;
@@ -644,6 +627,23 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
             #result
         }
     })
+}
+
+/// Binds `__cr_cache: &Cache`: the `cache = …` expression, or the global cache. `owned`: clone
+/// it, so a body that moves its parameters (a background refresh) can still be built.
+fn cache_binding(cache: Option<&syn::Expr>, krate: &TokenStream, owned: bool) -> TokenStream {
+    match cache {
+        Some(expr) if owned => quote_spanned! {expr.span()=>
+            let __cr_cache_owned: #krate::__private::Cache =
+                ::core::clone::Clone::clone(#krate::__private::as_cache(&(#expr)));
+            let __cr_cache: &#krate::__private::Cache = &__cr_cache_owned;
+        },
+        Some(expr) => quote_spanned! {expr.span()=>
+            let __cr_cache_ref = &(#expr);
+            let __cr_cache: &#krate::__private::Cache = #krate::__private::as_cache(__cr_cache_ref);
+        },
+        None => quote!(let __cr_cache: &#krate::__private::Cache = #krate::__private::global();),
+    }
 }
 
 /// When the return type is replaced by `Response`, naming the bounds of its `impl Trait`s

@@ -580,12 +580,13 @@ impl Cache {
     /// read path tries this first.
     #[inline]
     pub(crate) fn local_hit<V: Stored>(&self, key: &str) -> Option<(Found<V>, Times)> {
+        let now = now_ms();
         let hit = match &self.inner.store {
-            Store::Memory(mem) => memory_hit(mem, key, Some(0)),
-            Store::Redis { l1: Some(c), .. } if c.live() => memory_hit(&c.l1, key, None),
+            Store::Memory(mem) => memory_hit(mem, key, Some(0), now),
+            Store::Redis { l1: Some(c), .. } if c.live() => memory_hit(&c.l1, key, None, now),
             Store::Redis { .. } => None,
         }?;
-        (hit.1.fresh_until_ms > now_ms()).then_some(hit)
+        (hit.1.fresh_until_ms > now).then_some(hit)
     }
 
     /// Reads `key`. A hit is a fresh entry of type `V` whose tags are all current; anything
@@ -603,7 +604,7 @@ impl Cache {
     ) -> Lookup<V> {
         match &self.inner.store {
             Store::Memory(mem) => {
-                if let Some(hit) = memory_hit::<V>(mem, key, Some(0)).filter(|_| !refresh) {
+                if let Some(hit) = memory_hit::<V>(mem, key, Some(0), now_ms()).filter(|_| !refresh) {
                     return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                 }
                 Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
@@ -615,7 +616,7 @@ impl Cache {
                     if c.live() {
                         // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
                         let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
-                        if let Some(hit) = memory_hit::<V>(&c.l1, key, None).filter(fresh) {
+                        if let Some(hit) = memory_hit::<V>(&c.l1, key, None, now_ms()).filter(fresh) {
                             return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                         }
                         l1_epoch = Some(c.epoch());
@@ -984,9 +985,15 @@ pub(crate) struct Lookup<V> {
 /// A current, typed entry from process memory, fresh or inside its serve-stale window. `missing`: what a tag this process has
 /// no version for counts as (see `MemoryStore::tags_current`).
 #[inline]
-fn memory_hit<V: Stored>(store: &MemoryStore, key: &str, missing: Option<u64>) -> Option<(Found<V>, Times)> {
+/// `until`: the entry must last past this instant (ms); `now` for fresh-or-stale reads.
+fn memory_hit<V: Stored>(
+    store: &MemoryStore,
+    key: &str,
+    missing: Option<u64>,
+    until: u64,
+) -> Option<(Found<V>, Times)> {
     let entry = store.get(key)?;
-    if entry.meta.stale_until_ms <= now_ms() || !store.tags_current(&entry, missing) {
+    if entry.meta.stale_until_ms <= until || !store.tags_current(&entry, missing) {
         return None;
     }
     let times = Times::of(&entry.meta);

@@ -77,19 +77,7 @@ impl CallOpts {
 
     /// How long an entry outlives its freshness (the longer serve-stale window).
     pub(crate) fn keep(&self) -> Duration {
-        let stale = match self.stale {
-            Some(d) => d,
-            None => Duration::ZERO,
-        };
-        let if_error = match self.stale_if_error {
-            Some(d) => d,
-            None => Duration::ZERO,
-        };
-        if stale > if_error {
-            stale
-        } else {
-            if_error
-        }
+        self.stale.unwrap_or_default().max(self.stale_if_error.unwrap_or_default())
     }
 
     /// `expire = …`.
