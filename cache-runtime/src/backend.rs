@@ -261,6 +261,7 @@ return redis.call('MGET', unpack(KEYS))
 /// Redis through a `ConnectionManager` (one multiplexed connection that reconnects by
 /// itself), every command bounded by the command timeout.
 pub(crate) struct RedisStore {
+    breaker: Breaker,
     /// Replaced by a fresh manager when the current one keeps failing: a manager whose
     /// reconnection ended in an error that is not an I/O error never tries again by itself.
     conn: arc_swap::ArcSwap<ConnectionManager>,
@@ -308,6 +309,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(RedisStore {
+            breaker: Breaker::default(),
             conn: arc_swap::ArcSwap::from_pointee(conn),
             last_rebuild_ms: std::sync::atomic::AtomicU64::new(now_ms()),
             client,
@@ -328,15 +330,31 @@ impl RedisStore {
     }
 
     async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, CacheError> {
+        if !self.breaker.allow() {
+            return Err(CacheError::Unavailable);
+        }
         let result = match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(value)) => return Ok(value),
+            Ok(Ok(value)) => {
+                self.breaker.success();
+                return Ok(value);
+            }
             Ok(Err(err)) if err.is_timeout() => Err(CacheError::Timeout),
-            Ok(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => return Err(CacheError::Redis(err)),
+            // Redis answered: the connection is fine.
+            Ok(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => {
+                self.breaker.success();
+                return Err(CacheError::Redis(err));
+            }
             Ok(Err(err)) => Err(CacheError::Redis(err)),
             Err(_) => Err(CacheError::Timeout),
         };
+        self.breaker.failure();
         self.maybe_rebuild();
         result
+    }
+
+    /// How many times the circuit breaker has opened.
+    pub(crate) fn breaker_openings(&self) -> u64 {
+        self.breaker.openings.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// After a connection-level failure, at most once a second, start over with a new
@@ -506,6 +524,63 @@ impl RedisStore {
                 return Ok(removed);
             }
             cursor = next;
+        }
+    }
+}
+
+/// Consecutive connection-level failures that open the breaker.
+const BREAKER_THRESHOLD: u32 = 5;
+/// How long an open breaker skips Redis before letting one probe through.
+const BREAKER_COOLDOWN_MS: u64 = 1000;
+
+/// A circuit breaker: after repeated failures, Redis commands fail at once (no timeout paid)
+/// for a cooldown; then one probe goes through, and its success closes the breaker.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: std::sync::atomic::AtomicU32,
+    /// 0 = closed; else ms since the epoch until which it is open.
+    open_until_ms: std::sync::atomic::AtomicU64,
+    probing: std::sync::atomic::AtomicBool,
+    openings: std::sync::atomic::AtomicU64,
+}
+
+impl Breaker {
+    fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if now_ms() < until {
+            return false;
+        }
+        // Half-open: one probe at a time.
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    fn success(&self) {
+        use std::sync::atomic::Ordering;
+        self.failures.store(0, Ordering::Relaxed);
+        if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!(target: "cache_runtime", "redis answers again; circuit breaker closed");
+        }
+        self.probing.store(false, Ordering::Release);
+    }
+
+    fn failure(&self) {
+        use std::sync::atomic::Ordering;
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let probe_failed = self.probing.swap(false, Ordering::AcqRel);
+        if failures >= BREAKER_THRESHOLD || probe_failed {
+            let was = self.open_until_ms.swap(now_ms() + BREAKER_COOLDOWN_MS, Ordering::AcqRel);
+            if was == 0 {
+                self.openings.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "cache_runtime",
+                    failures,
+                    "redis keeps failing; circuit breaker open: requests skip the cache for {BREAKER_COOLDOWN_MS} ms at a time"
+                );
+            }
         }
     }
 }

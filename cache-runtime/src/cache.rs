@@ -52,6 +52,7 @@ struct Inner {
     /// Keys being refreshed by this process (stale-while-revalidate, early refresh).
     refreshing: moka::sync::Cache<String, ()>,
     rng: AtomicU64,
+    last_error_log_ms: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -100,6 +101,9 @@ pub struct Stats {
     pub dropped_fills: u64,
     /// Keys, tags or namespaces invalidated.
     pub invalidations: u64,
+    /// Times the Redis circuit breaker opened (after repeated failures, requests skip Redis
+    /// for a second at a time instead of paying the timeout).
+    pub circuit_openings: u64,
 }
 
 /// Builds a [`Cache`]. In-memory unless [`redis`](CacheBuilder::redis) is called.
@@ -256,6 +260,7 @@ impl CacheBuilder {
                 has_pending: std::sync::atomic::AtomicBool::new(false),
                 flights: Flights::default(),
                 refreshing: moka::sync::Cache::builder().time_to_live(Duration::from_secs(30)).build(),
+                last_error_log_ms: AtomicU64::new(0),
                 rng: AtomicU64::new(self.random_seed.unwrap_or_else(|| {
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -356,6 +361,10 @@ impl Cache {
             stores: c.stores.load(Ordering::Relaxed),
             dropped_fills: c.dropped_fills.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
+            circuit_openings: match &self.inner.store {
+                Store::Redis { redis, .. } => redis.breaker_openings(),
+                Store::Memory(_) => 0,
+            },
         }
     }
 
@@ -472,10 +481,22 @@ impl Cache {
         self.inner.stats.misses.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a failed store operation and logs it, at most once a second (an outage must not
+    /// flood the logs): the log line says how many failures it stands for.
     fn count_result<T>(&self, result: &Result<T, CacheError>, op: &'static str) {
         if let Err(err) = result {
-            self.inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target: "cache_runtime", op, error = %err, "cache store failed; continuing without it");
+            let errors = self.inner.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = now_ms();
+            let last = self.inner.last_error_log_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && self
+                    .inner
+                    .last_error_log_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(target: "cache_runtime", op, error = %err, errors_so_far = errors, "cache store failed; continuing without it");
+            }
         }
     }
 

@@ -23,6 +23,8 @@ pub enum CacheError {
     Timeout,
     /// The value could not be serialized.
     Encode(serde_json::Error),
+    /// Redis failed repeatedly: the circuit breaker is open and the command was not sent.
+    Unavailable,
 }
 
 impl fmt::Display for CacheError {
@@ -32,6 +34,7 @@ impl fmt::Display for CacheError {
             CacheError::Redis(err) => write!(f, "redis error: {err}"),
             CacheError::Timeout => f.write_str("redis did not answer within the command timeout"),
             CacheError::Encode(err) => write!(f, "could not encode the value: {err}"),
+            CacheError::Unavailable => f.write_str("redis is failing; the circuit breaker is open"),
         }
     }
 }
@@ -41,7 +44,7 @@ impl std::error::Error for CacheError {
         match self {
             CacheError::Redis(err) => Some(err),
             CacheError::Encode(err) => Some(err),
-            CacheError::Config(_) | CacheError::Timeout => None,
+            CacheError::Config(_) | CacheError::Timeout | CacheError::Unavailable => None,
         }
     }
 }

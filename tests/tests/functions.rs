@@ -299,3 +299,40 @@ async fn the_global_cache_works_without_configuration() {
     assert_eq!(after.hits - before.hits, 1);
     assert!(!cache_runtime::global().is_redis());
 }
+
+#[tokio::test]
+async fn a_stalled_redis_opens_the_circuit_breaker_and_it_closes_by_itself() {
+    let b = Backend::redis_without_l1();
+    let calls = Calls::default();
+    get_user(&b.cache, &calls, 1).await.unwrap();
+    let server = b.redis.as_ref().unwrap();
+    server.signal("STOP").unwrap();
+    // The first calls pay the 200 ms command timeout ...
+    for _ in 0..5 {
+        get_user(&b.cache, &calls, 1).await.unwrap();
+    }
+    assert_eq!(b.cache.stats().circuit_openings, 1, "repeated timeouts open the breaker");
+    // ... then the breaker is open: calls skip Redis instead of waiting for it.
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get_user(&b.cache, &calls, 1).await.unwrap().id, 1);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "20 calls with the breaker open took {:?}",
+        started.elapsed()
+    );
+    server.signal("CONT").unwrap();
+    // It closes by itself once Redis answers: caching resumes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        get_user(&b.cache, &calls, 3).await.unwrap();
+        let before = calls.get();
+        get_user(&b.cache, &calls, 3).await.unwrap();
+        if calls.get() == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caching did not resume within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
