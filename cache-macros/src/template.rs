@@ -112,3 +112,32 @@ mod tests {
         assert!(parse("").is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any text is either a template or a clear error: never a panic.
+        #[test]
+        fn parsing_never_panics(text in "\\PC{0,64}") {
+            let _ = parse(&text);
+        }
+
+        /// Templates built from valid pieces parse back to those pieces.
+        #[test]
+        fn valid_templates_round_trip(
+            parts in proptest::collection::vec(("[a-z:_./-]{1,8}", "[a-z_][a-z0-9_]{0,6}"), 1..5),
+        ) {
+            let text: String = parts.iter().map(|(lit, name)| format!("{lit}<{name}>")).collect();
+            let segments = parse(&text).unwrap();
+            prop_assert_eq!(segments.len(), parts.len() * 2);
+            for (i, (lit, name)) in parts.iter().enumerate() {
+                prop_assert_eq!(&segments[2 * i], &Segment::Lit(lit.clone()));
+                prop_assert_eq!(&segments[2 * i + 1], &Segment::Placeholder { root: name.clone(), fields: vec![] });
+            }
+        }
+    }
+}

@@ -212,3 +212,41 @@ mod tests {
         assert_eq!(fingerprint::<Vec<String>>(), fingerprint::<Vec<String>>());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Arbitrary bytes under one of our keys decode or are rejected: never a panic.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+        }
+
+        /// A valid envelope with corrupted bytes never panics either.
+        #[test]
+        fn corrupted_envelopes_never_panic(flip in 0usize..64, byte in any::<u8>(), cut in 0usize..80) {
+            let meta = Meta {
+                fingerprint: 1, stored_at_ms: 2, fresh_until_ms: 3, stale_until_ms: 4, recompute_ms: 5,
+                etag: Some("\"e\"".into()), tags: vec![("t".into(), 9)],
+            };
+            let mut bytes = encode(&meta, false, b"{\"a\":1}").unwrap();
+            let i = flip % bytes.len();
+            bytes[i] = byte;
+            bytes.truncate(cut.min(bytes.len()));
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn envelopes_round_trip(tags in proptest::collection::vec(("[a-z:0-9]{1,20}", any::<u64>()), 0..5), payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let meta = Meta { fingerprint: 7, stored_at_ms: 1, fresh_until_ms: 2, stale_until_ms: 3, recompute_ms: 4, etag: None, tags };
+            let bytes = encode(&meta, false, &payload).unwrap();
+            let decoded = decode(&bytes).unwrap();
+            prop_assert_eq!(decoded.meta, meta);
+            prop_assert_eq!(decoded.payload, &payload[..]);
+        }
+    }
+}

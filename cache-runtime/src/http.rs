@@ -727,3 +727,59 @@ async fn compute_with<R: IntoResponse>(
     }
     respond(&stored, ttl.as_secs(), request, http, x_cache)
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn stored() -> StoredResponse {
+        StoredResponse {
+            status: StatusCode::OK,
+            headers: vec![(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body: Bytes::from_static(b"{}"),
+            etag: "\"abc\"".parse().unwrap(),
+            etag_text: "\"abc\"".into(),
+            last_modified_ms: 1_700_000_000_000,
+        }
+    }
+
+    proptest! {
+        /// Any bytes in If-None-Match / If-Modified-Since are evaluated or ignored: never a panic.
+        #[test]
+        fn conditional_headers_never_panic(inm in proptest::collection::vec(any::<u8>(), 0..64), ims in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&inm) {
+                headers.insert(header::IF_NONE_MATCH, v);
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&ims) {
+                headers.insert(header::IF_MODIFIED_SINCE, v);
+            }
+            let _ = not_modified(&headers, &stored());
+        }
+
+        /// Stored responses read back from arbitrary bytes decode or are rejected: never a panic.
+        #[test]
+        fn response_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn stored_responses_round_trip() {
+        let original = Arc::new(stored());
+        let bytes = <ResponseCodec as Codec<Arc<StoredResponse>>>::encode(&original).unwrap();
+        let back = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes).unwrap();
+        assert_eq!(
+            (back.status, &back.body, &back.etag_text, back.last_modified_ms),
+            (original.status, &original.body, &original.etag_text, original.last_modified_ms)
+        );
+        for cut in 0..bytes.len() {
+            assert!(
+                <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes[..cut]).is_err(),
+                "a truncated entry is rejected ({cut})"
+            );
+        }
+    }
+}

@@ -243,3 +243,54 @@ mod tests {
         assert_eq!(k.finish(), "p:{_:user:1%20%7Bx%7D}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn hostile() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("([*{}:% \\n\\t\\r\\\\?\\[\\]\"]|\\PC){0,40}").unwrap()
+    }
+
+    proptest! {
+        /// Two different argument lists never share a key, whatever their values.
+        #[test]
+        fn distinct_values_give_distinct_keys(a in proptest::collection::vec(hostile(), 1..4), b in proptest::collection::vec(hostile(), 1..4)) {
+            let render = |values: &[String]| {
+                let mut k = KeyWriter::new("p", "ns", 0);
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        k.lit(":");
+                    }
+                    k.display(v);
+                }
+                k.finish()
+            };
+            let arg_key = |values: &[String]| {
+                let mut k = KeyWriter::new("p", "ns", 0);
+                for v in values {
+                    k.arg(v);
+                }
+                k.finish()
+            };
+            if a != b {
+                prop_assert_ne!(arg_key(&a), arg_key(&b));
+                if a.len() == b.len() {
+                    prop_assert_ne!(render(&a), render(&b));
+                }
+            }
+        }
+
+        /// Escaped values never contain what breaks the layout or the protocol.
+        #[test]
+        fn escaped_values_are_safe(v in hostile()) {
+            let mut out = String::new();
+            escape_into(&mut out, &v);
+            const UNSAFE: [char; 12] = [':', '{', '}', '*', '?', '[', ']', ' ', '\n', '\r', '\\', '"'];
+            let safe = !out.contains(UNSAFE);
+            prop_assert!(safe, "escaped {:?} as {:?}", v, out);
+        }
+    }
+}

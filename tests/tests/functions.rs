@@ -336,3 +336,33 @@ async fn a_stalled_redis_opens_the_circuit_breaker_and_it_closes_by_itself() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[cached(expire = 600, key = "big:<id>", tags = ["big"], cache = cache, skip = [cache, calls])]
+async fn big_value(cache: &Cache, calls: &Calls, id: u32) -> String {
+    calls.hit();
+    format!("{id}:{}", "x".repeat(4000))
+}
+
+#[tokio::test]
+async fn a_full_redis_means_misses_never_errors() {
+    for policy in ["allkeys-lru", "noeviction"] {
+        let server =
+            cache_runtime::test_util::RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", policy])
+                .unwrap();
+        let cache = Cache::builder().redis(server.url()).l1(false).build().unwrap();
+        let calls = Calls::default();
+        for round in 0..2 {
+            for id in 0..1500 {
+                let v = big_value(&cache, &calls, id).await;
+                assert!(v.starts_with(&format!("{id}:")), "{policy}: round {round}, id {id}");
+            }
+        }
+        // Evicted (or never stored) entries were recomputed, and some entries were served.
+        let stats = cache.stats();
+        assert!(calls.get() > 1500, "{policy}: Redis could not keep everything ({} runs)", calls.get());
+        assert_eq!(stats.hits + stats.misses, 3000, "{policy}");
+        if policy == "noeviction" {
+            assert!(stats.errors > 0, "{policy}: refused writes are counted");
+        }
+    }
+}
