@@ -47,6 +47,8 @@ struct Inner {
     /// Invalidations that failed, retried before the next Redis read.
     pending: std::sync::Mutex<Vec<Op>>,
     has_pending: std::sync::atomic::AtomicBool,
+    /// A task is retrying the queued invalidations.
+    retrying: std::sync::atomic::AtomicBool,
     /// Misses being computed in this process (single-flight).
     flights: Flights,
     /// Keys being refreshed by this process (stale-while-revalidate, early refresh).
@@ -258,6 +260,7 @@ impl CacheBuilder {
                 stats: Counters::default(),
                 pending: std::sync::Mutex::new(Vec::new()),
                 has_pending: std::sync::atomic::AtomicBool::new(false),
+                retrying: std::sync::atomic::AtomicBool::new(false),
                 flights: Flights::default(),
                 refreshing: moka::sync::Cache::builder().time_to_live(Duration::from_secs(30)).build(),
                 last_error_log_ms: AtomicU64::new(0),
@@ -864,9 +867,37 @@ impl Cache {
             Err(err) => {
                 lock(&self.inner.pending).push(op);
                 self.inner.has_pending.store(true, Ordering::Release);
+                self.retry_in_background();
                 Err(err)
             }
         }
+    }
+
+    /// Keeps retrying queued invalidations until they are applied, so that other replicas
+    /// (which read Redis, not this queue) stop seeing what they invalidate as soon as Redis
+    /// answers, even if this replica reads nothing meanwhile.
+    fn retry_in_background(&self) {
+        if self.inner.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.inner.retrying.store(false, Ordering::Release);
+            return;
+        };
+        let cache = self.clone();
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if cache.flush_pending().await {
+                    break;
+                }
+            }
+            cache.inner.retrying.store(false, Ordering::Release);
+            // An invalidation queued between the last flush and the flag reset.
+            if cache.inner.has_pending.load(Ordering::Acquire) {
+                cache.retry_in_background();
+            }
+        });
     }
 
     async fn try_apply(&self, op: &Op) -> Result<u64, CacheError> {

@@ -192,3 +192,23 @@ async fn an_invalidation_that_cannot_reach_redis_is_applied_before_the_next_read
     assert_eq!(read_row(&b.cache, &db, None, 1).await, 2);
     assert_eq!(b.cache.stats().invalidations, 1);
 }
+
+#[tokio::test]
+async fn a_queued_invalidation_reaches_other_replicas_once_redis_answers() {
+    let a = Backend::redis_without_l1();
+    let b = Cache::builder().redis(a.redis.as_ref().unwrap().url()).prefix("t").l1(false).build().unwrap();
+    let db = Db::default();
+    db.row.store(1, Ordering::SeqCst);
+    assert_eq!(read_row(&b, &db, None, 1).await, 1);
+    let server = a.redis.as_ref().unwrap();
+    server.signal("STOP").unwrap();
+    write_row(&a.cache, &db, 1, 2).await.unwrap(); // its invalidation is queued on a
+    server.signal("CONT").unwrap();
+    // a reads nothing; its background retry applies the invalidation all the same.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while read_row(&b, &db, None, 1).await != 2 {
+        assert!(std::time::Instant::now() < deadline, "b still serves the old row 3 s after Redis came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.cache.stats().invalidations, 1);
+}
