@@ -227,19 +227,21 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
     format!("{prefix}:t:{{{tag}}}")
 }
 
-pub(crate) fn namespace_key(prefix: &str, namespace: &str) -> String {
-    format!("{prefix}:n:{{{namespace}}}")
+/// In Redis, a namespace is an implicit tag of every entry in it: its version is recorded in the
+/// entry and checked on read, like a tag's. `%%` can start no rendered tag (a template's text
+/// has no `%`, an escaped value has `%` followed by hex digits), so this never meets a user tag.
+pub(crate) fn namespace_tag(namespace: &str) -> String {
+    format!("%%ns:{namespace}")
 }
 
-/// `KEYS`: entry, generation, namespace version, tag versions. `ARGV`: the values the read saw
-/// for `KEYS[2..]` (`''` = absent), then the envelope, then the ttl in ms.
+/// `KEYS`: entry, generation (one hash slot). `ARGV`: the generation the read saw (`''` =
+/// absent), the envelope, the ttl in ms. Tags and namespaces are not checked here but on read
+/// (the entry records their versions), so the script never crosses a Redis Cluster slot.
 const FILL: &str = r"
-for i = 2, #KEYS do
-  local v = redis.call('GET', KEYS[i])
-  if not v then v = '' end
-  if v ~= ARGV[i - 1] then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[#KEYS], 'PX', ARGV[#KEYS + 1])
+local g = redis.call('GET', KEYS[2])
+if not g then g = '' end
+if g ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
@@ -248,14 +250,6 @@ const INVALIDATE_KEY: &str = r"
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], 86400000)
 return redis.call('UNLINK', KEYS[1])
-";
-
-/// `KEYS`: tag versions; `ARGV[i]`: a random initial value for `KEYS[i]`. Gives every absent
-/// version a random start (a version key lost to eviction must not come back as a value some
-/// old entry recorded), and returns them all.
-const INIT_VERSIONS: &str = r"
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'NX') end
-return redis.call('MGET', unpack(KEYS))
 ";
 
 /// Redis through a `ConnectionManager` (one multiplexed connection that reconnects by
@@ -272,7 +266,6 @@ pub(crate) struct RedisStore {
     timeout: Duration,
     fill: Arc<redis::Script>,
     invalidate_key: Arc<redis::Script>,
-    init_versions: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -317,7 +310,6 @@ impl RedisStore {
             timeout,
             fill: Arc::new(redis::Script::new(FILL)),
             invalidate_key: Arc::new(redis::Script::new(INVALIDATE_KEY)),
-            init_versions: Arc::new(redis::Script::new(INIT_VERSIONS)),
         })
     }
 
@@ -380,25 +372,20 @@ impl RedisStore {
         self.bounded(cmd.query_async::<T>(&mut conn)).await
     }
 
-    /// One round trip: the entry, its generation, its namespace's and tags' versions.
-    pub(crate) async fn read(
-        &self,
-        key: &str,
-        prefix: &str,
-        namespace: &str,
-        tags: &[String],
-    ) -> Result<RedisRead, CacheError> {
+    /// One round trip (`MGET`; a cluster client splits it by slot): the entry, its generation,
+    /// and the versions of its tags, the namespace's implicit tag first.
+    pub(crate) async fn read(&self, key: &str, prefix: &str, tags: &[String]) -> Result<RedisRead, CacheError> {
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(key).arg(generation_key(key)).arg(namespace_key(prefix, namespace));
+        cmd.arg(key).arg(generation_key(key));
         for tag in tags {
             cmd.arg(tag_key(prefix, tag));
         }
         let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
-        let tag_values = values.split_off(3.min(values.len()));
+        let tag_values = values.split_off(2.min(values.len()));
         let mut missing_tags = Vec::new();
         let lease = Lease {
             generation: parse_version(values.get(1).and_then(Option::as_ref)),
-            namespace_version: parse_version(values.get(2).and_then(Option::as_ref)),
+            namespace_version: None,
             tags: tags
                 .iter()
                 .zip(tag_values.iter().map(|v| parse_version(v.as_ref())))
@@ -427,15 +414,19 @@ impl RedisStore {
         Ok(values.iter().map(|v| parse_version(v.as_ref())).collect())
     }
 
-    /// Gives the absent tag versions a random start; fills in `lease`.
+    /// Gives every absent tag version a random start (a version key lost to eviction must not
+    /// come back as a value some old entry recorded), and fills in `lease`. One pipeline of
+    /// single-key commands: no script spans slots.
     pub(crate) async fn init_tags(&self, prefix: &str, lease: &mut Lease, missing: &[usize]) -> Result<(), CacheError> {
-        let mut invocation = self.init_versions.prepare_invoke();
+        let mut pipe = redis::pipe();
         for &i in missing {
-            invocation.key(tag_key(prefix, &lease.tags[i].0));
-            invocation.arg(random_start());
+            pipe.cmd("SET").arg(tag_key(prefix, &lease.tags[i].0)).arg(random_start()).arg("NX").ignore();
+        }
+        for &i in missing {
+            pipe.cmd("GET").arg(tag_key(prefix, &lease.tags[i].0));
         }
         let mut conn = self.conn();
-        let values: Vec<Option<Vec<u8>>> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        let values: Vec<Option<Vec<u8>>> = self.bounded(pipe.query_async(&mut conn)).await?;
         for (&i, v) in missing.iter().zip(&values) {
             lease.tags[i].1 =
                 parse_version(v.as_ref()).ok_or(CacheError::Config("tag version is not a number".into()))?;
@@ -443,23 +434,12 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Stores `bytes` if nothing the lease depends on changed; `Ok(false)` when it did.
-    pub(crate) async fn fill(
-        &self,
-        key: &str,
-        prefix: &str,
-        namespace: &str,
-        lease: &Lease,
-        bytes: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, CacheError> {
+    /// Stores `bytes` if the key was not invalidated since the lease was taken; `Ok(false)` when
+    /// it was. (A tag or namespace invalidated meanwhile makes the stored entry a miss on read.)
+    pub(crate) async fn fill(&self, key: &str, lease: &Lease, bytes: &[u8], ttl: Duration) -> Result<bool, CacheError> {
         let mut invocation = self.fill.prepare_invoke();
-        invocation.key(key).key(generation_key(key)).key(namespace_key(prefix, namespace));
-        invocation.arg(seen(lease.generation)).arg(seen(lease.namespace_version));
-        for (tag, version) in &lease.tags {
-            invocation.key(tag_key(prefix, tag));
-            invocation.arg(version.to_string());
-        }
+        invocation.key(key).key(generation_key(key));
+        invocation.arg(seen(lease.generation));
         invocation.arg(bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
         let mut conn = self.conn();
         let stored: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;

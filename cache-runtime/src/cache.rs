@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{namespace_key, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
+use crate::backend::{namespace_tag, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
 use crate::codec::{Codec, Json, Stored};
 use crate::coherence::{Coherence, Message};
 use crate::envelope::{self, Meta};
@@ -649,7 +649,11 @@ impl Cache {
                 if !self.flush_pending().await {
                     return Lookup { hit: None, lease: None, l1_epoch: None };
                 }
-                let result = redis.read(key, &self.inner.prefix, namespace, tags).await;
+                // The namespace is the entry's first, implicit, tag.
+                let mut all_tags = Vec::with_capacity(tags.len() + 1);
+                all_tags.push(namespace_tag(namespace));
+                all_tags.extend_from_slice(tags);
+                let result = redis.read(key, &self.inner.prefix, &all_tags).await;
                 self.count_result(&result, "get");
                 let Ok(mut read) = result else { return Lookup { hit: None, lease: None, l1_epoch: None } };
                 if let (Some(c), Some(_)) = (l1, l1_epoch) {
@@ -786,7 +790,7 @@ impl Cache {
             Store::Memory(mem) => Ok(mem.fill(key, namespace, lease, mem_entry(meta, value))),
             Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, value) {
                 Ok(bytes) => {
-                    let stored = redis.fill(&key, &self.inner.prefix, namespace, lease, &bytes, ttl + keep).await;
+                    let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
                         self.l1_insert(c, epoch, key, meta, value);
                     }
@@ -933,7 +937,7 @@ impl Cache {
                         (Message::Tag { tag: tag.clone(), version }, 0)
                     }
                     Op::Namespace(ns) => {
-                        redis.bump(&namespace_key(prefix, ns)).await?;
+                        redis.bump(&tag_key(prefix, &namespace_tag(ns))).await?;
                         let removed = redis.del_matching(&key::namespace_pattern(prefix, ns)).await?;
                         (Message::Namespace(ns.clone()), removed)
                     }

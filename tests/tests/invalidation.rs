@@ -56,8 +56,10 @@ async fn write_all_rows(cache: &Cache, db: &Db, value: u64) -> Option<()> {
 }
 
 /// The race memcache leases solve: a read misses and reads the old row; a write lands and
-/// invalidates; then the read tries to store the old row. The store must be dropped.
-async fn late_fill_is_dropped(b: &Backend, invalidate: impl AsyncFnOnce(&Cache, &Db)) {
+/// invalidates; then the read tries to store the old row. The old row must never be served:
+/// after a key invalidation the store is dropped; after a tag or namespace invalidation it is
+/// dropped in memory, and on Redis stored with the old tag version, so it reads as a miss.
+async fn late_fill_is_dropped(b: &Backend, must_drop: bool, invalidate: impl AsyncFnOnce(&Cache, &Db)) {
     let db = Arc::new(Db::default());
     db.row.store(1, Ordering::SeqCst);
     let gate = Gate::new();
@@ -69,7 +71,9 @@ async fn late_fill_is_dropped(b: &Backend, invalidate: impl AsyncFnOnce(&Cache, 
     invalidate(&b.cache, &db).await; // the write and its invalidation complete
     gate.release.wait().await; // now the reader tries to store the old row
     assert_eq!(reader.await.unwrap(), 1, "{}: the reader returns what it read", b.name);
-    assert_eq!(b.cache.stats().dropped_fills, 1, "{}: its store was dropped", b.name);
+    if must_drop || !b.cache.is_redis() {
+        assert_eq!(b.cache.stats().dropped_fills, 1, "{}: its store was dropped", b.name);
+    }
     assert_eq!(read_row(&b.cache, &db, None, 7).await, 2, "{}: the next read sees the write", b.name);
     assert_eq!(read_row(&b.cache, &db, None, 7).await, 2, "{}", b.name);
     assert_eq!(db.reads.get(), 2, "{}: and caches it", b.name);
@@ -78,21 +82,21 @@ async fn late_fill_is_dropped(b: &Backend, invalidate: impl AsyncFnOnce(&Cache, 
 #[tokio::test]
 async fn a_fill_that_raced_a_key_invalidation_is_dropped() {
     for b in Backend::all() {
-        late_fill_is_dropped(&b, async |cache, db| write_row(cache, db, 7, 2).await.unwrap()).await;
+        late_fill_is_dropped(&b, true, async |cache, db| write_row(cache, db, 7, 2).await.unwrap()).await;
     }
 }
 
 #[tokio::test]
 async fn a_fill_that_raced_a_tag_invalidation_is_dropped() {
     for b in Backend::all() {
-        late_fill_is_dropped(&b, async |cache, db| write_all_rows(cache, db, 2).await.unwrap()).await;
+        late_fill_is_dropped(&b, false, async |cache, db| write_all_rows(cache, db, 2).await.unwrap()).await;
     }
 }
 
 #[tokio::test]
 async fn a_fill_that_raced_a_namespace_clear_is_dropped() {
     for b in Backend::all() {
-        late_fill_is_dropped(&b, async |cache, db| {
+        late_fill_is_dropped(&b, false, async |cache, db| {
             db.row.store(2, Ordering::SeqCst);
             cache.clear_namespace(cache_runtime::DEFAULT_NAMESPACE).await.unwrap();
         })
