@@ -190,6 +190,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     };
     if handler {
         check_handler_options(&args, &mut errors);
+        check_handler_params(&func, &args, &mut errors);
     } else {
         if let Some((name, span)) = &args.first_http_option {
             errors.push(syn::Error::new(
@@ -379,6 +380,60 @@ fn owns_its_parameters(func: &ItemFn) -> bool {
             !b.0
         }
     })
+}
+
+/// Extractors that never change which response a request gets.
+const NEUTRAL_EXTRACTORS: &[&str] = &["State", "Extension"];
+/// Extractors read from the request's path and query: part of the default key.
+const URI_EXTRACTORS: &[&str] = &["Path", "Query", "RawQuery", "Uri", "OriginalUri", "MatchedPath"];
+
+/// Every extractor that can change the response must be part of the key (a placeholder; for
+/// the default key, the URI), be covered by `vary`, or be listed in `skip`: otherwise two
+/// requests that should get different responses (another page, another user) would share one.
+fn check_handler_params(func: &ItemFn, args: &CachedArgs, errors: &mut Errors) {
+    let roots: Vec<&str> = args
+        .key
+        .iter()
+        .flat_map(|k| k.value.iter())
+        .filter_map(|segment| match segment {
+            Segment::Placeholder { root, .. } => Some(root.as_str()),
+            Segment::Lit(_) => None,
+        })
+        .collect();
+    for input in &func.sig.inputs {
+        let FnArg::Typed(param) = input else { continue };
+        let kind = match strip(&param.ty) {
+            Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        if NEUTRAL_EXTRACTORS.contains(&kind.as_str())
+            || (args.key.is_none() && URI_EXTRACTORS.contains(&kind.as_str()))
+        {
+            continue;
+        }
+        // Header-derived extractors (an auth user, say) may be covered by `vary`.
+        if args.vary.is_some() && !URI_EXTRACTORS.contains(&kind.as_str()) {
+            continue;
+        }
+        let mut names = Vec::new();
+        bound_names(&param.pat, &mut names);
+        if names.is_empty() || names.iter().any(|n| roots.contains(&n.to_string().as_str()) || args.skip.contains(n)) {
+            continue;
+        }
+        let name = &names[0];
+        let fix = if args.key.is_some() {
+            format!("add `<{name}…>` to `key`")
+        } else {
+            format!("give a `key` with `<{name}…>`, or add `vary` for the request headers it reads")
+        };
+        errors.push(syn::Error::new(
+            param.pat.span(),
+            format!(
+                "`{name}` may change the response but is not part of the cache key, so requests that differ in it \
+                 would share one entry: {fix}, or list it in `skip = [{name}]` if it never changes the response"
+            ),
+        ));
+    }
 }
 
 fn check_handler_options(args: &CachedArgs, errors: &mut Errors) {
