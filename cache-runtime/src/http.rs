@@ -70,6 +70,16 @@ impl<S: Send + Sync> FromRequestParts<S> for HttpRequest {
 }
 
 impl HttpRequest {
+    /// What a cached response depends on, taken from a whole request (for `CacheLayer`).
+    pub(crate) fn of<B>(request: &axum::http::Request<B>) -> Self {
+        let uri = request.uri();
+        HttpRequest {
+            method: request.method().clone(),
+            path_and_query: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+            headers: request.headers().clone(),
+        }
+    }
+
     /// The default key of a handler without `key`: its request's path and query.
     pub fn key_uri(&self, key: &mut KeyWriter) {
         key.display(&self.path_and_query);

@@ -41,6 +41,8 @@ mod flight;
 #[cfg(feature = "axum")]
 mod http;
 pub mod key;
+#[cfg(feature = "axum")]
+mod layer;
 mod lock;
 mod time;
 
@@ -53,6 +55,8 @@ pub use cache::{Cache, CacheBuilder, Namespace, Stats, DEFAULT_NAMESPACE};
 pub use error::{AlreadyInitialized, CacheError};
 #[cfg(feature = "axum")]
 pub use http::X_CACHE;
+#[cfg(feature = "axum")]
+pub use layer::{CacheLayer, CacheService};
 
 /// Caches an async function's result. See the crate README for every option.
 ///

@@ -1,0 +1,161 @@
+//! [`CacheLayer`]: the HTTP caching of `#[cached]` handlers, as tower middleware for a whole
+//! router or route. It runs the very same code path as the macro (`cached_handler`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::Response;
+
+use crate::cache::{Cache, DEFAULT_NAMESPACE};
+use crate::fetch::{CallOpts, Spawner};
+use crate::http::{cached_handler, HttpOpts, HttpRequest};
+
+/// Caches the GET/HEAD responses of the services it wraps, keyed by path and query, with the
+/// same HTTP semantics as `#[cached]` on a handler (ETag, 304, Cache-Control, Vary, X-Cache).
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use cache_runtime::{Cache, CacheLayer};
+///
+/// let app: Router = Router::new()
+///     .route("/posts", get(|| async { "the posts" }))
+///     .layer(CacheLayer::new(Cache::memory()).expire(60).public().s_maxage(120));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a layer does nothing until it is applied with `.layer(...)`"]
+pub struct CacheLayer {
+    cache: Cache,
+    /// Escaped.
+    namespace: String,
+    opts: CallOpts,
+    http: HttpOpts,
+}
+
+impl CacheLayer {
+    /// Caches into `cache`, in the default namespace, for the cache's default ttl, `private`.
+    pub fn new(cache: Cache) -> Self {
+        CacheLayer { cache, namespace: DEFAULT_NAMESPACE.to_owned(), opts: CallOpts::new(), http: HttpOpts::new() }
+    }
+
+    /// Seconds a response stays fresh (`expire`).
+    pub fn expire(mut self, secs: u64) -> Self {
+        self.opts = self.opts.expire(Duration::from_secs(secs));
+        self
+    }
+
+    /// The namespace of the entries (`Cache::clear_namespace` clears them).
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace.clear();
+        crate::key::escape_into(&mut self.namespace, namespace);
+        self
+    }
+
+    /// `Cache-Control: public`.
+    pub fn public(mut self) -> Self {
+        self.http = self.http.public();
+        self
+    }
+
+    /// `s-maxage` (with `public`).
+    pub fn s_maxage(mut self, secs: u64) -> Self {
+        self.http = self.http.s_maxage(secs);
+        self
+    }
+
+    /// `CDN-Cache-Control` and `Cloudflare-CDN-Cache-Control: max-age=…`.
+    pub fn cdn_max_age(mut self, secs: u64) -> Self {
+        self.http = self.http.cdn_max_age(secs);
+        self
+    }
+
+    /// Request headers hashed into the key and listed in `Vary` (lower-case names).
+    pub fn vary(mut self, headers: &'static [&'static str]) -> Self {
+        self.http = self.http.vary(headers);
+        self
+    }
+
+    /// Serve a stale response for `secs` after expiry while one refresh replaces it.
+    pub fn stale(mut self, secs: u64) -> Self {
+        self.opts = self.opts.stale(Duration::from_secs(secs));
+        self.http = self.http.stale_while_revalidate(secs);
+        self
+    }
+
+    /// Serve a stale response for up to `secs` after expiry when the service answers 5xx.
+    pub fn stale_if_error(mut self, secs: u64) -> Self {
+        self.opts = self.opts.stale_if_error(Duration::from_secs(secs));
+        self.http = self.http.stale_if_error(secs);
+        self
+    }
+
+    /// One request per key across replicas computes a missing response.
+    pub fn lock(mut self, hold_secs: u64) -> Self {
+        self.opts = self.opts.lock(Duration::from_secs(hold_secs));
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService { inner, layer: self.clone() }
+    }
+}
+
+/// The service [`CacheLayer`] wraps around another.
+#[derive(Debug, Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    layer: CacheLayer,
+}
+
+impl<S> tower::Service<Request> for CacheService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let meta = HttpRequest::of(&request);
+        // The service that was polled ready handles this request; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let mut key = layer.cache.key_writer(&layer.namespace, 64);
+            key.lit("layer:");
+            meta.key_uri(&mut key);
+            let body = async move {
+                match inner.call(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            };
+            let response = cached_handler(
+                &layer.cache,
+                key,
+                &layer.namespace,
+                &[],
+                meta,
+                &layer.opts,
+                &layer.http,
+                body,
+                Spawner::background(),
+            )
+            .await;
+            Ok(response)
+        })
+    }
+}
