@@ -1,0 +1,168 @@
+//! Faults under load, through two processes of the example app on one Redis: Redis killed and
+//! restarted, Redis paused and resumed. A bounded load generator (loopback only) checks that no
+//! request fails or hangs, and that caching comes back by itself.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cache_runtime::test_util::RedisServer;
+
+struct Replica {
+    child: Child,
+    base: String,
+}
+
+impl Replica {
+    fn start(redis: &RedisServer, db: &std::path::Path) -> Replica {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_app_replica"))
+            .env("PORT", "0")
+            .env("REDIS_URL", redis.url())
+            .env("DATABASE_PATH", db)
+            .env("DB_LATENCY_MS", "2")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base = line.split_whitespace().nth(2).expect("`listening on http://…`").to_owned();
+        Replica { child, base }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    server_errors: AtomicU64,
+    failed: AtomicU64,
+    slowest_ms: AtomicU64,
+    /// When each response was received and whether it was a hit.
+    hits: Mutex<Vec<(Instant, bool)>>,
+}
+
+/// `workers` loops of GET /users/{1..=50} against both replicas until `stop` (bounded by time).
+fn load(
+    bases: Vec<String>,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    (0..workers)
+        .map(|w| {
+            let (client, bases, stop, tally) = (client.clone(), bases.clone(), stop.clone(), tally.clone());
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let url = format!("{}/users/{}", bases[i % bases.len()], 1 + i % 50);
+                    i += 7;
+                    let started = Instant::now();
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status().is_server_error() => {
+                            drop(tally.server_errors.fetch_add(1, Ordering::Relaxed))
+                        }
+                        Ok(r) => {
+                            let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
+                            let _ = r.bytes().await;
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                            tally.hits.lock().unwrap().push((Instant::now(), hit));
+                        }
+                        Err(_) => drop(tally.failed.fetch_add(1, Ordering::Relaxed)),
+                    }
+                    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    tally.slowest_ms.fetch_max(ms, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+fn temp_db(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cache-toolkit-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("app.sqlite")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_under_load() {
+    let mut redis = RedisServer::start().unwrap();
+    let db = temp_db("kill");
+    let (a, b) = (Replica::start(&redis, &db), Replica::start(&redis, &db));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let workers = load(vec![a.base.clone(), b.base.clone()], 8, stop.clone(), tally.clone());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.restart().unwrap();
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let ok = tally.ok.load(Ordering::Relaxed);
+    assert!(ok > 200, "the load ran: {ok} requests");
+    assert_eq!(tally.server_errors.load(Ordering::Relaxed), 0, "no 5xx");
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "no failed request");
+    // Command timeout 250 ms (+ the database call): no request waits much longer.
+    let slowest = tally.slowest_ms.load(Ordering::Relaxed);
+    assert!(slowest < 1000, "slowest request {slowest} ms");
+    let first_hit_after =
+        tally.hits.lock().unwrap().iter().filter(|(at, hit)| *hit && *at > back).map(|(at, _)| *at - back).min();
+    let first_hit_after = first_hit_after.expect("hits resumed after Redis came back");
+    // Hits may come from an L1 filled after the restart; either way caching is back.
+    assert!(first_hit_after < Duration::from_millis(1500), "first hit {first_hit_after:?} after Redis returned");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_under_load_and_a_write_during_the_pause() {
+    let redis = RedisServer::start().unwrap();
+    let db = temp_db("pause");
+    let (a, b) = (Replica::start(&redis, &db), Replica::start(&redis, &db));
+    let c = reqwest::Client::new();
+    for r in [&a, &b] {
+        for _ in 0..2 {
+            c.get(format!("{}/users/77", r.base)).send().await.unwrap();
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let workers = load(vec![a.base.clone(), b.base.clone()], 8, stop.clone(), tally.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.signal("STOP").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A write during the pause: the database changes, the invalidation is queued.
+    let r =
+        c.put(format!("{}/users/77", a.base)).json(&serde_json::json!({"name": "paused write"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.signal("CONT").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(tally.server_errors.load(Ordering::Relaxed), 0, "no 5xx");
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "no failed request");
+    let slowest = tally.slowest_ms.load(Ordering::Relaxed);
+    assert!(slowest < 1000, "slowest request {slowest} ms");
+    // After the pause, the write is what every replica serves.
+    for r in [&a, &b] {
+        let body: serde_json::Value = c.get(format!("{}/users/77", r.base)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(body["name"], "paused write", "{}", r.base);
+    }
+    drop((a, b));
+}
