@@ -78,7 +78,9 @@ fn load(
                             tally.ok.fetch_add(1, Ordering::Relaxed);
                             tally.hits.lock().unwrap().push((Instant::now(), hit));
                         }
-                        Err(_) => drop(tally.failed.fetch_add(1, Ordering::Relaxed)),
+                        Err(_) => {
+                            tally.failed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     tally.slowest_ms.fetch_max(ms, Ordering::Relaxed);
