@@ -70,7 +70,7 @@ fn load(
                     let started = Instant::now();
                     match client.get(&url).send().await {
                         Ok(r) if r.status().is_server_error() => {
-                            drop(tally.server_errors.fetch_add(1, Ordering::Relaxed))
+                            tally.server_errors.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(r) => {
                             let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
