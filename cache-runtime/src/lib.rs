@@ -49,6 +49,12 @@ mod time;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
+/// Every pattern of the FastAPI caching cheat sheet with this toolkit (docs/COOKBOOK.md; its
+/// examples are doctests).
+#[cfg(feature = "axum")]
+#[doc = include_str!("../../docs/COOKBOOK.md")]
+pub mod cookbook {}
+
 use std::sync::OnceLock;
 
 pub use cache::{Cache, CacheBuilder, Namespace, Stats, DEFAULT_NAMESPACE};
