@@ -55,6 +55,7 @@ struct Inner {
     refreshing: moka::sync::Cache<String, ()>,
     rng: AtomicU64,
     last_error_log_ms: AtomicU64,
+    redact_keys: bool,
 }
 
 #[derive(Debug)]
@@ -133,6 +134,7 @@ pub struct CacheBuilder {
     l1_ttl: Duration,
     coherence_timeout: Duration,
     random_seed: Option<u64>,
+    redact_keys: bool,
 }
 
 impl Default for CacheBuilder {
@@ -148,6 +150,7 @@ impl Default for CacheBuilder {
             l1_ttl: Duration::from_secs(30),
             coherence_timeout: Duration::from_millis(100),
             random_seed: None,
+            redact_keys: false,
         }
     }
 }
@@ -221,6 +224,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Logs keys and tags as a short hash instead of their text (keys may carry user ids or
+    /// other personal data). Off by default.
+    pub fn redact_keys(mut self, redact: bool) -> Self {
+        self.redact_keys = redact;
+        self
+    }
+
     /// Seeds the random source of probabilistic early refresh (`early`), for reproducible
     /// tests. Unseeded by default.
     pub fn random_seed(mut self, seed: u64) -> Self {
@@ -264,6 +274,7 @@ impl CacheBuilder {
                 flights: Flights::default(),
                 refreshing: moka::sync::Cache::builder().time_to_live(Duration::from_secs(30)).build(),
                 last_error_log_ms: AtomicU64::new(0),
+                redact_keys: self.redact_keys,
                 rng: AtomicU64::new(self.random_seed.unwrap_or_else(|| {
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -476,12 +487,30 @@ impl Cache {
         writer.finish()
     }
 
-    pub(crate) fn record_hit(&self) {
-        self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+    /// How a key appears in logs: as is, or as a short hash with `redact_keys`.
+    pub(crate) fn log_key<'a>(&self, key: &'a str) -> LogKey<'a> {
+        LogKey { key, redact: self.inner.redact_keys }
     }
 
-    pub(crate) fn record_miss(&self) {
+    pub(crate) fn record_hit(&self, key: &str) {
+        self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("cache_hits_total").increment(1);
+        tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "hit");
+    }
+
+    pub(crate) fn record_miss(&self, key: &str) {
         self.inner.stats.misses.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("cache_misses_total").increment(1);
+        tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "miss");
+    }
+
+    /// A body (or handler) ran for a miss or a refresh and took `took`.
+    pub(crate) fn record_computed(&self, key: &str, took: Duration) {
+        #[cfg(feature = "metrics")]
+        metrics::histogram!("cache_compute_seconds").record(took.as_secs_f64());
+        tracing::debug!(target: "cache_runtime", key = %self.log_key(key), took_ms = took.as_secs_f64() * 1e3, "computed");
     }
 
     /// Counts a failed store operation and logs it, at most once a second (an outage must not
@@ -489,6 +518,8 @@ impl Cache {
     fn count_result<T>(&self, result: &Result<T, CacheError>, op: &'static str) {
         if let Err(err) = result {
             let errors = self.inner.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+            #[cfg(feature = "metrics")]
+            metrics::counter!("cache_errors_total", "op" => op).increment(1);
             let now = now_ms();
             let last = self.inner.last_error_log_ms.load(Ordering::Relaxed);
             if now.saturating_sub(last) >= 1000
@@ -514,6 +545,7 @@ impl Cache {
         if !local {
             return false;
         }
+        tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "refresh");
         match &self.inner.store {
             Store::Memory(_) => true,
             Store::Redis { redis, .. } => {
@@ -596,8 +628,11 @@ impl Cache {
         ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
     }
 
-    pub(crate) fn record_stale(&self) {
+    pub(crate) fn record_stale(&self, key: &str) {
         self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("cache_stale_total").increment(1);
+        tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "stale");
     }
 
     /// A fresh hit from process memory (the memory store, or a live L1): no I/O, no future. The
@@ -861,11 +896,20 @@ impl Cache {
     /// cache reads from Redis again (so it is never silently lost), and the error returned.
     /// Returns how many entries a namespace clear removed (0 for keys and tags).
     pub(crate) async fn apply(&self, op: Op) -> Result<u64, CacheError> {
+        let started = std::time::Instant::now();
         let result = self.try_apply(&op).await;
         self.count_result(&result, "invalidate");
         match result {
             Ok(removed) => {
                 self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                metrics::counter!("cache_invalidations_total").increment(1);
+                let (kind, what) = match &op {
+                    Op::Key(key) => ("key", self.log_key(key).to_string()),
+                    Op::Tag(tag) => ("tag", self.log_key(tag).to_string()),
+                    Op::Namespace(ns) => ("namespace", ns.clone()),
+                };
+                tracing::debug!(target: "cache_runtime", kind, what, took_ms = started.elapsed().as_secs_f64() * 1e3, "invalidated");
                 Ok(removed)
             }
             Err(err) => {
@@ -1057,6 +1101,26 @@ fn memory_hit<V: Stored>(
         return Some((Found::Negative, times));
     }
     entry.value.downcast_ref::<V>().map(|v| (Found::Value(v.clone()), times))
+}
+
+/// A key as logs show it.
+pub(crate) struct LogKey<'a> {
+    key: &'a str,
+    redact: bool,
+}
+
+impl std::fmt::Display for LogKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.redact {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in self.key.bytes() {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            write!(f, "#{hash:016x}")
+        } else {
+            f.write_str(self.key)
+        }
+    }
 }
 
 fn refresh_key(key: &str) -> String {

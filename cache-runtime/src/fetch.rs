@@ -319,7 +319,7 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     if let Some((found, times)) = cache.local_hit::<M::Value>(&key) {
         if opts.beta.is_none() || opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
             if let Some(out) = M::rebuild(found) {
-                cache.record_hit();
+                cache.record_hit(&key);
                 crate::key::recycle(key);
                 return out;
             }
@@ -331,9 +331,9 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
         Joined::Shared(found, stale) => {
             if let Some(out) = M::rebuild(found) {
                 if stale {
-                    cache.record_stale();
+                    cache.record_stale(&key);
                 } else {
-                    cache.record_hit();
+                    cache.record_hit(&key);
                 }
                 return out;
             }
@@ -383,10 +383,10 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
                     return out;
                 }
                 if freshness == Freshness::Stale {
-                    cache.record_stale();
+                    cache.record_stale(&key);
                     leader.finish_stale(found);
                 } else {
-                    cache.record_hit();
+                    cache.record_hit(&key);
                     leader.finish(Some(found));
                 }
                 return current;
@@ -400,7 +400,7 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
         match cache.lock_or_wait::<M::Value, Json>(&key, namespace, tags, hold).await {
             Locked::Ready(found, _) => {
                 if let Some(out) = M::rebuild(found.clone()) {
-                    cache.record_hit();
+                    cache.record_hit(&key);
                     leader.finish(Some(found));
                     return out;
                 }
@@ -413,9 +413,10 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
             }
         }
     }
-    cache.record_miss();
+    cache.record_miss(&key);
     let started = Instant::now();
     let out = body.await;
+    cache.record_computed(&key, started.elapsed());
     let shared = outcome::<M>(&out);
     if let Some(found) = &shared {
         if let Some(lease) = &lookup.lease {
@@ -428,7 +429,7 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     leader.finish(shared);
     match fallback {
         Some(stale) if M::failed(&out) => {
-            cache.record_stale();
+            cache.record_stale(&key);
             M::rebuild(stale).unwrap_or(out)
         }
         _ => out,
@@ -449,6 +450,7 @@ async fn refresh_inline<M: Mode>(
     let lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, true).await;
     let started = Instant::now();
     let out = body.await;
+    cache.record_computed(&key, started.elapsed());
     if let (Some(found), Some(lease)) = (outcome::<M>(&out), &lookup.lease) {
         store(cache, key, namespace, (lease, lookup.l1_epoch), &found, opts, started.elapsed()).await;
     }

@@ -506,7 +506,7 @@ where
     if !forced {
         if let Some((Found::Value(stored), times)) = cache.local_hit::<Arc<StoredResponse>>(&key) {
             if opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
-                cache.record_hit();
+                cache.record_hit(&key);
                 crate::key::recycle(key);
                 return respond(&stored, remaining_secs(&times), &request, http, "HIT");
             }
@@ -520,11 +520,11 @@ where
         match cache.flights().join::<Arc<StoredResponse>>(&key).await {
             Joined::Leader(leader) => Some(leader),
             Joined::Shared(Found::Value(stored), false) => {
-                cache.record_hit();
+                cache.record_hit(&key);
                 return respond(&stored, opts.ttl(cache).as_secs(), &request, http, "HIT");
             }
             Joined::Shared(Found::Value(stored), true) => {
-                cache.record_stale();
+                cache.record_stale(&key);
                 return respond(&stored, 0, &request, http, "STALE");
             }
             Joined::Shared(Found::Negative, _) => None,
@@ -573,7 +573,7 @@ where
                         }
                         None => cache.release_refresh(&key).await,
                     }
-                    return respond_current(cache, leader, &stored, &times, &request, http, freshness);
+                    return respond_current(cache, &key, leader, &stored, &times, &request, http, freshness);
                 }
                 // The handler borrows: this request refreshes, the others get the current value.
                 if let Some(leader) = leader {
@@ -600,7 +600,7 @@ where
                 cache.release_refresh(&key).await;
                 return response;
             }
-            return respond_current(cache, leader, &stored, &times, &request, http, freshness);
+            return respond_current(cache, &key, leader, &stored, &times, &request, http, freshness);
         }
         if freshness == Freshness::Fallback {
             fallback = Some(stored);
@@ -612,7 +612,7 @@ where
     if let (Some(hold), false) = (opts.lock_hold(), forced) {
         match cache.lock_or_wait::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, hold).await {
             Locked::Ready(Found::Value(stored), times) => {
-                cache.record_hit();
+                cache.record_hit(&key);
                 if let Some(leader) = leader {
                     leader.finish(Some(Found::Value(Arc::clone(&stored))));
                 }
@@ -637,8 +637,10 @@ where
 }
 
 /// Serves a fresh (HIT) or stale (STALE) entry without running the handler.
+#[allow(clippy::too_many_arguments)]
 fn respond_current(
     cache: &Cache,
+    key: &str,
     leader: Option<crate::flight::Leader<'_>>,
     stored: &Arc<StoredResponse>,
     times: &Times,
@@ -647,10 +649,10 @@ fn respond_current(
     freshness: Freshness,
 ) -> Response {
     let label = if freshness == Freshness::Stale {
-        cache.record_stale();
+        cache.record_stale(key);
         "STALE"
     } else {
-        cache.record_hit();
+        cache.record_hit(key);
         "HIT"
     };
     if let Some(leader) = leader {
@@ -700,9 +702,10 @@ async fn compute_with<R: IntoResponse>(
     fallback: Option<Arc<StoredResponse>>,
     leader: Option<crate::flight::Leader<'_>>,
 ) -> Response {
-    cache.record_miss();
+    cache.record_miss(&key);
     let started = Instant::now();
     let response = body.await.into_response();
+    cache.record_computed(&key, started.elapsed());
     let stored = match to_stored(response, http).await {
         Ok(stored) => stored,
         Err(mut response) => {
@@ -710,7 +713,7 @@ async fn compute_with<R: IntoResponse>(
                 leader.finish::<Arc<StoredResponse>>(None);
             }
             if let (Some(stale), true) = (&fallback, response.status().is_server_error()) {
-                cache.record_stale();
+                cache.record_stale(&key);
                 return respond(stale, 0, request, http, "STALE");
             }
             set_x_cache(&mut response, x_cache);
