@@ -120,5 +120,27 @@ fn two_tier(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, redis, two_tier);
+/// The payload codecs on the 4-field user (encode + decode), JSON vs MessagePack.
+fn codec(c: &mut Criterion) {
+    let value = user(42);
+    let json = serde_json::to_vec(&value).unwrap();
+    let packed = rmp_serde::to_vec_named(&value).unwrap();
+    println!("payload bytes: json {}, msgpack {}", json.len(), packed.len());
+    let mut group = c.benchmark_group("codec");
+    group.bench_function("json", |b| {
+        b.iter(|| {
+            let bytes = serde_json::to_vec(black_box(&value)).unwrap();
+            black_box(serde_json::from_slice::<User>(&bytes).unwrap())
+        });
+    });
+    group.bench_function("msgpack", |b| {
+        b.iter(|| {
+            let bytes = rmp_serde::to_vec_named(black_box(&value)).unwrap();
+            black_box(rmp_serde::from_slice::<User>(&bytes).unwrap())
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, memory, redis, two_tier, codec);
 criterion_main!(benches);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{namespace_tag, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
-use crate::codec::{Codec, Json, Stored};
+use crate::codec::{Codec, Format, Json, Stored};
 use crate::coherence::{Coherence, Message};
 use crate::envelope::{self, Meta};
 use crate::error::CacheError;
@@ -56,6 +56,7 @@ struct Inner {
     rng: AtomicU64,
     last_error_log_ms: AtomicU64,
     redact_keys: bool,
+    format: Format,
 }
 
 #[derive(Debug)]
@@ -135,6 +136,7 @@ pub struct CacheBuilder {
     coherence_timeout: Duration,
     random_seed: Option<u64>,
     redact_keys: bool,
+    format: Format,
 }
 
 impl Default for CacheBuilder {
@@ -151,6 +153,7 @@ impl Default for CacheBuilder {
             coherence_timeout: Duration::from_millis(100),
             random_seed: None,
             redact_keys: false,
+            format: Format::Json,
         }
     }
 }
@@ -224,6 +227,13 @@ impl CacheBuilder {
         self
     }
 
+    /// The payload format of values stored in Redis (default JSON; `Format::MessagePack` with
+    /// the `msgpack` feature is smaller and faster). Process memory stores typed values.
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
     /// Logs keys and tags as a short hash instead of their text (keys may carry user ids or
     /// other personal data). Off by default.
     pub fn redact_keys(mut self, redact: bool) -> Self {
@@ -275,6 +285,7 @@ impl CacheBuilder {
                 refreshing: moka::sync::Cache::builder().time_to_live(Duration::from_secs(30)).build(),
                 last_error_log_ms: AtomicU64::new(0),
                 redact_keys: self.redact_keys,
+                format: self.format,
                 rng: AtomicU64::new(self.random_seed.unwrap_or_else(|| {
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -771,7 +782,11 @@ impl Cache {
         if decoded.negative {
             return Some(((Found::Negative, times), decoded.meta));
         }
-        match C::decode(decoded.payload) {
+        let Some(format) = decoded.format else {
+            tracing::warn!(target: "cache_runtime", key, "cache entry in a format this build cannot read; treating it as a miss");
+            return None;
+        };
+        match C::decode(decoded.payload, format) {
             Ok(value) => Some(((Found::Value(value), times), decoded.meta)),
             Err(err) => {
                 tracing::warn!(target: "cache_runtime", key, error = %err, "cache entry does not decode; treating it as a miss");
@@ -823,7 +838,7 @@ impl Cache {
         let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
         let result = match &self.inner.store {
             Store::Memory(mem) => Ok(mem.fill(key, namespace, lease, mem_entry(meta, value))),
-            Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, value) {
+            Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, value, self.inner.format) {
                 Ok(bytes) => {
                     let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
@@ -872,7 +887,7 @@ impl Cache {
                 mem.insert(key, mem_entry(meta, Some(value)));
                 Ok(())
             }
-            Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, Some(value)) {
+            Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, Some(value), self.inner.format) {
                 Ok(bytes) => {
                     // Another replica's L1 may hold the previous value: a set is an invalidation too.
                     let stored = redis.set(&key, &bytes, ttl).await;
@@ -1138,12 +1153,12 @@ fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>) -> MemEntry {
     }
 }
 
-fn encode_entry<V: Stored, C: Codec<V>>(meta: &Meta, value: Option<&V>) -> Result<Vec<u8>, CacheError> {
+fn encode_entry<V: Stored, C: Codec<V>>(meta: &Meta, value: Option<&V>, format: Format) -> Result<Vec<u8>, CacheError> {
     let payload = match value {
-        Some(v) => C::encode(v)?,
+        Some(v) => C::encode(v, format)?,
         None => Vec::new(),
     };
-    envelope::encode(meta, value.is_none(), &payload).map_err(|why| CacheError::Config(why.to_owned()))
+    envelope::encode(meta, value.is_none(), format, &payload).map_err(|why| CacheError::Config(why.to_owned()))
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -4,6 +4,25 @@
 use crate::error::CacheError;
 use crate::Cacheable;
 
+/// The payload format of values stored in Redis, chosen per cache with
+/// [`CacheBuilder::format`](crate::CacheBuilder::format). Each entry says which format it was
+/// written in, so caches with different formats can share a Redis.
+///
+/// ```
+/// let cache = cache_runtime::Cache::builder().format(cache_runtime::Format::Json).build().unwrap();
+/// # drop(cache);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// serde_json (the default): readable in `redis-cli`.
+    #[default]
+    Json,
+    /// MessagePack with field names (rmp-serde; feature `msgpack`): smaller and faster.
+    #[cfg(feature = "msgpack")]
+    MessagePack,
+}
+
 /// What any store can hold: process memory keeps the value itself.
 pub(crate) trait Stored: Clone + Send + Sync + 'static {}
 
@@ -11,20 +30,28 @@ impl<T: Clone + Send + Sync + 'static> Stored for T {}
 
 /// Encodes and decodes one kind of value.
 pub(crate) trait Codec<V> {
-    fn encode(value: &V) -> Result<Vec<u8>, CacheError>;
+    fn encode(value: &V, format: Format) -> Result<Vec<u8>, CacheError>;
     /// A failure is described for the log and read as a miss.
-    fn decode(bytes: &[u8]) -> Result<V, String>;
+    fn decode(bytes: &[u8], format: Format) -> Result<V, String>;
 }
 
-/// serde_json: the default codec of every `Cacheable` value.
+/// serde: the codec of every `Cacheable` value, in the cache's format.
 pub(crate) struct Json;
 
 impl<V: Cacheable> Codec<V> for Json {
-    fn encode(value: &V) -> Result<Vec<u8>, CacheError> {
-        serde_json::to_vec(value).map_err(CacheError::Encode)
+    fn encode(value: &V, format: Format) -> Result<Vec<u8>, CacheError> {
+        match format {
+            Format::Json => serde_json::to_vec(value).map_err(CacheError::Encode),
+            #[cfg(feature = "msgpack")]
+            Format::MessagePack => rmp_serde::to_vec_named(value).map_err(|e| CacheError::Config(e.to_string())),
+        }
     }
 
-    fn decode(bytes: &[u8]) -> Result<V, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    fn decode(bytes: &[u8], format: Format) -> Result<V, String> {
+        match format {
+            Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            #[cfg(feature = "msgpack")]
+            Format::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | 0 | magic `0xCA` |
 //! | 1 | format version (1) |
-//! | 2 | flags: bit 0 = negative entry (a cached `None`) |
+//! | 2 | flags: bit 0 = negative entry (a cached `None`), bit 1 = MessagePack payload |
 //! | 3 | ETag length `n` (0 = none) |
 //! | 4..12 | type fingerprint |
 //! | 12..20 | stored at, ms since the Unix epoch |
@@ -22,10 +22,14 @@
 //! | 42+n..42+n+t | tags: `(name length u8, name, version u64)*`, the versions they had when the value was computed |
 //! | 42+n+t.. | payload |
 
+use crate::codec::Format;
+
 const MAGIC: u8 = 0xCA;
 const VERSION: u8 = 1;
 const HEADER: usize = 42;
 const FLAG_NEGATIVE: u8 = 1;
+/// The payload is MessagePack (else JSON, or a format of its own such as a stored response).
+const FLAG_MSGPACK: u8 = 2;
 
 /// The metadata kept beside every value, in Redis and in process memory alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +49,8 @@ pub(crate) struct Meta {
 pub(crate) struct Decoded<'a> {
     pub(crate) meta: Meta,
     pub(crate) negative: bool,
+    /// `None`: a format this build cannot read (MessagePack without the `msgpack` feature).
+    pub(crate) format: Option<Format>,
     pub(crate) payload: &'a [u8],
 }
 
@@ -72,7 +78,7 @@ impl std::fmt::Display for Corrupt {
 
 /// Fails only when the tags do not fit (a name over 255 bytes, or over 64 KiB of tags): such
 /// an entry is not stored rather than stored without its tags.
-pub(crate) fn encode(meta: &Meta, negative: bool, payload: &[u8]) -> Result<Vec<u8>, &'static str> {
+pub(crate) fn encode(meta: &Meta, negative: bool, format: Format, payload: &[u8]) -> Result<Vec<u8>, &'static str> {
     let etag = meta.etag.as_deref().unwrap_or("").as_bytes();
     let etag_len = u8::try_from(etag.len()).unwrap_or(0);
     let etag = &etag[..usize::from(etag_len)];
@@ -86,7 +92,12 @@ pub(crate) fn encode(meta: &Meta, negative: bool, payload: &[u8]) -> Result<Vec<
     let mut out = Vec::with_capacity(HEADER + etag.len() + tags.len() + payload.len());
     out.push(MAGIC);
     out.push(VERSION);
-    out.push(if negative { FLAG_NEGATIVE } else { 0 });
+    let format_flag = match format {
+        Format::Json => 0,
+        #[cfg(feature = "msgpack")]
+        Format::MessagePack => FLAG_MSGPACK,
+    };
+    out.push(if negative { FLAG_NEGATIVE } else { 0 } | format_flag);
     out.push(etag_len);
     out.extend_from_slice(&meta.fingerprint.to_le_bytes());
     out.extend_from_slice(&meta.stored_at_ms.to_le_bytes());
@@ -151,6 +162,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
             tags,
         },
         negative: bytes[2] & FLAG_NEGATIVE != 0,
+        format: if bytes[2] & FLAG_MSGPACK == 0 {
+            Some(Format::Json)
+        } else {
+            #[cfg(feature = "msgpack")]
+            {
+                Some(Format::MessagePack)
+            }
+            #[cfg(not(feature = "msgpack"))]
+            {
+                None
+            }
+        },
         payload: &bytes[HEADER + etag_len + tags_len..],
     })
 }
@@ -184,7 +207,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let bytes = encode(&meta(), false, b"{\"a\":1}").unwrap();
+        let bytes = encode(&meta(), false, Format::Json, b"{\"a\":1}").unwrap();
         let d = decode(&bytes).unwrap();
         assert_eq!(d.meta, meta());
         assert!(!d.negative);
@@ -195,10 +218,10 @@ mod tests {
     fn garbage_is_rejected_not_panicking() {
         assert_eq!(decode(b"").unwrap_err(), Corrupt::TooShort);
         assert_eq!(decode(b"hello world, this is not an envelope at all").unwrap_err(), Corrupt::BadMagic);
-        let mut bytes = encode(&meta(), true, b"").unwrap();
+        let mut bytes = encode(&meta(), true, Format::Json, b"").unwrap();
         bytes[1] = 9;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::UnknownVersion(9));
-        let mut bytes = encode(&meta(), true, b"").unwrap();
+        let mut bytes = encode(&meta(), true, Format::Json, b"").unwrap();
         bytes[3] = 200;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::TooShort);
         for len in 0..bytes.len() {
@@ -233,7 +256,7 @@ mod proptests {
                 fingerprint: 1, stored_at_ms: 2, fresh_until_ms: 3, stale_until_ms: 4, recompute_ms: 5,
                 etag: Some("\"e\"".into()), tags: vec![("t".into(), 9)],
             };
-            let mut bytes = encode(&meta, false, b"{\"a\":1}").unwrap();
+            let mut bytes = encode(&meta, false, Format::Json, b"{\"a\":1}").unwrap();
             let i = flip % bytes.len();
             bytes[i] = byte;
             bytes.truncate(cut.min(bytes.len()));
@@ -243,7 +266,7 @@ mod proptests {
         #[test]
         fn envelopes_round_trip(tags in proptest::collection::vec(("[a-z:0-9]{1,20}", any::<u64>()), 0..5), payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let meta = Meta { fingerprint: 7, stored_at_ms: 1, fresh_until_ms: 2, stale_until_ms: 3, recompute_ms: 4, etag: None, tags };
-            let bytes = encode(&meta, false, &payload).unwrap();
+            let bytes = encode(&meta, false, Format::Json, &payload).unwrap();
             let decoded = decode(&bytes).unwrap();
             prop_assert_eq!(decoded.meta, meta);
             prop_assert_eq!(decoded.payload, &payload[..]);

@@ -30,7 +30,7 @@ use headers::{CacheControl, ETag, HeaderMapExt as _, IfModifiedSince, IfNoneMatc
 use sha2::{Digest as _, Sha256};
 
 use crate::cache::{Cache, Found, Locked, Times};
-use crate::codec::Codec;
+use crate::codec::{Codec, Format};
 use crate::error::CacheError;
 use crate::fetch::{CallOpts, Freshness, Spawner};
 use crate::flight::Joined;
@@ -205,7 +205,7 @@ fn take_uint(bytes: &mut &[u8], width: usize) -> Result<u64, String> {
 }
 
 impl Codec<Arc<StoredResponse>> for ResponseCodec {
-    fn encode(value: &Arc<StoredResponse>) -> Result<Vec<u8>, CacheError> {
+    fn encode(value: &Arc<StoredResponse>, _: Format) -> Result<Vec<u8>, CacheError> {
         let mut out = Vec::with_capacity(64 + value.body.len());
         out.extend_from_slice(&value.status.as_u16().to_le_bytes());
         out.extend_from_slice(&value.last_modified_ms.to_le_bytes());
@@ -226,7 +226,7 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
         Ok(out)
     }
 
-    fn decode(mut bytes: &[u8]) -> Result<Arc<StoredResponse>, String> {
+    fn decode(mut bytes: &[u8], _: Format) -> Result<Arc<StoredResponse>, String> {
         let b = &mut bytes;
         let status = u16::try_from(take_uint(b, 2)?).map_err(|e| e.to_string())?;
         let status = StatusCode::from_u16(status).map_err(|e| e.to_string())?;
@@ -775,22 +775,22 @@ mod proptests {
         /// Stored responses read back from arbitrary bytes decode or are rejected: never a panic.
         #[test]
         fn response_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes);
+            let _ = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes, Format::Json);
         }
     }
 
     #[test]
     fn stored_responses_round_trip() {
         let original = Arc::new(stored());
-        let bytes = <ResponseCodec as Codec<Arc<StoredResponse>>>::encode(&original).unwrap();
-        let back = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes).unwrap();
+        let bytes = <ResponseCodec as Codec<Arc<StoredResponse>>>::encode(&original, Format::Json).unwrap();
+        let back = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes, Format::Json).unwrap();
         assert_eq!(
             (back.status, &back.body, &back.etag_text, back.last_modified_ms),
             (original.status, &original.body, &original.etag_text, original.last_modified_ms)
         );
         for cut in 0..bytes.len() {
             assert!(
-                <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes[..cut]).is_err(),
+                <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes[..cut], Format::Json).is_err(),
                 "a truncated entry is rejected ({cut})"
             );
         }

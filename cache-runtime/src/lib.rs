@@ -58,6 +58,7 @@ pub mod cookbook {}
 use std::sync::OnceLock;
 
 pub use cache::{Cache, CacheBuilder, Namespace, Stats, DEFAULT_NAMESPACE};
+pub use codec::Format;
 pub use error::{AlreadyInitialized, CacheError};
 #[cfg(feature = "axum")]
 pub use http::X_CACHE;

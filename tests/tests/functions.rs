@@ -366,3 +366,21 @@ async fn a_full_redis_means_misses_never_errors() {
         }
     }
 }
+
+#[tokio::test]
+async fn message_pack_payloads_and_json_payloads_share_one_redis() {
+    let server = cache_runtime::test_util::RedisServer::start().unwrap();
+    let build = |format| Cache::builder().redis(server.url()).prefix("t").l1(false).format(format).build().unwrap();
+    let (packed, json) = (build(cache_runtime::Format::MessagePack), build(cache_runtime::Format::Json));
+    let calls = Calls::default();
+    let user = get_user(&packed, &calls, 9).await.unwrap();
+    assert_eq!(get_user(&packed, &calls, 9).await.unwrap(), user);
+    assert_eq!(get_user(&json, &calls, 9).await.unwrap(), user, "a JSON cache reads the MessagePack entry");
+    assert_eq!(calls.get(), 1);
+    // The stored payload is MessagePack, not JSON.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stored: Vec<u8> = redis::cmd("GET").arg("t:{default:user:9}").query_async(&mut conn).await.unwrap();
+    assert_eq!(stored[2] & 2, 2, "the envelope says MessagePack");
+    assert!(!stored.windows(6).any(|w| w == b"\"name\""), "no JSON in the payload");
+}
