@@ -307,7 +307,47 @@ const REFRESH_HOLD: Duration = Duration::from_secs(10);
 /// Read `key`; on a miss run `body`, store what the mode says to store, return the result.
 /// With `stale` / `early`, a stale or early-drawn entry is served while one refresh per key
 /// (across replicas) replaces it; with `stale_if_error`, a failing body falls back to it.
-pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
+///
+/// A hit in process memory is answered synchronously, when the call is made; only a miss (or
+/// a Redis read) builds the full read-through future, boxed, so a hit does not pay for moving
+/// a large future around.
+pub(crate) fn run<'a, M, F>(
+    cache: &'a Cache,
+    key: String,
+    namespace: &'a str,
+    tags: &'a [String],
+    opts: &'a CallOpts,
+    body: F,
+    spawner: Spawner<F>,
+) -> impl Future<Output = M::Out> + 'a
+where
+    M: Mode + 'a,
+    F: Future<Output = M::Out> + 'a,
+{
+    let fast = local_hit::<M>(cache, key, opts);
+    async move {
+        match fast {
+            Ok(out) => out,
+            Err(key) => Box::pin(read_through::<M, F>(cache, key, namespace, tags, opts, body, spawner)).await,
+        }
+    }
+}
+
+/// A fresh hit in process memory, or the key back.
+fn local_hit<M: Mode>(cache: &Cache, key: String, opts: &CallOpts) -> Result<M::Out, String> {
+    if let Some((found, times)) = cache.local_hit::<M::Value>(&key) {
+        if opts.beta.is_none() || opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
+            if let Some(out) = M::rebuild(found) {
+                cache.record_hit(&key);
+                crate::key::recycle(key);
+                return Ok(out);
+            }
+        }
+    }
+    Err(key)
+}
+
+async fn read_through<M: Mode, F: Future<Output = M::Out>>(
     cache: &Cache,
     key: String,
     namespace: &str,
@@ -316,15 +356,6 @@ pub(crate) async fn run<M: Mode, F: Future<Output = M::Out>>(
     body: F,
     spawner: Spawner<F>,
 ) -> M::Out {
-    if let Some((found, times)) = cache.local_hit::<M::Value>(&key) {
-        if opts.beta.is_none() || opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
-            if let Some(out) = M::rebuild(found) {
-                cache.record_hit(&key);
-                crate::key::recycle(key);
-                return out;
-            }
-        }
-    }
     // Single-flight: one caller per cold key in this process reads the store and runs the body.
     let leader = match cache.flights().join::<M::Value>(&key).await {
         Joined::Leader(leader) => leader,
@@ -461,42 +492,42 @@ async fn refresh_inline<M: Mode>(
 }
 
 /// `#[cached]` on a fn returning `T`.
-pub async fn cached_value<T: Cacheable, F: Future<Output = T>>(
-    cache: &Cache,
+pub fn cached_value<'a, T: Cacheable, F: Future<Output = T> + 'a>(
+    cache: &'a Cache,
     key: String,
-    namespace: &str,
-    tags: &[String],
-    opts: &CallOpts,
+    namespace: &'a str,
+    tags: &'a [String],
+    opts: &'a CallOpts,
     body: F,
     spawner: Spawner<F>,
-) -> T {
-    run::<Plain<T>, F>(cache, key, namespace, tags, opts, body, spawner).await
+) -> impl Future<Output = T> + 'a {
+    run::<Plain<T>, F>(cache, key, namespace, tags, opts, body, spawner)
 }
 
 /// `#[cached]` on a fn returning `Option<T>`.
-pub async fn cached_option<T: Cacheable, F: Future<Output = Option<T>>>(
-    cache: &Cache,
+pub fn cached_option<'a, T: Cacheable, F: Future<Output = Option<T>> + 'a>(
+    cache: &'a Cache,
     key: String,
-    namespace: &str,
-    tags: &[String],
-    opts: &CallOpts,
+    namespace: &'a str,
+    tags: &'a [String],
+    opts: &'a CallOpts,
     body: F,
     spawner: Spawner<F>,
-) -> Option<T> {
-    run::<OptionMode<T>, F>(cache, key, namespace, tags, opts, body, spawner).await
+) -> impl Future<Output = Option<T>> + 'a {
+    run::<OptionMode<T>, F>(cache, key, namespace, tags, opts, body, spawner)
 }
 
 /// `#[cached]` on a fn returning `Result<T, E>`.
-pub async fn cached_result<T: Cacheable, E, F: Future<Output = Result<T, E>>>(
-    cache: &Cache,
+pub fn cached_result<'a, T: Cacheable, E: 'a, F: Future<Output = Result<T, E>> + 'a>(
+    cache: &'a Cache,
     key: String,
-    namespace: &str,
-    tags: &[String],
-    opts: &CallOpts,
+    namespace: &'a str,
+    tags: &'a [String],
+    opts: &'a CallOpts,
     body: F,
     spawner: Spawner<F>,
-) -> Result<T, E> {
-    run::<ResultMode<T, E>, F>(cache, key, namespace, tags, opts, body, spawner).await
+) -> impl Future<Output = Result<T, E>> + 'a {
+    run::<ResultMode<T, E>, F>(cache, key, namespace, tags, opts, body, spawner)
 }
 
 #[cfg(test)]
