@@ -57,6 +57,8 @@ struct Inner {
     last_error_log_ms: AtomicU64,
     redact_keys: bool,
     format: Format,
+    max_value_bytes: usize,
+    oversized_logged: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,7 @@ struct Counters {
     stores: AtomicU64,
     dropped_fills: AtomicU64,
     invalidations: AtomicU64,
+    oversized: AtomicU64,
 }
 
 /// A snapshot of a cache's counters, from [`Cache::stats`].
@@ -105,6 +108,8 @@ pub struct Stats {
     pub dropped_fills: u64,
     /// Keys, tags or namespaces invalidated.
     pub invalidations: u64,
+    /// Values not stored because they were larger than `max_value_bytes`.
+    pub oversized: u64,
     /// Times the Redis circuit breaker opened (after repeated failures, requests skip Redis
     /// for a second at a time instead of paying the timeout).
     pub circuit_openings: u64,
@@ -122,6 +127,31 @@ pub struct Stats {
 ///     .unwrap();
 /// # drop(cache);
 /// ```
+///
+/// Every setting, with Redis (connecting happens on first use):
+///
+/// ```
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cache = cache_runtime::Cache::builder()
+///     .redis("redis://127.0.0.1:6379")
+///     .prefix("myapp")
+///     .default_ttl(Duration::from_secs(300))
+///     .command_timeout(Duration::from_millis(250))
+///     .max_entries(100_000)
+///     .l1(true)
+///     .l1_max_entries(10_000)
+///     .l1_ttl(Duration::from_secs(30))
+///     .coherence_timeout(Duration::from_millis(100))
+///     .format(cache_runtime::Format::Json)
+///     .max_value_bytes(4 << 20)
+///     .redact_keys(true)
+///     .random_seed(42)
+///     .build()
+///     .unwrap();
+/// assert!(cache.is_redis());
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct CacheBuilder {
@@ -137,6 +167,7 @@ pub struct CacheBuilder {
     random_seed: Option<u64>,
     redact_keys: bool,
     format: Format,
+    max_value_bytes: usize,
 }
 
 impl Default for CacheBuilder {
@@ -154,6 +185,7 @@ impl Default for CacheBuilder {
             random_seed: None,
             redact_keys: false,
             format: Format::Json,
+            max_value_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -234,6 +266,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Values whose encoded payload is larger than this are not stored in Redis (default
+    /// 4 MiB): counted in `stats().oversized` and logged once; the caller still gets them.
+    pub fn max_value_bytes(mut self, max: usize) -> Self {
+        self.max_value_bytes = max;
+        self
+    }
+
     /// Logs keys and tags as a short hash instead of their text (keys may carry user ids or
     /// other personal data). Off by default.
     pub fn redact_keys(mut self, redact: bool) -> Self {
@@ -286,6 +325,8 @@ impl CacheBuilder {
                 last_error_log_ms: AtomicU64::new(0),
                 redact_keys: self.redact_keys,
                 format: self.format,
+                max_value_bytes: self.max_value_bytes,
+                oversized_logged: std::sync::atomic::AtomicBool::new(false),
                 rng: AtomicU64::new(self.random_seed.unwrap_or_else(|| {
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -386,6 +427,7 @@ impl Cache {
             stores: c.stores.load(Ordering::Relaxed),
             dropped_fills: c.dropped_fills.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
+            oversized: c.oversized.load(Ordering::Relaxed),
             circuit_openings: match &self.inner.store {
                 Store::Redis { redis, .. } => redis.breaker_openings(),
                 Store::Memory(_) => 0,
@@ -527,7 +569,8 @@ impl Cache {
     /// Counts a failed store operation and logs it, at most once a second (an outage must not
     /// flood the logs): the log line says how many failures it stands for.
     fn count_result<T>(&self, result: &Result<T, CacheError>, op: &'static str) {
-        if let Err(err) = result {
+        // Oversized values are counted and logged on their own.
+        if let Some(err) = result.as_ref().err().filter(|e| !matches!(e, CacheError::TooLarge(_))) {
             let errors = self.inner.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
             #[cfg(feature = "metrics")]
             metrics::counter!("cache_errors_total", "op" => op).increment(1);
@@ -838,7 +881,7 @@ impl Cache {
         let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
         let result = match &self.inner.store {
             Store::Memory(mem) => Ok(mem.fill(key, namespace, lease, mem_entry(meta, value))),
-            Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, value, self.inner.format) {
+            Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&meta, value) {
                 Ok(bytes) => {
                     let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
@@ -887,7 +930,7 @@ impl Cache {
                 mem.insert(key, mem_entry(meta, Some(value)));
                 Ok(())
             }
-            Store::Redis { redis, l1, .. } => match encode_entry::<V, C>(&meta, Some(value), self.inner.format) {
+            Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&meta, Some(value)) {
                 Ok(bytes) => {
                     // Another replica's L1 may hold the previous value: a set is an invalidation too.
                     let stored = redis.set(&key, &bytes, ttl).await;
@@ -1153,12 +1196,29 @@ fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>) -> MemEntry {
     }
 }
 
-fn encode_entry<V: Stored, C: Codec<V>>(meta: &Meta, value: Option<&V>, format: Format) -> Result<Vec<u8>, CacheError> {
-    let payload = match value {
-        Some(v) => C::encode(v, format)?,
-        None => Vec::new(),
-    };
-    envelope::encode(meta, value.is_none(), format, &payload).map_err(|why| CacheError::Config(why.to_owned()))
+impl Cache {
+    /// The stored form of a value, unless it is larger than `max_value_bytes` (then it is not
+    /// stored: counted in `stats().oversized`, logged once).
+    fn encode_entry<V: Stored, C: Codec<V>>(&self, meta: &Meta, value: Option<&V>) -> Result<Vec<u8>, CacheError> {
+        let payload = match value {
+            Some(v) => C::encode(v, self.inner.format)?,
+            None => Vec::new(),
+        };
+        if payload.len() > self.inner.max_value_bytes {
+            self.inner.stats.oversized.fetch_add(1, Ordering::Relaxed);
+            if !self.inner.oversized_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    target: "cache_runtime",
+                    bytes = payload.len(),
+                    max = self.inner.max_value_bytes,
+                    "a value larger than max_value_bytes is not stored (logged once; see stats().oversized)"
+                );
+            }
+            return Err(CacheError::TooLarge(payload.len()));
+        }
+        envelope::encode(meta, value.is_none(), self.inner.format, &payload)
+            .map_err(|why| CacheError::Config(why.to_owned()))
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -25,6 +25,8 @@ pub enum CacheError {
     Encode(serde_json::Error),
     /// Redis failed repeatedly: the circuit breaker is open and the command was not sent.
     Unavailable,
+    /// The encoded value (this many bytes) is larger than `max_value_bytes`; it was not stored.
+    TooLarge(usize),
 }
 
 impl fmt::Display for CacheError {
@@ -35,6 +37,7 @@ impl fmt::Display for CacheError {
             CacheError::Timeout => f.write_str("redis did not answer within the command timeout"),
             CacheError::Encode(err) => write!(f, "could not encode the value: {err}"),
             CacheError::Unavailable => f.write_str("redis is failing; the circuit breaker is open"),
+            CacheError::TooLarge(n) => write!(f, "the value is {n} bytes, over max_value_bytes; not stored"),
         }
     }
 }
@@ -44,7 +47,7 @@ impl std::error::Error for CacheError {
         match self {
             CacheError::Redis(err) => Some(err),
             CacheError::Encode(err) => Some(err),
-            CacheError::Config(_) | CacheError::Timeout | CacheError::Unavailable => None,
+            CacheError::Config(_) | CacheError::Timeout | CacheError::Unavailable | CacheError::TooLarge(_) => None,
         }
     }
 }
