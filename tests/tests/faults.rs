@@ -2,43 +2,14 @@
 //! restarted, Redis paused and resumed. A bounded load generator (loopback only) checks that no
 //! request fails or hangs, and that caching comes back by itself.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cache_runtime::test_util::RedisServer;
-
-struct Replica {
-    child: Child,
-    base: String,
-}
-
-impl Replica {
-    fn start(redis: &RedisServer, db: &std::path::Path) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_app_replica"))
-            .env("PORT", "0")
-            .env("REDIS_URL", redis.url())
-            .env("DATABASE_PATH", db)
-            .env("DB_LATENCY_MS", "2")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.split_whitespace().nth(2).expect("`listening on http://…`").to_owned();
-        Replica { child, base }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::Replica;
 
 #[derive(Default)]
 struct Tally {
@@ -100,7 +71,7 @@ fn temp_db(name: &str) -> std::path::PathBuf {
 async fn redis_killed_and_restarted_under_load() {
     let mut redis = RedisServer::start().unwrap();
     let db = temp_db("kill");
-    let (a, b) = (Replica::start(&redis, &db), Replica::start(&redis, &db));
+    let (a, b) = (Replica::start(&redis, &db, 2), Replica::start(&redis, &db, 2));
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let workers = load(vec![a.base.clone(), b.base.clone()], 8, stop.clone(), tally.clone());
@@ -133,7 +104,7 @@ async fn redis_killed_and_restarted_under_load() {
 async fn redis_paused_under_load_and_a_write_during_the_pause() {
     let redis = RedisServer::start().unwrap();
     let db = temp_db("pause");
-    let (a, b) = (Replica::start(&redis, &db), Replica::start(&redis, &db));
+    let (a, b) = (Replica::start(&redis, &db, 2), Replica::start(&redis, &db, 2));
     let c = reqwest::Client::new();
     for r in [&a, &b] {
         for _ in 0..2 {

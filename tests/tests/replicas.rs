@@ -1,42 +1,12 @@
 //! Two processes of the example app on one Redis and one SQLite file: a write through one is
 //! what the other serves next, for every write, with each process's process-memory tier on.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::Duration;
 
 use cache_runtime::test_util::RedisServer;
-
-/// One app process, killed (by pid) when dropped.
-struct Replica {
-    child: Child,
-    base: String,
-}
-
-impl Replica {
-    fn start(redis: &RedisServer, db: &std::path::Path) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_app_replica"))
-            .env("PORT", "0")
-            .env("REDIS_URL", redis.url())
-            .env("DATABASE_PATH", db)
-            .env("DB_LATENCY_MS", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.split_whitespace().nth(2).expect("`listening on http://…`").to_owned();
-        Replica { child, base }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::Replica;
 
 async fn get_json(c: &reqwest::Client, url: &str) -> (String, serde_json::Value) {
     let r = c.get(url).bearer_auth("carol").send().await.unwrap();
@@ -51,8 +21,8 @@ async fn a_write_through_one_replica_is_served_by_the_other_next() {
     let dir = std::env::temp_dir().join(format!("cache-toolkit-replicas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("app.sqlite");
-    let a = Replica::start(&redis, &db);
-    let b = Replica::start(&redis, &db);
+    let a = Replica::start(&redis, &db, 0);
+    let b = Replica::start(&redis, &db, 0);
     let c = reqwest::Client::new();
     let user = |r: &Replica| format!("{}/users/1", r.base);
 

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -66,5 +68,38 @@ impl Calls {
 
     pub fn get(&self) -> usize {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A process of the example app (`cargo run --example axum_app`'s code), killed (by pid) when
+/// dropped.
+pub struct Replica {
+    child: Child,
+    pub base: String,
+}
+
+impl Replica {
+    /// Starts one on a free port, on `redis` and the SQLite file `db`.
+    pub fn start(redis: &RedisServer, db: &std::path::Path, db_latency_ms: u32) -> Replica {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_app_replica"))
+            .env("PORT", "0")
+            .env("REDIS_URL", redis.url())
+            .env("DATABASE_PATH", db)
+            .env("DB_LATENCY_MS", db_latency_ms.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base = line.split_whitespace().nth(2).expect("`listening on http://…`").to_owned();
+        Replica { child, base }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
