@@ -279,17 +279,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let (outer, inner): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer));
     let stmts = &block.stmts;
     let (key_builder, capacity) = key;
-    // A fake return edge fixes the block's type so `?` and `return` infer as in the user's
-    // fn (impossible, and unneeded, for `impl Trait` return types).
-    let fake_return = (!mentions(ret_ty, &[]).impl_trait).then(|| {
-        quote! {
-            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
-            if false {
-                let __cr_fake_return: #ret_ty = loop {};
-                return __cr_fake_return;
-            }
-        }
-    });
+    let fake_return = fake_return(ret_ty);
     let tag_count = tags.len();
     let prologue = quote! {
         #(#inner)*
@@ -630,16 +620,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
         ReturnType::Type(_, ty) => (**ty).clone(),
         ReturnType::Default => syn::parse_quote!(()),
     };
-    let nameable = !mentions(&ret_ty, &[]).impl_trait;
-    let fake_return = nameable.then(|| {
-        quote! {
-            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
-            if false {
-                let __cr_fake_return: #ret_ty = loop {};
-                return __cr_fake_return;
-            }
-        }
-    });
+    let fake_return = fake_return(&ret_ty);
     let (before, after) = if args.before {
         (quote!(__cr_inv.run().await;), quote!())
     } else {
@@ -680,6 +661,20 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
             #success
             #after
             #result
+        }
+    })
+}
+
+/// A fake return edge: fixes an async block's type so `?` and `return` infer as in the
+/// user's fn. `None` for `impl Trait` return types (impossible to name, and not needed).
+fn fake_return(ret_ty: &Type) -> Option<TokenStream> {
+    (!mentions(ret_ty, &[]).impl_trait).then(|| {
+        quote! {
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
+            if false {
+                let __cr_fake_return: #ret_ty = loop {};
+                return __cr_fake_return;
+            }
         }
     })
 }

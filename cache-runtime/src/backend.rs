@@ -20,6 +20,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::envelope::Meta;
 use crate::error::CacheError;
+use crate::sync::lock;
 use crate::time::now_ms;
 
 /// What a read saw, that its fill must still see to be allowed to store.
@@ -97,10 +98,6 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore").field("entries", &self.entries.entry_count()).finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl MemoryStore {
@@ -456,13 +453,6 @@ impl RedisStore {
         invocation.key(key).key(generation_key(key));
         let mut conn = self.conn();
         self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
-    }
-
-    /// `SET key 1 NX PX hold`: whether this caller got it.
-    pub(crate) async fn claim(&self, key: &str, hold: Duration) -> Result<bool, CacheError> {
-        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
-        let set: Option<String> = self.run(redis::cmd("SET").arg(key).arg(1).arg("NX").arg("PX").arg(ms)).await?;
-        Ok(set.is_some())
     }
 
     /// `SET key token NX PX hold`: whether this caller got it.

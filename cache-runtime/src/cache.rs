@@ -14,6 +14,7 @@ use crate::fetch::{self, CallOpts, Plain, ResultMode, Spawner};
 use crate::flight::Flights;
 use crate::key::{self, KeyWriter};
 use crate::lock::{Attempt, Locks};
+use crate::sync::lock;
 use crate::time::now_ms;
 use crate::Cacheable;
 
@@ -603,7 +604,7 @@ impl Cache {
         match &self.inner.store {
             Store::Memory(_) => true,
             Store::Redis { redis, .. } => {
-                let claimed = redis.claim(&refresh_key(key), hold).await;
+                let claimed = redis.claim_token(&refresh_key(key), "1", hold).await;
                 self.count_result(&claimed, "claim refresh");
                 if !matches!(claimed, Ok(true)) {
                     self.inner.refreshing.invalidate(key);
@@ -1170,11 +1171,7 @@ pub(crate) struct LogKey<'a> {
 impl std::fmt::Display for LogKey<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.redact {
-            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in self.key.bytes() {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-            write!(f, "#{hash:016x}")
+            write!(f, "#{:016x}", envelope::fnv1a(self.key.as_bytes()))
         } else {
             f.write_str(self.key)
         }
@@ -1219,10 +1216,6 @@ impl Cache {
         envelope::encode(meta, value.is_none(), self.inner.format, &payload)
             .map_err(|why| CacheError::Config(why.to_owned()))
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The plain API within one namespace, from [`Cache::namespace`].

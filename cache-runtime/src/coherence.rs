@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::backend::{MemoryStore, RedisStore};
 use crate::key;
+use crate::sync::lock;
 
 /// One invalidation as published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,10 +87,6 @@ impl std::fmt::Debug for Coherence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coherence").field("channel", &self.channel).field("live", &self.live).finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Coherence {

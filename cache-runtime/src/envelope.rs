@@ -181,12 +181,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
 /// A 64-bit fingerprint of a Rust type (FNV-1a of its type name), stored in every entry so
 /// that bytes written for one type are never decoded into another.
 pub(crate) fn fingerprint<T: ?Sized>() -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in std::any::type_name::<T>().bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    fnv1a(std::any::type_name::<T>().as_bytes())
+}
+
+/// 64-bit FNV-1a: a stable, fast hash for fingerprints and log redaction (not for anything an
+/// attacker could aim at: `vary` values are hashed with SHA-256).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::cache::Found;
+use crate::sync::lock;
 
 /// What a leader shares: `Some(value)` (an `Arc<(Found<V>, bool)>`, the flag set when the
 /// value is stale), or `None` when it has nothing to share (its body failed).
@@ -32,10 +33,6 @@ impl std::fmt::Debug for Flights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Flights").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The caller that computes the value for everyone.

@@ -58,26 +58,22 @@ impl<S: Send + Sync> FromRequestParts<S> for HttpRequest {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(HttpRequest {
-            method: parts.method.clone(),
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-            headers: parts.headers.clone(),
-        })
+        Ok(HttpRequest::new(&parts.method, &parts.uri, &parts.headers))
     }
 }
 
 impl HttpRequest {
+    fn new(method: &Method, uri: &axum::http::Uri, headers: &HeaderMap) -> Self {
+        HttpRequest {
+            method: method.clone(),
+            path_and_query: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+            headers: headers.clone(),
+        }
+    }
+
     /// What a cached response depends on, taken from a whole request (for `CacheLayer`).
     pub(crate) fn of<B>(request: &axum::http::Request<B>) -> Self {
-        let uri = request.uri();
-        HttpRequest {
-            method: request.method().clone(),
-            path_and_query: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-            headers: request.headers().clone(),
-        }
+        HttpRequest::new(request.method(), request.uri(), request.headers())
     }
 
     /// The default key of a handler without `key`: its request's path and query.

@@ -44,6 +44,7 @@ pub mod key;
 #[cfg(feature = "axum")]
 mod layer;
 mod lock;
+mod sync;
 mod time;
 
 #[cfg(feature = "test-util")]

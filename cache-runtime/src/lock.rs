@@ -15,6 +15,7 @@ use futures::StreamExt as _;
 use tokio::sync::Notify;
 
 use crate::backend::RedisStore;
+use crate::sync::lock;
 use crate::time::now_ms;
 
 /// Longest a waiter sleeps before looking at the store again, should a wake-up be lost.
@@ -39,10 +40,6 @@ impl std::fmt::Debug for Locks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Locks").field("channel", &self.channel).finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub(crate) fn lock_key(key: &str) -> String {
