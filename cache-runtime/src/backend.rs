@@ -1,4 +1,5 @@
-//! The two stores: process memory (moka) and Redis (redis-rs `ConnectionManager`).
+//! The two stores: process memory (moka) and Redis (redis-rs `ConnectionManager`, or a cluster
+//! connection).
 //!
 //! Both keep the same invalidation rules:
 //! - a per-key **generation**, bumped by every invalidation of the key; a fill stores only if
@@ -17,6 +18,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use crate::envelope::Meta;
 use crate::error::CacheError;
@@ -249,17 +253,100 @@ redis.call('PEXPIRE', KEYS[2], 86400000)
 return redis.call('UNLINK', KEYS[1])
 ";
 
+/// Where the commands go: one server or a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RedisTarget {
+    /// `redis://host:port/db`.
+    Single(String),
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); the rest are discovered.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// `redis://…` / `rediss://…` is one server; `redis+cluster://[user:pass@]h1:p1,h2:p2` (or
+    /// `rediss+cluster://…`) names seed nodes of a cluster.
+    pub(crate) fn parse(url: &str) -> RedisTarget {
+        for (scheme, node_scheme) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+            if let Some(rest) = url.strip_prefix(scheme) {
+                let rest = rest.trim_end_matches('/');
+                let (auth, hosts) = match rest.rsplit_once('@') {
+                    Some((auth, hosts)) => (format!("{auth}@"), hosts),
+                    None => (String::new(), rest),
+                };
+                let nodes = hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{node_scheme}{auth}{h}"));
+                return RedisTarget::Cluster(nodes.collect());
+            }
+        }
+        RedisTarget::Single(url.to_owned())
+    }
+}
+
+/// A connection: a connection manager (one server) or a cluster connection (one multiplexed
+/// connection per node, routed by slot). Both are cheap to clone and reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        /// Replaced by a fresh manager when the current one keeps failing: a manager whose
+        /// reconnection ended in an error that is not an I/O error never tries again by itself.
+        conn: arc_swap::ArcSwap<ConnectionManager>,
+    },
+    Cluster {
+        nodes: Vec<String>,
+        client: ClusterClient,
+        /// Made on first use (it needs the cluster to answer), dropped when it keeps failing.
+        conn: arc_swap::ArcSwapOption<ClusterConnection>,
+        connecting: tokio::sync::Mutex<()>,
+    },
+}
+
 /// Redis through a `ConnectionManager` (one multiplexed connection that reconnects by
-/// itself), every command bounded by the command timeout.
+/// itself) or a cluster connection, every command bounded by the command timeout.
+///
+/// Cluster-safe by construction: every script and pipeline touches one slot (an entry, its
+/// generation, its lock and its refresh claim share the hash tag `{ns:key}`); multi-key reads
+/// (`MGET`) and `UNLINK` are split by slot by the cluster client; `SCAN` runs on every master;
+/// pub/sub is sharded (`SSUBSCRIBE`/`SPUBLISH` on channels hash-tagged `{prefix}`, so one
+/// shard carries them all and `SPUBLISH` counts every subscriber).
 pub(crate) struct RedisStore {
     breaker: Breaker,
-    /// Replaced by a fresh manager when the current one keeps failing: a manager whose
-    /// reconnection ended in an error that is not an I/O error never tries again by itself.
-    conn: arc_swap::ArcSwap<ConnectionManager>,
-    /// ms since the Unix epoch of the last replacement.
+    target: Target,
+    /// ms since the Unix epoch of the last replacement of the connection.
     last_rebuild_ms: std::sync::atomic::AtomicU64,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
     timeout: Duration,
     fill: Arc<redis::Script>,
     invalidate_key: Arc<redis::Script>,
@@ -267,7 +354,10 @@ pub(crate) struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("cluster", &self.is_cluster())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -287,35 +377,77 @@ fn seen(v: Option<u64>) -> String {
     v.map_or_else(String::new, |v| v.to_string())
 }
 
+fn invalid_url(e: &redis::RedisError) -> CacheError {
+    CacheError::Config(format!("invalid Redis URL: {e}"))
+}
+
 impl RedisStore {
     /// Connects lazily: building never fails because Redis is down, the first command does
     /// (and is treated as a miss).
-    pub(crate) fn new(url: &str, timeout: Duration) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url).map_err(|e| CacheError::Config(format!("invalid Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+    pub(crate) fn new(target: &RedisTarget, timeout: Duration) -> Result<Self, CacheError> {
+        let target = match target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| invalid_url(&e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+                Target::Single { client, config, conn: arc_swap::ArcSwap::from_pointee(conn) }
+            }
+            RedisTarget::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(CacheError::Config("a Redis Cluster needs at least one node".to_owned()));
+                }
+                Target::Cluster {
+                    client: cluster_client(nodes, timeout, None).map_err(|e| invalid_url(&e))?,
+                    nodes: nodes.clone(),
+                    conn: arc_swap::ArcSwapOption::empty(),
+                    connecting: tokio::sync::Mutex::new(()),
+                }
+            }
+        };
         Ok(RedisStore {
             breaker: Breaker::default(),
-            conn: arc_swap::ArcSwap::from_pointee(conn),
+            target,
             last_rebuild_ms: std::sync::atomic::AtomicU64::new(now_ms()),
-            client,
-            config,
             timeout,
             fill: Arc::new(redis::Script::new(FILL)),
             invalidate_key: Arc::new(redis::Script::new(INVALIDATE_KEY)),
         })
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
     }
 
-    fn conn(&self) -> ConnectionManager {
-        ConnectionManager::clone(&self.conn.load())
+    /// The name of a pub/sub channel of `prefix`: hash-tagged on a cluster, so that all of a
+    /// prefix's channels live on one shard.
+    pub(crate) fn channel(&self, prefix: &str, name: &str) -> String {
+        if self.is_cluster() {
+            format!("{{{prefix}}}:{name}")
+        } else {
+            format!("{prefix}:{name}")
+        }
+    }
+
+    async fn conn(&self) -> redis::RedisResult<Conn> {
+        match &self.target {
+            Target::Single { conn, .. } => Ok(Conn::Single(ConnectionManager::clone(&conn.load()))),
+            Target::Cluster { client, conn, connecting, .. } => {
+                if let Some(c) = conn.load_full() {
+                    return Ok(Conn::Cluster(ClusterConnection::clone(&c)));
+                }
+                let _one_at_a_time = connecting.lock().await;
+                if let Some(c) = conn.load_full() {
+                    return Ok(Conn::Cluster(ClusterConnection::clone(&c)));
+                }
+                let fresh = client.get_async_connection().await?;
+                conn.store(Some(Arc::new(fresh.clone())));
+                Ok(Conn::Cluster(fresh))
+            }
+        }
     }
 
     async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, CacheError> {
@@ -347,7 +479,7 @@ impl RedisStore {
     }
 
     /// After a connection-level failure, at most once a second, start over with a new
-    /// (lazy) connection manager.
+    /// (lazy) connection.
     fn maybe_rebuild(&self) {
         use std::sync::atomic::Ordering;
         let now = now_ms();
@@ -357,16 +489,45 @@ impl RedisStore {
         {
             return;
         }
-        if let Ok(fresh) = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
-            self.conn.store(Arc::new(fresh));
+        match &self.target {
+            Target::Single { client, config, conn } => {
+                if let Ok(fresh) = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+                    conn.store(Arc::new(fresh));
+                }
+            }
+            Target::Cluster { conn, .. } => conn.store(None),
         }
     }
 
-    /// One command, bounded by the command timeout as a whole: while the connection manager
-    /// reconnects (with retries and backoff) a command would otherwise wait for the reconnection.
+    /// One command, bounded by the command timeout as a whole (connecting included): while a
+    /// connection reconnects (with retries and backoff) a command would otherwise wait for it.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
-        let mut conn = self.conn();
-        self.bounded(cmd.query_async::<T>(&mut conn)).await
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            cmd.query_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// One pipeline (all its keys in one slot), bounded like `run`.
+    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, CacheError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            pipe.query_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// One script (all its keys in one slot), bounded like `run`.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, CacheError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            invocation.invoke_async::<T>(&mut conn).await
+        })
+        .await
     }
 
     /// One round trip (`MGET`; a cluster client splits it by slot): the entry, its generation,
@@ -412,19 +573,18 @@ impl RedisStore {
     }
 
     /// Gives every absent tag version a random start (a version key lost to eviction must not
-    /// come back as a value some old entry recorded), and fills in `lease`. One pipeline of
-    /// single-key commands: no script spans slots.
+    /// come back as a value some old entry recorded), and fills in `lease`. One `SET NX` + `GET`
+    /// pipeline per tag (one slot each), all in flight at once.
     pub(crate) async fn init_tags(&self, prefix: &str, lease: &mut Lease, missing: &[usize]) -> Result<(), CacheError> {
-        let mut pipe = redis::pipe();
-        for &i in missing {
-            pipe.cmd("SET").arg(tag_key(prefix, &lease.tags[i].0)).arg(random_start()).arg("NX").ignore();
-        }
-        for &i in missing {
-            pipe.cmd("GET").arg(tag_key(prefix, &lease.tags[i].0));
-        }
-        let mut conn = self.conn();
-        let values: Vec<Option<Vec<u8>>> = self.bounded(pipe.query_async(&mut conn)).await?;
-        for (&i, v) in missing.iter().zip(&values) {
+        let reads = missing.iter().map(|&i| {
+            let key = tag_key(prefix, &lease.tags[i].0);
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(&key).arg(random_start()).arg("NX").ignore();
+            pipe.cmd("GET").arg(&key);
+            async move { self.run_pipe::<(Option<Vec<u8>>,)>(&pipe).await }
+        });
+        let values = futures::future::try_join_all(reads).await?;
+        for (&i, (v,)) in missing.iter().zip(&values) {
             lease.tags[i].1 =
                 parse_version(v.as_ref()).ok_or(CacheError::Config("tag version is not a number".into()))?;
         }
@@ -438,8 +598,7 @@ impl RedisStore {
         invocation.key(key).key(generation_key(key));
         invocation.arg(seen(lease.generation));
         invocation.arg(bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-        let mut conn = self.conn();
-        let stored: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        let stored: i64 = self.invoke(&invocation).await?;
         Ok(stored == 1)
     }
 
@@ -451,8 +610,7 @@ impl RedisStore {
     pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), CacheError> {
         let mut invocation = self.invalidate_key.prepare_invoke();
         invocation.key(key).key(generation_key(key));
-        let mut conn = self.conn();
-        self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
+        self.invoke::<i64>(&invocation).await.map(drop)
     }
 
     /// `SET key token NX PX hold`: whether this caller got it.
@@ -460,11 +618,6 @@ impl RedisStore {
         let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
         let set: Option<String> = self.run(redis::cmd("SET").arg(key).arg(token).arg("NX").arg("PX").arg(ms)).await?;
         Ok(set.is_some())
-    }
-
-    pub(crate) async fn invoke_i64(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<i64, CacheError> {
-        let mut conn = self.conn();
-        self.bounded(invocation.invoke_async(&mut conn)).await
     }
 
     pub(crate) async fn unlink(&self, key: &str) -> Result<(), CacheError> {
@@ -476,17 +629,58 @@ impl RedisStore {
         self.run(redis::cmd("INCR").arg(version_key)).await
     }
 
+    /// `PUBLISH` (`SPUBLISH` on a cluster); returns how many subscribers received it.
     pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<usize, CacheError> {
-        self.run(redis::cmd("PUBLISH").arg(channel).arg(message)).await
+        let command = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
+        self.run(redis::cmd(command).arg(channel).arg(message)).await
     }
 
-    /// Deletes every key matching `pattern` with `SCAN` + `UNLINK` in batches (never `KEYS`).
+    /// Deletes every key matching `pattern` with `SCAN` + `UNLINK` in batches (never `KEYS`),
+    /// on every master of a cluster.
     pub(crate) async fn del_matching(&self, pattern: &str) -> Result<u64, CacheError> {
+        let Target::Cluster { .. } = &self.target else {
+            return self.scan_unlink(pattern, None).await;
+        };
+        let mut cluster_nodes = redis::cmd("CLUSTER");
+        cluster_nodes.arg("NODES");
+        let nodes: String = self.route(cluster_nodes, SingleNodeRoutingInfo::Random).await?;
+        let mut removed = 0;
+        for master in masters(&nodes) {
+            removed += self.scan_unlink(pattern, Some(master)).await?;
+        }
+        Ok(removed)
+    }
+
+    /// One command sent to the cluster node `routing` names, bounded like `run`.
+    async fn route<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        routing: SingleNodeRoutingInfo,
+    ) -> Result<T, CacheError> {
+        let value = self
+            .bounded(async {
+                match self.conn().await? {
+                    Conn::Cluster(mut conn) => conn.route_command(cmd, RoutingInfo::SingleNode(routing)).await,
+                    Conn::Single(mut conn) => cmd.query_async(&mut conn).await,
+                }
+            })
+            .await?;
+        redis::from_redis_value(value).map_err(|e| CacheError::Redis(e.into()))
+    }
+
+    /// `SCAN` one server (or one cluster node) and `UNLINK` what matches.
+    async fn scan_unlink(&self, pattern: &str, node: Option<(String, u16)>) -> Result<u64, CacheError> {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) =
-                self.run(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000)).await?;
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let (next, keys): (u64, Vec<String>) = match &node {
+                None => self.run(&scan).await?,
+                Some((host, port)) => {
+                    self.route(scan, SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port }).await?
+                }
+            };
             if !keys.is_empty() {
                 removed += self.run::<u64>(redis::cmd("UNLINK").arg(&keys)).await?;
             }
@@ -495,6 +689,113 @@ impl RedisStore {
             }
             cursor = next;
         }
+    }
+
+    /// A subscription to `channels` (`SUBSCRIBE` on a dedicated connection; on a cluster a
+    /// RESP3 cluster connection with `SSUBSCRIBE`, which follows the shard when slots move).
+    pub(crate) async fn subscribe(&self, channels: &[&str]) -> redis::RedisResult<Subscription> {
+        match &self.target {
+            Target::Single { client, .. } => {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(channels).await?;
+                let (sink, stream) = pubsub.split();
+                Ok(Subscription::Single { sink, stream })
+            }
+            Target::Cluster { nodes, .. } => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let mut conn = cluster_client(nodes, self.timeout, Some(tx))?.get_async_connection().await?;
+                conn.ssubscribe(channels).await?;
+                Ok(Subscription::Cluster { conn, rx })
+            }
+        }
+    }
+}
+
+fn cluster_client(
+    nodes: &[String],
+    timeout: Duration,
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> redis::RedisResult<ClusterClient> {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .response_timeout(timeout);
+    if let Some(push) = push {
+        builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
+    }
+    builder.build()
+}
+
+/// The masters in a `CLUSTER NODES` reply, as (host, port).
+fn masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") || flags.contains("noaddr") {
+                return None;
+            }
+            let address = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One received message: its channel and payload.
+pub(crate) struct Received {
+    pub(crate) channel: String,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// A live subscription (see [`RedisStore::subscribe`]).
+pub(crate) enum Subscription {
+    Single { sink: redis::aio::PubSubSink, stream: redis::aio::PubSubStream },
+    Cluster { conn: ClusterConnection, rx: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo> },
+}
+
+impl Subscription {
+    /// The next message; `None` once the subscription is lost (messages may have been missed).
+    pub(crate) async fn next(&mut self) -> Option<Received> {
+        use futures::StreamExt as _;
+        match self {
+            Subscription::Single { stream, .. } => {
+                let msg = stream.next().await?;
+                Some(Received { channel: msg.get_channel_name().to_owned(), payload: msg.get_payload_bytes().to_vec() })
+            }
+            Subscription::Cluster { rx, .. } => loop {
+                let push = rx.recv().await?;
+                match push.kind {
+                    redis::PushKind::SMessage | redis::PushKind::Message => {
+                        let mut data = push.data.into_iter();
+                        let (Some(channel), Some(payload)) = (data.next(), data.next()) else { continue };
+                        let (Ok(channel), Ok(payload)) =
+                            (redis::from_redis_value::<String>(channel), redis::from_redis_value::<Vec<u8>>(payload))
+                        else {
+                            continue;
+                        };
+                        return Some(Received { channel, payload });
+                    }
+                    // A node connection dropped: the client resubscribes, but what was published
+                    // meanwhile is lost.
+                    redis::PushKind::Disconnection | redis::PushKind::SUnsubscribe => return None,
+                    _ => {}
+                }
+            },
+        }
+    }
+
+    /// Whether the subscribed connection still answers.
+    pub(crate) async fn ping(&mut self) -> bool {
+        let ping = async {
+            match self {
+                Subscription::Single { sink, .. } => sink.ping::<redis::Value>().await.is_ok(),
+                Subscription::Cluster { conn, .. } => {
+                    redis::cmd("PING").query_async::<redis::Value>(conn).await.is_ok()
+                }
+            }
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(true))
     }
 }
 
@@ -561,4 +862,36 @@ fn random_start() -> u64 {
     now_ms().hash(&mut h);
     std::thread::current().id().hash(&mut h);
     (h.finish() >> 24) | (1 << 39)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_seed_nodes() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379/2"),
+            RedisTarget::Single("redis://127.0.0.1:6379/2".into())
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://a:7000,b:7001/"),
+            RedisTarget::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert_eq!(
+            RedisTarget::parse("rediss+cluster://user:p@ss@a:7000,b:7001"),
+            RedisTarget::Cluster(vec!["rediss://user:p@ss@a:7000".into(), "rediss://user:p@ss@b:7001".into()])
+        );
+    }
+
+    #[test]
+    fn masters_are_read_from_cluster_nodes() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002,host2 master - 0 1426238316232 2 connected 5461-10922
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+9921 127.0.0.1:30003@40003 master,fail - 0 1426238317741 3 connected 10923-16383
+";
+        assert_eq!(masters(nodes), vec![("127.0.0.1".to_owned(), 30002), ("127.0.0.1".to_owned(), 30001)]);
+    }
 }

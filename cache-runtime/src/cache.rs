@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{namespace_tag, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
+use crate::backend::{namespace_tag, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore, RedisTarget};
 use crate::codec::{Codec, Format, Json, Stored};
 use crate::coherence::{Coherence, Message};
 use crate::envelope::{self, Meta};
@@ -156,7 +156,7 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct CacheBuilder {
-    redis_url: Option<String>,
+    redis: Option<RedisTarget>,
     prefix: String,
     default_ttl: Duration,
     command_timeout: Duration,
@@ -174,7 +174,7 @@ pub struct CacheBuilder {
 impl Default for CacheBuilder {
     fn default() -> Self {
         CacheBuilder {
-            redis_url: None,
+            redis: None,
             prefix: "cache".to_owned(),
             default_ttl: Duration::from_secs(300),
             command_timeout: Duration::from_millis(250),
@@ -195,14 +195,40 @@ impl CacheBuilder {
     /// Store entries in Redis at `url` (`redis://host:port/db`). The connection is made on
     /// first use and re-made by itself after a failure; a Redis that is down makes reads miss,
     /// never fail.
+    ///
+    /// A URL of the form `redis+cluster://[user:password@]host:port,host:port,…` (or
+    /// `rediss+cluster://…`) names seed nodes of a Redis Cluster, as
+    /// [`redis_cluster`](Self::redis_cluster) does; it lets one `REDIS_URL` setting choose either.
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
+        self.redis = Some(RedisTarget::parse(&url.into()));
+        self
+    }
+
+    /// Store entries in a Redis Cluster, reached through any of `nodes` (`redis://host:port`
+    /// each; the other nodes and the slot map are discovered, and re-discovered when slots
+    /// move). Everything works as on one Redis: each entry's keys share a hash tag, multi-key
+    /// reads are split by slot, `clear_namespace` scans every master, and the invalidation and
+    /// lock channels use sharded pub/sub.
+    ///
+    /// ```
+    /// let cache = cache_runtime::Cache::builder()
+    ///     .redis_cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"])
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(cache.is_redis());
+    /// ```
+    pub fn redis_cluster<I>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.redis = Some(RedisTarget::Cluster(nodes.into_iter().map(Into::into).collect()));
         self
     }
 
     /// Store entries in process memory (the default).
     pub fn memory(mut self) -> Self {
-        self.redis_url = None;
+        self.redis = None;
         self
     }
 
@@ -302,15 +328,24 @@ impl CacheBuilder {
         if self.command_timeout.is_zero() {
             return Err(CacheError::Config("command_timeout must be greater than zero".to_owned()));
         }
-        let store = match &self.redis_url {
+        let store = match &self.redis {
             None => Store::Memory(MemoryStore::new(self.max_entries)),
-            Some(url) => Store::Redis {
-                redis: Arc::new(RedisStore::new(url, self.command_timeout)?),
-                l1: self.l1.then(|| {
-                    Arc::new(Coherence::new(&self.prefix, self.l1_max_entries, self.l1_ttl, self.coherence_timeout))
-                }),
-                locks: Arc::new(Locks::new(&self.prefix)),
-            },
+            Some(target) => {
+                let redis = RedisStore::new(target, self.command_timeout)?;
+                Store::Redis {
+                    l1: self.l1.then(|| {
+                        Arc::new(Coherence::new(
+                            &self.prefix,
+                            &redis,
+                            self.l1_max_entries,
+                            self.l1_ttl,
+                            self.coherence_timeout,
+                        ))
+                    }),
+                    locks: Arc::new(Locks::new(&self.prefix, &redis)),
+                    redis: Arc::new(redis),
+                }
+            }
         };
         Ok(Cache {
             inner: Arc::new(Inner {

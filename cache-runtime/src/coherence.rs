@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use tokio::sync::Notify;
 
 use crate::backend::{MemoryStore, RedisStore};
@@ -90,13 +89,19 @@ impl std::fmt::Debug for Coherence {
 }
 
 impl Coherence {
-    pub(crate) fn new(prefix: &str, l1_max_entries: u64, l1_ttl: Duration, ack_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        prefix: &str,
+        redis: &RedisStore,
+        l1_max_entries: u64,
+        l1_ttl: Duration,
+        ack_timeout: Duration,
+    ) -> Self {
         Coherence {
             l1: MemoryStore::new(l1_max_entries),
             l1_ttl,
             prefix: prefix.to_owned(),
-            channel: format!("{prefix}:inv"),
-            ack_channel: format!("{prefix}:ack"),
+            channel: redis.channel(prefix, "inv"),
+            ack_channel: redis.channel(prefix, "ack"),
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             started: AtomicBool::new(false),
@@ -196,13 +201,10 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
         let Some(c) = coherence.upgrade() else { return };
         let (channel, ack_channel) = (c.channel.clone(), c.ack_channel.clone());
         drop(c);
-        let subscribed = async {
-            let mut pubsub = redis.client().get_async_pubsub().await?;
-            pubsub.subscribe(&[channel.as_str(), ack_channel.as_str()]).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
-            Ok(Ok(pubsub)) => pubsub,
+        let channels = [channel.as_str(), ack_channel.as_str()];
+        let subscribed = redis.subscribe(&channels);
+        let mut subscription = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+            Ok(Ok(subscription)) => subscription,
             _ => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -210,7 +212,6 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
             }
         };
         backoff = Duration::from_millis(50);
-        let (mut sink, mut stream) = pubsub.split();
         {
             let Some(c) = coherence.upgrade() else { return };
             // Anything cached before this point may have missed messages.
@@ -221,15 +222,15 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
         let mut ping = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                msg = stream.next() => {
+                msg = subscription.next() => {
                     let Some(msg) = msg else { break };
                     let Some(c) = coherence.upgrade() else { return };
-                    let Ok(payload) = msg.get_payload::<String>() else { continue };
-                    if msg.get_channel_name() == c.ack_channel {
+                    let Ok(payload) = std::str::from_utf8(&msg.payload) else { continue };
+                    if msg.channel == c.ack_channel {
                         if let Some(id) = payload.strip_prefix("a ").and_then(|id| id.parse().ok()) {
                             c.acked(id);
                         }
-                    } else if let Some((id, message)) = Message::decode(&payload) {
+                    } else if let Some((id, message)) = Message::decode(payload) {
                         c.apply_local(&message);
                         let redis = Arc::clone(&redis);
                         let ack_channel = c.ack_channel.clone();
@@ -239,7 +240,7 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
                     }
                 }
                 _ = ping.tick() => {
-                    if !matches!(tokio::time::timeout(Duration::from_secs(2), sink.ping::<redis::Value>()).await, Ok(Ok(_))) {
+                    if !subscription.ping().await {
                         break;
                     }
                 }

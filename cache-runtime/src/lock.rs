@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use tokio::sync::Notify;
 
 use crate::backend::RedisStore;
@@ -57,9 +56,9 @@ pub(crate) enum Attempt {
 }
 
 impl Locks {
-    pub(crate) fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str, redis: &RedisStore) -> Self {
         Locks {
-            channel: format!("{prefix}:filled"),
+            channel: redis.channel(prefix, "filled"),
             waiters: Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
             live: AtomicBool::new(false),
@@ -119,7 +118,7 @@ impl Locks {
         let lock_key = lock_key(key);
         let mut invocation = self.release.prepare_invoke();
         invocation.key(&lock_key).arg(token);
-        let _ = redis.invoke_i64(&invocation).await;
+        let _ = redis.invoke::<i64>(&invocation).await;
         let _ = redis.publish(&self.channel, key.as_bytes()).await;
     }
 
@@ -136,23 +135,19 @@ async fn subscriber(locks: Weak<Locks>, redis: Arc<RedisStore>) {
         let Some(l) = locks.upgrade() else { return };
         let channel = l.channel.clone();
         drop(l);
-        let subscribed = async {
-            let mut pubsub = redis.client().get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let Ok(Ok(pubsub)) = tokio::time::timeout(Duration::from_secs(2), subscribed).await else {
+        let channels = [channel.as_str()];
+        let subscribed = redis.subscribe(&channels);
+        let Ok(Ok(mut subscription)) = tokio::time::timeout(Duration::from_secs(2), subscribed).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
         if let Some(l) = locks.upgrade() {
             l.live.store(true, Ordering::Release);
         }
-        let mut stream = pubsub.into_on_message();
-        while let Some(msg) = stream.next().await {
+        while let Some(msg) = subscription.next().await {
             let Some(l) = locks.upgrade() else { return };
-            if let Ok(key) = msg.get_payload::<String>() {
-                l.wake(&key);
+            if let Ok(key) = std::str::from_utf8(&msg.payload) {
+                l.wake(key);
             }
         }
         let Some(l) = locks.upgrade() else { return };

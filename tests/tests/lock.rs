@@ -22,12 +22,12 @@ async fn short_lock(cache: &Cache, calls: &Calls, id: u32) -> u32 {
 }
 
 fn replica(b: &Backend) -> Cache {
-    Cache::builder().redis(b.redis.as_ref().unwrap().url()).prefix("t").build().unwrap()
+    Cache::builder().redis(b.url()).prefix("t").build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_and_a_hundred_callers_run_the_body_once() {
-    for b in [Backend::redis(), Backend::redis_without_l1()] {
+    for b in [Backend::redis(), Backend::redis_without_l1(), Backend::redis_cluster()] {
         let other = replica(&b);
         let calls = Arc::new(Calls::default());
         let tasks: Vec<_> = (0..200)

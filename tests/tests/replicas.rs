@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use cache_runtime::test_util::RedisServer;
+use cache_runtime::test_util::{RedisCluster, RedisServer};
 use support::Replica;
 
 async fn get_json(c: &reqwest::Client, url: &str) -> (String, serde_json::Value) {
@@ -18,11 +18,21 @@ async fn get_json(c: &reqwest::Client, url: &str) -> (String, serde_json::Value)
 #[tokio::test]
 async fn a_write_through_one_replica_is_served_by_the_other_next() {
     let redis = RedisServer::start().unwrap();
-    let dir = std::env::temp_dir().join(format!("cache-toolkit-replicas-{}", std::process::id()));
+    writes_are_served_by_the_other_replica_next(&redis.url(), "single").await;
+}
+
+#[tokio::test]
+async fn the_same_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().unwrap();
+    writes_are_served_by_the_other_replica_next(&cluster.url(), "cluster").await;
+}
+
+async fn writes_are_served_by_the_other_replica_next(redis_url: &str, name: &str) {
+    let dir = std::env::temp_dir().join(format!("cache-toolkit-replicas-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("app.sqlite");
-    let a = Replica::start(&redis, &db, 0);
-    let b = Replica::start(&redis, &db, 0);
+    let a = Replica::start_on(redis_url, &db, 0);
+    let b = Replica::start_on(redis_url, &db, 0);
     let c = reqwest::Client::new();
     let user = |r: &Replica| format!("{}/users/1", r.base);
 

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cache_runtime::test_util::RedisServer;
+use cache_runtime::test_util::{RedisCluster, RedisServer};
 use cache_runtime::Cache;
 
 /// A cache under test, with the Redis server behind it (if any) kept alive as long as it.
@@ -15,11 +15,12 @@ pub struct Backend {
     pub name: &'static str,
     pub cache: Cache,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
 }
 
 impl Backend {
     pub fn memory() -> Backend {
-        Backend { name: "memory", cache: Cache::builder().prefix("t").build().unwrap(), redis: None }
+        Backend { name: "memory", cache: Cache::builder().prefix("t").build().unwrap(), redis: None, cluster: None }
     }
 
     /// Redis with the process-memory tier in front (the default with Redis).
@@ -41,12 +42,33 @@ impl Backend {
             .command_timeout(Duration::from_millis(200))
             .build()
             .unwrap();
-        Backend { name: if l1 { "redis+l1" } else { "redis" }, cache, redis: Some(server) }
+        Backend { name: if l1 { "redis+l1" } else { "redis" }, cache, redis: Some(server), cluster: None }
     }
 
-    /// Every backend: memory, Redis, Redis with the L1.
+    /// A three-master Redis Cluster, with the L1 (reached through its `redis+cluster://` URL).
+    pub fn redis_cluster() -> Backend {
+        let cluster = RedisCluster::start().expect("redis-server and redis-cli must be installed");
+        let cache = Cache::builder()
+            .redis(cluster.url())
+            .prefix("t")
+            .command_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        Backend { name: "cluster+l1", cache, redis: None, cluster: Some(cluster) }
+    }
+
+    /// Every backend: memory, Redis, Redis with the L1, a Redis Cluster with the L1.
     pub fn all() -> Vec<Backend> {
-        vec![Backend::memory(), Backend::redis_without_l1(), Backend::redis()]
+        vec![Backend::memory(), Backend::redis_without_l1(), Backend::redis(), Backend::redis_cluster()]
+    }
+
+    /// The URL another cache would use to share this backend's Redis (or cluster).
+    pub fn url(&self) -> String {
+        match (&self.redis, &self.cluster) {
+            (Some(server), _) => server.url(),
+            (_, Some(cluster)) => cluster.url(),
+            _ => panic!("{} has no Redis", self.name),
+        }
     }
 
     /// A raw connection to this backend's Redis.
@@ -81,9 +103,14 @@ pub struct Replica {
 impl Replica {
     /// Starts one on a free port, on `redis` and the SQLite file `db`.
     pub fn start(redis: &RedisServer, db: &std::path::Path, db_latency_ms: u32) -> Replica {
+        Self::start_on(&redis.url(), db, db_latency_ms)
+    }
+
+    /// Starts one on a free port, on the Redis (or `redis+cluster://` cluster) at `redis_url`.
+    pub fn start_on(redis_url: &str, db: &std::path::Path, db_latency_ms: u32) -> Replica {
         let mut child = Command::new(env!("CARGO_BIN_EXE_app_replica"))
             .env("PORT", "0")
-            .env("REDIS_URL", redis.url())
+            .env("REDIS_URL", redis_url)
             .env("DATABASE_PATH", db)
             .env("DB_LATENCY_MS", db_latency_ms.to_string())
             .stdout(Stdio::piped())
