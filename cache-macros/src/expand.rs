@@ -298,13 +298,15 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         let http_opts = http_opts(&args, &krate);
         let mut sig = func.sig.clone();
         let at = usize::from(params.has_self);
-        sig.inputs.insert(at, syn::parse_quote!(__cr_http: #krate::__private::HttpRequest));
+        // Only a handler that reads more than the conditional headers copies the header map.
+        let all_headers = args.vary.is_some() || args.honor_no_cache.is_some();
+        sig.inputs.insert(at, syn::parse_quote!(__cr_http: #krate::__private::HttpRequest<#all_headers>));
         sig.output = syn::parse_quote!(-> #krate::__private::Response);
         // Naming the return type (when it can be named) puts "does not implement IntoResponse"
         // on it.
         let response_ty = if fake_return.is_some() { quote!(#ret_ty) } else { quote!(_) };
         let call = quote_spanned! {ret_ty.span()=>
-            #krate::__private::cached_handler::<#response_ty, _>(
+            #krate::__private::cached_handler::<#response_ty, _, #all_headers>(
                 __cr_cache, __cr_w, #namespace, &__cr_tags, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body, #spawner,
             ).await
         };
@@ -451,7 +453,8 @@ fn http_opts(args: &CachedArgs, krate: &TokenStream) -> TokenStream {
     }
     if let Some(vary) = &args.vary {
         let names = &vary.value;
-        out.extend(quote!(.vary(&[#(#names),*])));
+        let joined = names.join(", ");
+        out.extend(quote!(.vary(&[#(#names),*], #joined)));
     }
     if let Some(field) = &args.last_modified {
         let f = &field.value;

@@ -41,6 +41,19 @@ pub(crate) struct MemEntry {
     pub(crate) meta: Meta,
     pub(crate) negative: bool,
     pub(crate) value: Box<dyn Any + Send + Sync>,
+    /// Estimated bytes held (key, encoded payload size, bookkeeping): what `max_bytes` bounds.
+    pub(crate) weight: u32,
+}
+
+/// Estimated bytes an entry costs beyond its key and payload (the entry, its `Arc`, moka's
+/// node and expiry bookkeeping, the allocator's rounding): 871 bytes per entry measured for
+/// a 200-byte value and a 29-byte key (`bench/src/bin/entry_size.rs`), minus those.
+pub(crate) const ENTRY_OVERHEAD: usize = 640;
+
+/// The weight of an entry whose key is `key_len` bytes and whose encoded payload is
+/// `payload_len` bytes.
+pub(crate) fn entry_weight(key_len: usize, payload_len: usize) -> u32 {
+    u32::try_from(key_len + payload_len + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 impl std::fmt::Debug for MemEntry {
@@ -90,6 +103,8 @@ fn namespace_name(namespace: &str) -> String {
 
 pub(crate) struct MemoryStore {
     entries: moka::sync::Cache<String, Arc<MemEntry>>,
+    /// Bounded by bytes (entries carry a weight) as well as by count.
+    weighed: bool,
     generations: moka::sync::Cache<String, u64>,
     /// Versions of tags (`t:…`) and namespaces (`n:…`).
     versions: RwLock<HashMap<String, u64>>,
@@ -105,9 +120,24 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    pub(crate) fn new(max_entries: u64) -> Self {
+    /// At most `max_entries` entries and, with `max_bytes`, at most that many bytes by the
+    /// entries' weights. Both bounds are one moka capacity: the capacity is `max_bytes` and no
+    /// entry weighs less than `max_bytes / max_entries`, so neither bound can be exceeded.
+    pub(crate) fn new(max_entries: u64, max_bytes: Option<u64>) -> Self {
+        let entries = moka::sync::Cache::builder().expire_after(EntryExpiry);
+        let entries = match max_bytes {
+            None => entries.max_capacity(max_entries).build(),
+            Some(max_bytes) => {
+                let floor = u32::try_from(max_bytes / max_entries.max(1)).unwrap_or(u32::MAX);
+                entries
+                    .max_capacity(max_bytes)
+                    .weigher(move |_key: &String, entry: &Arc<MemEntry>| entry.weight.max(floor))
+                    .build()
+            }
+        };
         MemoryStore {
-            entries: moka::sync::Cache::builder().max_capacity(max_entries).expire_after(EntryExpiry).build(),
+            entries,
+            weighed: max_bytes.is_some(),
             generations: moka::sync::Cache::builder().time_to_idle(GENERATION_TTL).build(),
             versions: RwLock::new(HashMap::new()),
             shards: (0..SHARDS).map(|_| Mutex::new(())).collect(),
@@ -117,6 +147,18 @@ impl MemoryStore {
 
     fn shard(&self, key: &str) -> &Mutex<()> {
         &self.shards[usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)]
+    }
+
+    /// Whether entries must carry their weight (the store is bounded by bytes).
+    pub(crate) fn weighed(&self) -> bool {
+        self.weighed
+    }
+
+    /// Entries held and their total weight, 0 when not bounded by bytes (after applying
+    /// pending evictions).
+    pub(crate) fn size(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), if self.weighed { self.entries.weighted_size() } else { 0 })
     }
 
     #[inline]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{namespace_tag, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore, RedisTarget};
+use crate::backend::{self, namespace_tag, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore, RedisTarget};
 use crate::codec::{Codec, Format, Json, Stored};
 use crate::coherence::{Coherence, Message};
 use crate::envelope::{self, Meta};
@@ -114,6 +114,10 @@ pub struct Stats {
     /// Times the Redis circuit breaker opened (after repeated failures, requests skip Redis
     /// for a second at a time instead of paying the timeout).
     pub circuit_openings: u64,
+    /// Entries held in process memory (the memory store, or the L1 in front of Redis).
+    pub memory_entries: u64,
+    /// Their weight in bytes (see `CacheBuilder::max_bytes`); 0 unless bounded by bytes.
+    pub memory_bytes: u64,
 }
 
 /// Builds a [`Cache`]. In-memory unless [`redis`](CacheBuilder::redis) is called.
@@ -161,8 +165,10 @@ pub struct CacheBuilder {
     default_ttl: Duration,
     command_timeout: Duration,
     max_entries: u64,
+    max_bytes: Option<u64>,
     l1: bool,
     l1_max_entries: u64,
+    l1_max_bytes: Option<u64>,
     l1_ttl: Duration,
     coherence_timeout: Duration,
     random_seed: Option<u64>,
@@ -179,8 +185,10 @@ impl Default for CacheBuilder {
             default_ttl: Duration::from_secs(300),
             command_timeout: Duration::from_millis(250),
             max_entries: 100_000,
+            max_bytes: None,
             l1: true,
             l1_max_entries: 10_000,
+            l1_max_bytes: None,
             l1_ttl: Duration::from_secs(30),
             coherence_timeout: Duration::from_millis(100),
             random_seed: None,
@@ -258,6 +266,20 @@ impl CacheBuilder {
         self
     }
 
+    /// Upper bound on the bytes held in process memory (default: none, only `max_entries`).
+    /// An entry weighs its key, its value's encoded size (one encode per store, only when
+    /// this is set) and a fixed overhead per entry; the least useful entries are evicted to
+    /// stay under both bounds.
+    ///
+    /// ```
+    /// let cache = cache_runtime::Cache::builder().max_entries(1_000_000).max_bytes(256 << 20).build().unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn max_bytes(mut self, max: u64) -> Self {
+        self.max_bytes = Some(max);
+        self
+    }
+
     /// With Redis: keep a bounded process-memory tier (L1, typed values: a hit costs no I/O
     /// and no decoding) in front of Redis, kept coherent across replicas through Redis
     /// pub/sub (default: on).
@@ -269,6 +291,13 @@ impl CacheBuilder {
     /// Upper bound on the number of entries in the L1 (default 10,000).
     pub fn l1_max_entries(mut self, max: u64) -> Self {
         self.l1_max_entries = max;
+        self
+    }
+
+    /// Upper bound on the bytes held by the L1 (default: none, only `l1_max_entries`). An
+    /// entry weighs its key, its size in Redis and a fixed overhead per entry.
+    pub fn l1_max_bytes(mut self, max: u64) -> Self {
+        self.l1_max_bytes = Some(max);
         self
     }
 
@@ -329,7 +358,7 @@ impl CacheBuilder {
             return Err(CacheError::Config("command_timeout must be greater than zero".to_owned()));
         }
         let store = match &self.redis {
-            None => Store::Memory(MemoryStore::new(self.max_entries)),
+            None => Store::Memory(MemoryStore::new(self.max_entries, self.max_bytes)),
             Some(target) => {
                 let redis = RedisStore::new(target, self.command_timeout)?;
                 Store::Redis {
@@ -337,7 +366,7 @@ impl CacheBuilder {
                         Arc::new(Coherence::new(
                             &self.prefix,
                             &redis,
-                            self.l1_max_entries,
+                            (self.l1_max_entries, self.l1_max_bytes),
                             self.l1_ttl,
                             self.coherence_timeout,
                         ))
@@ -455,6 +484,12 @@ impl Cache {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.stats;
+        let (memory_entries, memory_bytes) = match &self.inner.store {
+            Store::Memory(mem) => mem.size(),
+            Store::Redis { l1: Some(l1), .. } => l1.l1.size(),
+            Store::Redis { l1: None, .. } => (0, 0),
+        };
+
         Stats {
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
@@ -468,6 +503,8 @@ impl Cache {
                 Store::Redis { redis, .. } => redis.breaker_openings(),
                 Store::Memory(_) => 0,
             },
+            memory_entries,
+            memory_bytes,
         }
     }
 
@@ -795,7 +832,7 @@ impl Cache {
                                 Found::Value(v) => Some(v),
                                 Found::Negative => None,
                             };
-                            self.l1_insert(c, epoch, key.to_owned(), meta, value);
+                            self.l1_insert(c, epoch, key.to_owned(), meta, value, bytes.len());
                         }
                         return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                     }
@@ -820,11 +857,22 @@ impl Cache {
 
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
     /// `epoch` was read (before the Redis read) or the channel is down.
-    fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, mut meta: Meta, value: Option<&V>) {
+    /// `stored_len`: the size of the entry as stored in Redis (its weight in the L1).
+    #[allow(clippy::too_many_arguments)]
+    fn l1_insert<V: Stored>(
+        &self,
+        c: &Coherence,
+        epoch: u64,
+        key: String,
+        mut meta: Meta,
+        value: Option<&V>,
+        stored_len: usize,
+    ) {
         meta.stale_until_ms = meta.stale_until_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
         meta.fresh_until_ms = meta.fresh_until_ms.min(meta.stale_until_ms);
         if c.live() && c.epoch() == epoch {
-            c.l1.insert(key, mem_entry(meta, value));
+            let weight = backend::entry_weight(key.len(), stored_len);
+            c.l1.insert(key, mem_entry(meta, value, weight));
         }
     }
 
@@ -916,12 +964,15 @@ impl Cache {
     ) -> bool {
         let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
         let result = match &self.inner.store {
-            Store::Memory(mem) => Ok(mem.fill(key, namespace, lease, mem_entry(meta, value))),
+            Store::Memory(mem) => {
+                let weight = memory_weight::<V, C>(mem, &key, value, self.inner.format);
+                Ok(mem.fill(key, namespace, lease, mem_entry(meta, value, weight)))
+            }
             Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&meta, value) {
                 Ok(bytes) => {
                     let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
-                        self.l1_insert(c, epoch, key, meta, value);
+                        self.l1_insert(c, epoch, key, meta, value, bytes.len());
                     }
                     stored
                 }
@@ -963,7 +1014,8 @@ impl Cache {
         let meta = self.meta::<V>(ttl, Duration::ZERO, Duration::ZERO, Vec::new());
         let result = match &self.inner.store {
             Store::Memory(mem) => {
-                mem.insert(key, mem_entry(meta, Some(value)));
+                let weight = memory_weight::<V, C>(mem, &key, Some(value), self.inner.format);
+                mem.insert(key, mem_entry(meta, Some(value), weight));
                 Ok(())
             }
             Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&meta, Some(value)) {
@@ -1221,11 +1273,22 @@ pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>) -> MemEntry {
+/// `weight`: see [`backend::entry_weight`].
+fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry {
     match value {
-        Some(v) => MemEntry { meta, negative: false, value: Box::new(v.clone()) },
-        None => MemEntry { meta, negative: true, value: Box::new(()) },
+        Some(v) => MemEntry { meta, negative: false, value: Box::new(v.clone()), weight },
+        None => MemEntry { meta, negative: true, value: Box::new(()), weight },
     }
+}
+
+/// The weight of a memory-store entry: measured by encoding the value, but only when the
+/// store is bounded by bytes (it costs an encode per fill).
+fn memory_weight<V: Stored, C: Codec<V>>(mem: &MemoryStore, key: &str, value: Option<&V>, format: Format) -> u32 {
+    if !mem.weighed() {
+        return 0;
+    }
+    let payload = value.and_then(|v| C::encode(v, format).ok()).map_or(0, |bytes| bytes.len());
+    backend::entry_weight(key.len(), payload)
 }
 
 impl Cache {

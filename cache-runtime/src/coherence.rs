@@ -92,12 +92,12 @@ impl Coherence {
     pub(crate) fn new(
         prefix: &str,
         redis: &RedisStore,
-        l1_max_entries: u64,
+        (l1_max_entries, l1_max_bytes): (u64, Option<u64>),
         l1_ttl: Duration,
         ack_timeout: Duration,
     ) -> Self {
         Coherence {
-            l1: MemoryStore::new(l1_max_entries),
+            l1: MemoryStore::new(l1_max_entries, l1_max_bytes),
             l1_ttl,
             prefix: prefix.to_owned(),
             channel: redis.channel(prefix, "inv"),

@@ -45,45 +45,61 @@ const CLOUDFLARE_CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cloudf
 const MAX_STORED_BODY: u64 = 8 * 1024 * 1024;
 
 /// What a cached handler needs from the request. Added by `#[cached]` as a hidden first
-/// extractor; it never rejects a request.
+/// extractor; it never rejects a request. With `ALL_HEADERS = false` (a handler without `vary`
+/// or `honor_no_cache`) only the conditional headers are kept: a hit copies no header map.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct HttpRequest {
+pub struct HttpRequest<const ALL_HEADERS: bool = true>(RequestParts);
+
+/// The parts of a request a cached response depends on.
+#[derive(Debug)]
+pub(crate) struct RequestParts {
     method: Method,
-    path_and_query: String,
+    /// A clone shares the request's bytes (no copy).
+    uri: axum::http::Uri,
+    if_none_match: Vec<HeaderValue>,
+    if_modified_since: Vec<HeaderValue>,
+    /// Every header (for `vary` and `honor_no_cache`); empty unless asked for.
     headers: HeaderMap,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for HttpRequest {
+impl<S: Send + Sync, const ALL_HEADERS: bool> FromRequestParts<S> for HttpRequest<ALL_HEADERS> {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(HttpRequest::new(&parts.method, &parts.uri, &parts.headers))
+        Ok(HttpRequest(RequestParts::new(&parts.method, &parts.uri, &parts.headers, ALL_HEADERS)))
+    }
+}
+
+impl<const ALL_HEADERS: bool> HttpRequest<ALL_HEADERS> {
+    /// The default key of a handler without `key`: its request's path and query.
+    pub fn key_uri(&self, key: &mut KeyWriter) {
+        let uri = &self.0.uri;
+        key.display(uri.path_and_query().map_or_else(|| uri.path(), |pq| pq.as_str()));
+    }
+}
+
+impl RequestParts {
+    fn new(method: &Method, uri: &axum::http::Uri, headers: &HeaderMap, all_headers: bool) -> Self {
+        RequestParts {
+            method: method.clone(),
+            uri: uri.clone(),
+            if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
+            if_modified_since: headers.get_all(header::IF_MODIFIED_SINCE).iter().cloned().collect(),
+            headers: if all_headers { headers.clone() } else { HeaderMap::new() },
+        }
     }
 }
 
 impl HttpRequest {
-    fn new(method: &Method, uri: &axum::http::Uri, headers: &HeaderMap) -> Self {
-        HttpRequest {
-            method: method.clone(),
-            path_and_query: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-            headers: headers.clone(),
-        }
-    }
-
     /// What a cached response depends on, taken from a whole request (for `CacheLayer`).
     pub(crate) fn of<B>(request: &axum::http::Request<B>) -> Self {
-        HttpRequest::new(request.method(), request.uri(), request.headers())
-    }
-
-    /// The default key of a handler without `key`: its request's path and query.
-    pub fn key_uri(&self, key: &mut KeyWriter) {
-        key.display(&self.path_and_query);
+        HttpRequest(RequestParts::new(request.method(), request.uri(), request.headers(), true))
     }
 }
 
 /// Where `Last-Modified` comes from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LastModifiedFrom {
     StoredAt,
     /// A top-level field of the JSON body: RFC 3339 text or Unix seconds.
@@ -92,12 +108,14 @@ enum LastModifiedFrom {
 
 /// HTTP options of one handler, built in a `const` by the generated code.
 #[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpOpts {
     public: bool,
     s_maxage: Option<u64>,
     cdn_max_age: Option<u64>,
     vary: &'static [&'static str],
+    /// `vary` joined with `, ` (the `Vary` header), computed once.
+    vary_header: &'static str,
     last_modified: LastModifiedFrom,
     honor_no_cache: bool,
     /// Advertised in `Cache-Control` (RFC 5861).
@@ -119,6 +137,7 @@ impl HttpOpts {
             s_maxage: None,
             cdn_max_age: None,
             vary: &[],
+            vary_header: "",
             last_modified: LastModifiedFrom::StoredAt,
             honor_no_cache: false,
             stale_while_revalidate: None,
@@ -150,9 +169,11 @@ impl HttpOpts {
         self.cdn_max_age = Some(secs);
         self
     }
-    /// `vary = [...]`, lower-case header names validated at compile time.
-    pub const fn vary(mut self, names: &'static [&'static str]) -> Self {
+    /// `vary = [...]`, lower-case header names validated at compile time, and the same names
+    /// joined with `, ` (the macro joins them, so a hit does not).
+    pub const fn vary(mut self, names: &'static [&'static str], header: &'static str) -> Self {
         self.vary = names;
+        self.vary_header = header;
         self
     }
     /// `last_modified = "field"`.
@@ -177,6 +198,44 @@ pub(crate) struct StoredResponse {
     etag: ETag,
     etag_text: Box<str>,
     last_modified_ms: u64,
+    /// Header values rendered once, when the response is stored or decoded, not per hit.
+    rendered: Rendered,
+}
+
+#[derive(Debug)]
+struct Rendered {
+    etag: HeaderValue,
+    last_modified: HeaderValue,
+    content_length: HeaderValue,
+    /// The last `Cache-Control` rendered for this response: hits within the same second
+    /// reuse it.
+    cache_control: std::sync::Mutex<Option<(u64, HttpOpts, HeaderValue)>>,
+}
+
+impl StoredResponse {
+    fn new(
+        status: StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        etag_text: &str,
+        last_modified_ms: u64,
+    ) -> Result<Self, String> {
+        let etag: ETag = etag_text.parse().map_err(|_| "invalid stored ETag".to_owned())?;
+        let rendered = Rendered {
+            etag: HeaderValue::from_str(etag_text).map_err(|e| e.to_string())?,
+            last_modified: HeaderValue::from(&httpdate_of(last_modified_ms)),
+            content_length: HeaderValue::from(body.len()),
+            cache_control: std::sync::Mutex::new(None),
+        };
+        Ok(StoredResponse { status, headers, body, etag, etag_text: etag_text.into(), last_modified_ms, rendered })
+    }
+}
+
+/// The `HttpDate` of a time in ms since the epoch (whole seconds).
+fn httpdate_of(ms: u64) -> headers::HeaderValue {
+    let mut values = Vec::with_capacity(1);
+    headers::Header::encode(&LastModified::from(to_system_time(ms)), &mut values);
+    values.pop().unwrap_or_else(|| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
 /// Binary payload of a stored response:
@@ -229,7 +288,6 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
         let last_modified_ms = take_uint(b, 8)?;
         let etag_len = usize::try_from(take_uint(b, 1)?).map_err(|e| e.to_string())?;
         let etag_text = std::str::from_utf8(take(b, etag_len)?).map_err(|e| e.to_string())?;
-        let etag: ETag = etag_text.parse().map_err(|_| "invalid stored ETag".to_owned())?;
         let n = take_uint(b, 2)?;
         let mut headers = Vec::new();
         for _ in 0..n {
@@ -243,14 +301,7 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
         if u64::try_from(bytes.len()).ok() != Some(body_len) {
             return Err(format!("stored body is {} bytes, expected {body_len}", bytes.len()));
         }
-        Ok(Arc::new(StoredResponse {
-            status,
-            headers,
-            body: Bytes::copy_from_slice(bytes),
-            etag,
-            etag_text: etag_text.into(),
-            last_modified_ms,
-        }))
+        Ok(Arc::new(StoredResponse::new(status, headers, Bytes::copy_from_slice(bytes), etag_text, last_modified_ms)?))
     }
 }
 
@@ -333,33 +384,57 @@ fn last_modified_from_body(body: &[u8], field: &str) -> Option<u64> {
 }
 
 impl HttpOpts {
+    /// `Cache-Control` for `remaining_secs` of freshness, written without `fmt` (it is on every
+    /// hit).
     fn cache_control(&self, remaining_secs: u64) -> HeaderValue {
-        let visibility = if self.public { "public" } else { "private" };
-        let mut text = match self.s_maxage {
-            Some(s) if self.public => format!("{visibility}, max-age={remaining_secs}, s-maxage={s}"),
-            _ => format!("{visibility}, max-age={remaining_secs}"),
-        };
+        let mut text = Vec::with_capacity(96);
+        text.extend_from_slice(if self.public { b"public, max-age=" } else { b"private, max-age=" });
+        push_decimal(&mut text, remaining_secs);
+        if let (Some(s), true) = (self.s_maxage, self.public) {
+            text.extend_from_slice(b", s-maxage=");
+            push_decimal(&mut text, s);
+        }
         if let Some(n) = self.stale_while_revalidate {
-            text.push_str(&format!(", stale-while-revalidate={n}"));
+            text.extend_from_slice(b", stale-while-revalidate=");
+            push_decimal(&mut text, n);
         }
         if let Some(n) = self.stale_if_error {
-            text.push_str(&format!(", stale-if-error={n}"));
+            text.extend_from_slice(b", stale-if-error=");
+            push_decimal(&mut text, n);
         }
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("private"))
+        HeaderValue::from_maybe_shared(Bytes::from(text)).unwrap_or_else(|_| HeaderValue::from_static("private"))
+    }
+
+    /// `Cache-Control` for `stored`, rendered at most once per second of remaining freshness.
+    fn cache_control_for(&self, stored: &StoredResponse, max_age: u64) -> HeaderValue {
+        // `try_lock`: under contention, render rather than wait.
+        if let Ok(mut memo) = stored.rendered.cache_control.try_lock() {
+            if let Some((age, opts, value)) = memo.as_ref() {
+                if *age == max_age && opts == self {
+                    return value.clone();
+                }
+            }
+            let value = self.cache_control(max_age);
+            *memo = Some((max_age, *self, value.clone()));
+            return value;
+        }
+        self.cache_control(max_age)
     }
 
     /// Adds the caching headers shared by 200 and 304 answers.
     fn add_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, max_age: u64, x_cache: &'static str) {
-        headers.insert(header::CACHE_CONTROL, self.cache_control(max_age));
-        headers.typed_insert(stored.etag.clone());
-        headers.typed_insert(LastModified::from(to_system_time(stored.last_modified_ms)));
-        if !self.vary.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&self.vary.join(", ")) {
-                headers.insert(header::VARY, v);
-            }
+        headers.reserve(6);
+        headers.insert(header::CACHE_CONTROL, self.cache_control_for(stored, max_age));
+        headers.insert(header::ETAG, stored.rendered.etag.clone());
+        headers.insert(header::LAST_MODIFIED, stored.rendered.last_modified.clone());
+        if !self.vary_header.is_empty() {
+            headers.insert(header::VARY, HeaderValue::from_static(self.vary_header));
         }
         if let Some(secs) = self.cdn_max_age {
-            if let Ok(v) = HeaderValue::from_str(&format!("max-age={secs}")) {
+            let mut text = Vec::with_capacity(24);
+            text.extend_from_slice(b"max-age=");
+            push_decimal(&mut text, secs);
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(text)) {
                 headers.insert(CDN_CACHE_CONTROL, v.clone());
                 headers.insert(CLOUDFLARE_CDN_CACHE_CONTROL, v);
             }
@@ -368,18 +443,37 @@ impl HttpOpts {
     }
 }
 
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// RFC 9110 §13.2.2: `If-None-Match` first; `If-Modified-Since` only without it.
 /// Malformed values are ignored (the request is answered in full).
-fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
-    if request.contains_key(header::IF_NONE_MATCH) {
-        return match request.typed_try_get::<IfNoneMatch>() {
-            Ok(Some(inm)) => !inm.precondition_passes(&stored.etag),
-            _ => false,
+fn not_modified(request: &RequestParts, stored: &StoredResponse) -> bool {
+    use headers::Header as _;
+    if !request.if_none_match.is_empty() {
+        return match IfNoneMatch::decode(&mut request.if_none_match.iter()) {
+            Ok(inm) => !inm.precondition_passes(&stored.etag),
+            Err(_) => false,
         };
     }
-    match request.typed_try_get::<IfModifiedSince>() {
-        Ok(Some(ims)) => !ims.is_modified(to_system_time(stored.last_modified_ms)),
-        _ => false,
+    if request.if_modified_since.is_empty() {
+        return false;
+    }
+    match IfModifiedSince::decode(&mut request.if_modified_since.iter()) {
+        Ok(ims) => !ims.is_modified(to_system_time(stored.last_modified_ms)),
+        Err(_) => false,
     }
 }
 
@@ -387,11 +481,11 @@ fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
 fn respond(
     stored: &StoredResponse,
     max_age: u64,
-    request: &HttpRequest,
+    request: &RequestParts,
     opts: &HttpOpts,
     x_cache: &'static str,
 ) -> Response {
-    if not_modified(&request.headers, stored) {
+    if not_modified(request, stored) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         opts.add_headers(response.headers_mut(), stored, max_age, x_cache);
         return response;
@@ -400,10 +494,11 @@ fn respond(
     let mut response = Response::new(body);
     *response.status_mut() = stored.status;
     let headers = response.headers_mut();
+    headers.reserve(stored.headers.len() + 7);
     for (name, value) in &stored.headers {
         headers.append(name.clone(), value.clone());
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+    headers.insert(header::CONTENT_LENGTH, stored.rendered.content_length.clone());
     opts.add_headers(headers, stored, max_age, x_cache);
     response
 }
@@ -441,28 +536,17 @@ async fn to_stored(response: Response, http: &HttpOpts) -> Result<Arc<StoredResp
         }
     };
     let etag_text = format!("\"{}\"", hex(&Sha256::digest(&bytes)[..16]));
-    let etag: ETag = match etag_text.parse() {
-        Ok(etag) => etag,
-        Err(_) => unreachable!("a quoted hex string is a valid ETag"),
-    };
     let now = now_ms();
     let last_modified_ms = match http.last_modified {
         LastModifiedFrom::StoredAt => now,
         LastModifiedFrom::Field(field) => last_modified_from_body(&bytes, field).unwrap_or(now),
     };
-    Ok(Arc::new(StoredResponse {
-        status: parts.status,
-        headers: parts
-            .headers
-            .iter()
-            .filter(|(n, _)| !is_unstored_header(n))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect(),
-        body: bytes,
-        etag,
-        etag_text: etag_text.into(),
-        last_modified_ms,
-    }))
+    let headers =
+        parts.headers.iter().filter(|(n, _)| !is_unstored_header(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
+    match StoredResponse::new(parts.status, headers, bytes, &etag_text, last_modified_ms) {
+        Ok(stored) => Ok(Arc::new(stored)),
+        Err(_) => unreachable!("a quoted hex string is a valid ETag"),
+    }
 }
 
 /// Longest a refresh may hold its claim.
@@ -473,14 +557,83 @@ fn remaining_secs(times: &Times) -> u64 {
 }
 
 /// The runtime side of `#[cached]` on an axum handler.
+///
+/// A fresh hit in process memory is answered synchronously, when the call is made; only the
+/// rest (a miss, a Redis read, a conditional refresh) builds the full future, boxed, so a hit
+/// does not pay for moving a large future around.
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
-pub async fn cached_handler<R, F>(
-    cache: &Cache,
+pub fn cached_handler<'a, R, F, const ALL_HEADERS: bool>(
+    cache: &'a Cache,
     mut key: KeyWriter,
+    namespace: &'a str,
+    tags: &'a [String],
+    request: HttpRequest<ALL_HEADERS>,
+    opts: &'a CallOpts,
+    http: &'a HttpOpts,
+    body: F,
+    spawner: Spawner<F>,
+) -> impl Future<Output = Response> + 'a
+where
+    R: IntoResponse + 'a,
+    F: Future<Output = R> + 'a,
+{
+    let request = request.0;
+    let fast = if request.method != Method::GET && request.method != Method::HEAD {
+        Err(None)
+    } else {
+        let directive = if http.honor_no_cache { client_directive(&request.headers) } else { ClientDirective::None };
+        add_vary(&mut key, &request.headers, http.vary);
+        let key = key.finish();
+        match directive {
+            ClientDirective::None => {
+                local_response(cache, key, &request, opts, http).map_err(|key| Some((key, ClientDirective::None)))
+            }
+            // The client asks for a fresh response: no local hit, no single-flight.
+            directive => Err(Some((key, directive))),
+        }
+    };
+    async move {
+        match fast {
+            Ok(response) => response,
+            Err(None) => {
+                let mut response = body.await.into_response();
+                set_x_cache(&mut response, "BYPASS");
+                response
+            }
+            Err(Some((key, directive))) => {
+                Box::pin(read_through(cache, key, directive, namespace, tags, request, opts, http, body, spawner)).await
+            }
+        }
+    }
+}
+
+/// A fresh hit in process memory, answered; or the key back.
+fn local_response(
+    cache: &Cache,
+    key: String,
+    request: &RequestParts,
+    opts: &CallOpts,
+    http: &HttpOpts,
+) -> Result<Response, String> {
+    if let Some((Found::Value(stored), times)) = cache.local_hit::<Arc<StoredResponse>>(&key) {
+        if opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
+            cache.record_hit(&key);
+            crate::key::recycle(key);
+            return Ok(respond(&stored, remaining_secs(&times), request, http, "HIT"));
+        }
+    }
+    Err(key)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_through<R, F>(
+    cache: &Cache,
+    key: String,
+    directive: ClientDirective,
     namespace: &str,
     tags: &[String],
-    request: HttpRequest,
+    request: RequestParts,
     opts: &CallOpts,
     http: &HttpOpts,
     body: F,
@@ -490,24 +643,7 @@ where
     R: IntoResponse,
     F: Future<Output = R>,
 {
-    if request.method != Method::GET && request.method != Method::HEAD {
-        let mut response = body.await.into_response();
-        set_x_cache(&mut response, "BYPASS");
-        return response;
-    }
-    let directive = if http.honor_no_cache { client_directive(&request.headers) } else { ClientDirective::None };
-    add_vary(&mut key, &request.headers, http.vary);
-    let key = key.finish();
     let forced = !matches!(directive, ClientDirective::None);
-    if !forced {
-        if let Some((Found::Value(stored), times)) = cache.local_hit::<Arc<StoredResponse>>(&key) {
-            if opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
-                cache.record_hit(&key);
-                crate::key::recycle(key);
-                return respond(&stored, remaining_secs(&times), &request, http, "HIT");
-            }
-        }
-    }
     // Single-flight (not for a client's forced refresh): concurrent misses of one key run the
     // handler once; a 2xx response is shared, anything else lets the next waiter run it.
     let leader = if forced {
@@ -640,7 +776,7 @@ fn respond_current(
     leader: Option<crate::flight::Leader<'_>>,
     stored: &Arc<StoredResponse>,
     times: &Times,
-    request: &HttpRequest,
+    request: &RequestParts,
     http: &HttpOpts,
     freshness: Freshness,
 ) -> Response {
@@ -669,7 +805,7 @@ async fn compute<R: IntoResponse>(
     key: String,
     namespace: &str,
     tags: &[String],
-    request: &HttpRequest,
+    request: &RequestParts,
     opts: &CallOpts,
     http: &HttpOpts,
     body: impl Future<Output = R>,
@@ -689,7 +825,7 @@ async fn compute_with<R: IntoResponse>(
     cache: &Cache,
     key: String,
     namespace: &str,
-    request: &HttpRequest,
+    request: &RequestParts,
     opts: &CallOpts,
     http: &HttpOpts,
     body: impl Future<Output = R>,
@@ -744,14 +880,14 @@ mod proptests {
     use super::*;
 
     fn stored() -> StoredResponse {
-        StoredResponse {
-            status: StatusCode::OK,
-            headers: vec![(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            body: Bytes::from_static(b"{}"),
-            etag: "\"abc\"".parse().unwrap(),
-            etag_text: "\"abc\"".into(),
-            last_modified_ms: 1_700_000_000_000,
-        }
+        StoredResponse::new(
+            StatusCode::OK,
+            vec![(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            Bytes::from_static(b"{}"),
+            "\"abc\"",
+            1_700_000_000_000,
+        )
+        .unwrap()
     }
 
     proptest! {
@@ -765,7 +901,8 @@ mod proptests {
             if let Ok(v) = HeaderValue::from_bytes(&ims) {
                 headers.insert(header::IF_MODIFIED_SINCE, v);
             }
-            let _ = not_modified(&headers, &stored());
+            let request = RequestParts::new(&Method::GET, &"/".parse().unwrap(), &headers, false);
+            let _ = not_modified(&request, &stored());
         }
 
         /// Stored responses read back from arbitrary bytes decode or are rejected: never a panic.
@@ -773,6 +910,19 @@ mod proptests {
         fn response_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes, Format::Json);
         }
+    }
+
+    #[test]
+    fn cache_control_is_rendered_per_second_and_per_options() {
+        let stored = stored();
+        let private = HttpOpts::new().stale_while_revalidate(30);
+        let public = HttpOpts::new().public().s_maxage(120);
+        assert_eq!(private.cache_control_for(&stored, 60), "private, max-age=60, stale-while-revalidate=30");
+        assert_eq!(private.cache_control_for(&stored, 60), "private, max-age=60, stale-while-revalidate=30");
+        assert_eq!(private.cache_control_for(&stored, 59), "private, max-age=59, stale-while-revalidate=30");
+        assert_eq!(public.cache_control_for(&stored, 59), "public, max-age=59, s-maxage=120");
+        assert_eq!(HttpOpts::new().cache_control(0), "private, max-age=0");
+        assert_eq!(HttpOpts::new().cache_control(u64::MAX), "private, max-age=18446744073709551615");
     }
 
     #[test]

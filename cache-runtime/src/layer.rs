@@ -74,7 +74,9 @@ impl CacheLayer {
 
     /// Request headers hashed into the key and listed in `Vary` (lower-case names).
     pub fn vary(mut self, headers: &'static [&'static str]) -> Self {
-        self.http = self.http.vary(headers);
+        // Joined once per layer (a layer is built at start-up), not per response.
+        let joined: &'static str = Box::leak(headers.join(", ").into_boxed_str());
+        self.http = self.http.vary(headers, joined);
         self
     }
 

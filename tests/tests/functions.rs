@@ -4,6 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use cache_runtime::test_util::RedisServer;
 use cache_runtime::{cached, Cache};
 use serde::{Deserialize, Serialize};
 use support::{Backend, Calls};
@@ -400,4 +401,41 @@ async fn values_over_the_size_limit_are_served_but_not_stored() {
     get_user(&cache, &calls, 1).await.unwrap();
     get_user(&cache, &calls, 1).await.unwrap();
     assert_eq!(calls.get(), 4);
+}
+
+#[cached(expire = 600, key = "blob:<id>", cache = cache, skip = [cache, calls])]
+async fn blob(cache: &Cache, calls: &Calls, id: u32) -> String {
+    calls.hit();
+    format!("{id:>200}")
+}
+
+#[tokio::test]
+async fn process_memory_is_bounded_by_bytes_as_well_as_by_count() {
+    let redis = RedisServer::start().unwrap();
+    let memory = Cache::builder().prefix("t").max_entries(100_000).max_bytes(64 << 10).build().unwrap();
+    let two_tier = Cache::builder().redis(redis.url()).prefix("t").l1_max_bytes(64 << 10).build().unwrap();
+    let by_count = Cache::builder().prefix("t").max_entries(50).max_bytes(1 << 30).build().unwrap();
+    blob(&two_tier, &Calls::default(), 0).await; // the L1 starts with the first use
+    while !two_tier.l1_live() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (name, cache, bound) in [("memory", &memory, 64 << 10), ("two-tier L1", &two_tier, 64 << 10)] {
+        let calls = Calls::default();
+        for id in 0..2_000 {
+            assert_eq!(blob(cache, &calls, id).await.trim_start(), id.to_string());
+        }
+        let stats = cache.stats();
+        assert!(stats.memory_bytes <= bound, "{name}: {stats:?}");
+        assert!(stats.memory_entries > 0 && stats.memory_entries < 2_000, "{name}: {stats:?}");
+        // Each entry weighs its key, its ~200-byte value and a fixed overhead: at most ~120 fit.
+        assert!(stats.memory_entries <= 64 * 1024 / 200, "{name}: {stats:?}");
+    }
+    let calls = Calls::default();
+    for id in 0..2_000 {
+        blob(&by_count, &calls, id).await;
+    }
+    let stats = by_count.stats();
+    assert!(stats.memory_entries <= 50, "the count bound holds beside a large byte bound: {stats:?}");
+    // Values still come back right from Redis when the L1 dropped them.
+    assert_eq!(blob(&two_tier, &Calls::default(), 7).await.trim_start(), "7");
 }
