@@ -5,11 +5,13 @@
 //!   store vs rendering the same key and doing a moka get + clone of the same value.
 //! - `redis/cached_macro` vs `redis/redis_rs_direct`: a hit through the macro on Redis (L1
 //!   off) vs a hand-written redis-rs `GET` + `serde_json` decode over a `ConnectionManager` to
-//!   the same server.
+//!   the same server; and `redis/cached_crate`: the `cached` crate's `#[concurrent_cached]`
+//!   with `AsyncRedisCache` (its default multiplexed connection) on the same server.
 //! - `two_tier/l1_hit` vs `two_tier/memory_hit`: a hit in the process-memory tier of a Redis
 //!   cache vs a hit in a memory-only cache.
 
 use std::hint::black_box;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use cache_runtime::test_util::RedisServer;
@@ -37,6 +39,25 @@ fn user(id: u64) -> User {
 #[cached(expire = 3600, key = "user:<id>", cache = cache, skip = [cache])]
 async fn get_user(cache: &Cache, id: u64) -> User {
     user(id)
+}
+
+/// The Redis the `cached` crate's cache connects to (its `create` block runs on first call).
+static PEER_URL: OnceLock<String> = OnceLock::new();
+
+#[::cached::macros::concurrent_cached(
+    map_error = r##"|e| format!("{e:?}")"##,
+    ty = "::cached::AsyncRedisCache<u64, User>",
+    create = r##" {
+        ::cached::AsyncRedisCache::builder("peer-users")
+            .ttl(::cached::time::Duration::from_secs(3600))
+            .connection_string(PEER_URL.get().expect("set before the first call"))
+            .build()
+            .await
+            .expect("AsyncRedisCache")
+    } "##
+)]
+async fn peer_user(id: u64) -> Result<User, String> {
+    Ok(user(id))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -79,9 +100,14 @@ fn redis(c: &mut Criterion) {
         let _: () = redis::cmd("SET").arg("user:42").arg(json).query_async(&mut conn).await.unwrap();
         conn
     });
+    PEER_URL.set(server.url()).unwrap();
+    rt.block_on(peer_user(42)).unwrap();
     let mut group = c.benchmark_group("redis");
     group.bench_function("cached_macro", |b| {
         b.to_async(&rt).iter(|| async { black_box(get_user(&cache, black_box(42)).await) });
+    });
+    group.bench_function("cached_crate", |b| {
+        b.to_async(&rt).iter(|| async { black_box(peer_user(black_box(42)).await.unwrap()) });
     });
     group.bench_function("redis_rs_direct", |b| {
         b.to_async(&rt).iter(|| {

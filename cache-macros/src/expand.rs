@@ -222,7 +222,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     }
     let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
     let key = match &args.key {
-        Some(template) => template_key(&template.value, template.span, &params, &args.skip, &mut errors),
+        Some(template) => template_key(&template.value, template.span, &params, &args.skip, &krate, &mut errors),
         None if handler => default_handler_key(&func),
         None => default_key(&func, &params, &args.skip),
     };
@@ -493,6 +493,7 @@ fn template_key(
     span: Span,
     params: &Params,
     skip: &[Ident],
+    krate: &TokenStream,
     errors: &mut Errors,
 ) -> (TokenStream, usize) {
     let mut out = TokenStream::new();
@@ -542,7 +543,13 @@ fn template_key(
                         quote!(.#f)
                     }
                 });
-                out.extend(quote_spanned!(span=> __cr_w.display(&#root_ident #(#fields)*);));
+                // Integers and text skip `fmt`; the most specific `put` is chosen by method
+                // resolution (see `cache_runtime::key::Part`).
+                out.extend(quote_spanned!(span=> {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{PartDisplay as _, PartInt as _, PartText as _};
+                    (&&#krate::__private::Part(&#root_ident #(#fields)*)).put(&mut __cr_w);
+                }));
             }
         }
     }
@@ -575,7 +582,7 @@ fn render_tags(
 ) -> Vec<TokenStream> {
     tags.iter()
         .map(|tag| {
-            let (stmts, capacity) = template_key(&tag.value, tag.span, params, skip, errors);
+            let (stmts, capacity) = template_key(&tag.value, tag.span, params, skip, krate, errors);
             quote!({
                 let mut __cr_w = #krate::__private::KeyWriter::tag(#capacity);
                 #stmts
@@ -598,7 +605,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
     let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
     let mut ops = Vec::new();
     for key in &args.keys {
-        let (stmts, capacity) = template_key(&key.value, key.span, &params, &[], &mut errors);
+        let (stmts, capacity) = template_key(&key.value, key.span, &params, &[], &krate, &mut errors);
         ops.push(quote!(.key({
             let mut __cr_w = #krate::__private::key_writer(__cr_cache, #krate::DEFAULT_NAMESPACE, #capacity);
             #stmts

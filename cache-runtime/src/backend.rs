@@ -93,12 +93,21 @@ const SHARDS: usize = 64;
 /// any fill takes.
 const GENERATION_TTL: Duration = Duration::from_secs(3600);
 
-fn tag_name(tag: &str) -> String {
-    format!("t:{tag}")
+/// Versions of tags and of namespaces, looked up by name without allocating.
+#[derive(Debug, Default)]
+struct Versions {
+    tags: HashMap<String, u64>,
+    namespaces: HashMap<String, u64>,
 }
 
-fn namespace_name(namespace: &str) -> String {
-    format!("n:{namespace}")
+impl Versions {
+    fn tag(&self, tag: &str) -> Option<u64> {
+        self.tags.get(tag).copied()
+    }
+
+    fn namespace(&self, namespace: &str) -> u64 {
+        self.namespaces.get(namespace).copied().unwrap_or(0)
+    }
 }
 
 pub(crate) struct MemoryStore {
@@ -106,8 +115,7 @@ pub(crate) struct MemoryStore {
     /// Bounded by bytes (entries carry a weight) as well as by count.
     weighed: bool,
     generations: moka::sync::Cache<String, u64>,
-    /// Versions of tags (`t:…`) and namespaces (`n:…`).
-    versions: RwLock<HashMap<String, u64>>,
+    versions: RwLock<Versions>,
     /// Serialises a fill's check-and-insert with invalidations of the same key.
     shards: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -139,7 +147,7 @@ impl MemoryStore {
             entries,
             weighed: max_bytes.is_some(),
             generations: moka::sync::Cache::builder().time_to_idle(GENERATION_TTL).build(),
-            versions: RwLock::new(HashMap::new()),
+            versions: RwLock::new(Versions::default()),
             shards: (0..SHARDS).map(|_| Mutex::new(())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
         }
@@ -174,7 +182,7 @@ impl MemoryStore {
             return true;
         }
         let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entry.meta.tags.iter().all(|(tag, v)| versions.get(&tag_name(tag)).copied().or(missing) == Some(*v))
+        entry.meta.tags.iter().all(|(tag, v)| versions.tag(tag).or(missing) == Some(*v))
     }
 
     /// The generation of `key` and the versions of its namespace and tags, as they are now.
@@ -182,8 +190,8 @@ impl MemoryStore {
         let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         Lease {
             generation: Some(self.generations.get(key).unwrap_or(0)),
-            namespace_version: Some(versions.get(&namespace_name(namespace)).copied().unwrap_or(0)),
-            tags: tags.iter().map(|t| (t.clone(), versions.get(&tag_name(t)).copied().unwrap_or(0))).collect(),
+            namespace_version: Some(versions.namespace(namespace)),
+            tags: tags.iter().map(|t| (t.clone(), versions.tag(t).unwrap_or(0))).collect(),
         }
     }
 
@@ -192,8 +200,8 @@ impl MemoryStore {
         let _key_guard = lock(self.shard(&key));
         let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = Some(self.generations.get(&key).unwrap_or(0)) == lease.generation
-            && Some(versions.get(&namespace_name(namespace)).copied().unwrap_or(0)) == lease.namespace_version
-            && lease.tags.iter().all(|(t, v)| versions.get(&tag_name(t)).copied().unwrap_or(0) == *v);
+            && Some(versions.namespace(namespace)) == lease.namespace_version
+            && lease.tags.iter().all(|(t, v)| versions.tag(t).unwrap_or(0) == *v);
         if current {
             self.entries.insert(key, Arc::new(entry));
         }
@@ -215,7 +223,7 @@ impl MemoryStore {
     /// Bumps a tag's version (here the source of truth); returns the new version.
     pub(crate) fn bump_tag(&self, tag: &str) -> u64 {
         let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let v = versions.entry(tag_name(tag)).or_insert(0);
+        let v = versions.tags.entry(tag.to_owned()).or_insert(0);
         *v += 1;
         *v
     }
@@ -223,13 +231,15 @@ impl MemoryStore {
     /// Records a tag version learned from Redis (versions only grow).
     pub(crate) fn learn_tag(&self, tag: &str, version: u64) {
         let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let v = versions.entry(tag_name(tag)).or_insert(version);
-        *v = (*v).max(version);
+        match versions.tags.get_mut(tag) {
+            Some(v) => *v = (*v).max(version),
+            None => drop(versions.tags.insert(tag.to_owned(), version)),
+        }
     }
 
     /// Forgets what this process knew of a tag's version.
     pub(crate) fn forget_tag(&self, tag: &str) {
-        self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&tag_name(tag));
+        self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner).tags.remove(tag);
     }
 
     /// Forgets `key` without bumping its generation (an L1 dropping its copy).
@@ -242,7 +252,7 @@ impl MemoryStore {
     pub(crate) fn clear_namespace(&self, namespace: &str, start: &str) -> u64 {
         {
             let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            *versions.entry(namespace_name(namespace)).or_insert(0) += 1;
+            *versions.namespaces.entry(namespace.to_owned()).or_insert(0) += 1;
         }
         let mut removed = 0;
         for (key, _) in &self.entries {
@@ -257,7 +267,7 @@ impl MemoryStore {
     /// Drops everything, versions included (an L1 that may have missed invalidations).
     pub(crate) fn flush(&self) {
         self.entries.invalidate_all();
-        self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        *self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Versions::default();
     }
 }
 

@@ -766,13 +766,18 @@ impl Cache {
     /// read path tries this first.
     #[inline]
     pub(crate) fn local_hit<V: Stored>(&self, key: &str) -> Option<(Found<V>, Times)> {
-        let now = now_ms();
-        let hit = match &self.inner.store {
-            Store::Memory(mem) => memory_hit(mem, key, Some(0), now),
-            Store::Redis { l1: Some(c), .. } if c.live() => memory_hit(&c.l1, key, None, now),
-            Store::Redis { .. } => None,
-        }?;
-        (hit.1.fresh_until_ms > now).then_some(hit)
+        let (store, missing) = match &self.inner.store {
+            Store::Memory(mem) => (mem, Some(0)),
+            Store::Redis { l1: Some(c), .. } if c.live() => (&c.l1, None),
+            Store::Redis { .. } => return None,
+        };
+        let entry = store.get(key)?;
+        // The store already hides an entry past its stale-until instant (its expiry); the
+        // clock is read only for an entry that has a stale window after its freshness.
+        if entry.meta.fresh_until_ms != entry.meta.stale_until_ms && entry.meta.fresh_until_ms <= now_ms() {
+            return None;
+        }
+        entry_hit(store, &entry, missing)
     }
 
     /// Reads `key`. A hit is a fresh entry of type `V` whose tags are all current; anything
@@ -1239,7 +1244,15 @@ fn memory_hit<V: Stored>(
     until: u64,
 ) -> Option<(Found<V>, Times)> {
     let entry = store.get(key)?;
-    if entry.meta.stale_until_ms <= until || !store.tags_current(&entry, missing) {
+    if entry.meta.stale_until_ms <= until {
+        return None;
+    }
+    entry_hit(store, &entry, missing)
+}
+
+/// The value of `entry` if every tag it recorded is current.
+fn entry_hit<V: Stored>(store: &MemoryStore, entry: &MemEntry, missing: Option<u64>) -> Option<(Found<V>, Times)> {
+    if !store.tags_current(entry, missing) {
         return None;
     }
     let times = Times::of(&entry.meta);

@@ -122,6 +122,38 @@ impl KeyWriter {
         let _ = write!(Escaper(&mut self.buf), "{value}");
     }
 
+    /// An integer placeholder value: decimal digits, no formatting machinery.
+    #[inline]
+    pub fn uint(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        // ASCII digits only.
+        self.buf.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+    }
+
+    /// A signed integer placeholder value.
+    #[inline]
+    pub fn int(&mut self, n: i64) {
+        if n < 0 {
+            self.buf.push('-');
+        }
+        self.uint(n.unsigned_abs());
+    }
+
+    /// A text placeholder value, escaped.
+    #[inline]
+    pub fn text(&mut self, s: &str) {
+        escape_into(&mut self.buf, s);
+    }
+
     /// One argument of a default key: JSON-encoded (unambiguous for every type), escaped,
     /// `:`-separated from the previous one.
     pub fn arg<S: serde::Serialize + ?Sized>(&mut self, value: &S) {
@@ -292,5 +324,122 @@ mod proptests {
             let safe = !out.contains(UNSAFE);
             prop_assert!(safe, "escaped {:?} as {:?}", v, out);
         }
+    }
+}
+
+/// A placeholder value as the generated code passes it, `(&&Part(&value)).put(&mut key)`:
+/// integers and text are written directly, anything else through `Display`. Method
+/// resolution picks the most specific impl (the receiver `&&Part` matches [`PartInt`] (on
+/// `&Part`) by value, then [`PartText`] (on `&&Part`) by autoref, then [`PartDisplay`] (on
+/// `Part`) after a deref); all three render the same text.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Part<'a, T: ?Sized>(pub &'a T);
+
+/// See [`Part`].
+#[doc(hidden)]
+pub trait PartInt {
+    fn put(&self, key: &mut KeyWriter);
+}
+
+/// See [`Part`].
+#[doc(hidden)]
+pub trait PartText {
+    fn put(&self, key: &mut KeyWriter);
+}
+
+/// See [`Part`].
+#[doc(hidden)]
+pub trait PartDisplay {
+    fn put(&self, key: &mut KeyWriter);
+}
+
+macro_rules! part_ints {
+    ($($t:ty => $method:ident as $as:ty),*) => {$(
+        impl PartInt for &Part<'_, $t> {
+            #[inline]
+            fn put(&self, key: &mut KeyWriter) {
+                key.$method(<$as>::from(*self.0));
+            }
+        }
+    )*};
+}
+
+part_ints!(u8 => uint as u64, u16 => uint as u64, u32 => uint as u64, u64 => uint as u64,
+    i8 => int as i64, i16 => int as i64, i32 => int as i64, i64 => int as i64);
+
+impl PartInt for &Part<'_, usize> {
+    #[inline]
+    fn put(&self, key: &mut KeyWriter) {
+        key.uint(*self.0 as u64);
+    }
+}
+
+impl PartInt for &Part<'_, isize> {
+    #[inline]
+    fn put(&self, key: &mut KeyWriter) {
+        key.int(*self.0 as i64);
+    }
+}
+
+impl PartText for &&Part<'_, str> {
+    #[inline]
+    fn put(&self, key: &mut KeyWriter) {
+        key.text(self.0);
+    }
+}
+
+impl PartText for &&Part<'_, String> {
+    #[inline]
+    fn put(&self, key: &mut KeyWriter) {
+        key.text(self.0);
+    }
+}
+
+impl PartText for &&Part<'_, &str> {
+    #[inline]
+    fn put(&self, key: &mut KeyWriter) {
+        key.text(self.0);
+    }
+}
+
+impl<T: fmt::Display + ?Sized> PartDisplay for Part<'_, T> {
+    #[inline]
+    fn put(&self, key: &mut KeyWriter) {
+        key.display(self.0);
+    }
+}
+
+#[cfg(test)]
+mod part_tests {
+    use super::*;
+
+    fn render(f: impl FnOnce(&mut KeyWriter)) -> String {
+        let mut w = KeyWriter::tag(16);
+        f(&mut w);
+        w.finish_tag()
+    }
+
+    #[test]
+    fn every_part_renders_like_display_escaped() {
+        struct Custom;
+        impl fmt::Display for Custom {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a b")
+            }
+        }
+        let text = String::from("1:admin");
+        let s: &str = "x{y}";
+        assert_eq!(render(|w| (&&Part(&42u64)).put(w)), "42");
+        assert_eq!(render(|w| (&&Part(&0u8)).put(w)), "0");
+        assert_eq!(render(|w| (&&Part(&-7i32)).put(w)), "-7");
+        assert_eq!(render(|w| (&&Part(&i64::MIN)).put(w)), i64::MIN.to_string());
+        assert_eq!(render(|w| (&&Part(&u64::MAX)).put(w)), u64::MAX.to_string());
+        assert_eq!(render(|w| (&&Part(&usize::MAX)).put(w)), usize::MAX.to_string());
+        assert_eq!(render(|w| (&&Part(&text)).put(w)), "1%3Aadmin");
+        assert_eq!(render(|w| (&&Part(&s)).put(w)), "x%7By%7D");
+        assert_eq!(render(|w| (&&Part(s)).put(w)), "x%7By%7D");
+        assert_eq!(render(|w| (&&Part(&Custom)).put(w)), "a%20b");
+        assert_eq!(render(|w| (&&Part(&1.5f64)).put(w)), "1.5");
     }
 }

@@ -147,7 +147,7 @@ pub fn global() -> &'static Cache {
 pub mod __private {
     pub use crate::cache::Invalidation;
     pub use crate::fetch::{cached_option, cached_result, cached_value, CallOpts, Spawner};
-    pub use crate::key::KeyWriter;
+    pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};
     pub use crate::{global, Cache, Cacheable};
     pub use core::time::Duration;
 
