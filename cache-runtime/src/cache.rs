@@ -63,6 +63,8 @@ struct Inner {
 }
 
 #[derive(Debug)]
+// One per cache, never moved: boxing the larger variant would only add a pointer chase to hits.
+#[allow(clippy::large_enum_variant)]
 enum Store {
     Memory(MemoryStore),
     Redis {
