@@ -300,13 +300,15 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         let at = usize::from(params.has_self);
         // Only a handler that reads more than the conditional headers copies the header map.
         let all_headers = args.vary.is_some() || args.honor_no_cache.is_some();
-        sig.inputs.insert(at, syn::parse_quote!(__cr_http: #krate::__private::HttpRequest<#all_headers>));
+        // Only the default key (no `key`) reads the request's URI.
+        let keep_uri = args.key.is_none();
+        sig.inputs.insert(at, syn::parse_quote!(__cr_http: #krate::__private::HttpRequest<#all_headers, #keep_uri>));
         sig.output = syn::parse_quote!(-> #krate::__private::Response);
         // Naming the return type (when it can be named) puts "does not implement IntoResponse"
         // on it.
         let response_ty = if fake_return.is_some() { quote!(#ret_ty) } else { quote!(_) };
         let call = quote_spanned! {ret_ty.span()=>
-            #krate::__private::cached_handler::<#response_ty, _, #all_headers>(
+            #krate::__private::cached_handler::<#response_ty, _, #all_headers, #keep_uri>(
                 __cr_cache, __cr_w, #namespace, &__cr_tags, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body, #spawner,
             ).await
         };

@@ -46,46 +46,58 @@ const MAX_STORED_BODY: u64 = 8 * 1024 * 1024;
 
 /// What a cached handler needs from the request. Added by `#[cached]` as a hidden first
 /// extractor; it never rejects a request. With `ALL_HEADERS = false` (a handler without `vary`
-/// or `honor_no_cache`) only the conditional headers are kept: a hit copies no header map.
+/// or `honor_no_cache`) only the conditional headers are kept: a hit copies no header map;
+/// with `URI = false` (a handler with a `key`) the URI is not kept either.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct HttpRequest<const ALL_HEADERS: bool = true>(RequestParts);
+pub struct HttpRequest<const ALL_HEADERS: bool = true, const URI: bool = true>(RequestParts);
 
 /// The parts of a request a cached response depends on.
 #[derive(Debug)]
 pub(crate) struct RequestParts {
     method: Method,
-    /// A clone shares the request's bytes (no copy).
-    uri: axum::http::Uri,
+    /// For the default key only. A clone shares the request's bytes (no copy).
+    uri: Option<axum::http::Uri>,
     if_none_match: Vec<HeaderValue>,
     if_modified_since: Vec<HeaderValue>,
     /// Every header (for `vary` and `honor_no_cache`); empty unless asked for.
     headers: HeaderMap,
 }
 
-impl<S: Send + Sync, const ALL_HEADERS: bool> FromRequestParts<S> for HttpRequest<ALL_HEADERS> {
+impl<S: Send + Sync, const ALL_HEADERS: bool, const URI: bool> FromRequestParts<S> for HttpRequest<ALL_HEADERS, URI> {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(HttpRequest(RequestParts::new(&parts.method, &parts.uri, &parts.headers, ALL_HEADERS)))
+        let uri = URI.then(|| &parts.uri);
+        Ok(HttpRequest(RequestParts::new(&parts.method, uri, &parts.headers, ALL_HEADERS)))
     }
 }
 
-impl<const ALL_HEADERS: bool> HttpRequest<ALL_HEADERS> {
+impl<const ALL_HEADERS: bool> HttpRequest<ALL_HEADERS, true> {
     /// The default key of a handler without `key`: its request's path and query.
     pub fn key_uri(&self, key: &mut KeyWriter) {
-        let uri = &self.0.uri;
-        key.display(uri.path_and_query().map_or_else(|| uri.path(), |pq| pq.as_str()));
+        if let Some(uri) = &self.0.uri {
+            key.text(uri.path_and_query().map_or_else(|| uri.path(), |pq| pq.as_str()));
+        }
     }
 }
 
 impl RequestParts {
-    fn new(method: &Method, uri: &axum::http::Uri, headers: &HeaderMap, all_headers: bool) -> Self {
+    fn new(method: &Method, uri: Option<&axum::http::Uri>, headers: &HeaderMap, all_headers: bool) -> Self {
+        // One pass over the (few) request headers instead of one hashed lookup per name.
+        let (mut if_none_match, mut if_modified_since) = (Vec::new(), Vec::new());
+        for (name, value) in headers {
+            if name == header::IF_NONE_MATCH {
+                if_none_match.push(value.clone());
+            } else if name == header::IF_MODIFIED_SINCE {
+                if_modified_since.push(value.clone());
+            }
+        }
         RequestParts {
             method: method.clone(),
-            uri: uri.clone(),
-            if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
-            if_modified_since: headers.get_all(header::IF_MODIFIED_SINCE).iter().cloned().collect(),
+            uri: uri.cloned(),
+            if_none_match,
+            if_modified_since,
             headers: if all_headers { headers.clone() } else { HeaderMap::new() },
         }
     }
@@ -94,7 +106,7 @@ impl RequestParts {
 impl HttpRequest {
     /// What a cached response depends on, taken from a whole request (for `CacheLayer`).
     pub(crate) fn of<B>(request: &axum::http::Request<B>) -> Self {
-        HttpRequest(RequestParts::new(request.method(), request.uri(), request.headers(), true))
+        HttpRequest(RequestParts::new(request.method(), Some(request.uri()), request.headers(), true))
     }
 }
 
@@ -206,10 +218,15 @@ pub(crate) struct StoredResponse {
 struct Rendered {
     etag: HeaderValue,
     last_modified: HeaderValue,
-    content_length: HeaderValue,
+    /// The stored headers plus `Content-Length`, `ETag` and `Last-Modified`, with room for the
+    /// per-hit ones: a 200 from cache starts from a clone of this map.
+    full: HeaderMap,
     /// The last `Cache-Control` rendered for this response: hits within the same second
     /// reuse it.
     cache_control: std::sync::Mutex<Option<(u64, HttpOpts, HeaderValue)>>,
+    /// The last complete header map of a 200 answer, for one (max-age, options, X-Cache):
+    /// hits within the same second clone it and insert nothing.
+    answer: std::sync::Mutex<Option<(u64, HttpOpts, &'static str, HeaderMap)>>,
 }
 
 impl StoredResponse {
@@ -221,11 +238,21 @@ impl StoredResponse {
         last_modified_ms: u64,
     ) -> Result<Self, String> {
         let etag: ETag = etag_text.parse().map_err(|_| "invalid stored ETag".to_owned())?;
+        let etag_value = HeaderValue::from_str(etag_text).map_err(|e| e.to_string())?;
+        let last_modified = httpdate_of(last_modified_ms);
+        let mut full = HeaderMap::with_capacity(headers.len() + 10);
+        for (name, value) in &headers {
+            full.append(name.clone(), value.clone());
+        }
+        full.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        full.insert(header::ETAG, etag_value.clone());
+        full.insert(header::LAST_MODIFIED, last_modified.clone());
         let rendered = Rendered {
-            etag: HeaderValue::from_str(etag_text).map_err(|e| e.to_string())?,
-            last_modified: HeaderValue::from(&httpdate_of(last_modified_ms)),
-            content_length: HeaderValue::from(body.len()),
+            etag: etag_value,
+            last_modified,
+            full,
             cache_control: std::sync::Mutex::new(None),
+            answer: std::sync::Mutex::new(None),
         };
         Ok(StoredResponse { status, headers, body, etag, etag_text: etag_text.into(), last_modified_ms, rendered })
     }
@@ -421,12 +448,35 @@ impl HttpOpts {
         self.cache_control(max_age)
     }
 
+    /// Every header of a 200 answer from `stored`.
+    fn answer_headers(&self, stored: &StoredResponse, max_age: u64, x_cache: &'static str) -> HeaderMap {
+        // `try_lock`: under contention, build rather than wait.
+        let mut memo = stored.rendered.answer.try_lock().ok();
+        if let Some(Some((age, opts, status, headers))) = memo.as_deref() {
+            if *age == max_age && opts == self && *status == x_cache {
+                return headers.clone();
+            }
+        }
+        let mut headers = stored.rendered.full.clone();
+        self.add_hit_headers(&mut headers, stored, max_age, x_cache);
+        if let Some(memo) = memo.as_deref_mut() {
+            *memo = Some((max_age, *self, x_cache, headers.clone()));
+        }
+        headers
+    }
+
     /// Adds the caching headers shared by 200 and 304 answers.
     fn add_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, max_age: u64, x_cache: &'static str) {
         headers.reserve(6);
-        headers.insert(header::CACHE_CONTROL, self.cache_control_for(stored, max_age));
         headers.insert(header::ETAG, stored.rendered.etag.clone());
         headers.insert(header::LAST_MODIFIED, stored.rendered.last_modified.clone());
+        self.add_hit_headers(headers, stored, max_age, x_cache);
+    }
+
+    /// The headers that change per answer (or per handler): `Cache-Control`, `Vary`, the CDN
+    /// directives, `X-Cache`.
+    fn add_hit_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, max_age: u64, x_cache: &'static str) {
+        headers.insert(header::CACHE_CONTROL, self.cache_control_for(stored, max_age));
         if !self.vary_header.is_empty() {
             headers.insert(header::VARY, HeaderValue::from_static(self.vary_header));
         }
@@ -493,13 +543,7 @@ fn respond(
     let body = if request.method == Method::HEAD { Body::empty() } else { Body::from(stored.body.clone()) };
     let mut response = Response::new(body);
     *response.status_mut() = stored.status;
-    let headers = response.headers_mut();
-    headers.reserve(stored.headers.len() + 7);
-    for (name, value) in &stored.headers {
-        headers.append(name.clone(), value.clone());
-    }
-    headers.insert(header::CONTENT_LENGTH, stored.rendered.content_length.clone());
-    opts.add_headers(headers, stored, max_age, x_cache);
+    *response.headers_mut() = opts.answer_headers(stored, max_age, x_cache);
     response
 }
 
@@ -563,12 +607,12 @@ fn remaining_secs(times: &Times) -> u64 {
 /// does not pay for moving a large future around.
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
-pub fn cached_handler<'a, R, F, const ALL_HEADERS: bool>(
+pub fn cached_handler<'a, R, F, const ALL_HEADERS: bool, const URI: bool>(
     cache: &'a Cache,
     mut key: KeyWriter,
     namespace: &'a str,
     tags: &'a [String],
-    request: HttpRequest<ALL_HEADERS>,
+    request: HttpRequest<ALL_HEADERS, URI>,
     opts: &'a CallOpts,
     http: &'a HttpOpts,
     body: F,
@@ -901,7 +945,7 @@ mod proptests {
             if let Ok(v) = HeaderValue::from_bytes(&ims) {
                 headers.insert(header::IF_MODIFIED_SINCE, v);
             }
-            let request = RequestParts::new(&Method::GET, &"/".parse().unwrap(), &headers, false);
+            let request = RequestParts::new(&Method::GET, None, &headers, false);
             let _ = not_modified(&request, &stored());
         }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cache_runtime::test_util::RedisServer;
+use cache_runtime::test_util::{RedisCluster, RedisServer};
 use support::Replica;
 
 #[derive(Default)]
@@ -136,6 +136,54 @@ async fn redis_paused_under_load_and_a_write_during_the_pause() {
     for r in [&a, &b] {
         let body: serde_json::Value = c.get(format!("{}/users/77", r.base)).send().await.unwrap().json().await.unwrap();
         assert_eq!(body["name"], "paused write", "{}", r.base);
+    }
+    drop((a, b));
+}
+
+/// A Redis Cluster master killed and restarted under load (its slots, and while the cluster
+/// sees it down every slot, fail): the same promises as a single Redis, and a write made while
+/// it is down is what every replica serves once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_and_restarted_under_load() {
+    let mut cluster = RedisCluster::start().unwrap();
+    let db = temp_db("cluster-kill");
+    let url = cluster.url();
+    let (a, b) = (Replica::start_on(&url, &db, 2), Replica::start_on(&url, &db, 2));
+    let c = reqwest::Client::new();
+    for r in [&a, &b] {
+        for _ in 0..2 {
+            c.get(format!("{}/users/77", r.base)).send().await.unwrap();
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let workers = load(vec![a.base.clone(), b.base.clone()], 8, stop.clone(), tally.clone());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.nodes_mut()[1].kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = c.put(format!("{}/users/77", a.base)).json(&serde_json::json!({"name": "written while down"})).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.nodes_mut()[1].restart().unwrap();
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let ok = tally.ok.load(Ordering::Relaxed);
+    assert!(ok > 200, "the load ran: {ok} requests");
+    assert_eq!(tally.server_errors.load(Ordering::Relaxed), 0, "no 5xx");
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "no failed request");
+    let slowest = tally.slowest_ms.load(Ordering::Relaxed);
+    assert!(slowest < 1500, "slowest request {slowest} ms");
+    let first_hit_after =
+        tally.hits.lock().unwrap().iter().filter(|(at, hit)| *hit && *at > back).map(|(at, _)| *at - back).min();
+    let first_hit_after = first_hit_after.expect("hits resumed after the node came back");
+    assert!(first_hit_after < Duration::from_millis(2000), "first hit {first_hit_after:?} after the node returned");
+    for r in [&a, &b] {
+        let body: serde_json::Value = c.get(format!("{}/users/77", r.base)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(body["name"], "written while down", "{}", r.base);
     }
     drop((a, b));
 }

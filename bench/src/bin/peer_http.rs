@@ -1,8 +1,9 @@
 //! The servers `scripts/bench` measures the example app against, each serving `GET /users/{id}`
 //! with the same JSON user as `examples/axum_app`, on the same Tokio runtime (`#[tokio::main]`):
 //!
-//! - `peer_http ceiling`: an axum handler that builds the user and returns it; no database and
-//!   no cache (the framework's ceiling).
+//! - `peer_http ceiling`: an axum handler that returns the user as JSON from a value built once
+//!   at start-up; no database and no cache (the framework's ceiling: routing, one `Path`
+//!   extraction, serialisation).
 //! - `peer_http cached-memory`: the `cached` crate's in-memory `#[cached]` around the load.
 //! - `peer_http cached-redis`: the `cached` crate's `#[concurrent_cached]` with `AsyncRedisCache`
 //!   on `REDIS_URL` (its documented set-up).
@@ -35,8 +36,10 @@ fn load(id: u64) -> User {
     }
 }
 
+static USER_1: std::sync::LazyLock<User> = std::sync::LazyLock::new(|| load(1));
+
 async fn ceiling(Path(id): Path<u64>) -> Json<User> {
-    Json(load(id))
+    Json(if id == 1 { USER_1.clone() } else { load(id) })
 }
 
 #[cached(ttl_secs = 3600)]
