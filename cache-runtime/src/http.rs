@@ -68,7 +68,7 @@ impl<S: Send + Sync, const ALL_HEADERS: bool, const URI: bool> FromRequestParts<
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let uri = URI.then(|| &parts.uri);
+        let uri = URI.then_some(&parts.uri);
         Ok(HttpRequest(RequestParts::new(&parts.method, uri, &parts.headers, ALL_HEADERS)))
     }
 }
