@@ -136,9 +136,11 @@ impl MemoryStore {
         let entries = match max_bytes {
             None => entries.max_capacity(max_entries).build(),
             Some(max_bytes) => {
-                let floor = u32::try_from(max_bytes / max_entries.max(1)).unwrap_or(u32::MAX);
+                let max_entries = max_entries.max(1);
+                let floor = u32::try_from(max_bytes.div_ceil(max_entries)).unwrap_or(u32::MAX);
                 entries
-                    .max_capacity(max_bytes)
+                    // Never more than `max_entries` entries of at least `floor` each.
+                    .max_capacity(max_bytes.min(u64::from(floor).saturating_mul(max_entries)))
                     .weigher(move |_key: &String, entry: &Arc<MemEntry>| entry.weight.max(floor))
                     .build()
             }
@@ -369,6 +371,8 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
+// One per cache, never moved.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Single {
         client: redis::Client,
@@ -379,11 +383,51 @@ enum Target {
     },
     Cluster {
         nodes: Vec<String>,
-        client: ClusterClient,
-        /// Made on first use (it needs the cluster to answer), dropped when it keeps failing.
-        conn: arc_swap::ArcSwapOption<ClusterConnection>,
-        connecting: tokio::sync::Mutex<()>,
+        /// Made on first use (it needs the cluster to answer), then kept: the cluster client
+        /// reconnects to nodes and follows fail-overs by itself.
+        slot: Arc<ClusterSlot>,
     },
+}
+
+/// The cluster connection, made in a task of its own: connecting (seed, `CLUSTER SLOTS`, every
+/// node) may take longer than one command's timeout, and must not start over each time one
+/// gives up.
+struct ClusterSlot {
+    client: ClusterClient,
+    conn: arc_swap::ArcSwapOption<ClusterConnection>,
+    connecting: std::sync::atomic::AtomicBool,
+    connected: tokio::sync::Notify,
+}
+
+/// Longest a background connection attempt to a cluster may take before the next one starts.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ClusterSlot {
+    async fn get(self: &Arc<Self>) -> redis::RedisResult<ClusterConnection> {
+        use std::sync::atomic::Ordering;
+        if let Some(c) = self.conn.load_full() {
+            return Ok(ClusterConnection::clone(&c));
+        }
+        let connected = self.connected.notified();
+        tokio::pin!(connected);
+        connected.as_mut().enable();
+        if !self.connecting.swap(true, Ordering::AcqRel) {
+            let slot = Arc::clone(self);
+            tokio::spawn(async move {
+                let made = tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, slot.client.get_async_connection()).await;
+                if let Ok(Ok(conn)) = made {
+                    slot.conn.store(Some(Arc::new(conn)));
+                }
+                slot.connecting.store(false, Ordering::Release);
+                slot.connected.notify_waiters();
+            });
+        }
+        // The caller's command timeout bounds this wait; the attempt goes on without it.
+        connected.await;
+        self.conn.load_full().map(|c| ClusterConnection::clone(&c)).ok_or_else(|| {
+            redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, "no cluster connection yet"))
+        })
+    }
 }
 
 /// Redis through a `ConnectionManager` (one multiplexed connection that reconnects by
@@ -453,10 +497,13 @@ impl RedisStore {
                     return Err(CacheError::Config("a Redis Cluster needs at least one node".to_owned()));
                 }
                 Target::Cluster {
-                    client: cluster_client(nodes, timeout, None).map_err(|e| invalid_url(&e))?,
+                    slot: Arc::new(ClusterSlot {
+                        client: cluster_client(nodes, timeout, None).map_err(|e| invalid_url(&e))?,
+                        conn: arc_swap::ArcSwapOption::empty(),
+                        connecting: std::sync::atomic::AtomicBool::new(false),
+                        connected: tokio::sync::Notify::new(),
+                    }),
                     nodes: nodes.clone(),
-                    conn: arc_swap::ArcSwapOption::empty(),
-                    connecting: tokio::sync::Mutex::new(()),
                 }
             }
         };
@@ -487,18 +534,7 @@ impl RedisStore {
     async fn conn(&self) -> redis::RedisResult<Conn> {
         match &self.target {
             Target::Single { conn, .. } => Ok(Conn::Single(ConnectionManager::clone(&conn.load()))),
-            Target::Cluster { client, conn, connecting, .. } => {
-                if let Some(c) = conn.load_full() {
-                    return Ok(Conn::Cluster(ClusterConnection::clone(&c)));
-                }
-                let _one_at_a_time = connecting.lock().await;
-                if let Some(c) = conn.load_full() {
-                    return Ok(Conn::Cluster(ClusterConnection::clone(&c)));
-                }
-                let fresh = client.get_async_connection().await?;
-                conn.store(Some(Arc::new(fresh.clone())));
-                Ok(Conn::Cluster(fresh))
-            }
+            Target::Cluster { slot, .. } => slot.get().await.map(Conn::Cluster),
         }
     }
 
@@ -547,7 +583,9 @@ impl RedisStore {
                     conn.store(Arc::new(fresh));
                 }
             }
-            Target::Cluster { conn, .. } => conn.store(None),
+            // The cluster client reconnects and follows fail-overs by itself; a new one could
+            // only start again from the seed nodes, which may be the ones that are down.
+            Target::Cluster { .. } => {}
         }
     }
 
@@ -693,12 +731,13 @@ impl RedisStore {
         let Target::Cluster { .. } = &self.target else {
             return self.scan_unlink(pattern, None).await;
         };
-        let mut cluster_nodes = redis::cmd("CLUSTER");
-        cluster_nodes.arg("NODES");
-        let nodes: String = self.route(cluster_nodes, SingleNodeRoutingInfo::Random).await?;
+        let mut cluster_slots = redis::cmd("CLUSTER");
+        cluster_slots.arg("SLOTS");
+        let slots: redis::Value = self.route(cluster_slots, SingleNodeRoutingInfo::Random).await?;
         let mut removed = 0;
-        for master in masters(&nodes) {
-            removed += self.scan_unlink(pattern, Some(master)).await?;
+        // Each master is reached through one of its slots: the client routes by its own map.
+        for slot in one_slot_per_master(&slots) {
+            removed += self.scan_unlink(pattern, Some(slot)).await?;
         }
         Ok(removed)
     }
@@ -721,7 +760,7 @@ impl RedisStore {
     }
 
     /// `SCAN` one server (or one cluster node) and `UNLINK` what matches.
-    async fn scan_unlink(&self, pattern: &str, node: Option<(String, u16)>) -> Result<u64, CacheError> {
+    async fn scan_unlink(&self, pattern: &str, node: Option<u16>) -> Result<u64, CacheError> {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
@@ -729,8 +768,9 @@ impl RedisStore {
             scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
             let (next, keys): (u64, Vec<String>) = match &node {
                 None => self.run(&scan).await?,
-                Some((host, port)) => {
-                    self.route(scan, SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port }).await?
+                Some(slot) => {
+                    let route = redis::cluster_routing::Route::new(*slot, redis::cluster_routing::SlotAddr::Master);
+                    self.route(scan, SingleNodeRoutingInfo::SpecificNode(route)).await?
                 }
             };
             if !keys.is_empty() {
@@ -777,21 +817,26 @@ fn cluster_client(
     builder.build()
 }
 
-/// The masters in a `CLUSTER NODES` reply, as (host, port).
-fn masters(nodes: &str) -> Vec<(String, u16)> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let flags = fields.get(2)?;
-            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") || flags.contains("noaddr") {
-                return None;
-            }
-            let address = fields.get(1)?.split(['@', ',']).next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
+/// The first slot of each master in a `CLUSTER SLOTS` reply (`[[start, end, [host, port,
+/// id…], replicas…]…]`), one per master.
+fn one_slot_per_master(reply: &redis::Value) -> Vec<u16> {
+    let redis::Value::Array(ranges) = reply else { return Vec::new() };
+    let mut seen = Vec::new();
+    let mut slots = Vec::new();
+    for range in ranges {
+        let redis::Value::Array(fields) = range else { continue };
+        let (Some(redis::Value::Int(start)), Some(master)) = (fields.first(), fields.get(2)) else { continue };
+        let redis::Value::Array(master) = master else { continue };
+        let address: Vec<String> = master.iter().take(2).map(|v| format!("{v:?}")).collect();
+        if seen.contains(&address) {
+            continue;
+        }
+        seen.push(address);
+        if let Ok(slot) = u16::try_from(*start) {
+            slots.push(slot);
+        }
+    }
+    slots
 }
 
 /// One received message: its channel and payload.
@@ -937,13 +982,17 @@ mod tests {
     }
 
     #[test]
-    fn masters_are_read_from_cluster_nodes() {
-        let nodes = "\
-07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
-67ed 127.0.0.1:30002@40002,host2 master - 0 1426238316232 2 connected 5461-10922
-e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
-9921 127.0.0.1:30003@40003 master,fail - 0 1426238317741 3 connected 10923-16383
-";
-        assert_eq!(masters(nodes), vec![("127.0.0.1".to_owned(), 30002), ("127.0.0.1".to_owned(), 30001)]);
+    fn one_slot_is_taken_per_master() {
+        use redis::Value::{Array, BulkString, Int};
+        let node = |port: i64| Array(vec![BulkString(b"127.0.0.1".to_vec()), Int(port), BulkString(b"id".to_vec())]);
+        let reply = Array(vec![
+            Array(vec![Int(0), Int(5460), node(30001), node(30004)]),
+            Array(vec![Int(5461), Int(10922), node(30002)]),
+            Array(vec![Int(10923), Int(12000), node(30003)]),
+            // A master owning two ranges is scanned once.
+            Array(vec![Int(12001), Int(16383), node(30001)]),
+        ]);
+        assert_eq!(one_slot_per_master(&reply), vec![0, 5461, 10923]);
+        assert!(one_slot_per_master(&Int(3)).is_empty());
     }
 }

@@ -839,7 +839,7 @@ impl Cache {
                                 Found::Value(v) => Some(v),
                                 Found::Negative => None,
                             };
-                            self.l1_insert(c, epoch, key.to_owned(), meta, value, bytes.len());
+                            self.l1_insert(c, epoch, key.to_owned(), meta, value, C::memory_size(bytes.len()));
                         }
                         return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                     }
@@ -864,7 +864,7 @@ impl Cache {
 
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
     /// `epoch` was read (before the Redis read) or the channel is down.
-    /// `stored_len`: the size of the entry as stored in Redis (its weight in the L1).
+    /// `size`: what the value costs in memory (`Codec::memory_size`), for its weight.
     #[allow(clippy::too_many_arguments)]
     fn l1_insert<V: Stored>(
         &self,
@@ -873,12 +873,12 @@ impl Cache {
         key: String,
         mut meta: Meta,
         value: Option<&V>,
-        stored_len: usize,
+        size: usize,
     ) {
         meta.stale_until_ms = meta.stale_until_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
         meta.fresh_until_ms = meta.fresh_until_ms.min(meta.stale_until_ms);
         if c.live() && c.epoch() == epoch {
-            let weight = backend::entry_weight(key.len(), stored_len);
+            let weight = backend::entry_weight(key.len(), size);
             c.l1.insert(key, mem_entry(meta, value, weight));
         }
     }
@@ -979,7 +979,7 @@ impl Cache {
                 Ok(bytes) => {
                     let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
-                        self.l1_insert(c, epoch, key, meta, value, bytes.len());
+                        self.l1_insert(c, epoch, key, meta, value, C::memory_size(bytes.len()));
                     }
                     stored
                 }
@@ -1135,7 +1135,16 @@ impl Cache {
                     }
                     Op::Namespace(ns) => {
                         redis.bump(&tag_key(prefix, &namespace_tag(ns))).await?;
-                        let removed = redis.del_matching(&key::namespace_pattern(prefix, ns)).await?;
+                        // The version bump above is the invalidation; removing the entries only
+                        // reclaims memory, so its failure must not stop the replicas' L1s
+                        // from hearing of the clear.
+                        let removed = match redis.del_matching(&key::namespace_pattern(prefix, ns)).await {
+                            Ok(removed) => removed,
+                            Err(err) => {
+                                tracing::warn!(target: "cache_runtime", namespace = %ns, error = %err, "namespace cleared, but its entries could not all be removed (they read as misses until they expire)");
+                                0
+                            }
+                        };
                         (Message::Namespace(ns.clone()), removed)
                     }
                 };
@@ -1303,7 +1312,7 @@ fn memory_weight<V: Stored, C: Codec<V>>(mem: &MemoryStore, key: &str, value: Op
         return 0;
     }
     let payload = value.and_then(|v| C::encode(v, format).ok()).map_or(0, |bytes| bytes.len());
-    backend::entry_weight(key.len(), payload)
+    backend::entry_weight(key.len(), C::memory_size(payload))
 }
 
 impl Cache {

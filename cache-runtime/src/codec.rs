@@ -33,6 +33,12 @@ pub(crate) trait Codec<V> {
     fn encode(value: &V, format: Format) -> Result<Vec<u8>, CacheError>;
     /// A failure is described for the log and read as a miss.
     fn decode(bytes: &[u8], format: Format) -> Result<V, String>;
+
+    /// What a value whose encoded form is `encoded_len` bytes costs in process memory, beyond
+    /// its key and the fixed per-entry overhead (its weight against `max_bytes`).
+    fn memory_size(encoded_len: usize) -> usize {
+        encoded_len
+    }
 }
 
 /// serde: the codec of every `Cacheable` value, in the cache's format.

@@ -287,6 +287,12 @@ fn take_uint(bytes: &mut &[u8], width: usize) -> Result<u64, String> {
 }
 
 impl Codec<Arc<StoredResponse>> for ResponseCodec {
+    /// The body and headers, plus the header maps rendered for hits (the stored headers with
+    /// `ETag`, `Last-Modified`, `Content-Length`, and the memoised answer): about 2 KiB.
+    fn memory_size(encoded_len: usize) -> usize {
+        encoded_len + 2048
+    }
+
     fn encode(value: &Arc<StoredResponse>, _: Format) -> Result<Vec<u8>, CacheError> {
         let mut out = Vec::with_capacity(64 + value.body.len());
         out.extend_from_slice(&value.status.as_u16().to_le_bytes());
