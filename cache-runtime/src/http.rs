@@ -500,18 +500,8 @@ impl HttpOpts {
 }
 
 /// Appends `n` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(crate::key::decimal(n, &mut [0u8; 20]));
 }
 
 /// RFC 9110 §13.2.2: `If-None-Match` first; `If-Modified-Since` only without it.

@@ -63,6 +63,21 @@ pub fn is_valid_segment(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii() && !needs_escape(b))
 }
 
+/// `n` in decimal ASCII digits, written at the end of `digits` (no `fmt`: this is on every
+/// hit).
+pub(crate) fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &digits[i..]
+}
+
 /// Builds one stored key. Used by the code `#[cached]` generates; the plain API builds keys
 /// with it too, so both agree on the layout.
 #[doc(hidden)]
@@ -124,19 +139,10 @@ impl KeyWriter {
 
     /// An integer placeholder value: decimal digits, no formatting machinery.
     #[inline]
-    pub fn uint(&mut self, mut n: u64) {
+    pub fn uint(&mut self, n: u64) {
         let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
         // ASCII digits only.
-        self.buf.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+        self.buf.push_str(std::str::from_utf8(decimal(n, &mut digits)).unwrap_or_default());
     }
 
     /// A signed integer placeholder value.

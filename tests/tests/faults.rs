@@ -61,6 +61,34 @@ fn load(
         .collect()
 }
 
+/// Stops the load, then checks what every fault test promises: it ran, no 5xx, no failed
+/// request, none slower than `slowest_ms`, and a hit within `hits_within` of `back`.
+async fn stop_and_check(
+    stop: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    tally: &Tally,
+    slowest_ms: u64,
+    back: Option<(Instant, Duration)>,
+) {
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let ok = tally.ok.load(Ordering::Relaxed);
+    assert!(ok > 200, "the load ran: {ok} requests");
+    assert_eq!(tally.server_errors.load(Ordering::Relaxed), 0, "no 5xx");
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "no failed request");
+    let slowest = tally.slowest_ms.load(Ordering::Relaxed);
+    assert!(slowest < slowest_ms, "slowest request {slowest} ms");
+    if let Some((back, within)) = back {
+        let first_hit_after =
+            tally.hits.lock().unwrap().iter().filter(|(at, hit)| *hit && *at > back).map(|(at, _)| *at - back).min();
+        let first_hit_after = first_hit_after.expect("hits resumed after Redis came back");
+        // Hits may come from an L1 filled after the return; either way caching is back.
+        assert!(first_hit_after < within, "first hit {first_hit_after:?} after Redis returned");
+    }
+}
+
 fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cache-toolkit-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -81,22 +109,8 @@ async fn redis_killed_and_restarted_under_load() {
     redis.restart().unwrap();
     let back = Instant::now();
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let ok = tally.ok.load(Ordering::Relaxed);
-    assert!(ok > 200, "the load ran: {ok} requests");
-    assert_eq!(tally.server_errors.load(Ordering::Relaxed), 0, "no 5xx");
-    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "no failed request");
     // Command timeout 250 ms (+ the database call): no request waits much longer.
-    let slowest = tally.slowest_ms.load(Ordering::Relaxed);
-    assert!(slowest < 1000, "slowest request {slowest} ms");
-    let first_hit_after =
-        tally.hits.lock().unwrap().iter().filter(|(at, hit)| *hit && *at > back).map(|(at, _)| *at - back).min();
-    let first_hit_after = first_hit_after.expect("hits resumed after Redis came back");
-    // Hits may come from an L1 filled after the restart; either way caching is back.
-    assert!(first_hit_after < Duration::from_millis(1500), "first hit {first_hit_after:?} after Redis returned");
+    stop_and_check(&stop, workers, &tally, 1000, Some((back, Duration::from_millis(1500)))).await;
     drop((a, b));
 }
 
@@ -124,14 +138,7 @@ async fn redis_paused_under_load_and_a_write_during_the_pause() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis.signal("CONT").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    assert_eq!(tally.server_errors.load(Ordering::Relaxed), 0, "no 5xx");
-    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "no failed request");
-    let slowest = tally.slowest_ms.load(Ordering::Relaxed);
-    assert!(slowest < 1000, "slowest request {slowest} ms");
+    stop_and_check(&stop, workers, &tally, 1000, None).await;
     // After the pause, the write is what every replica serves.
     for r in [&a, &b] {
         let body: serde_json::Value = c.get(format!("{}/users/77", r.base)).send().await.unwrap().json().await.unwrap();
@@ -167,20 +174,7 @@ async fn a_cluster_master_killed_and_restarted_under_load() {
     cluster.nodes_mut()[1].restart().unwrap();
     let back = Instant::now();
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let ok = tally.ok.load(Ordering::Relaxed);
-    assert!(ok > 200, "the load ran: {ok} requests");
-    assert_eq!(tally.server_errors.load(Ordering::Relaxed), 0, "no 5xx");
-    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "no failed request");
-    let slowest = tally.slowest_ms.load(Ordering::Relaxed);
-    assert!(slowest < 1500, "slowest request {slowest} ms");
-    let first_hit_after =
-        tally.hits.lock().unwrap().iter().filter(|(at, hit)| *hit && *at > back).map(|(at, _)| *at - back).min();
-    let first_hit_after = first_hit_after.expect("hits resumed after the node came back");
-    assert!(first_hit_after < Duration::from_millis(2000), "first hit {first_hit_after:?} after the node returned");
+    stop_and_check(&stop, workers, &tally, 1500, Some((back, Duration::from_millis(2000)))).await;
     for r in [&a, &b] {
         let body: serde_json::Value = c.get(format!("{}/users/77", r.base)).send().await.unwrap().json().await.unwrap();
         assert_eq!(body["name"], "written while down", "{}", r.base);

@@ -14,27 +14,9 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use bench::{user as load, User};
 use cached::macros::{cached, concurrent_cached};
 use cached::AsyncRedisCache;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-    email: String,
-    updated_at: String,
-}
-
-/// What the example app's database holds for `id` (same fields, same sizes).
-fn load(id: u64) -> User {
-    User {
-        id,
-        name: format!("User {id}"),
-        email: format!("user{id}@example.com"),
-        updated_at: "2026-11-28T04:00:00Z".to_owned(),
-    }
-}
 
 static USER_1: std::sync::LazyLock<User> = std::sync::LazyLock::new(|| load(1));
 

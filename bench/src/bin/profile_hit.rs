@@ -7,26 +7,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use bench::{user, User};
 use cache_runtime::test_util::RedisServer;
 use cache_runtime::{cached, Cache};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-    email: String,
-    updated_at: String,
-}
-
-fn user(id: u64) -> User {
-    User {
-        id,
-        name: format!("User {id}"),
-        email: format!("user{id}@example.com"),
-        updated_at: "2026-11-28T00:00:00Z".to_owned(),
-    }
-}
 
 #[cached(expire = 3600, key = "user:<id>", cache = cache, skip = [cache])]
 async fn get_user(cache: &Cache, id: u64) -> User {

@@ -10,21 +10,13 @@ use std::io::BufRead as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bench::User;
 use cache_runtime::test_util::RedisServer;
 use cache_runtime::{cached, invalidates, Cache};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-    email: String,
-    updated_at: String,
-}
 
 #[cached(expire = 3600, key = "user:<id>", cache = cache, skip = [cache])]
 async fn user(cache: &Cache, id: u64) -> User {
-    User { id, name: format!("User {id}"), email: format!("user{id}@example.com"), updated_at: "2026-11-28".into() }
+    bench::user(id)
 }
 
 #[cached(expire = 3600, key = "post:<id>", tags = ["posts"], cache = cache, skip = [cache])]
