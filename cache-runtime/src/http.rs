@@ -218,12 +218,6 @@ pub(crate) struct StoredResponse {
 struct Rendered {
     etag: HeaderValue,
     last_modified: HeaderValue,
-    /// The stored headers plus `Content-Length`, `ETag` and `Last-Modified`, with room for the
-    /// per-hit ones: a 200 from cache starts from a clone of this map.
-    full: HeaderMap,
-    /// The last `Cache-Control` rendered for this response: hits within the same second
-    /// reuse it.
-    cache_control: std::sync::Mutex<Option<(u64, HttpOpts, HeaderValue)>>,
     /// The last complete header map of a 200 answer, for one (max-age, options, X-Cache):
     /// hits within the same second clone it and insert nothing.
     answer: std::sync::Mutex<Option<(u64, HttpOpts, &'static str, HeaderMap)>>,
@@ -239,19 +233,9 @@ impl StoredResponse {
     ) -> Result<Self, String> {
         let etag: ETag = etag_text.parse().map_err(|_| "invalid stored ETag".to_owned())?;
         let etag_value = HeaderValue::from_str(etag_text).map_err(|e| e.to_string())?;
-        let last_modified = httpdate_of(last_modified_ms);
-        let mut full = HeaderMap::with_capacity(headers.len() + 10);
-        for (name, value) in &headers {
-            full.append(name.clone(), value.clone());
-        }
-        full.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        full.insert(header::ETAG, etag_value.clone());
-        full.insert(header::LAST_MODIFIED, last_modified.clone());
         let rendered = Rendered {
             etag: etag_value,
-            last_modified,
-            full,
-            cache_control: std::sync::Mutex::new(None),
+            last_modified: httpdate_of(last_modified_ms),
             answer: std::sync::Mutex::new(None),
         };
         Ok(StoredResponse { status, headers, body, etag, etag_text: etag_text.into(), last_modified_ms, rendered })
@@ -287,8 +271,7 @@ fn take_uint(bytes: &mut &[u8], width: usize) -> Result<u64, String> {
 }
 
 impl Codec<Arc<StoredResponse>> for ResponseCodec {
-    /// The body and headers, plus the header maps rendered for hits (the stored headers with
-    /// `ETag`, `Last-Modified`, `Content-Length`, and the memoised answer): about 2 KiB.
+    /// The body and headers, plus the header map memoised for hits (at most about 2 KiB).
     fn memory_size(encoded_len: usize) -> usize {
         encoded_len + 2048
     }
@@ -438,22 +421,6 @@ impl HttpOpts {
         HeaderValue::from_maybe_shared(Bytes::from(text)).unwrap_or_else(|_| HeaderValue::from_static("private"))
     }
 
-    /// `Cache-Control` for `stored`, rendered at most once per second of remaining freshness.
-    fn cache_control_for(&self, stored: &StoredResponse, max_age: u64) -> HeaderValue {
-        // `try_lock`: under contention, render rather than wait.
-        if let Ok(mut memo) = stored.rendered.cache_control.try_lock() {
-            if let Some((age, opts, value)) = memo.as_ref() {
-                if *age == max_age && opts == self {
-                    return value.clone();
-                }
-            }
-            let value = self.cache_control(max_age);
-            *memo = Some((max_age, *self, value.clone()));
-            return value;
-        }
-        self.cache_control(max_age)
-    }
-
     /// Every header of a 200 answer from `stored`.
     fn answer_headers(&self, stored: &StoredResponse, max_age: u64, x_cache: &'static str) -> HeaderMap {
         // `try_lock`: under contention, build rather than wait.
@@ -463,8 +430,12 @@ impl HttpOpts {
                 return headers.clone();
             }
         }
-        let mut headers = stored.rendered.full.clone();
-        self.add_hit_headers(&mut headers, stored, max_age, x_cache);
+        let mut headers = HeaderMap::with_capacity(stored.headers.len() + 8);
+        for (name, value) in &stored.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+        self.add_headers(&mut headers, stored, max_age, x_cache);
         if let Some(memo) = memo.as_deref_mut() {
             *memo = Some((max_age, *self, x_cache, headers.clone()));
         }
@@ -473,16 +444,10 @@ impl HttpOpts {
 
     /// Adds the caching headers shared by 200 and 304 answers.
     fn add_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, max_age: u64, x_cache: &'static str) {
-        headers.reserve(6);
+        headers.reserve(7);
         headers.insert(header::ETAG, stored.rendered.etag.clone());
         headers.insert(header::LAST_MODIFIED, stored.rendered.last_modified.clone());
-        self.add_hit_headers(headers, stored, max_age, x_cache);
-    }
-
-    /// The headers that change per answer (or per handler): `Cache-Control`, `Vary`, the CDN
-    /// directives, `X-Cache`.
-    fn add_hit_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, max_age: u64, x_cache: &'static str) {
-        headers.insert(header::CACHE_CONTROL, self.cache_control_for(stored, max_age));
+        headers.insert(header::CACHE_CONTROL, self.cache_control(max_age));
         if !self.vary_header.is_empty() {
             headers.insert(header::VARY, HeaderValue::from_static(self.vary_header));
         }
@@ -953,14 +918,18 @@ mod proptests {
     }
 
     #[test]
-    fn cache_control_is_rendered_per_second_and_per_options() {
+    fn answers_are_rendered_per_second_per_options_and_per_status() {
         let stored = stored();
         let private = HttpOpts::new().stale_while_revalidate(30);
         let public = HttpOpts::new().public().s_maxage(120);
-        assert_eq!(private.cache_control_for(&stored, 60), "private, max-age=60, stale-while-revalidate=30");
-        assert_eq!(private.cache_control_for(&stored, 60), "private, max-age=60, stale-while-revalidate=30");
-        assert_eq!(private.cache_control_for(&stored, 59), "private, max-age=59, stale-while-revalidate=30");
-        assert_eq!(public.cache_control_for(&stored, 59), "public, max-age=59, s-maxage=120");
+        let cc =
+            |opts: &HttpOpts, age, status| opts.answer_headers(&stored, age, status)[header::CACHE_CONTROL].clone();
+        assert_eq!(cc(&private, 60, "HIT"), "private, max-age=60, stale-while-revalidate=30");
+        assert_eq!(cc(&private, 60, "HIT"), "private, max-age=60, stale-while-revalidate=30");
+        assert_eq!(cc(&private, 59, "HIT"), "private, max-age=59, stale-while-revalidate=30");
+        assert_eq!(cc(&public, 59, "HIT"), "public, max-age=59, s-maxage=120");
+        assert_eq!(private.answer_headers(&stored, 59, "STALE")[X_CACHE], "STALE");
+        assert_eq!(private.answer_headers(&stored, 59, "HIT")[header::CONTENT_LENGTH], "2");
         assert_eq!(HttpOpts::new().cache_control(0), "private, max-age=0");
         assert_eq!(HttpOpts::new().cache_control(u64::MAX), "private, max-age=18446744073709551615");
     }
