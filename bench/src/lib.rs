@@ -1,16 +1,6 @@
-//! What the benchmarks share: the JSON user every figure caches (the same fields as the
-//! example app's `GET /users/{id}`).
+//! What the benchmarks share: the JSON user every figure caches, the example app's own type.
 
-use serde::{Deserialize, Serialize};
-
-/// A user as the example app serves it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct User {
-    pub id: u64,
-    pub name: String,
-    pub email: String,
-    pub updated_at: String,
-}
+pub use examples::db::User;
 
 /// What the example app's database holds for `id` (same fields, same sizes).
 pub fn user(id: u64) -> User {

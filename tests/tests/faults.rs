@@ -89,6 +89,23 @@ async fn stop_and_check(
     }
 }
 
+/// Two reads of /users/77 on each replica (their L1s start with the first request).
+async fn warm(c: &reqwest::Client, replicas: [&Replica; 2]) {
+    for r in replicas {
+        for _ in 0..2 {
+            c.get(format!("{}/users/77", r.base)).send().await.unwrap();
+        }
+    }
+}
+
+/// Every replica serves /users/77 with `name`.
+async fn assert_all_serve(c: &reqwest::Client, replicas: [&Replica; 2], name: &str) {
+    for r in replicas {
+        let body: serde_json::Value = c.get(format!("{}/users/77", r.base)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(body["name"], name, "{}", r.base);
+    }
+}
+
 fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cache-toolkit-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -120,11 +137,7 @@ async fn redis_paused_under_load_and_a_write_during_the_pause() {
     let db = temp_db("pause");
     let (a, b) = (Replica::start(&redis, &db, 2), Replica::start(&redis, &db, 2));
     let c = reqwest::Client::new();
-    for r in [&a, &b] {
-        for _ in 0..2 {
-            c.get(format!("{}/users/77", r.base)).send().await.unwrap();
-        }
-    }
+    warm(&c, [&a, &b]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let workers = load(vec![a.base.clone(), b.base.clone()], 8, stop.clone(), tally.clone());
@@ -140,10 +153,7 @@ async fn redis_paused_under_load_and_a_write_during_the_pause() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop_and_check(&stop, workers, &tally, 1000, None).await;
     // After the pause, the write is what every replica serves.
-    for r in [&a, &b] {
-        let body: serde_json::Value = c.get(format!("{}/users/77", r.base)).send().await.unwrap().json().await.unwrap();
-        assert_eq!(body["name"], "paused write", "{}", r.base);
-    }
+    assert_all_serve(&c, [&a, &b], "paused write").await;
     drop((a, b));
 }
 
@@ -157,11 +167,7 @@ async fn a_cluster_master_killed_and_restarted_under_load() {
     let url = cluster.url();
     let (a, b) = (Replica::start_on(&url, &db, 2), Replica::start_on(&url, &db, 2));
     let c = reqwest::Client::new();
-    for r in [&a, &b] {
-        for _ in 0..2 {
-            c.get(format!("{}/users/77", r.base)).send().await.unwrap();
-        }
-    }
+    warm(&c, [&a, &b]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let workers = load(vec![a.base.clone(), b.base.clone()], 8, stop.clone(), tally.clone());
@@ -175,9 +181,6 @@ async fn a_cluster_master_killed_and_restarted_under_load() {
     let back = Instant::now();
     tokio::time::sleep(Duration::from_millis(3000)).await;
     stop_and_check(&stop, workers, &tally, 1500, Some((back, Duration::from_millis(2000)))).await;
-    for r in [&a, &b] {
-        let body: serde_json::Value = c.get(format!("{}/users/77", r.base)).send().await.unwrap().json().await.unwrap();
-        assert_eq!(body["name"], "written while down", "{}", r.base);
-    }
+    assert_all_serve(&c, [&a, &b], "written while down").await;
     drop((a, b));
 }
