@@ -335,16 +335,25 @@ where
 
 /// A fresh hit in process memory, or the key back.
 fn local_hit<M: Mode>(cache: &Cache, key: String, opts: &CallOpts) -> Result<M::Out, String> {
-    if let Some((found, times)) = cache.local_hit::<M::Value>(&key) {
-        if opts.beta.is_none() || opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
-            if let Some(out) = M::rebuild(found) {
-                cache.record_hit(&key);
-                crate::key::recycle(key);
-                return Ok(out);
-            }
-        }
+    if let Some(out) = fresh_local_hit::<M::Value>(cache, &key, opts).and_then(|(found, _)| M::rebuild(found)) {
+        cache.record_hit(&key);
+        crate::key::recycle(key);
+        return Ok(out);
     }
     Err(key)
+}
+
+/// A fresh entry in process memory that is not drawn for an early refresh (`early`): what
+/// both fast paths (service fns and handlers) answer without building the read-through.
+pub(crate) fn fresh_local_hit<V: crate::codec::Stored>(
+    cache: &Cache,
+    key: &str,
+    opts: &CallOpts,
+) -> Option<(Found<V>, Times)> {
+    // `local_hit` returns fresh entries only; the clock matters only for an early draw.
+    cache
+        .local_hit::<V>(key)
+        .filter(|(_, times)| opts.beta.is_none() || opts.freshness(cache, times, now_ms()) == Freshness::Fresh)
 }
 
 async fn read_through<M: Mode, F: Future<Output = M::Out>>(

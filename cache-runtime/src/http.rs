@@ -32,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 use crate::cache::{Cache, Found, Locked, Times};
 use crate::codec::{Codec, Format};
 use crate::error::CacheError;
-use crate::fetch::{CallOpts, Freshness, Spawner};
+use crate::fetch::{self, CallOpts, Freshness, Spawner};
 use crate::flight::Joined;
 use crate::key::{escape_into, KeyWriter};
 use crate::time::now_ms;
@@ -621,12 +621,10 @@ fn local_response(
     opts: &CallOpts,
     http: &HttpOpts,
 ) -> Result<Response, String> {
-    if let Some((Found::Value(stored), times)) = cache.local_hit::<Arc<StoredResponse>>(&key) {
-        if opts.freshness(cache, &times, now_ms()) == Freshness::Fresh {
-            cache.record_hit(&key);
-            crate::key::recycle(key);
-            return Ok(respond(&stored, remaining_secs(&times), request, http, "HIT"));
-        }
+    if let Some((Found::Value(stored), times)) = fetch::fresh_local_hit::<Arc<StoredResponse>>(cache, &key, opts) {
+        cache.record_hit(&key);
+        crate::key::recycle(key);
+        return Ok(respond(&stored, remaining_secs(&times), request, http, "HIT"));
     }
     Err(key)
 }
