@@ -2,7 +2,9 @@
 //!
 //! Environment: `PORT` (3000), `REDIS_URL` (unset: in-memory cache), `DATABASE_PATH` (unset:
 //! SQLite in memory), `DB_LATENCY_MS` (5), `CACHE_L1` (with Redis: `0` turns the
-//! process-memory tier off). Stops cleanly on Ctrl-C and SIGTERM.
+//! process-memory tier off), `HEADER_READ_TIMEOUT_MS` (10000: a connection that has not sent a
+//! request's headers that long after it opened, or after its previous response, is closed).
+//! Stops cleanly on Ctrl-C and SIGTERM.
 
 use tracing_subscriber::EnvFilter;
 

@@ -27,22 +27,32 @@ pub struct Config {
     pub db_latency: Duration,
     /// With Redis: the process-memory tier in front of it (`CACHE_L1`, default on; `0` = off).
     pub l1: bool,
+    /// How long a client may take to send a request's headers (`HEADER_READ_TIMEOUT_MS`, 10 s).
+    pub header_read_timeout: Duration,
 }
 
 impl Config {
-    /// `PORT` (3000), `REDIS_URL`, `DATABASE_PATH`, `DB_LATENCY_MS` (5), `CACHE_L1` (1).
+    /// `PORT` (3000), `REDIS_URL`, `DATABASE_PATH`, `DB_LATENCY_MS` (5), `CACHE_L1` (1),
+    /// `HEADER_READ_TIMEOUT_MS` (10000).
     pub fn from_env() -> Result<Config, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let port =
             var("PORT").map_or(Ok(3000), |v| v.parse().map_err(|_| format!("PORT={v:?} is not a port number")))?;
         let latency_ms: u64 = var("DB_LATENCY_MS")
             .map_or(Ok(5), |v| v.parse().map_err(|_| format!("DB_LATENCY_MS={v:?} is not a number of milliseconds")))?;
+        let header_read_timeout_ms: u64 = var("HEADER_READ_TIMEOUT_MS").map_or(Ok(10_000), |v| {
+            v.parse()
+                .ok()
+                .filter(|&ms| ms > 0)
+                .ok_or_else(|| format!("HEADER_READ_TIMEOUT_MS={v:?} is not a number of milliseconds above 0"))
+        })?;
         Ok(Config {
             port,
             redis_url: var("REDIS_URL"),
             database_path: var("DATABASE_PATH").map(PathBuf::from),
             db_latency: Duration::from_millis(latency_ms),
             l1: var("CACHE_L1").is_none_or(|v| v != "0" && v != "false"),
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
         })
     }
 }
@@ -107,7 +117,8 @@ async fn index() -> &'static str {
     "routes: GET /users/{id} (1..=1000), PUT /users/{id}, GET /posts, POST /posts, GET /feed?page=N (Authorization: Bearer <name>), GET /metrics\n"
 }
 
-/// `GET /users/{id}`: private, 60 s, `Last-Modified` from `updated_at`.
+/// `GET /users/{id}`: private, 60 s, `Last-Modified` from `updated_at`. Any u64 is an id (404
+/// unless the user exists); anything else is a 400 from the `Path` extractor.
 #[cached(expire = 60, key = "user:<id>", last_modified = "updated_at", cache = app.cache)]
 async fn get_user(Path(id): Path<u64>, State(app): State<App>) -> Result<Json<User>, AppError> {
     app.db.user(id).await?.map(Json).ok_or(AppError::NotFound)
@@ -119,7 +130,8 @@ pub struct UserPatch {
     pub email: Option<String>,
 }
 
-/// `PUT /users/{id}`: writes, then (on success) drops the cached user on every replica.
+/// `PUT /users/{id}`: writes, then (on success) drops the cached user on every replica; 404
+/// for an id (any u64) that names no user, as `GET` answers.
 #[invalidates(key = "user:<id>", cache = app.cache)]
 async fn update_user(
     Path(id): Path<u64>,
@@ -215,7 +227,8 @@ pub struct Feed {
     pub posts: Vec<Post>,
 }
 
-/// `GET /feed?page=N`: per user (key and `Vary: Authorization`), private.
+/// `GET /feed?page=N`: per user (key and `Vary: Authorization`), private. Pages are the u64s
+/// from 1; every page past the last post is empty, however far (400 for 0 or a non-u64).
 #[cached(
     expire = 30,
     key = "feed:<user.id>:<page>",
@@ -232,7 +245,11 @@ async fn feed(
     if page == 0 {
         return Err(AppError::BadRequest("pages start at 1"));
     }
-    let posts = app.db.posts((page - 1) * 10, 10).await?;
+    // Past `u64::MAX` posts, where the offset overflows, there is no post either.
+    let posts = match (page - 1).checked_mul(10) {
+        Some(offset) => app.db.posts(offset, 10).await?,
+        None => Vec::new(),
+    };
     Ok(Json(Feed { user, page, posts }))
 }
 

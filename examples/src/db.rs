@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// Users 1..=USERS exist after seeding.
 pub const USERS: u64 = 1000;
-const POSTS: u64 = 50;
+/// Posts 1..=POSTS exist after seeding (more as they are added).
+pub const POSTS: u64 = 50;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
@@ -120,7 +121,9 @@ impl Db {
         .map_err(|e| DbError(e.to_string()))?
     }
 
+    /// The user `id`; `None` when there is none, as for any id beyond SQLite's (i64) rowids.
     pub async fn user(&self, id: u64) -> Result<Option<User>, DbError> {
+        let Ok(id) = i64::try_from(id) else { return Ok(None) };
         self.call(true, move |c| {
             c.query_row("SELECT id, name, email, updated_at FROM users WHERE id = ?1", [id], |r| {
                 Ok(User { id: r.get(0)?, name: r.get(1)?, email: r.get(2)?, updated_at: r.get(3)? })
@@ -130,13 +133,14 @@ impl Db {
         .await
     }
 
-    /// Applies the changes; `None` when the user does not exist.
+    /// Applies the changes; `None` when the user does not exist (as for any id beyond i64).
     pub async fn update_user(
         &self,
         id: u64,
         name: Option<String>,
         email: Option<String>,
     ) -> Result<Option<User>, DbError> {
+        let Ok(id) = i64::try_from(id) else { return Ok(None) };
         self.call(false, move |c| {
             let changed = c.execute(
                 "UPDATE users SET name = coalesce(?2, name), email = coalesce(?3, email), updated_at = ?4 WHERE id = ?1",
@@ -153,8 +157,11 @@ impl Db {
         .await
     }
 
-    /// Posts, newest first.
+    /// Posts, newest first; none from an offset beyond SQLite's (i64) range, which no table
+    /// reaches.
     pub async fn posts(&self, offset: u64, limit: u64) -> Result<Vec<Post>, DbError> {
+        let Ok(offset) = i64::try_from(offset) else { return Ok(Vec::new()) };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(true, move |c| {
             let mut stmt =
                 c.prepare_cached("SELECT id, title, body, created_at FROM posts ORDER BY id DESC LIMIT ?1 OFFSET ?2")?;

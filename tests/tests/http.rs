@@ -46,6 +46,7 @@ impl TestApp {
             database_path: None,
             db_latency: Duration::ZERO,
             l1,
+            header_read_timeout: Duration::from_secs(10),
         };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;
@@ -121,8 +122,14 @@ async fn etags_are_the_same_on_every_replica() {
     let mut etags = Vec::new();
     for _ in 0..2 {
         // Two replicas (one after the other: a restart) on one database file, each with its own cache.
-        let config =
-            Config { port: 0, redis_url: None, database_path: Some(db.clone()), db_latency: Duration::ZERO, l1: true };
+        let config = Config {
+            port: 0,
+            redis_url: None,
+            database_path: Some(db.clone()),
+            db_latency: Duration::ZERO,
+            l1: true,
+            header_read_timeout: Duration::from_secs(10),
+        };
         let base = serve(router(App::new(&config).unwrap())).await;
         let r = client().get(format!("{base}/users/42")).send().await.unwrap();
         assert_eq!(h(r.headers(), "x-cache"), "MISS");

@@ -108,15 +108,21 @@ impl Replica {
 
     /// Starts one on a free port, on the Redis (or `redis+cluster://` cluster) at `redis_url`.
     pub fn start_on(redis_url: &str, db: &std::path::Path, db_latency_ms: u32) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_app_replica"))
-            .env("PORT", "0")
-            .env("REDIS_URL", redis_url)
-            .env("DATABASE_PATH", db)
-            .env("DB_LATENCY_MS", db_latency_ms.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_app_replica"));
+        command.env("REDIS_URL", redis_url).env("DATABASE_PATH", db).env("DB_LATENCY_MS", db_latency_ms.to_string());
+        Self::spawn(command)
+    }
+
+    /// Starts one on a free port with the in-memory cache and SQLite in memory, no added
+    /// latency, and `env` on top.
+    pub fn start_in_memory(env: &[(&str, &str)]) -> Replica {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_app_replica"));
+        command.env_remove("REDIS_URL").env_remove("DATABASE_PATH").env("DB_LATENCY_MS", "0").envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Replica {
+        let mut child = command.env("PORT", "0").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let base = line.split_whitespace().nth(2).expect("`listening on http://…`").to_owned();
