@@ -290,21 +290,69 @@ pub(crate) fn namespace_tag(namespace: &str) -> String {
 }
 
 /// `KEYS`: entry, generation (one hash slot). `ARGV`: the generation the read saw (`''` =
-/// absent), the envelope, the ttl in ms. Tags and namespaces are not checked here but on read
-/// (the entry records their versions), so the script never crosses a Redis Cluster slot.
+/// absent), the envelope, the ttl in ms, a fresh version. Tags and namespaces are not checked
+/// here but on read (the entry records their versions), so the script never crosses a Redis
+/// Cluster slot. A generation key holding anything but a version (a foreign string, another
+/// type) is repaired with the fresh version, which no reader can have seen: this fill is
+/// dropped, the next read's fill succeeds.
 const FILL: &str = r"
-local g = redis.call('GET', KEYS[2])
+local g = redis.pcall('GET', KEYS[2])
+if type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', 86400000)
+  return 0
+end
 if not g then g = '' end
 if g ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// `KEYS`: entry, generation. Bumps the generation (remembered for a day) and drops the entry.
+/// `KEYS`: entry, generation. `ARGV`: a fresh version. Bumps the generation (remembered for a
+/// day) and drops the entry. A generation that cannot be incremented (a foreign value or type)
+/// is replaced by the fresh version: the invalidation is applied all the same.
 const INVALIDATE_KEY: &str = r"
-redis.call('INCR', KEYS[2])
+local g = redis.pcall('INCR', KEYS[2])
+if type(g) ~= 'number' or g < 0 or g > 9007199254740991 then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
 redis.call('PEXPIRE', KEYS[2], 86400000)
 return redis.call('UNLINK', KEYS[1])
+";
+
+/// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start ([`fresh_version`]). `INCR`s
+/// the version and returns it. An absent version (evicted) or one that is not a version (a
+/// foreign value or type) is replaced by the fresh start: no entry can have recorded it, and it
+/// is above every version the replicas' L1s learned before (they keep the highest they saw).
+const BUMP: &str = r"
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'string' and string.match(v, '^%d+$') and #v <= 16 and tonumber(v) < 9007199254740000 then
+  return redis.call('INCR', KEYS[1])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return tonumber(ARGV[1])
+";
+
+/// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start ([`fresh_version`]). Returns the
+/// current version, giving an absent one the fresh start (a version key lost to eviction must
+/// not come back as a value some old entry recorded) and replacing one that is not a version (a
+/// foreign value or type) the same way.
+const TAG_VERSION: &str = r"
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'string' and string.match(v, '^%d+$') and #v <= 16 and tonumber(v) < 9007199254740000 then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+";
+
+/// `KEYS`: a claim (a `lock` or a refresh claim). `ARGV`: the token, the hold in ms. `SET NX
+/// PX`; a claim key without an expiry is not one of ours (every claim has one): it is replaced,
+/// so a foreign value can never block the claim for good. Returns 1 when claimed.
+const CLAIM: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
 ";
 
 /// Where the commands go: one server or a cluster.
@@ -446,6 +494,9 @@ pub(crate) struct RedisStore {
     timeout: Duration,
     fill: Arc<redis::Script>,
     invalidate_key: Arc<redis::Script>,
+    bump: redis::Script,
+    tag_version: redis::Script,
+    claim: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -514,6 +565,9 @@ impl RedisStore {
             timeout,
             fill: Arc::new(redis::Script::new(FILL)),
             invalidate_key: Arc::new(redis::Script::new(INVALIDATE_KEY)),
+            bump: redis::Script::new(BUMP),
+            tag_version: redis::Script::new(TAG_VERSION),
+            claim: redis::Script::new(CLAIM),
         })
     }
 
@@ -599,15 +653,6 @@ impl RedisStore {
         .await
     }
 
-    /// One pipeline (all its keys in one slot), bounded like `run`.
-    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, CacheError> {
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            pipe.query_async::<T>(&mut conn).await
-        })
-        .await
-    }
-
     /// One script (all its keys in one slot), bounded like `run`.
     pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
@@ -663,20 +708,21 @@ impl RedisStore {
     }
 
     /// Gives every absent tag version a random start (a version key lost to eviction must not
-    /// come back as a value some old entry recorded), and fills in `lease`. One `SET NX` + `GET`
-    /// pipeline per tag (one slot each), all in flight at once.
+    /// come back as a value some old entry recorded), repairs one that holds something else, and
+    /// fills in `lease`. One script per tag (one slot each), all in flight at once.
     pub(crate) async fn init_tags(&self, prefix: &str, lease: &mut Lease, missing: &[usize]) -> Result<(), CacheError> {
         let reads = missing.iter().map(|&i| {
             let key = tag_key(prefix, &lease.tags[i].0);
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET").arg(&key).arg(random_start()).arg("NX").ignore();
-            pipe.cmd("GET").arg(&key);
-            async move { self.run_pipe::<(Option<Vec<u8>>,)>(&pipe).await }
+            async move {
+                let mut invocation = self.tag_version.prepare_invoke();
+                invocation.key(key).arg(fresh_version());
+                self.invoke::<String>(&invocation).await
+            }
         });
         let values = futures::future::try_join_all(reads).await?;
-        for (&i, (v,)) in missing.iter().zip(&values) {
+        for (&i, v) in missing.iter().zip(&values) {
             lease.tags[i].1 =
-                parse_version(v.as_ref()).ok_or(CacheError::Config("tag version is not a number".into()))?;
+                v.parse().map_err(|_| CacheError::Config(format!("tag version {v:?} is not a number")))?;
         }
         Ok(())
     }
@@ -688,6 +734,7 @@ impl RedisStore {
         invocation.key(key).key(generation_key(key));
         invocation.arg(seen(lease.generation));
         invocation.arg(bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        invocation.arg(fresh_version());
         let stored: i64 = self.invoke(&invocation).await?;
         Ok(stored == 1)
     }
@@ -699,24 +746,27 @@ impl RedisStore {
 
     pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), CacheError> {
         let mut invocation = self.invalidate_key.prepare_invoke();
-        invocation.key(key).key(generation_key(key));
+        invocation.key(key).key(generation_key(key)).arg(fresh_version());
         self.invoke::<i64>(&invocation).await.map(drop)
     }
 
-    /// `SET key token NX PX hold`: whether this caller got it.
+    /// `SET key token NX PX hold` (see [`CLAIM`]): whether this caller got it.
     pub(crate) async fn claim_token(&self, key: &str, token: &str, hold: Duration) -> Result<bool, CacheError> {
         let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
-        let set: Option<String> = self.run(redis::cmd("SET").arg(key).arg(token).arg("NX").arg("PX").arg(ms)).await?;
-        Ok(set.is_some())
+        let mut invocation = self.claim.prepare_invoke();
+        invocation.key(key).arg(token).arg(ms);
+        Ok(self.invoke::<i64>(&invocation).await? == 1)
     }
 
     pub(crate) async fn unlink(&self, key: &str) -> Result<(), CacheError> {
         self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
     }
 
-    /// Bumps a version key (`INCR`); returns the new version.
+    /// Bumps a version key (see [`BUMP`]); returns the new version.
     pub(crate) async fn bump(&self, version_key: &str) -> Result<u64, CacheError> {
-        self.run(redis::cmd("INCR").arg(version_key)).await
+        let mut invocation = self.bump.prepare_invoke();
+        invocation.key(version_key).arg(fresh_version());
+        self.invoke(&invocation).await
     }
 
     /// `PUBLISH` (`SPUBLISH` on a cluster); returns how many subscribers received it.
@@ -797,7 +847,8 @@ impl RedisStore {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let mut conn = cluster_client(nodes, self.timeout, Some(tx))?.get_async_connection().await?;
                 conn.ssubscribe(channels).await?;
-                Ok(Subscription::Cluster { conn, rx })
+                let shard_key = channels.first().map_or_else(String::new, |c| (*c).to_owned());
+                Ok(Subscription::Cluster { conn, rx, shard_key })
             }
         }
     }
@@ -847,8 +898,17 @@ pub(crate) struct Received {
 
 /// A live subscription (see [`RedisStore::subscribe`]).
 pub(crate) enum Subscription {
-    Single { sink: redis::aio::PubSubSink, stream: redis::aio::PubSubStream },
-    Cluster { conn: ClusterConnection, rx: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo> },
+    Single {
+        sink: redis::aio::PubSubSink,
+        stream: redis::aio::PubSubStream,
+    },
+    /// `shard_key`: a key in the channels' slot (their name), so that a ping goes to the node
+    /// that carries the subscription, not to every master.
+    Cluster {
+        conn: ClusterConnection,
+        rx: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+        shard_key: String,
+    },
 }
 
 impl Subscription {
@@ -882,17 +942,20 @@ impl Subscription {
         }
     }
 
-    /// Whether the subscribed connection still answers.
-    pub(crate) async fn ping(&mut self) -> bool {
+    /// Whether the subscribed connection still answers, within `timeout`. On one server the
+    /// ping goes down the subscription's own connection, so its answer also means that every
+    /// message published before it was sent has been received. On a cluster it goes to the
+    /// node that carries the channels' shard (a keyed read of that slot), not to every master.
+    pub(crate) async fn ping(&mut self, timeout: Duration) -> bool {
         let ping = async {
             match self {
                 Subscription::Single { sink, .. } => sink.ping::<redis::Value>().await.is_ok(),
-                Subscription::Cluster { conn, .. } => {
-                    redis::cmd("PING").query_async::<redis::Value>(conn).await.is_ok()
+                Subscription::Cluster { conn, shard_key, .. } => {
+                    redis::cmd("EXISTS").arg(&*shard_key).query_async::<redis::Value>(conn).await.is_ok()
                 }
             }
         };
-        matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(true))
+        matches!(tokio::time::timeout(timeout, ping).await, Ok(true))
     }
 }
 
@@ -953,12 +1016,15 @@ impl Breaker {
     }
 }
 
-/// A random 40-bit starting version (well below 2^53, far from any `INCR`ed small value).
-fn random_start() -> u64 {
+/// A version for a key that has none, or whose value is not one: the clock in ms × 1024 plus a
+/// random part. No entry can have recorded it (every earlier version was handed out earlier, at
+/// most 1,024 bumps a millisecond later), it grows with time (so an L1, which keeps the highest
+/// version it learned of a tag, accepts a repaired or re-created version), and it stays below
+/// 2^53 (exact in Redis's Lua numbers) until the year 2248.
+fn fresh_version() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    now_ms().hash(&mut h);
     std::thread::current().id().hash(&mut h);
-    (h.finish() >> 24) | (1 << 39)
+    now_ms().saturating_mul(1024) + (h.finish() & 1023)
 }
 
 #[cfg(test)]

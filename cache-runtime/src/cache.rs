@@ -21,6 +21,12 @@ use crate::Cacheable;
 /// The namespace used when none is given (by the plain API or by `#[cached]`).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The default bound on the bytes the memory store holds ([`CacheBuilder::max_bytes`]).
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+/// The default bound on the bytes the L1 holds ([`CacheBuilder::l1_max_bytes`]).
+pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
+
 /// A cache: process memory (the default) or Redis. Cheap to clone: clones share the store.
 ///
 /// ```
@@ -69,8 +75,10 @@ enum Store {
     Memory(MemoryStore),
     Redis {
         redis: Arc<RedisStore>,
-        /// The process-memory tier in front of Redis, when enabled.
+        /// The process-memory tier in front of Redis, when enabled (then the same as `channel`).
         l1: Option<Arc<Coherence>>,
+        /// The invalidation channel: every invalidation is published on it, L1 or not.
+        channel: Arc<Coherence>,
         /// Cross-replica locks of `#[cached(lock)]`.
         locks: Arc<Locks>,
     },
@@ -172,6 +180,7 @@ pub struct CacheBuilder {
     l1_max_entries: u64,
     l1_max_bytes: Option<u64>,
     l1_ttl: Duration,
+    l1_staleness_bound: Duration,
     coherence_timeout: Duration,
     random_seed: Option<u64>,
     redact_keys: bool,
@@ -187,11 +196,12 @@ impl Default for CacheBuilder {
             default_ttl: Duration::from_secs(300),
             command_timeout: Duration::from_millis(250),
             max_entries: 100_000,
-            max_bytes: None,
+            max_bytes: Some(DEFAULT_MAX_BYTES),
             l1: true,
             l1_max_entries: 10_000,
-            l1_max_bytes: None,
+            l1_max_bytes: Some(DEFAULT_L1_MAX_BYTES),
             l1_ttl: Duration::from_secs(30),
+            l1_staleness_bound: Duration::from_secs(1),
             coherence_timeout: Duration::from_millis(100),
             random_seed: None,
             redact_keys: false,
@@ -268,10 +278,10 @@ impl CacheBuilder {
         self
     }
 
-    /// Upper bound on the bytes held in process memory (default: none, only `max_entries`).
-    /// An entry weighs its key, its value's encoded size (one encode per store, only when
-    /// this is set) and a fixed overhead per entry; the least useful entries are evicted to
-    /// stay under both bounds.
+    /// Upper bound on the bytes held in process memory (default [`DEFAULT_MAX_BYTES`], 256 MiB,
+    /// beside `max_entries`: a few large values cannot exhaust the process). An entry weighs
+    /// its key, its value's encoded size (one encode per store) and a fixed overhead per entry;
+    /// the least useful entries are evicted to stay under both bounds.
     ///
     /// ```
     /// let cache = cache_runtime::Cache::builder().max_entries(1_000_000).max_bytes(256 << 20).build().unwrap();
@@ -296,8 +306,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Upper bound on the bytes held by the L1 (default: none, only `l1_max_entries`). An
-    /// entry weighs its key, its size in Redis and a fixed overhead per entry.
+    /// Upper bound on the bytes held by the L1 (default [`DEFAULT_L1_MAX_BYTES`], 64 MiB,
+    /// beside `l1_max_entries`). An entry weighs its key, its size in Redis and a fixed
+    /// overhead per entry.
     pub fn l1_max_bytes(mut self, max: u64) -> Self {
         self.l1_max_bytes = Some(max);
         self
@@ -307,6 +318,17 @@ impl CacheBuilder {
     /// staleness should an invalidation message be lost without the channel noticing.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
         self.l1_ttl = ttl;
+        self
+    }
+
+    /// Longest time the L1 keeps answering after its invalidation channel last proved alive
+    /// (default 1 s). The channel's connection is pinged four times per bound; when no answer
+    /// comes within the bound, the L1 is flushed and bypassed until the channel is back. So a
+    /// replica cut off from Redis (Redis paused, a partition that leaves the connection open)
+    /// serves a value that another replica's write invalidated for at most this long after
+    /// that write returned. Smaller bounds cost more pings (one per quarter bound).
+    pub fn l1_staleness_bound(mut self, bound: Duration) -> Self {
+        self.l1_staleness_bound = bound;
         self
     }
 
@@ -359,20 +381,23 @@ impl CacheBuilder {
         if self.command_timeout.is_zero() {
             return Err(CacheError::Config("command_timeout must be greater than zero".to_owned()));
         }
+        if self.l1_staleness_bound < Duration::from_millis(40) {
+            return Err(CacheError::Config("l1_staleness_bound must be at least 40 ms".to_owned()));
+        }
         let store = match &self.redis {
             None => Store::Memory(MemoryStore::new(self.max_entries, self.max_bytes)),
             Some(target) => {
                 let redis = RedisStore::new(target, self.command_timeout)?;
+                let channel = Arc::new(Coherence::new(
+                    &self.prefix,
+                    &redis,
+                    self.l1.then_some((self.l1_max_entries, self.l1_max_bytes)),
+                    self.l1_ttl,
+                    (self.coherence_timeout, self.l1_staleness_bound),
+                ));
                 Store::Redis {
-                    l1: self.l1.then(|| {
-                        Arc::new(Coherence::new(
-                            &self.prefix,
-                            &redis,
-                            (self.l1_max_entries, self.l1_max_bytes),
-                            self.l1_ttl,
-                            self.coherence_timeout,
-                        ))
-                    }),
+                    l1: self.l1.then(|| Arc::clone(&channel)),
+                    channel,
                     locks: Arc::new(Locks::new(&self.prefix, &redis)),
                     redis: Arc::new(redis),
                 }
@@ -802,10 +827,10 @@ impl Cache {
                 }
                 Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
             }
-            Store::Redis { redis, l1, .. } => {
+            Store::Redis { redis, l1, channel, .. } => {
                 let mut l1_epoch = None;
+                channel.ensure_started(redis);
                 if let Some(c) = l1 {
-                    c.ensure_started(redis);
                     if c.live() {
                         // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
                         let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
@@ -897,6 +922,10 @@ impl Cache {
                 return None;
             }
         };
+        if decoded.key_hash != envelope::key_hash(key) {
+            tracing::warn!(target: "cache_runtime", key, "cache entry was stored under another key; treating it as a miss");
+            return None;
+        }
         if decoded.meta.fingerprint != envelope::fingerprint::<V>() {
             tracing::warn!(
                 target: "cache_runtime",
@@ -975,7 +1004,7 @@ impl Cache {
                 let weight = memory_weight::<V, C>(mem, &key, value, self.inner.format);
                 Ok(mem.fill(key, namespace, lease, mem_entry(meta, value, weight)))
             }
-            Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&meta, value) {
+            Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&key, &meta, value) {
                 Ok(bytes) => {
                     let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
@@ -1025,13 +1054,15 @@ impl Cache {
                 mem.insert(key, mem_entry(meta, Some(value), weight));
                 Ok(())
             }
-            Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&meta, Some(value)) {
+            Store::Redis { redis, channel, .. } => match self.encode_entry::<V, C>(&key, &meta, Some(value)) {
                 Ok(bytes) => {
-                    // Another replica's L1 may hold the previous value: a set is an invalidation too.
+                    // Another replica's L1 may hold the previous value: a set is an invalidation
+                    // too, published whether this process has an L1 or not.
                     let stored = redis.set(&key, &bytes, ttl).await;
-                    if let (Ok(()), Some(c)) = (&stored, l1) {
-                        c.apply_local(&Message::Key(key.clone()));
-                        let _ = c.publish(redis, &Message::Key(key)).await;
+                    if stored.is_ok() {
+                        channel.ensure_started(redis);
+                        channel.apply_local(&Message::Key(key.clone()));
+                        let _ = channel.publish(redis, &Message::Key(key)).await;
                     }
                     stored
                 }
@@ -1115,7 +1146,9 @@ impl Cache {
                 }
                 Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
             }),
-            Store::Redis { redis, l1, .. } => {
+            Store::Redis { redis, l1, channel, .. } => {
+                // Also without an L1: the channel must run to hear the acknowledgements.
+                channel.ensure_started(redis);
                 // The writer's own L1 first: its next read cannot see what it invalidated.
                 if let Some(c) = l1 {
                     match op {
@@ -1148,9 +1181,8 @@ impl Cache {
                         (Message::Namespace(ns.clone()), removed)
                     }
                 };
-                if let Some(c) = l1 {
-                    c.publish(redis, &message).await?;
-                }
+                // Published whatever this process's own L1 setting: other replicas may have one.
+                channel.publish(redis, &message).await?;
                 Ok(removed)
             }
         }
@@ -1318,7 +1350,12 @@ fn memory_weight<V: Stored, C: Codec<V>>(mem: &MemoryStore, key: &str, value: Op
 impl Cache {
     /// The stored form of a value, unless it is larger than `max_value_bytes` (then it is not
     /// stored: counted in `stats().oversized`, logged once).
-    fn encode_entry<V: Stored, C: Codec<V>>(&self, meta: &Meta, value: Option<&V>) -> Result<Vec<u8>, CacheError> {
+    fn encode_entry<V: Stored, C: Codec<V>>(
+        &self,
+        key: &str,
+        meta: &Meta,
+        value: Option<&V>,
+    ) -> Result<Vec<u8>, CacheError> {
         let payload = match value {
             Some(v) => C::encode(v, self.inner.format)?,
             None => Vec::new(),
@@ -1335,7 +1372,7 @@ impl Cache {
             }
             return Err(CacheError::TooLarge(payload.len()));
         }
-        envelope::encode(meta, value.is_none(), self.inner.format, &payload)
+        envelope::encode(key, meta, value.is_none(), self.inner.format, &payload)
             .map_err(|why| CacheError::Config(why.to_owned()))
     }
 }

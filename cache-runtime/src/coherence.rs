@@ -12,6 +12,16 @@
 //!   a value enters L1 only if the epoch did not move since before its Redis read.
 //! - Pub/sub is at-most-once: when the subscription drops or stops answering pings, the L1 is
 //!   flushed and not used until the channel is subscribed again.
+//! - The L1 answers only while its channel was confirmed alive recently: the subscription's
+//!   connection is pinged every quarter of the staleness bound (`l1_staleness_bound`, 1 s by
+//!   default), and the L1 is flushed and bypassed once the bound passes since the last ping
+//!   that was answered. A pong on the subscription's connection also means every message
+//!   published before that ping was received, so a replica cut off from Redis (paused, or a
+//!   network partition that leaves TCP open) serves what a write invalidated for at most the
+//!   bound after the write.
+//! - A process without an L1 (`l1(false)`) still publishes every invalidation it makes (and
+//!   waits for the acknowledgements, on the `ack` channel only), so the L1s of the other
+//!   replicas hear of its writes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -66,7 +76,13 @@ struct AckWait {
 
 /// The L1 of one `Cache` and its invalidation channel.
 pub(crate) struct Coherence {
+    /// Empty and unused in a process without an L1 (`has_l1 == false`).
     pub(crate) l1: MemoryStore,
+    /// Whether this process keeps an L1 (and so listens to the invalidation channel), or only
+    /// publishes invalidations and listens for their acknowledgements.
+    has_l1: bool,
+    /// The L1 answers only while a ping on its channel was answered this recently.
+    staleness_bound: Duration,
     /// Entries stay in L1 at most this long.
     pub(crate) l1_ttl: Duration,
     prefix: String,
@@ -89,15 +105,19 @@ impl std::fmt::Debug for Coherence {
 }
 
 impl Coherence {
+    /// `l1`: the L1's bounds (entries, bytes), or `None` for a process that only publishes.
     pub(crate) fn new(
         prefix: &str,
         redis: &RedisStore,
-        (l1_max_entries, l1_max_bytes): (u64, Option<u64>),
+        l1: Option<(u64, Option<u64>)>,
         l1_ttl: Duration,
-        ack_timeout: Duration,
+        (ack_timeout, staleness_bound): (Duration, Duration),
     ) -> Self {
+        let (l1_max_entries, l1_max_bytes) = l1.unwrap_or((0, None));
         Coherence {
             l1: MemoryStore::new(l1_max_entries, l1_max_bytes),
+            has_l1: l1.is_some(),
+            staleness_bound,
             l1_ttl,
             prefix: prefix.to_owned(),
             channel: redis.channel(prefix, "inv"),
@@ -199,10 +219,13 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(c) = coherence.upgrade() else { return };
-        let (channel, ack_channel) = (c.channel.clone(), c.ack_channel.clone());
+        let (channel, ack_channel, has_l1, bound) =
+            (c.channel.clone(), c.ack_channel.clone(), c.has_l1, c.staleness_bound);
         drop(c);
-        let channels = [channel.as_str(), ack_channel.as_str()];
-        let subscribed = redis.subscribe(&channels);
+        let all = [channel.as_str(), ack_channel.as_str()];
+        // Without an L1 there is nothing to invalidate here: only the acknowledgements matter.
+        let channels = if has_l1 { &all[..] } else { &all[1..] };
+        let subscribed = redis.subscribe(channels);
         let mut subscription = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
             Ok(Ok(subscription)) => subscription,
             _ => {
@@ -212,6 +235,8 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
             }
         };
         backoff = Duration::from_millis(50);
+        // The subscription is confirmed: nothing published from here on can be missed.
+        let mut confirmed = tokio::time::Instant::now();
         {
             let Some(c) = coherence.upgrade() else { return };
             // Anything cached before this point may have missed messages.
@@ -219,7 +244,8 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
             c.epoch.fetch_add(1, Ordering::AcqRel);
             c.live.store(true, Ordering::Release);
         }
-        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        let mut ping = tokio::time::interval((bound / 4).max(Duration::from_millis(10)));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = subscription.next() => {
@@ -240,14 +266,18 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
                     }
                 }
                 _ = ping.tick() => {
-                    if !subscription.ping().await {
+                    // The L1 may answer until `confirmed + bound`: the pong must come by then.
+                    let sent = tokio::time::Instant::now();
+                    let left = (confirmed + bound).saturating_duration_since(sent);
+                    if left.is_zero() || !subscription.ping(left).await {
                         break;
                     }
+                    confirmed = sent;
                 }
             }
         }
         let Some(c) = coherence.upgrade() else { return };
-        tracing::warn!(target: "cache_runtime", "invalidation channel lost; process-memory tier flushed until it is back");
+        tracing::warn!(target: "cache_runtime", "invalidation channel lost or silent; process-memory tier flushed until it is back");
         c.lost();
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! One `GET` returns everything a read needs: the payload, when it was stored, until when it
 //! is fresh and until when it may be served stale, its ETag, the time the value took to
-//! compute, and a fingerprint of the Rust type it was encoded from.
+//! compute, a fingerprint of the Rust type it was encoded from, and a hash of the full key it
+//! was stored under (bytes copied under another key read as a miss, never as that key's value).
 //!
 //! Layout (little endian):
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 0 | magic `0xCA` |
-//! | 1 | format version (1) |
+//! | 1 | format version (2) |
 //! | 2 | flags: bit 0 = negative entry (a cached `None`), bit 1 = MessagePack payload |
 //! | 3 | ETag length `n` (0 = none) |
 //! | 4..12 | type fingerprint |
@@ -18,15 +19,16 @@
 //! | 28..36 | stale until, ms (= fresh until when no stale window) |
 //! | 36..40 | recompute time, ms |
 //! | 40..42 | length `t` of the tag section |
-//! | 42..42+n | ETag bytes |
-//! | 42+n..42+n+t | tags: `(name length u8, name, version u64)*`, the versions they had when the value was computed |
-//! | 42+n+t.. | payload |
+//! | 42..50 | key hash: FNV-1a of the full stored key |
+//! | 50..50+n | ETag bytes |
+//! | 50+n..50+n+t | tags: `(name length u8, name, version u64)*`, the versions they had when the value was computed |
+//! | 50+n+t.. | payload |
 
 use crate::codec::Format;
 
 const MAGIC: u8 = 0xCA;
-const VERSION: u8 = 1;
-const HEADER: usize = 42;
+const VERSION: u8 = 2;
+const HEADER: usize = 50;
 const FLAG_NEGATIVE: u8 = 1;
 /// The payload is MessagePack (else JSON, or a format of its own such as a stored response).
 const FLAG_MSGPACK: u8 = 2;
@@ -48,6 +50,8 @@ pub(crate) struct Meta {
 #[derive(Debug)]
 pub(crate) struct Decoded<'a> {
     pub(crate) meta: Meta,
+    /// [`key_hash`] of the key the entry was stored under.
+    pub(crate) key_hash: u64,
     pub(crate) negative: bool,
     /// `None`: a format this build cannot read (MessagePack without the `msgpack` feature).
     pub(crate) format: Option<Format>,
@@ -78,7 +82,14 @@ impl std::fmt::Display for Corrupt {
 
 /// Fails only when the tags do not fit (a name over 255 bytes, or over 64 KiB of tags): such
 /// an entry is not stored rather than stored without its tags.
-pub(crate) fn encode(meta: &Meta, negative: bool, format: Format, payload: &[u8]) -> Result<Vec<u8>, &'static str> {
+/// `key`: the full key the entry is stored under.
+pub(crate) fn encode(
+    key: &str,
+    meta: &Meta,
+    negative: bool,
+    format: Format,
+    payload: &[u8],
+) -> Result<Vec<u8>, &'static str> {
     let etag = meta.etag.as_deref().unwrap_or("").as_bytes();
     let etag_len = u8::try_from(etag.len()).unwrap_or(0);
     let etag = &etag[..usize::from(etag_len)];
@@ -105,6 +116,7 @@ pub(crate) fn encode(meta: &Meta, negative: bool, format: Format, payload: &[u8]
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.recompute_ms.to_le_bytes());
     out.extend_from_slice(&tags_len.to_le_bytes());
+    out.extend_from_slice(&key_hash(key).to_le_bytes());
     out.extend_from_slice(etag);
     out.extend_from_slice(&tags);
     out.extend_from_slice(payload);
@@ -161,6 +173,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
             etag,
             tags,
         },
+        key_hash: u64_at(bytes, 42),
         negative: bytes[2] & FLAG_NEGATIVE != 0,
         format: if bytes[2] & FLAG_MSGPACK == 0 {
             Some(Format::Json)
@@ -182,6 +195,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
 /// that bytes written for one type are never decoded into another.
 pub(crate) fn fingerprint<T: ?Sized>() -> u64 {
     fnv1a(std::any::type_name::<T>().as_bytes())
+}
+
+/// The hash of a full stored key recorded in its entry.
+pub(crate) fn key_hash(key: &str) -> u64 {
+    fnv1a(key.as_bytes())
 }
 
 /// 64-bit FNV-1a: a stable, fast hash for fingerprints and log redaction (not for anything an
@@ -208,9 +226,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let bytes = encode(&meta(), false, Format::Json, b"{\"a\":1}").unwrap();
+        let bytes = encode("k", &meta(), false, Format::Json, b"{\"a\":1}").unwrap();
         let d = decode(&bytes).unwrap();
         assert_eq!(d.meta, meta());
+        assert_eq!(d.key_hash, key_hash("k"));
+        assert_ne!(d.key_hash, key_hash("k2"));
         assert!(!d.negative);
         assert_eq!(d.payload, b"{\"a\":1}");
     }
@@ -219,10 +239,10 @@ mod tests {
     fn garbage_is_rejected_not_panicking() {
         assert_eq!(decode(b"").unwrap_err(), Corrupt::TooShort);
         assert_eq!(decode(b"hello world, this is not an envelope at all").unwrap_err(), Corrupt::BadMagic);
-        let mut bytes = encode(&meta(), true, Format::Json, b"").unwrap();
+        let mut bytes = encode("k", &meta(), true, Format::Json, b"").unwrap();
         bytes[1] = 9;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::UnknownVersion(9));
-        let mut bytes = encode(&meta(), true, Format::Json, b"").unwrap();
+        let mut bytes = encode("k", &meta(), true, Format::Json, b"").unwrap();
         bytes[3] = 200;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::TooShort);
         for len in 0..bytes.len() {
@@ -257,7 +277,7 @@ mod proptests {
                 fingerprint: 1, stored_at_ms: 2, fresh_until_ms: 3, stale_until_ms: 4, recompute_ms: 5,
                 etag: Some("\"e\"".into()), tags: vec![("t".into(), 9)],
             };
-            let mut bytes = encode(&meta, false, Format::Json, b"{\"a\":1}").unwrap();
+            let mut bytes = encode("k", &meta, false, Format::Json, b"{\"a\":1}").unwrap();
             let i = flip % bytes.len();
             bytes[i] = byte;
             bytes.truncate(cut.min(bytes.len()));
@@ -267,7 +287,7 @@ mod proptests {
         #[test]
         fn envelopes_round_trip(tags in proptest::collection::vec(("[a-z:0-9]{1,20}", any::<u64>()), 0..5), payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let meta = Meta { fingerprint: 7, stored_at_ms: 1, fresh_until_ms: 2, stale_until_ms: 3, recompute_ms: 4, etag: None, tags };
-            let bytes = encode(&meta, false, Format::Json, &payload).unwrap();
+            let bytes = encode("k", &meta, false, Format::Json, &payload).unwrap();
             let decoded = decode(&bytes).unwrap();
             prop_assert_eq!(decoded.meta, meta);
             prop_assert_eq!(decoded.payload, &payload[..]);

@@ -58,7 +58,7 @@ pub mod cookbook {}
 
 use std::sync::OnceLock;
 
-pub use cache::{Cache, CacheBuilder, Namespace, Stats, DEFAULT_NAMESPACE};
+pub use cache::{Cache, CacheBuilder, Namespace, Stats, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE};
 pub use codec::Format;
 pub use error::{AlreadyInitialized, CacheError};
 #[cfg(feature = "axum")]

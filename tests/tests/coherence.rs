@@ -145,15 +145,87 @@ async fn losing_the_invalidation_channel_flushes_the_l1() {
     let db = Db::default();
     assert_eq!(read_plain(&b, &db, 1).await, 0);
     assert_eq!(read_plain(&b, &db, 1).await, 0, "now in b's L1");
-    // A write whose message b cannot receive: its subscription is cut, and the entry is
-    // replaced in Redis by a cache that publishes nothing.
+    // A change b cannot hear of: its subscription is cut, and the entry is dropped from
+    // Redis behind the cache's back (nothing is published).
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
-    let silent = Cache::builder().redis(server.url()).prefix("c").l1(false).build().unwrap();
     db.row.store(9, Ordering::SeqCst);
-    write_plain(&silent, &db, 1, 9).await.unwrap();
+    let _: () = redis::cmd("DEL").arg("c:{default:plain:1}").query_async(&mut conn).await.unwrap();
     // b notices the lost channel, drops its L1, and reads Redis again.
     until("b serves the new row", async || read_plain(&b, &db, 1).await == 9).await;
     until("b's L1 is live again", async || b.l1_live()).await;
+}
+
+/// A process without an L1 (a replica with `l1(false)`, a worker, a CLI) still tells every
+/// other replica's L1 of its writes: keys, tags, namespaces and plain `set`s.
+#[tokio::test]
+async fn a_writer_without_an_l1_reaches_every_l1() {
+    let server = RedisServer::start().unwrap();
+    let a = replica(&server);
+    let writer = Cache::builder().redis(server.url()).prefix("c").l1(false).build().unwrap();
+    live(&a).await;
+    let db = Db::default();
+    assert_eq!(read_plain(&a, &db, 1).await, 0);
+    assert_eq!(read_row(&a, &db, 1).await, 0);
+    let reads = db.reads.get();
+    assert_eq!(read_plain(&a, &db, 1).await, 0, "in a's L1");
+    assert_eq!(db.reads.get(), reads);
+
+    write_plain(&writer, &db, 1, 1).await.unwrap();
+    assert_eq!(read_plain(&a, &db, 1).await, 1, "a key invalidated by a process without an L1");
+    write_tagged(&writer, &db, 2).await.unwrap();
+    assert_eq!(read_row(&a, &db, 1).await, 2, "a tag invalidated by a process without an L1");
+    db.row.store(3, Ordering::SeqCst);
+    writer.clear_namespace("rows").await.unwrap();
+    assert_eq!(read_row(&a, &db, 1).await, 3, "a namespace cleared by a process without an L1");
+
+    assert_eq!(a.get::<u64>("direct").await, None);
+    a.set("direct", &4u64, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(a.get::<u64>("direct").await, Some(4), "in a's L1");
+    writer.set("direct", &5u64, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(a.get::<u64>("direct").await, Some(5), "a plain set by a process without an L1");
+    writer.invalidate("direct").await.unwrap();
+    assert_eq!(a.get::<u64>("direct").await, None, "a plain invalidate by a process without an L1");
+    assert_eq!(writer.stats().errors, 0);
+}
+
+/// Redis paused (SIGSTOP) right after a replica cached a value in its L1: another replica's
+/// write cannot be published (it is queued), so the L1 must stop answering on its own. The
+/// promise: no older value later than `l1_staleness_bound` (1 s by default) after the write
+/// returned; the margin for a loaded 2-core machine is 400 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_l1_stops_answering_within_its_bound() {
+    let server = RedisServer::start().unwrap();
+    let a = replica(&server);
+    let writer = replica(&server);
+    live(&a).await;
+    live(&writer).await;
+    let db = Db::default();
+    assert_eq!(read_plain(&a, &db, 1).await, 0);
+    assert_eq!(read_plain(&a, &db, 1).await, 0, "in a's L1");
+    server.signal("STOP").unwrap();
+    let result = async {
+        write_plain(&writer, &db, 1, 1).await.unwrap();
+        let written = Instant::now();
+        let mut last_old = None;
+        while written.elapsed() < Duration::from_secs(4) {
+            if read_plain(&a, &db, 1).await == 0 {
+                last_old = Some(written.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        last_old
+    }
+    .await;
+    server.signal("CONT").unwrap();
+    if let Some(last_old) = result {
+        assert!(
+            last_old <= Duration::from_millis(1400),
+            "a served the invalidated value {last_old:?} after the write returned (bound 1 s + 400 ms margin)"
+        );
+    }
+    // And once Redis is back, a serves the write from its caches again.
+    until("a is live again", async || a.l1_live()).await;
+    assert_eq!(read_plain(&a, &db, 1).await, 1);
 }

@@ -1,0 +1,269 @@
+//! What Redis holds may be damaged: internal keys overwritten with foreign values or types, an
+//! entry copied under another key. None of it loses an invalidation, blocks caching for good,
+//! or serves one key's value under another. And process memory is bounded by bytes by default.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_runtime::test_util::RedisServer;
+use cache_runtime::{cached, invalidates, Cache};
+use support::Calls;
+
+#[derive(Default, Debug)]
+struct Db {
+    row: AtomicU64,
+    reads: Calls,
+}
+
+#[cached(expire = 60, key = "plain:<id>", cache = cache, skip = [cache, db])]
+async fn read_plain(cache: &Cache, db: &Db, id: u32) -> u64 {
+    let _ = id;
+    db.reads.hit();
+    db.row.load(Ordering::SeqCst)
+}
+
+#[invalidates(key = "plain:<id>", cache = cache)]
+async fn write_plain(cache: &Cache, db: &Db, id: u32, value: u64) -> Result<(), ()> {
+    let _ = id;
+    db.row.store(value, Ordering::SeqCst);
+    Ok(())
+}
+
+#[cached(expire = 60, key = "row:<id>", tags = ["rows"], namespace = "rows", cache = cache, skip = [cache, db])]
+async fn read_row(cache: &Cache, db: &Db, id: u32) -> u64 {
+    let _ = id;
+    db.reads.hit();
+    db.row.load(Ordering::SeqCst)
+}
+
+#[invalidates(tags = ["rows"], cache = cache)]
+async fn write_tagged(cache: &Cache, db: &Db, value: u64) -> Result<(), ()> {
+    db.row.store(value, Ordering::SeqCst);
+    Ok(())
+}
+
+#[cached(expire = 60, key = "id:<id>", cache = cache, skip = [cache, calls])]
+async fn echo_id(cache: &Cache, calls: &Calls, id: u32) -> u32 {
+    calls.hit();
+    id
+}
+
+#[cached(expire = 60, lock = 1, key = "locked:<id>", cache = cache, skip = [cache, calls])]
+async fn locked(cache: &Cache, calls: &Calls, id: u32) -> u32 {
+    calls.hit();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    id
+}
+
+fn cache(server: &RedisServer, l1: bool) -> Cache {
+    Cache::builder().redis(server.url()).prefix("c").l1(l1).command_timeout(Duration::from_millis(200)).build().unwrap()
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn until_live(cache: &Cache) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let db = Db::default();
+    read_plain(cache, &db, u32::MAX).await;
+    while !cache.l1_live() {
+        assert!(std::time::Instant::now() < deadline, "the L1 never became live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The ways an internal key can be damaged: a foreign string, a value of another type, or
+/// lost (evicted under `maxmemory`).
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    Garbage,
+    List,
+    Hash,
+    Evicted,
+}
+
+const DAMAGES: [Damage; 4] = [Damage::Garbage, Damage::List, Damage::Hash, Damage::Evicted];
+
+async fn damage(conn: &mut redis::aio::MultiplexedConnection, key: &str, how: Damage) {
+    let _: () = redis::cmd("DEL").arg(key).query_async(conn).await.unwrap();
+    let _: () = match how {
+        Damage::Garbage => redis::cmd("SET").arg(key).arg("garbage").query_async(conn).await.unwrap(),
+        Damage::List => redis::cmd("RPUSH").arg(key).arg("x").query_async(conn).await.unwrap(),
+        Damage::Hash => redis::cmd("HSET").arg(key).arg("f").arg("v").query_async(conn).await.unwrap(),
+        Damage::Evicted => (),
+    };
+}
+
+/// A corrupt generation key: the key invalidation still drops the entry from Redis and from
+/// every L1, and the key is cached again afterwards.
+#[tokio::test]
+async fn a_corrupt_generation_never_swallows_a_key_invalidation() {
+    for how in DAMAGES {
+        let server = RedisServer::start().unwrap();
+        let (a, b, plain) = (cache(&server, true), cache(&server, true), cache(&server, false));
+        until_live(&a).await;
+        until_live(&b).await;
+        let db = Db::default();
+        for c in [&a, &b, &plain] {
+            assert_eq!(read_plain(c, &db, 1).await, 0);
+        }
+        let mut conn = raw(&server).await;
+        damage(&mut conn, "c:{default:plain:1}:g", how).await;
+        write_plain(&a, &db, 1, 7).await.unwrap();
+        assert_eq!(a.stats().errors, 0, "{how:?}: the invalidation was applied, not failed");
+        for c in [&a, &b, &plain] {
+            assert_eq!(read_plain(c, &db, 1).await, 7, "{how:?}: every replica serves the write");
+        }
+        // Caching works again: a read fills, the next ones do not reach the database.
+        let reads = db.reads.get();
+        for c in [&plain, &plain, &a, &b] {
+            assert_eq!(read_plain(c, &db, 1).await, 7);
+        }
+        assert_eq!(db.reads.get(), reads, "{how:?}: the key is cached again");
+    }
+}
+
+/// A generation damaged before any write: reads repair it and cache again (a fill never
+/// depends on a generation it cannot read).
+#[tokio::test]
+async fn a_corrupt_generation_is_repaired_by_reads() {
+    for how in DAMAGES {
+        let server = RedisServer::start().unwrap();
+        let plain = cache(&server, false);
+        let mut conn = raw(&server).await;
+        damage(&mut conn, "c:{default:plain:2}:g", how).await;
+        let db = Db::default();
+        for _ in 0..4 {
+            assert_eq!(read_plain(&plain, &db, 2).await, 0);
+        }
+        assert!(db.reads.get() <= 2, "{how:?}: cached again after one repair, {} reads", db.reads.get());
+    }
+}
+
+/// A corrupt tag or namespace version: the invalidation still reaches every reader, and the
+/// tag is repaired so that its entries are cached again.
+#[tokio::test]
+async fn a_corrupt_tag_or_namespace_version_is_repaired() {
+    for (version_key, is_namespace) in [("c:t:{rows}", false), ("c:t:{%%ns:rows}", true)] {
+        for how in DAMAGES {
+            let server = RedisServer::start().unwrap();
+            let (a, b, plain) = (cache(&server, true), cache(&server, true), cache(&server, false));
+            until_live(&a).await;
+            until_live(&b).await;
+            let db = Db::default();
+            for c in [&a, &b, &plain] {
+                assert_eq!(read_row(c, &db, 1).await, 0);
+            }
+            let mut conn = raw(&server).await;
+            damage(&mut conn, version_key, how).await;
+            if is_namespace {
+                db.row.store(9, Ordering::SeqCst);
+                a.clear_namespace("rows").await.unwrap();
+            } else {
+                write_tagged(&a, &db, 9).await.unwrap();
+            }
+            assert_eq!(a.stats().errors, 0, "{version_key} {how:?}: the invalidation was applied");
+            for c in [&a, &b, &plain] {
+                assert_eq!(read_row(c, &db, 1).await, 9, "{version_key} {how:?}: every replica serves the write");
+            }
+            let reads = db.reads.get();
+            for c in [&plain, &plain, &a, &b] {
+                assert_eq!(read_row(c, &db, 1).await, 9);
+            }
+            assert_eq!(db.reads.get(), reads, "{version_key} {how:?}: the tagged entry is cached again");
+
+            // Damaged with nothing cached: reads alone repair it.
+            damage(&mut conn, version_key, how).await;
+            let reads = db.reads.get();
+            for _ in 0..4 {
+                assert_eq!(read_row(&plain, &db, 2).await, 9);
+            }
+            assert!(db.reads.get() - reads <= 2, "{version_key} {how:?}: cached again after one repair");
+        }
+    }
+}
+
+/// A lock key holding a foreign value without an expiry cannot block `lock` for good: callers
+/// are still collapsed into one body run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_lock_key_does_not_block_the_lock() {
+    for how in DAMAGES {
+        let server = RedisServer::start().unwrap();
+        let (a, b) = (cache(&server, false), cache(&server, true));
+        let mut conn = raw(&server).await;
+        damage(&mut conn, "c:{default:locked:1}:l", how).await;
+        let calls = Arc::new(Calls::default());
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let calls = Arc::clone(&calls);
+                tokio::spawn(async move { locked(&cache, &calls, 1).await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 1);
+        }
+        assert_eq!(calls.get(), 1, "{how:?}: 40 callers on 2 replicas, one body run");
+    }
+}
+
+/// The bytes of `id:106` copied under `id:105`'s key are a miss, never user 106 served as 105.
+#[tokio::test]
+async fn an_entry_copied_under_another_key_is_a_miss() {
+    let server = RedisServer::start().unwrap();
+    let plain = cache(&server, false);
+    let calls = Calls::default();
+    assert_eq!(echo_id(&plain, &calls, 105).await, 105);
+    assert_eq!(echo_id(&plain, &calls, 106).await, 106);
+    let mut conn = raw(&server).await;
+    let bytes: Vec<u8> = redis::cmd("GET").arg("c:{default:id:106}").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SET").arg("c:{default:id:105}").arg(bytes).query_async(&mut conn).await.unwrap();
+    assert_eq!(echo_id(&plain, &calls, 105).await, 105, "the copied entry is not served");
+    assert_eq!(calls.get(), 3, "it was a miss");
+    assert_eq!(echo_id(&plain, &calls, 105).await, 105);
+    assert_eq!(calls.get(), 3, "and was replaced by 105's own entry");
+}
+
+#[cached(expire = 600, key = "big:<id>", cache = cache, skip = [cache])]
+async fn big(cache: &Cache, id: u32) -> String {
+    let _ = id;
+    "x".repeat(2 << 20)
+}
+
+/// With no bound configured, a few large values cannot exhaust the process: the memory store
+/// and the L1 are bounded by bytes by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_memory_is_bounded_by_bytes_by_default() {
+    let memory = Cache::builder().prefix("c").build().unwrap();
+    for id in 0..160 {
+        assert_eq!(big(&memory, id).await.len(), 2 << 20);
+    }
+    let stats = memory.stats();
+    assert!(
+        stats.memory_bytes <= cache_runtime::DEFAULT_MAX_BYTES,
+        "160 values of 2 MiB: {} bytes held, bound {}",
+        stats.memory_bytes,
+        cache_runtime::DEFAULT_MAX_BYTES
+    );
+    assert!(stats.memory_bytes >= cache_runtime::DEFAULT_MAX_BYTES / 2, "and it does hold values: {stats:?}");
+
+    let server = RedisServer::start().unwrap();
+    let two_tier = cache(&server, true);
+    until_live(&two_tier).await;
+    for id in 0..48 {
+        assert_eq!(big(&two_tier, id).await.len(), 2 << 20);
+        assert_eq!(big(&two_tier, id).await.len(), 2 << 20, "read back (into the L1)");
+    }
+    let stats = two_tier.stats();
+    assert!(
+        stats.memory_bytes <= cache_runtime::DEFAULT_L1_MAX_BYTES,
+        "48 values of 2 MiB: the L1 holds {} bytes, bound {}",
+        stats.memory_bytes,
+        cache_runtime::DEFAULT_L1_MAX_BYTES
+    );
+    assert!(stats.memory_entries > 0, "and it does hold values: {stats:?}");
+}
