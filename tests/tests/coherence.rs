@@ -94,11 +94,16 @@ async fn a_write_on_one_replica_is_what_every_replica_serves_next() {
         live(cache).await;
     }
     let db = Db::default();
+    let mut redis_reads_before_writes = 0;
     for value in 1..=200u64 {
         // Every replica has the current row in its L1 ...
+        let before = redis_reads(&server).await;
         for cache in [&a, &b, &c] {
             assert_eq!(read_plain(cache, &db, 1).await, value - 1);
             assert_eq!(read_row(cache, &db, 1).await, value - 1);
+        }
+        if value > 1 {
+            redis_reads_before_writes += redis_reads(&server).await - before;
         }
         // ... one replica writes; once the write returns, none serves the old row.
         let writer = [&a, &b, &c][usize::try_from(value % 3).unwrap()];
@@ -117,8 +122,11 @@ async fn a_write_on_one_replica_is_what_every_replica_serves_next() {
             assert_eq!(read_plain(cache, &db, 1).await, value, "keyed entry after write {value}");
         }
     }
-    // And the L1s did their job: most reads never reached the database.
-    assert!(db.reads.get() < 200 * 4 + 10, "database reads: {}", db.reads.get());
+    // And the L1s did their job: the reads between writes (what the replicas had read since the
+    // last write) were answered from process memory. Without the L1 all 199 × 6 reach Redis;
+    // a few may, when an acknowledgement came after the coherence timeout (an L1 fill is then
+    // refused): at most 5%.
+    assert!(redis_reads_before_writes <= 199 * 6 / 20, "Redis reads between writes: {redis_reads_before_writes}");
     for cache in [&a, &b] {
         cache.clear_namespace("rows").await.unwrap();
     }

@@ -45,9 +45,13 @@ fn load(
                         }
                         Ok(r) => {
                             let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
-                            let _ = r.bytes().await;
-                            tally.ok.fetch_add(1, Ordering::Relaxed);
-                            tally.hits.lock().unwrap().push((Instant::now(), hit));
+                            // A body that cannot be read whole is a failed request, not an ok.
+                            if r.bytes().await.is_ok() {
+                                tally.ok.fetch_add(1, Ordering::Relaxed);
+                                tally.hits.lock().unwrap().push((Instant::now(), hit));
+                            } else {
+                                tally.failed.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         Err(_) => {
                             tally.failed.fetch_add(1, Ordering::Relaxed);

@@ -113,6 +113,17 @@ impl Replica {
         Self::spawn(command)
     }
 
+    /// Like [`start_on`](Self::start_on), with `env` on top (e.g. `CACHE_L1=0`).
+    pub fn start_on_with(redis_url: &str, db: &std::path::Path, db_latency_ms: u32, env: &[(&str, &str)]) -> Replica {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_app_replica"));
+        command
+            .env("REDIS_URL", redis_url)
+            .env("DATABASE_PATH", db)
+            .env("DB_LATENCY_MS", db_latency_ms.to_string())
+            .envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
     /// Starts one on a free port with the in-memory cache and SQLite in memory, no added
     /// latency, and `env` on top.
     pub fn start_in_memory(env: &[(&str, &str)]) -> Replica {
