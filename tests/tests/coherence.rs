@@ -2,45 +2,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cache_runtime::test_util::RedisServer;
-use cache_runtime::{cached, invalidates, Cache};
-use support::Calls;
-
-#[derive(Default, Debug)]
-struct Db {
-    row: AtomicU64,
-    reads: Calls,
-}
-
-#[cached(expire = 60, key = "row:<id>", tags = ["rows"], namespace = "rows", cache = cache, skip = [cache, db])]
-async fn read_row(cache: &Cache, db: &Db, id: u32) -> u64 {
-    let _ = id;
-    db.reads.hit();
-    db.row.load(Ordering::SeqCst)
-}
-
-#[cached(expire = 60, key = "plain:<id>", cache = cache, skip = [cache, db])]
-async fn read_plain(cache: &Cache, db: &Db, id: u32) -> u64 {
-    let _ = id;
-    db.reads.hit();
-    db.row.load(Ordering::SeqCst)
-}
-
-#[invalidates(key = "plain:<id>", cache = cache)]
-async fn write_plain(cache: &Cache, db: &Db, id: u32, value: u64) -> Result<(), ()> {
-    let _ = id;
-    db.row.store(value, Ordering::SeqCst);
-    Ok(())
-}
-
-#[invalidates(tags = ["rows"], cache = cache)]
-async fn write_tagged(cache: &Cache, db: &Db, value: u64) -> Result<(), ()> {
-    db.row.store(value, Ordering::SeqCst);
-    Ok(())
-}
+use cache_runtime::Cache;
+use support::rows::{read_plain, read_row, write_plain, write_tagged, Db};
 
 fn replica(server: &RedisServer) -> Cache {
     Cache::builder().redis(server.url()).prefix("c").command_timeout(Duration::from_millis(200)).build().unwrap()

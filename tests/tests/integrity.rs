@@ -4,46 +4,14 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cache_runtime::test_util::RedisServer;
-use cache_runtime::{cached, invalidates, Cache};
+use cache_runtime::{cached, Cache};
+use support::rows::{read_plain, read_row, write_plain, write_tagged, Db};
 use support::Calls;
-
-#[derive(Default, Debug)]
-struct Db {
-    row: AtomicU64,
-    reads: Calls,
-}
-
-#[cached(expire = 60, key = "plain:<id>", cache = cache, skip = [cache, db])]
-async fn read_plain(cache: &Cache, db: &Db, id: u32) -> u64 {
-    let _ = id;
-    db.reads.hit();
-    db.row.load(Ordering::SeqCst)
-}
-
-#[invalidates(key = "plain:<id>", cache = cache)]
-async fn write_plain(cache: &Cache, db: &Db, id: u32, value: u64) -> Result<(), ()> {
-    let _ = id;
-    db.row.store(value, Ordering::SeqCst);
-    Ok(())
-}
-
-#[cached(expire = 60, key = "row:<id>", tags = ["rows"], namespace = "rows", cache = cache, skip = [cache, db])]
-async fn read_row(cache: &Cache, db: &Db, id: u32) -> u64 {
-    let _ = id;
-    db.reads.hit();
-    db.row.load(Ordering::SeqCst)
-}
-
-#[invalidates(tags = ["rows"], cache = cache)]
-async fn write_tagged(cache: &Cache, db: &Db, value: u64) -> Result<(), ()> {
-    db.row.store(value, Ordering::SeqCst);
-    Ok(())
-}
 
 #[cached(expire = 60, key = "id:<id>", cache = cache, skip = [cache, calls])]
 async fn echo_id(cache: &Cache, calls: &Calls, id: u32) -> u32 {
@@ -60,6 +28,14 @@ async fn locked(cache: &Cache, calls: &Calls, id: u32) -> u32 {
 
 fn cache(server: &RedisServer, l1: bool) -> Cache {
     Cache::builder().redis(server.url()).prefix("c").l1(l1).command_timeout(Duration::from_millis(200)).build().unwrap()
+}
+
+/// Three replicas on `server`: two with a live L1, one without.
+async fn replicas(server: &RedisServer) -> (Cache, Cache, Cache) {
+    let (a, b, plain) = (cache(server, true), cache(server, true), cache(server, false));
+    until_live(&a).await;
+    until_live(&b).await;
+    (a, b, plain)
 }
 
 async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
@@ -104,9 +80,7 @@ async fn damage(conn: &mut redis::aio::MultiplexedConnection, key: &str, how: Da
 async fn a_corrupt_generation_never_swallows_a_key_invalidation() {
     for how in DAMAGES {
         let server = RedisServer::start().unwrap();
-        let (a, b, plain) = (cache(&server, true), cache(&server, true), cache(&server, false));
-        until_live(&a).await;
-        until_live(&b).await;
+        let (a, b, plain) = replicas(&server).await;
         let db = Db::default();
         for c in [&a, &b, &plain] {
             assert_eq!(read_plain(c, &db, 1).await, 0);
@@ -151,9 +125,7 @@ async fn a_corrupt_tag_or_namespace_version_is_repaired() {
     for (version_key, is_namespace) in [("c:t:{rows}", false), ("c:t:{%%ns:rows}", true)] {
         for how in DAMAGES {
             let server = RedisServer::start().unwrap();
-            let (a, b, plain) = (cache(&server, true), cache(&server, true), cache(&server, false));
-            until_live(&a).await;
-            until_live(&b).await;
+            let (a, b, plain) = replicas(&server).await;
             let db = Db::default();
             for c in [&a, &b, &plain] {
                 assert_eq!(read_row(c, &db, 1).await, 0);

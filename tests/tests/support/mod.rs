@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod rows;
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
