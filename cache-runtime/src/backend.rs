@@ -43,6 +43,9 @@ pub(crate) struct MemEntry {
     pub(crate) value: Box<dyn Any + Send + Sync>,
     /// Estimated bytes held (key, encoded payload size, bookkeeping): what `max_bytes` bounds.
     pub(crate) weight: u32,
+    /// When the store drops it (ms since the epoch): its stale-until instant, or sooner in the
+    /// L1 (`l1_ttl`). `meta` keeps the entry's own times, which answers report (`max-age`).
+    pub(crate) expires_ms: u64,
 }
 
 /// Estimated bytes an entry costs beyond its key and payload (the entry, its `Arc`, moka's
@@ -62,12 +65,12 @@ impl std::fmt::Debug for MemEntry {
     }
 }
 
-/// Each entry lives until its stale-until instant (its own ttl), whatever the others do.
+/// Each entry lives until its own expiry (see [`MemEntry::expires_ms`]), whatever the others do.
 struct EntryExpiry;
 
 impl EntryExpiry {
     fn remaining(entry: &MemEntry) -> Option<Duration> {
-        Some(Duration::from_millis(entry.meta.stale_until_ms.saturating_sub(now_ms())))
+        Some(Duration::from_millis(entry.expires_ms.saturating_sub(now_ms())))
     }
 }
 

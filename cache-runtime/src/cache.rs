@@ -891,20 +891,13 @@ impl Cache {
     /// `epoch` was read (before the Redis read) or the channel is down.
     /// `size`: what the value costs in memory (`Codec::memory_size`), for its weight.
     #[allow(clippy::too_many_arguments)]
-    fn l1_insert<V: Stored>(
-        &self,
-        c: &Coherence,
-        epoch: u64,
-        key: String,
-        mut meta: Meta,
-        value: Option<&V>,
-        size: usize,
-    ) {
-        meta.stale_until_ms = meta.stale_until_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
-        meta.fresh_until_ms = meta.fresh_until_ms.min(meta.stale_until_ms);
+    fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, meta: Meta, value: Option<&V>, size: usize) {
         if c.live() && c.epoch() == epoch {
             let weight = backend::entry_weight(key.len(), size);
-            c.l1.insert(key, mem_entry(meta, value, weight));
+            let mut entry = mem_entry(meta, value, weight);
+            // The L1 keeps it at most `l1_ttl`; its own times (what `max-age` reports) stay.
+            entry.expires_ms = entry.expires_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
+            c.l1.insert(key, entry);
         }
     }
 
@@ -1332,8 +1325,10 @@ pub(crate) fn duration_ms(d: Duration) -> u64 {
 /// `weight`: see [`backend::entry_weight`].
 fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry {
     match value {
-        Some(v) => MemEntry { meta, negative: false, value: Box::new(v.clone()), weight },
-        None => MemEntry { meta, negative: true, value: Box::new(()), weight },
+        Some(v) => {
+            MemEntry { expires_ms: meta.stale_until_ms, meta, negative: false, value: Box::new(v.clone()), weight }
+        }
+        None => MemEntry { expires_ms: meta.stale_until_ms, meta, negative: true, value: Box::new(()), weight },
     }
 }
 

@@ -445,3 +445,60 @@ async fn corrupt_stored_responses_are_misses() {
         assert_eq!(h(r.headers(), "x-cache"), "HIT", "the corrupt entry was overwritten");
     }
 }
+
+/// A body whose `updated_at` is a fixed instant in the past, in either accepted form.
+#[derive(serde::Serialize)]
+struct Dated {
+    id: u32,
+    updated_at: serde_json::Value,
+}
+
+#[cached(expire = 60, last_modified = "updated_at", cache = state.cache)]
+async fn dated_rfc3339(State(state): State<Counted>) -> Json<Dated> {
+    state.calls.hit();
+    Json(Dated { id: 1, updated_at: "2020-01-02T03:04:05Z".into() })
+}
+
+#[cached(expire = 60, last_modified = "updated_at", cache = state.cache)]
+async fn dated_unix(State(state): State<Counted>) -> Json<Dated> {
+    state.calls.hit();
+    Json(Dated { id: 2, updated_at: 1_577_934_245.into() })
+}
+
+/// `last_modified = "field"` takes `Last-Modified` from the body (not the time it was stored),
+/// on a miss and on a hit; and `max-age` counts down as the entry ages.
+#[tokio::test]
+async fn last_modified_comes_from_the_body_and_max_age_counts_down() {
+    let server = RedisServer::start().unwrap();
+    for redis in [None, Some(&server)] {
+        let cache = match redis {
+            Some(server) => Cache::builder().redis(server.url()).build().unwrap(),
+            None => Cache::memory(),
+        };
+        let state = Counted { cache, calls: std::sync::Arc::default() };
+        let router = Router::new()
+            .route("/rfc3339", get(dated_rfc3339))
+            .route("/unix", get(dated_unix))
+            .with_state(state.clone());
+        let base = serve(router).await;
+        let c = client();
+        for path in ["/rfc3339", "/unix"] {
+            for expected in ["MISS", "HIT"] {
+                let r = c.get(format!("{base}{path}")).send().await.unwrap();
+                assert_eq!(h(r.headers(), "x-cache"), expected, "{path}");
+                assert_eq!(h(r.headers(), "last-modified"), "Thu, 02 Jan 2020 03:04:05 GMT", "{path} {expected}");
+            }
+        }
+        let max_age = |r: &reqwest::Response| -> u64 {
+            h(r.headers(), "cache-control").trim_start_matches("private, max-age=").parse().unwrap()
+        };
+        let first = c.get(format!("{base}/rfc3339")).send().await.unwrap();
+        assert!(max_age(&first) >= 59, "{}", h(first.headers(), "cache-control"));
+        // The promise is the countdown itself: 1.1 s later, at least one second less.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let later = c.get(format!("{base}/rfc3339")).send().await.unwrap();
+        assert_eq!(h(later.headers(), "x-cache"), "HIT");
+        assert!(max_age(&later) < max_age(&first), "{} then {}", max_age(&first), max_age(&later));
+        assert_eq!(state.calls.get(), 2);
+    }
+}

@@ -94,8 +94,16 @@ async fn a_waiter_that_times_out_runs_the_body_itself() {
 #[tokio::test]
 async fn lock_in_memory_is_single_flight() {
     let b = Backend::memory();
-    let calls = Calls::default();
-    assert_eq!(locked(&b.cache, &calls, 4).await.unwrap(), "4 from run 1");
-    assert_eq!(locked(&b.cache, &calls, 4).await.unwrap(), "4 from run 1");
+    let calls = Arc::new(Calls::default());
+    // 50 concurrent callers (the body takes 100 ms, so they overlap): one body run.
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, calls) = (b.cache.clone(), Arc::clone(&calls));
+            tokio::spawn(async move { locked(&cache, &calls, 4).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), "4 from run 1");
+    }
     assert_eq!(calls.get(), 1);
 }
