@@ -382,8 +382,30 @@ fn is_unstored_header(name: &HeaderName) -> bool {
     )
 }
 
+/// The last instant an HTTP-date can name (9999-12-31T23:59:59Z), in ms since the epoch.
+const LAST_HTTP_DATE_MS: u64 = 253_402_300_799_000;
+
+/// An instant for an HTTP-date, clamped to the years it can name (a `last_modified` field far in
+/// the future, or a corrupt stored instant, renders as the last such date, never a panic).
 fn to_system_time(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(ms / 1000)
+    UNIX_EPOCH + Duration::from_secs(ms.min(LAST_HTTP_DATE_MS) / 1000)
+}
+
+/// Whether an `If-None-Match` value is a well-formed list (RFC 9110 §8.8.3): `*`, or entity-tags
+/// (`W/`? `"` etagc* `"`, etagc = `!` / `#`–`~` / obs-text) separated by commas and optional
+/// white space. Anything else makes the header malformed, hence ignored (and never reaches a
+/// parser that asserts on it: `headers` debug-asserts on a space inside a tag).
+fn well_formed_entity_tags(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').all(|item| {
+        let item = item.trim_ascii();
+        let tag = item.strip_prefix(b"W/").unwrap_or(item);
+        item.is_empty()
+            || item == b"*"
+            || (tag.len() >= 2
+                && tag[0] == b'"'
+                && tag[tag.len() - 1] == b'"'
+                && tag[1..tag.len() - 1].iter().all(|&c| c == 0x21 || (0x23..=0x7e).contains(&c) || c >= 0x80))
+    })
 }
 
 /// `Last-Modified` from a field of the JSON body: RFC 3339 text or Unix seconds.
@@ -474,6 +496,9 @@ fn push_decimal(out: &mut Vec<u8>, n: u64) {
 fn not_modified(request: &RequestParts, stored: &StoredResponse) -> bool {
     use headers::Header as _;
     if !request.if_none_match.is_empty() {
+        if !request.if_none_match.iter().all(|v| well_formed_entity_tags(v.as_bytes())) {
+            return false;
+        }
         return match IfNoneMatch::decode(&mut request.if_none_match.iter()) {
             Ok(inm) => !inm.precondition_passes(&stored.etag),
             Err(_) => false,
@@ -905,13 +930,77 @@ mod proptests {
                 headers.insert(header::IF_MODIFIED_SINCE, v);
             }
             let request = RequestParts::new(&Method::GET, None, &headers, false);
-            let _ = not_modified(&request, &stored());
+            let answered = not_modified(&request, &stored());
+            // The documented outcome: a 304 only for a list naming the stored ETag (or `*`), or,
+            // without If-None-Match, for a date (the shortest HTTP-date has 24 characters); a
+            // malformed header is ignored, i.e. the answer is the unconditional one (a 200).
+            let could_match = match headers.get(header::IF_NONE_MATCH) {
+                Some(v) => String::from_utf8_lossy(v.as_bytes()).contains(['*']) || String::from_utf8_lossy(v.as_bytes()).contains("abc"),
+                None => headers.get(header::IF_MODIFIED_SINCE).is_some_and(|v| v.len() >= 24),
+            };
+            prop_assert!(!answered || could_match, "304 for If-None-Match {inm:?} / If-Modified-Since {ims:?}");
+        }
+
+        /// Malformed validators beside a matching one are ignored, never a 304; a list that names
+        /// the stored ETag among junk it can parse is a 304.
+        #[test]
+        fn malformed_validators_answer_in_full(junk in "[ -~]{0,20}") {
+            let answer = |inm: &str| {
+                let mut headers = HeaderMap::new();
+                let Ok(v) = HeaderValue::from_str(inm) else { return None };
+                headers.insert(header::IF_NONE_MATCH, v);
+                Some(not_modified(&RequestParts::new(&Method::GET, None, &headers, false), &stored()))
+            };
+            let unquoted = junk.replace(['"', '*', ','], "");
+            // Not an entity-tag (unquoted): ignored.
+            if !unquoted.trim().is_empty() {
+                prop_assert_eq!(answer(&format!("{unquoted}abc")), Some(false));
+            }
+            // A quoted tag that is not ours: no match.
+            prop_assert_eq!(answer(&format!("\"x{unquoted}\"")), Some(false));
+            // Ours in a list of well-formed tags: a match.
+            let tag: String = unquoted.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            prop_assert_eq!(answer(&format!("\"x{tag}\", \"abc\"")), Some(true));
+            prop_assert_eq!(answer(&format!("W/\"abc\", \"x{tag}\"")), Some(true));
+            // Ours beside a malformed tag (white space inside its quotes): the field is
+            // malformed, so ignored.
+            prop_assert_eq!(answer(&format!("\"x {tag}\", \"abc\"")), Some(false));
         }
 
         /// Stored responses read back from arbitrary bytes decode or are rejected: never a panic.
         #[test]
         fn response_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes, Format::Json);
+        }
+
+        /// Any stored response reads back as itself; any prefix of it, or it with bytes appended,
+        /// is rejected.
+        #[test]
+        fn stored_responses_round_trip_exactly(
+            status in 200u16..600,
+            headers in proptest::collection::vec(("[a-z][a-z0-9-]{0,15}", "[ -~]{0,30}"), 0..5),
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+            last_modified_ms in any::<u64>(),
+            extra in 1usize..8,
+        ) {
+            let headers: Vec<(HeaderName, HeaderValue)> = headers
+                .iter()
+                .filter(|(n, _)| n != "etag" && n != "last-modified" && n != "content-length")
+                .map(|(n, v)| (HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v.trim()).unwrap()))
+                .collect();
+            let status = StatusCode::from_u16(status).unwrap();
+            let original = Arc::new(StoredResponse::new(status, headers.clone(), Bytes::from(body.clone()), "\"e\"", last_modified_ms).unwrap());
+            let bytes = <ResponseCodec as Codec<Arc<StoredResponse>>>::encode(&original, Format::Json).unwrap();
+            let back = <ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes, Format::Json).unwrap();
+            prop_assert_eq!(back.status, status);
+            prop_assert_eq!(&back.body[..], &body[..]);
+            prop_assert_eq!(back.last_modified_ms, last_modified_ms);
+            prop_assert_eq!(&*back.etag_text, "\"e\"");
+            prop_assert_eq!(&back.headers, &original.headers);
+            let mut longer = bytes.clone();
+            longer.extend(std::iter::repeat_n(0u8, extra));
+            prop_assert!(<ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&longer, Format::Json).is_err());
+            prop_assert!(<ResponseCodec as Codec<Arc<StoredResponse>>>::decode(&bytes[..bytes.len() - 1], Format::Json).is_err());
         }
     }
 

@@ -465,6 +465,35 @@ async fn dated_unix(State(state): State<Counted>) -> Json<Dated> {
     Json(Dated { id: 2, updated_at: 1_577_934_245.into() })
 }
 
+#[cached(expire = 60, last_modified = "updated_at", cache = state.cache)]
+async fn dated_far(State(state): State<Counted>) -> Json<Dated> {
+    state.calls.hit();
+    Json(Dated { id: 3, updated_at: 1_000_000_000_000_000u64.into() })
+}
+
+/// Input that once panicked in a debug build: an `If-None-Match` with white space inside a
+/// tag (the `headers` crate debug-asserts on it), and a `last_modified` field past the year
+/// 9999 (no HTTP-date can name it). Both are answered in full, no panic, no dropped connection.
+#[tokio::test]
+async fn odd_validators_and_far_dates_are_answered_not_panicked() {
+    let state = Counted { cache: Cache::memory(), calls: std::sync::Arc::default() };
+    let router = Router::new().route("/far", get(dated_far)).with_state(state.clone());
+    let base = serve(router).await;
+    let c = client();
+    for expected in ["MISS", "HIT"] {
+        let r = c.get(format!("{base}/far")).send().await.unwrap();
+        assert_eq!((r.status().as_u16(), h(r.headers(), "x-cache")), (200, expected));
+        assert_eq!(h(r.headers(), "last-modified"), "Fri, 31 Dec 9999 23:59:59 GMT");
+    }
+    let etag = h(c.get(format!("{base}/far")).send().await.unwrap().headers(), "etag").to_owned();
+    for inm in ["\"a b\"", "\"a\tb\"", &format!("\"x y\", {etag}")] {
+        let r = c.get(format!("{base}/far")).header("if-none-match", inm).send().await.unwrap();
+        assert_eq!(r.status(), 200, "If-None-Match {inm:?} is malformed: ignored");
+    }
+    let r = c.get(format!("{base}/far")).header("if-none-match", format!("\"x\", {etag}")).send().await.unwrap();
+    assert_eq!(r.status(), 304, "a well-formed list naming the ETag");
+}
+
 /// `last_modified = "field"` takes `Last-Modified` from the body (not the time it was stored),
 /// on a miss and on a hit; and `max-age` counts down as the entry ages.
 #[tokio::test]
