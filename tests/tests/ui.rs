@@ -3,7 +3,7 @@
 //! The `.stderr` files were made with the toolchain named in `PINNED_TOOLCHAIN` (the one
 //! installed on the project's machines; none can be downloaded there). Compiler messages change
 //! between releases, so on another toolchain the fail cases are skipped (the pass cases
-//! still run). To refresh them after a toolchain change:
+//! still run), except in CI (`CI` set), where a skip fails the test. To refresh them after a toolchain change:
 //! `TRYBUILD=overwrite cargo test -p tests --test ui`, then review the diff like code.
 
 use std::process::Command;
@@ -27,6 +27,13 @@ fn ui() {
     if version.starts_with(PINNED_TOOLCHAIN) || std::env::var_os("TRYBUILD").is_some() {
         t.compile_fail("ui/fail/*.rs");
     } else {
+        // In CI the pinned toolchain is the one installed: a skip there would hide every
+        // diagnostic regression, so it fails loudly instead.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{version}: not the toolchain the .stderr files were made with ({PINNED_TOOLCHAIN}x): \
+             the ui/fail cases would not run in CI"
+        );
         // Every fail case would still fail to compile, but its message could differ: skip
         // rather than pin another compiler's wording.
         eprintln!(
