@@ -9,29 +9,69 @@ use std::time::{Duration, Instant};
 use cache_runtime::{cached, Cache};
 use support::{Backend, Calls};
 
+/// Holds every body run after the first until the test opens it: "answered while the refresh
+/// runs" is then an ordering the test controls, not a race against a timer.
+struct Gate(tokio::sync::Semaphore);
+
+impl Gate {
+    fn closed() -> Arc<Gate> {
+        Arc::new(Gate(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Lets the first run through at once; later runs wait until the gate is opened.
+    async fn pass(&self, run: usize) {
+        if run > 1 {
+            self.0.acquire().await.unwrap().forget();
+        }
+    }
+
+    fn open(&self) {
+        self.0.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// Polls `ok` until it holds, for at most 10 s (generous: only a broken build takes that long).
+async fn eventually(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Owned parameters: the refresh runs in a background task.
-#[cached(expire = 1, stale = 30, key = "swr:<id>", cache = cache, skip = [cache, calls])]
-async fn swr(cache: Cache, calls: Arc<Calls>, id: u32) -> String {
+#[cached(expire = 1, stale = 30, key = "swr:<id>", cache = cache, skip = [cache, calls, gate])]
+async fn swr(cache: Cache, calls: Arc<Calls>, gate: Arc<Gate>, id: u32) -> String {
     let n = calls.hit();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.pass(n).await;
     format!("{id} v{n}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_values_are_served_at_once_while_one_background_refresh_replaces_them() {
     for b in Backend::all() {
-        let calls = Arc::new(Calls::default());
-        assert_eq!(swr(b.cache.clone(), calls.clone(), 1).await, "1 v1");
+        let (calls, gate) = (Arc::new(Calls::default()), Gate::closed());
+        assert_eq!(swr(b.cache.clone(), calls.clone(), gate.clone(), 1).await, "1 v1");
         tokio::time::sleep(Duration::from_millis(1100)).await; // expired, inside `stale`
-        let started = Instant::now();
-        let callers: Vec<_> = (0..50).map(|_| tokio::spawn(swr(b.cache.clone(), calls.clone(), 1))).collect();
+        let callers: Vec<_> =
+            (0..50).map(|_| tokio::spawn(swr(b.cache.clone(), calls.clone(), gate.clone(), 1))).collect();
+        // Every caller is answered while the refresh is held at the gate: none waited for it.
         for caller in callers {
             assert_eq!(caller.await.unwrap(), "1 v1", "{}: everyone gets the stale value", b.name);
         }
-        assert!(started.elapsed() < Duration::from_millis(150), "{}: at once ({:?})", b.name, started.elapsed());
         assert!(b.cache.stats().stale >= 1, "{}", b.name);
-        tokio::time::sleep(Duration::from_millis(400)).await; // the refresh lands
-        assert_eq!(swr(b.cache.clone(), calls.clone(), 1).await, "1 v2", "{}: replaced by the refresh", b.name);
+        eventually("the refresh started", async || calls.get() == 2).await;
+        gate.open();
+        // Waiting on the store, not on reads: a read racing the refresh's store could itself
+        // (correctly) start the next refresh once the first one is released.
+        eventually("the refresh landed", async || b.cache.stats().stores == 2).await;
+        assert_eq!(
+            swr(b.cache.clone(), calls.clone(), gate.clone(), 1).await,
+            "1 v2",
+            "{}: replaced by the refresh",
+            b.name
+        );
         assert_eq!(calls.get(), 2, "{}: exactly one refresh", b.name);
     }
 }
@@ -40,56 +80,61 @@ async fn stale_values_are_served_at_once_while_one_background_refresh_replaces_t
 async fn one_refresh_per_key_across_replicas() {
     let a = Backend::redis();
     let b = Cache::builder().redis(a.redis.as_ref().unwrap().url()).prefix("t").build().unwrap();
-    let calls = Arc::new(Calls::default());
-    assert_eq!(swr(a.cache.clone(), calls.clone(), 2).await, "2 v1");
+    let (calls, gate) = (Arc::new(Calls::default()), Gate::closed());
+    assert_eq!(swr(a.cache.clone(), calls.clone(), gate.clone(), 2).await, "2 v1");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let callers: Vec<_> = (0..40)
-        .map(|i| tokio::spawn(swr(if i % 2 == 0 { a.cache.clone() } else { b.clone() }, calls.clone(), 2)))
+        .map(|i| {
+            let cache = if i % 2 == 0 { a.cache.clone() } else { b.clone() };
+            tokio::spawn(swr(cache, calls.clone(), gate.clone(), 2))
+        })
         .collect();
     for caller in callers {
         assert_eq!(caller.await.unwrap(), "2 v1");
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(swr(b.clone(), calls.clone(), 2).await, "2 v2");
-    assert_eq!(swr(a.cache.clone(), calls.clone(), 2).await, "2 v2");
+    eventually("the refresh started", async || calls.get() == 2).await;
+    gate.open();
+    eventually("the refresh landed", async || a.cache.stats().stores + b.stats().stores == 2).await;
+    assert_eq!(swr(b.clone(), calls.clone(), gate.clone(), 2).await, "2 v2");
+    assert_eq!(swr(a.cache.clone(), calls.clone(), gate.clone(), 2).await, "2 v2");
     assert_eq!(calls.get(), 2, "two replicas, 40 stale reads, one refresh");
 }
 
 /// A borrowed parameter: the caller that wins the refresh runs it; the others are served the
 /// stale value at once.
-#[cached(expire = 1, stale = 30, key = "swr-inline:<id>", cache = cache, skip = [cache, calls])]
-async fn swr_inline(cache: &Cache, calls: &Calls, id: u32) -> String {
+#[cached(expire = 1, stale = 30, key = "swr-inline:<id>", cache = cache, skip = [cache, calls, gate])]
+async fn swr_inline(cache: &Cache, calls: &Calls, gate: &Gate, id: u32) -> String {
     let n = calls.hit();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.pass(n).await;
     format!("{id} v{n}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn borrowed_bodies_are_refreshed_by_one_caller() {
     for b in Backend::all() {
-        let calls = Arc::new(Calls::default());
-        assert_eq!(swr_inline(&b.cache, &calls, 1).await, "1 v1");
+        let (calls, gate) = (Arc::new(Calls::default()), Gate::closed());
+        assert_eq!(swr_inline(&b.cache, &calls, &gate, 1).await, "1 v1");
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let callers: Vec<_> = (0..20)
             .map(|_| {
-                let (cache, calls) = (b.cache.clone(), calls.clone());
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    (swr_inline(&cache, &calls, 1).await, started.elapsed())
-                })
+                let (cache, calls, gate) = (b.cache.clone(), calls.clone(), gate.clone());
+                tokio::spawn(async move { swr_inline(&cache, &calls, &gate, 1).await })
             })
             .collect();
-        let mut fresh = 0;
+        // One caller runs the refresh (held at the gate); the 19 others are answered meanwhile.
+        eventually("19 callers answered while the refresh is held", async || {
+            callers.iter().filter(|c| c.is_finished()).count() == 19
+        })
+        .await;
+        assert_eq!(calls.get(), 2, "{}", b.name);
+        gate.open();
+        let mut values = Vec::new();
         for caller in callers {
-            let (value, took) = caller.await.unwrap();
-            if value == "1 v2" {
-                fresh += 1;
-            } else {
-                assert_eq!(value, "1 v1");
-                assert!(took < Duration::from_millis(150), "{}: stale at once ({took:?})", b.name);
-            }
+            values.push(caller.await.unwrap());
         }
-        assert_eq!(fresh, 1, "{}: one caller refreshed", b.name);
+        values.sort();
+        assert_eq!(values.iter().filter(|v| *v == "1 v1").count(), 19, "{}: stale at once: {values:?}", b.name);
+        assert_eq!(values.last().map(String::as_str), Some("1 v2"), "{}: one caller refreshed", b.name);
         assert_eq!(calls.get(), 2, "{}", b.name);
     }
 }
@@ -177,12 +222,13 @@ struct Page {
     cache: Cache,
     calls: Arc<Calls>,
     failing: Arc<AtomicBool>,
+    gate: Arc<Gate>,
 }
 
 #[cached(expire = 1, stale = 30, cache = page.cache)]
 async fn swr_page(axum::extract::State(page): axum::extract::State<Page>) -> String {
     let n = page.calls.hit();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    page.gate.pass(n).await;
     format!("page v{n}")
 }
 
@@ -195,7 +241,7 @@ async fn fragile_page(axum::extract::State(page): axum::extract::State<Page>) ->
 }
 
 async fn serve_pages(cache: Cache) -> (String, Page) {
-    let page = Page { cache, calls: Arc::default(), failing: Arc::default() };
+    let page = Page { cache, calls: Arc::default(), failing: Arc::default(), gate: Gate::closed() };
     let router = axum::Router::new()
         .route("/swr", axum::routing::get(swr_page))
         .route("/fragile", axum::routing::get(fragile_page))
@@ -223,7 +269,6 @@ async fn handlers_answer_stale_while_one_refresh_runs() {
         assert_eq!((x_cache.as_str(), body.as_str()), ("MISS", "page v1"), "{}", b.name);
         assert!(cc.ends_with("stale-while-revalidate=30"), "{}: advertised: {cc}", b.name);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let started = Instant::now();
         let requests: Vec<_> = (0..20)
             .map(|_| {
                 tokio::spawn({
@@ -232,12 +277,14 @@ async fn handlers_answer_stale_while_one_refresh_runs() {
                 })
             })
             .collect();
+        // Every request is answered while the refresh is held at the gate: none waited for it.
         for r in requests {
             let (status, x_cache, _, body) = r.await.unwrap();
             assert_eq!((status, x_cache.as_str(), body.as_str()), (200, "STALE", "page v1"), "{}", b.name);
         }
-        assert!(started.elapsed() < Duration::from_millis(150), "{}: at once ({:?})", b.name, started.elapsed());
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        eventually("the refresh started", async || page.calls.get() == 2).await;
+        page.gate.open();
+        eventually("the refresh landed", async || page.cache.stats().stores == 2).await;
         let (_, x_cache, _, body) = fetch(&c, &url).await;
         assert_eq!((x_cache.as_str(), body.as_str()), ("HIT", "page v2"), "{}: refreshed in the background", b.name);
         assert_eq!(page.calls.get(), 2, "{}: one refresh", b.name);
