@@ -13,7 +13,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -618,6 +618,12 @@ impl RedisStore {
         result
     }
 
+    /// Redis was just reached by another connection (the invalidation channel subscribed
+    /// again): close the breaker, so that queued invalidations are retried at once.
+    pub(crate) fn reachable(&self) {
+        self.breaker.success();
+    }
+
     /// How many times the circuit breaker has opened.
     pub(crate) fn breaker_openings(&self) -> u64 {
         self.breaker.openings.load(std::sync::atomic::Ordering::Relaxed)
@@ -1025,9 +1031,8 @@ impl Breaker {
 /// version it learned of a tag, accepts a repaired or re-created version), and it stays below
 /// 2^53 (exact in Redis's Lua numbers) until the year 2248.
 fn fresh_version() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    std::thread::current().id().hash(&mut h);
-    now_ms().saturating_mul(1024) + (h.finish() & 1023)
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id());
+    now_ms().saturating_mul(1024) + (random & 1023)
 }
 
 #[cfg(test)]

@@ -858,7 +858,10 @@ impl Cache {
                     }
                 }
                 if let Some(bytes) = read.bytes.as_ref().filter(|_| !refresh) {
-                    if let Some((hit, meta)) = self.decode_hit::<V, C>(redis, key, bytes, &read).await {
+                    let hit = self.decode_hit::<V, C>(redis, key, bytes, &read).await;
+                    // Right after an outage, what was stored before it may be invalidated by a
+                    // write whose invalidation is still queued in its writer: a miss.
+                    if let Some((hit, meta)) = hit.filter(|(_, meta)| channel.trusted(meta.stored_at_ms)) {
                         if let (Some(c), Some(epoch)) = (l1, l1_epoch) {
                             let value = match &hit.0 {
                                 Found::Value(v) => Some(v),
@@ -1074,7 +1077,22 @@ impl Cache {
     /// Returns how many entries a namespace clear removed (0 for keys and tags).
     pub(crate) async fn apply(&self, op: Op) -> Result<u64, CacheError> {
         let started = std::time::Instant::now();
-        let result = self.try_apply(&op).await;
+        let mut result = self.try_apply(&op).await;
+        // A failure while Redis answers otherwise (a fail-over, a dropped connection: not a
+        // timeout) is retried here a few times (50, 100, 200 ms) before the write returns:
+        // queued, it would reach the other replicas' L1s only after the write returned. A
+        // timeout or an open breaker (Redis unreachable: every replica's channel notices within
+        // `l1_staleness_bound`) is queued at once.
+        for backoff_ms in [50, 100, 200] {
+            match &result {
+                Err(CacheError::Timeout | CacheError::Unavailable) | Ok(_) => break,
+                Err(_) if self.inner.has_pending.load(Ordering::Acquire) => break,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    result = self.try_apply(&op).await;
+                }
+            }
+        }
         self.count_result(&result, "invalidate");
         match result {
             Ok(removed) => {

@@ -19,6 +19,10 @@
 //!   published before that ping was received, so a replica cut off from Redis (paused, or a
 //!   network partition that leaves TCP open) serves what a write invalidated for at most the
 //!   bound after the write.
+//! - After an outage (the channel lost, or not subscribable), entries stored in Redis before the
+//!   channel came back are misses for [`RECOVERY_GRACE_MS`]: a write made meanwhile by another
+//!   process may have its invalidation still queued there (applied as soon as that process
+//!   reaches Redis again).
 //! - A process without an L1 (`l1(false)`) still publishes every invalidation it makes (and
 //!   waits for the acknowledgements, on the `ack` channel only), so the L1s of the other
 //!   replicas hear of its writes.
@@ -96,7 +100,17 @@ pub(crate) struct Coherence {
     ack_timeout: Duration,
     waits: Mutex<HashMap<u64, Arc<AckWait>>>,
     next_id: AtomicU64,
+    /// The channel was lost (or could not be subscribed) since it was last subscribed.
+    outage: AtomicBool,
+    /// When the channel was subscribed again after an outage (ms since the epoch; 0 = never).
+    recovered_at_ms: AtomicU64,
 }
+
+/// After an outage, how long entries stored in Redis before the channel came back are not
+/// trusted: a write made during the outage may have its invalidation queued in its writer's
+/// process, applied once that process reaches Redis again (at once when its own channel is
+/// back, within the breaker's 1 s cooldown and a 100 ms retry otherwise).
+pub(crate) const RECOVERY_GRACE_MS: u64 = 2_000;
 
 impl std::fmt::Debug for Coherence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,7 +143,20 @@ impl Coherence {
             waits: Mutex::new(HashMap::new()),
             // Ids only need to be unique among in-flight invalidations of all replicas.
             next_id: AtomicU64::new(u64::from(std::process::id()) << 40 | (crate::time::now_ms() & 0xFF_FFFF_FFFF)),
+            outage: AtomicBool::new(false),
+            recovered_at_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether an entry stored at `stored_at_ms` may be served from Redis: not if it was stored
+    /// before the channel came back from an outage less than [`RECOVERY_GRACE_MS`] ago (an
+    /// invalidation of it may still be queued in another process).
+    #[inline]
+    pub(crate) fn trusted(&self, stored_at_ms: u64) -> bool {
+        let recovered = self.recovered_at_ms.load(Ordering::Acquire);
+        recovered == 0
+            || stored_at_ms >= recovered
+            || crate::time::now_ms() >= recovered.saturating_add(RECOVERY_GRACE_MS)
     }
 
     /// Whether the L1 may be used (the channel is subscribed and healthy).
@@ -174,6 +201,7 @@ impl Coherence {
     }
 
     fn lost(&self) {
+        self.outage.store(true, Ordering::Release);
         self.live.store(false, Ordering::Release);
         self.l1.flush();
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -229,6 +257,9 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
         let mut subscription = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
             Ok(Ok(subscription)) => subscription,
             _ => {
+                if let Some(c) = coherence.upgrade() {
+                    c.outage.store(true, Ordering::Release);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -239,6 +270,11 @@ async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
         let mut confirmed = tokio::time::Instant::now();
         {
             let Some(c) = coherence.upgrade() else { return };
+            if c.outage.swap(false, Ordering::AcqRel) {
+                c.recovered_at_ms.store(crate::time::now_ms(), Ordering::Release);
+                // Redis answers: queued invalidations need not wait for the breaker's cooldown.
+                redis.reachable();
+            }
             // Anything cached before this point may have missed messages.
             c.l1.flush();
             c.epoch.fetch_add(1, Ordering::AcqRel);

@@ -238,7 +238,10 @@ mod tests {
     #[test]
     fn garbage_is_rejected_not_panicking() {
         assert_eq!(decode(b"").unwrap_err(), Corrupt::TooShort);
-        assert_eq!(decode(b"hello world, this is not an envelope at all, not even close").unwrap_err(), Corrupt::BadMagic);
+        assert_eq!(
+            decode(b"hello world, this is not an envelope at all, not even close").unwrap_err(),
+            Corrupt::BadMagic
+        );
         let mut bytes = encode("k", &meta(), true, Format::Json, b"").unwrap();
         bytes[1] = 9;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::UnknownVersion(9));
