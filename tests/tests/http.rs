@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use cache_runtime::test_util::RedisServer;
+use cache_runtime::test_util::{RedisCluster, RedisServer};
 use cache_runtime::{cached, Cache};
 use examples::app::{router, App, Config};
 use reqwest::header::HeaderMap;
@@ -31,6 +31,7 @@ struct TestApp {
     app: App,
     l1: bool,
     _redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
 }
 
 impl TestApp {
@@ -50,19 +51,41 @@ impl TestApp {
         };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;
-        TestApp { base, app, l1, _redis: server }
+        TestApp { base, app, l1, _redis: server, cluster: None }
     }
 
-    /// Memory, Redis, and Redis with the process-memory tier.
+    /// The example app on a three-master Redis Cluster, with the process-memory tier.
+    async fn start_on_cluster() -> TestApp {
+        let cluster = RedisCluster::start().unwrap();
+        let config = Config {
+            port: 0,
+            redis_url: Some(cluster.url()),
+            database_path: None,
+            db_latency: Duration::ZERO,
+            l1: true,
+            header_read_timeout: Duration::from_secs(10),
+        };
+        let app = App::new(&config).unwrap();
+        let base = serve(router(app.clone())).await;
+        TestApp { base, app, l1: true, _redis: None, cluster: Some(cluster) }
+    }
+
+    /// Memory, Redis, Redis with the process-memory tier, and a Redis Cluster with it.
     async fn both() -> Vec<TestApp> {
-        vec![TestApp::start(false).await, TestApp::start_with(true, false).await, TestApp::start(true).await]
+        vec![
+            TestApp::start(false).await,
+            TestApp::start_with(true, false).await,
+            TestApp::start(true).await,
+            TestApp::start_on_cluster().await,
+        ]
     }
 
     fn mode(&self) -> &'static str {
-        match (self.app.cache.is_redis(), self._redis.is_some() && self.l1) {
-            (false, _) => "memory",
-            (true, false) => "redis",
-            (true, true) => "redis+l1",
+        match (self.app.cache.is_redis(), self.cluster.is_some(), self.l1) {
+            (false, _, _) => "memory",
+            (true, true, _) => "cluster+l1",
+            (true, false, false) => "redis",
+            (true, false, true) => "redis+l1",
         }
     }
 
@@ -360,6 +383,25 @@ async fn with_cookie(State(state): State<Counted>) -> impl IntoResponse {
     ([(header::SET_COOKIE, "session=secret")], "personal")
 }
 
+#[cached(expire = 60, cache = state.cache)]
+async fn marked_no_store(State(state): State<Counted>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], format!("private run {}", state.calls.hit()))
+}
+
+/// A body over the 8 MiB a stored response may have.
+#[cached(expire = 60, cache = state.cache)]
+async fn huge(State(state): State<Counted>) -> String {
+    format!("{}{}", state.calls.hit(), " ".repeat(9 << 20))
+}
+
+/// `early` with a large β: the first hit after a fill is all but sure to draw a refresh.
+#[cached(expire = 3, beta = 1000.0, cache = state.cache)]
+async fn early_page(State(state): State<Counted>) -> String {
+    let n = state.calls.hit();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    format!("early run {n}")
+}
+
 async fn edge_app(redis: Option<&RedisServer>) -> (String, Counted) {
     let cache = match redis {
         Some(server) => Cache::builder().redis(server.url()).build().unwrap(),
@@ -368,8 +410,11 @@ async fn edge_app(redis: Option<&RedisServer>) -> (String, Counted) {
     let state = Counted { cache, calls: std::sync::Arc::default() };
     let router = Router::new()
         .route("/honoring", get(honoring))
-        .route("/tuple/{id}", get(tuple_status))
+        .route("/tuple/{id}", get(tuple_status).post(tuple_status).put(tuple_status))
         .route("/cookie", get(with_cookie))
+        .route("/no-store", get(marked_no_store))
+        .route("/huge", get(huge))
+        .route("/early", get(early_page))
         .with_state(state.clone());
     (serve(router).await, state)
 }
@@ -412,6 +457,71 @@ async fn handlers_of_every_shape() {
             assert_eq!(h(r.headers(), "set-cookie"), "session=secret");
         }
         assert_eq!(state.calls.get(), 3 + 2 + 2);
+
+        // A response marked `Cache-Control: no-store` by its handler is never stored.
+        for run in [4, 5] {
+            let r = c.get(format!("{base}/no-store")).send().await.unwrap();
+            assert_eq!(h(r.headers(), "x-cache"), "MISS");
+            assert_eq!(r.text().await.unwrap(), format!("private run {}", run + 4));
+        }
+
+        // A body over 8 MiB is served whole, never stored.
+        for _ in 0..2 {
+            let r = c.get(format!("{base}/huge")).send().await.unwrap();
+            assert_eq!(h(r.headers(), "x-cache"), "MISS");
+            assert!(r.bytes().await.unwrap().len() > 9 << 20);
+        }
+        assert_eq!(state.calls.get(), 7 + 2 + 2);
+
+        // A method other than GET and HEAD bypasses the cache: it runs and is not stored.
+        for method in [reqwest::Method::POST, reqwest::Method::PUT] {
+            let r = c.request(method.clone(), format!("{base}/tuple/9")).send().await.unwrap();
+            assert_eq!((r.status().as_u16(), h(r.headers(), "x-cache")), (201, "BYPASS"), "{method}");
+        }
+        assert_eq!(state.calls.get(), 11 + 2);
+        let r = c.get(format!("{base}/tuple/9")).send().await.unwrap();
+        assert_eq!(h(r.headers(), "x-cache"), "HIT", "GET still has its entry");
+
+        // A cold HEAD runs the handler once, answers the headers a GET would, and stores the
+        // response for the GET that follows.
+        let head = c.head(format!("{base}/tuple/12")).send().await.unwrap();
+        assert_eq!((head.status().as_u16(), h(head.headers(), "x-cache")), (201, "MISS"));
+        let head_etag = h(head.headers(), "etag").to_owned();
+        assert!(head.bytes().await.unwrap().is_empty());
+        let get = c.get(format!("{base}/tuple/12")).send().await.unwrap();
+        assert_eq!((h(get.headers(), "x-cache"), h(get.headers(), "etag")), ("HIT", head_etag.as_str()));
+        assert_eq!(get.json::<serde_json::Value>().await.unwrap()["id"], 12);
+        assert_eq!(state.calls.get(), 14);
+    }
+}
+
+/// `early` on a handler: a hit draws a refresh before the entry expires (β is large, so the
+/// first hits all but surely draw it); the hit is answered at once, the refresh runs in the
+/// background, and when the first entry expires the refreshed one answers: no request ever
+/// waits for the handler or sees a miss. (An L1 keeps serving its still-fresh copy of the old
+/// response until that copy expires: the refresh pre-computes, it does not invalidate.)
+#[tokio::test]
+async fn handlers_refresh_early_before_expiry() {
+    let server = RedisServer::start().unwrap();
+    for redis in [None, Some(&server)] {
+        let (base, state) = edge_app(redis).await;
+        let c = client();
+        let first = c.get(format!("{base}/early")).send().await.unwrap();
+        assert_eq!(h(first.headers(), "x-cache"), "MISS");
+        let stored = std::time::Instant::now();
+        let mut refreshed_at = None;
+        // Requests all along, until past the first entry's expiry (3 s after it was stored).
+        while stored.elapsed() < Duration::from_millis(3500) {
+            let r = c.get(format!("{base}/early")).send().await.unwrap();
+            assert_eq!(h(r.headers(), "x-cache"), "HIT", "redis {}: never a miss, never a wait", redis.is_some());
+            if refreshed_at.is_none() && state.calls.get() >= 2 {
+                refreshed_at = Some(stored.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let refreshed_at = refreshed_at.expect("a refresh ran");
+        assert!(refreshed_at < Duration::from_secs(3), "before expiry: {refreshed_at:?}");
+        assert!(state.calls.get() >= 2);
     }
 }
 
