@@ -57,7 +57,8 @@ fn list(names: &[Ident]) -> String {
 
 /// What the return type says about what is stored.
 enum Mode<'a> {
-    Plain(&'a Type),
+    /// Not spelled `Result`/`Option` (it may still be one behind an alias: the type decides).
+    Plain,
     Option(&'a Type),
     Result(&'a Type),
 }
@@ -93,7 +94,7 @@ fn mode(ty: &Type) -> Mode<'_> {
             }
         }
     }
-    Mode::Plain(ty)
+    Mode::Plain
 }
 
 /// Parameter types that mark a fn as an axum handler (the last path segment is compared).
@@ -205,6 +206,13 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
             errors.push(syn::Error::new(
                 it.span(),
                 "a `#[cached]` fn must return a concrete type (an `impl Trait` value cannot be stored)",
+            ));
+        }
+        if let Some(param) = ret_ty.and_then(|ty| type_parameter(ty, &sig.generics)) {
+            errors.push(type_parameter_error(
+                param,
+                "#[cached]",
+                "which outcomes to store (an `Err` or a `None` never is)",
             ));
         }
     }
@@ -325,7 +333,26 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     }
 
     let (runtime_fn, value_ty, infer) = match mode {
-        Mode::Plain(t) => ("cached_value", t, quote!(_)),
+        Mode::Plain => {
+            // Not spelled `Result<…>`/`Option<…>`: it may still be one behind an alias
+            // (`CatalogResult<T>`). The type decides (see `cache_runtime::returns`).
+            let call = quote_spanned! {ret_ty.span()=>
+                {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{ViaOption as _, ViaResult as _, ViaValue as _};
+                    (&&#krate::__private::Returns::<#ret_ty>::new()).cached_by_type(
+                        __cr_cache, __cr_w.finish(), #namespace, &__cr_tags, &__CR_OPTS, __cr_body, #spawner,
+                    ).await
+                }
+            };
+            return Ok(quote! {
+                #(#outer)*
+                #vis #sig {
+                    #prologue
+                    #call
+                }
+            });
+        }
         Mode::Option(t) => ("cached_option", t, quote!(_)),
         Mode::Result(t) => ("cached_result", t, quote!(_, _)),
     };
@@ -594,6 +621,26 @@ fn render_tags(
         .collect()
 }
 
+/// The fn's type parameter that `ty` is, if it is one (`-> T`).
+fn type_parameter<'a>(ty: &'a Type, generics: &syn::Generics) -> Option<&'a Ident> {
+    let Type::Path(path) = strip(ty) else { return None };
+    let ident = path.path.get_ident().filter(|_| path.qself.is_none())?;
+    generics.type_params().any(|p| p.ident == *ident).then_some(ident)
+}
+
+/// What a type parameter as the return type gets: whether it is a `Result` or an `Option`
+/// is only known per call, after the macro ran.
+fn type_parameter_error(param: &Ident, attribute: &str, decides: &str) -> syn::Error {
+    syn::Error::new(
+        param.span(),
+        format!(
+            "the return type `{param}` is a type parameter: `{attribute}` cannot tell whether it is a `Result` or an \
+             `Option`, which decides {decides}; return a concrete type, or spell out `Result<…, …>` or \
+             `Option<…>` around the type parameter"
+        ),
+    )
+}
+
 /// `#[invalidates(...)]`: render what to invalidate from the arguments, run the body, then
 /// (or, with `before`, first) hand it to the runtime. Only a successful body invalidates: `Ok`,
 /// `Some`, a 2xx response, or any value of another type.
@@ -604,6 +651,15 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
         errors.push(syn::Error::new(sig.fn_token.span, "`#[invalidates]` can only be used on an `async fn`"));
     }
     let params = params(&func);
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if let Some(param) = type_parameter(ty, &sig.generics) {
+            errors.push(type_parameter_error(
+                param,
+                "#[invalidates]",
+                "whether the fn succeeded (only then it invalidates)",
+            ));
+        }
+    }
     let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
     let mut ops = Vec::new();
     for key in &args.keys {
@@ -652,7 +708,12 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
         let check = match mode(&ret_ty) {
             Mode::Option(_) => quote!(::core::option::Option::is_some(&__cr_out)),
             Mode::Result(_) => quote!(::core::result::Result::is_ok(&__cr_out)),
-            Mode::Plain(_) => quote!(true),
+            // Not spelled `Result`/`Option`: the type decides (an alias of either).
+            Mode::Plain => quote!({
+                #[allow(unused_imports)]
+                use #krate::__private::{SucceededOption as _, SucceededResult as _, SucceededValue as _};
+                (&&#krate::__private::Outcome(&__cr_out)).succeeded()
+            }),
         };
         (sig.clone(), quote!(let __cr_ok = #check;), quote!(__cr_out))
     };

@@ -44,6 +44,7 @@ pub mod key;
 #[cfg(feature = "axum")]
 mod layer;
 mod lock;
+mod returns;
 mod sync;
 mod time;
 
@@ -148,6 +149,9 @@ pub mod __private {
     pub use crate::cache::Invalidation;
     pub use crate::fetch::{cached_option, cached_result, cached_value, CallOpts, Spawner};
     pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};
+    pub use crate::returns::{
+        Outcome, Returns, SucceededOption, SucceededResult, SucceededValue, ViaOption, ViaResult, ViaValue,
+    };
     pub use crate::{global, Cache, Cacheable};
     pub use core::time::Duration;
 

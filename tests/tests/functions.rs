@@ -2,10 +2,11 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cache_runtime::test_util::RedisServer;
-use cache_runtime::{cached, Cache};
+use cache_runtime::{cached, invalidates, Cache};
 use serde::{Deserialize, Serialize};
 use support::{Backend, Calls};
 
@@ -443,4 +444,81 @@ async fn process_memory_is_bounded_by_bytes_as_well_as_by_count() {
     assert!(stats.memory_entries <= 50, "the count bound holds beside a large byte bound: {stats:?}");
     // Values still come back right from Redis when the L1 dropped them.
     assert_eq!(blob(&two_tier, &Calls::default(), 7).await.trim_start(), "7");
+}
+
+// ----- return types classified by type, not by spelling -----
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct CatalogError(String);
+
+/// A `Result` behind an alias, its error type storable: the trap that once stored `Err`s.
+type CatalogResult<T> = Result<T, CatalogError>;
+type Lookup = Result<u32, CatalogError>;
+type Maybe<T> = Option<T>;
+
+#[cached(expire = 60, key = "alias-result:<id>", cache = cache, skip = [cache, calls, fail])]
+async fn aliased_result(cache: &Cache, calls: &Calls, fail: &AtomicBool, id: u32) -> CatalogResult<u32> {
+    calls.hit();
+    if fail.load(Ordering::SeqCst) {
+        Err(CatalogError(format!("{id}: database down")))
+    } else {
+        Ok(id)
+    }
+}
+
+#[cached(expire = 60, key = "alias-lookup:<id>", cache = cache, skip = [cache, calls, fail])]
+async fn aliased_lookup(cache: &Cache, calls: &Calls, fail: &AtomicBool, id: u32) -> Lookup {
+    calls.hit();
+    if fail.load(Ordering::SeqCst) {
+        Err(CatalogError("down".to_owned()))
+    } else {
+        Ok(id)
+    }
+}
+
+#[cached(expire = 60, key = "alias-option:<id>", cache = cache, skip = [cache, calls, fail])]
+async fn aliased_option(cache: &Cache, calls: &Calls, fail: &AtomicBool, id: u32) -> Maybe<u32> {
+    calls.hit();
+    (!fail.load(Ordering::SeqCst)).then_some(id)
+}
+
+#[invalidates(key = "alias-result:<id>", cache = cache)]
+async fn aliased_write(cache: &Cache, fail: &AtomicBool, id: u32) -> CatalogResult<()> {
+    let _ = id;
+    if fail.load(Ordering::SeqCst) {
+        Err(CatalogError("refused".to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `type CatalogResult<T> = Result<T, DbError>` (and an alias without parameters, and one of
+/// `Option`): an `Err` or a `None` is never stored, an `Ok` or a `Some` is; an `#[invalidates]`
+/// fn returning such an alias invalidates only on `Ok`.
+#[tokio::test]
+async fn results_and_options_behind_type_aliases_are_classified_by_type() {
+    for b in Backend::all() {
+        let (calls, fail) = (Calls::default(), AtomicBool::new(true));
+        for _ in 0..3 {
+            assert!(aliased_result(&b.cache, &calls, &fail, 1).await.is_err());
+            assert!(aliased_lookup(&b.cache, &calls, &fail, 1).await.is_err());
+            assert_eq!(aliased_option(&b.cache, &calls, &fail, 1).await, None);
+        }
+        assert_eq!(calls.get(), 9, "{}: no Err and no None was stored", b.name);
+        fail.store(false, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert_eq!(aliased_result(&b.cache, &calls, &fail, 1).await, Ok(1));
+            assert_eq!(aliased_lookup(&b.cache, &calls, &fail, 1).await, Ok(1));
+            assert_eq!(aliased_option(&b.cache, &calls, &fail, 1).await, Some(1));
+        }
+        assert_eq!(calls.get(), 12, "{}: Ok and Some were stored", b.name);
+
+        fail.store(true, Ordering::SeqCst);
+        assert!(aliased_write(&b.cache, &fail, 1).await.is_err());
+        assert_eq!(aliased_result(&b.cache, &calls, &fail, 1).await, Ok(1), "{}: an Err invalidates nothing", b.name);
+        fail.store(false, Ordering::SeqCst);
+        aliased_write(&b.cache, &fail, 1).await.unwrap();
+        assert_eq!(aliased_result(&b.cache, &calls, &fail, 1).await, Ok(1));
+        assert_eq!(calls.get(), 13, "{}: an Ok invalidated", b.name);
+    }
 }
