@@ -14,6 +14,11 @@ use crate::template::Segment;
 struct Params {
     has_self: bool,
     names: Vec<Ident>,
+    /// The fn's type parameters that its return type mentions: each instantiation stores
+    /// another type, so each needs its own key (`<T>` in a template names one).
+    returned_types: Vec<Ident>,
+    /// Every type parameter of the fn (a `<T>` placeholder may name any of them).
+    type_params: Vec<Ident>,
 }
 
 fn bound_names(pat: &Pat, out: &mut Vec<Ident>) {
@@ -44,7 +49,15 @@ fn params(func: &ItemFn) -> Params {
             FnArg::Typed(pat) => bound_names(&pat.pat, &mut names),
         }
     }
-    Params { has_self, names }
+    let type_params: Vec<Ident> = func.sig.generics.type_params().map(|p| p.ident.clone()).collect();
+    let returned_types = match &func.sig.output {
+        ReturnType::Type(_, ty) => {
+            let mentioned = mentions(ty, &[]).idents;
+            type_params.iter().filter(|p| mentioned.contains(p)).cloned().collect()
+        }
+        ReturnType::Default => Vec::new(),
+    };
+    Params { has_self, names, returned_types, type_params }
 }
 
 fn list(names: &[Ident]) -> String {
@@ -129,6 +142,8 @@ struct Mentions<'a> {
     impl_trait: bool,
     /// The bounds of every `impl Trait` in the type.
     impl_bounds: Vec<syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>>,
+    /// Every path segment's identifier (to find the type parameters a type mentions).
+    idents: Vec<Ident>,
 }
 
 impl<'ast> Visit<'ast> for Mentions<'_> {
@@ -136,6 +151,7 @@ impl<'ast> Visit<'ast> for Mentions<'_> {
         if self.names.iter().any(|n| seg.ident == n) {
             self.found = true;
         }
+        self.idents.push(seg.ident.clone());
         syn::visit::visit_path_segment(self, seg);
     }
 
@@ -147,7 +163,7 @@ impl<'ast> Visit<'ast> for Mentions<'_> {
 }
 
 fn mentions<'a>(ty: &Type, names: &'a [&'a str]) -> Mentions<'a> {
-    let mut m = Mentions { names, found: false, impl_trait: false, impl_bounds: Vec::new() };
+    let mut m = Mentions { names, found: false, impl_trait: false, impl_bounds: Vec::new(), idents: Vec::new() };
     m.visit_type(ty);
     m
 }
@@ -229,6 +245,24 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         }
     }
     let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
+    if let Some(template) = &args.key {
+        for ty in &params.returned_types {
+            let named = template.value.iter().any(
+                |s| matches!(s, Segment::Placeholder { root, fields } if root == &ty.to_string() && fields.is_empty()),
+            );
+            if !named {
+                errors.push(syn::Error::new(
+                    template.span,
+                    format!(
+                        "the key does not name the type parameter `{ty}`, which the return type depends on: \
+                         `{f}::<A>` and `{f}::<B>` would share entries; add `<{ty}>` to the key (it renders the \
+                         type's name), or leave out `key` (the default key includes it)",
+                        f = sig.ident
+                    ),
+                ));
+            }
+        }
+    }
     let key = match &args.key {
         Some(template) => template_key(&template.value, template.span, &params, &args.skip, &krate, &mut errors),
         None if handler => default_handler_key(&func),
@@ -541,6 +575,11 @@ fn template_key(
                         continue;
                     }
                     quote_spanned!(span=> self)
+                } else if let Some(ty) = params.type_params.iter().find(|t| *t == root).filter(|_| fields.is_empty()) {
+                    // `<T>`: the type the fn is instantiated with.
+                    let ty = Ident::new(&ty.to_string(), span);
+                    out.extend(quote_spanned!(span=> __cr_w.display(::core::any::type_name::<#ty>());));
+                    continue;
                 } else {
                     let Some(param) = params.names.iter().find(|n| *n == root) else {
                         errors.push(syn::Error::new(
@@ -593,7 +632,12 @@ fn default_key(func: &ItemFn, params: &Params, skip: &[Ident]) -> (TokenStream, 
     if params.has_self {
         out.extend(quote!(__cr_w.display(::core::any::type_name::<Self>()); __cr_w.lit("::");));
     }
-    out.extend(quote!(__cr_w.lit(#name); __cr_w.lit(":");));
+    out.extend(quote!(__cr_w.lit(#name);));
+    // `get::<A>(1)` and `get::<B>(1)` store different types: different keys.
+    for ty in &params.returned_types {
+        out.extend(quote!(__cr_w.lit("<"); __cr_w.display(::core::any::type_name::<#ty>()); __cr_w.lit(">");));
+    }
+    out.extend(quote!(__cr_w.lit(":");));
     for param in params.names.iter().filter(|n| !skip.contains(n)) {
         let ident = format_ident!("{}", param, span = param.span());
         out.extend(quote_spanned!(param.span()=> __cr_w.arg(&#ident);));

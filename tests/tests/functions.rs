@@ -522,3 +522,45 @@ async fn results_and_options_behind_type_aliases_are_classified_by_type() {
         assert_eq!(calls.get(), 13, "{}: an Ok invalidated", b.name);
     }
 }
+
+// ----- generic fns: one key per instantiation -----
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct DocA {
+    a: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct DocB {
+    b: String,
+}
+
+#[cached(expire = 60, cache = cache, skip = [cache, calls])]
+async fn get_doc<T: cache_runtime::Cacheable + Default>(cache: &Cache, calls: &Calls, id: u32) -> Option<T> {
+    let _ = id;
+    calls.hit();
+    Some(T::default())
+}
+
+#[cached(expire = 60, key = "doc:<T>:<id>", cache = cache, skip = [cache, calls])]
+async fn get_doc_keyed<T: cache_runtime::Cacheable + Default>(cache: &Cache, calls: &Calls, id: u32) -> Vec<T> {
+    let _ = id;
+    calls.hit();
+    vec![T::default()]
+}
+
+/// `get_doc::<A>(1)` and `get_doc::<B>(1)` are two entries (default key, and a key naming `<T>`),
+/// not one they take from each other on every call.
+#[tokio::test]
+async fn each_instantiation_of_a_generic_fn_has_its_own_key() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        for _ in 0..3 {
+            assert_eq!(get_doc::<DocA>(&b.cache, &calls, 1).await, Some(DocA::default()));
+            assert_eq!(get_doc::<DocB>(&b.cache, &calls, 1).await, Some(DocB::default()));
+            assert_eq!(get_doc_keyed::<DocA>(&b.cache, &calls, 1).await, vec![DocA::default()]);
+            assert_eq!(get_doc_keyed::<DocB>(&b.cache, &calls, 1).await, vec![DocB::default()]);
+        }
+        assert_eq!(calls.get(), 4, "{}: one body run per type and fn", b.name);
+    }
+}
