@@ -162,11 +162,6 @@ impl MemoryStore {
         &self.shards[usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)]
     }
 
-    /// Whether entries must carry their weight (the store is bounded by bytes).
-    pub(crate) fn weighed(&self) -> bool {
-        self.weighed
-    }
-
     /// Entries held and their total weight, 0 when not bounded by bytes (after applying
     /// pending evictions).
     pub(crate) fn size(&self) -> (u64, u64) {

@@ -346,8 +346,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Values whose encoded payload is larger than this are not stored in Redis (default
-    /// 4 MiB): counted in `stats().oversized` and logged once; the caller still gets them.
+    /// Values whose encoded payload is larger than this are not stored, in process memory as in
+    /// Redis (default 4 MiB): counted in `stats().oversized` and logged once; the caller still
+    /// gets them.
     pub fn max_value_bytes(mut self, max: usize) -> Self {
         self.max_value_bytes = max;
         self
@@ -996,10 +997,9 @@ impl Cache {
     ) -> bool {
         let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
         let result = match &self.inner.store {
-            Store::Memory(mem) => {
-                let weight = memory_weight::<V, C>(mem, &key, value, self.inner.format);
-                Ok(mem.fill(key, namespace, lease, mem_entry(meta, value, weight)))
-            }
+            Store::Memory(mem) => self.checked_payload::<V, C>(value).map(|payload| {
+                mem.fill(key.clone(), namespace, lease, mem_entry(meta, value, memory_weight::<V, C>(&key, &payload)))
+            }),
             Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&key, &meta, value) {
                 Ok(bytes) => {
                     let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
@@ -1045,11 +1045,10 @@ impl Cache {
     async fn store<V: Stored, C: Codec<V>>(&self, key: String, value: &V, ttl: Duration) -> Result<(), CacheError> {
         let meta = self.meta::<V>(ttl, Duration::ZERO, Duration::ZERO, Vec::new());
         let result = match &self.inner.store {
-            Store::Memory(mem) => {
-                let weight = memory_weight::<V, C>(mem, &key, Some(value), self.inner.format);
+            Store::Memory(mem) => self.checked_payload::<V, C>(Some(value)).map(|payload| {
+                let weight = memory_weight::<V, C>(&key, &payload);
                 mem.insert(key, mem_entry(meta, Some(value), weight));
-                Ok(())
-            }
+            }),
             Store::Redis { redis, channel, .. } => match self.encode_entry::<V, C>(&key, &meta, Some(value)) {
                 Ok(bytes) => {
                     // Another replica's L1 may hold the previous value: a set is an invalidation
@@ -1350,14 +1349,9 @@ fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry 
     }
 }
 
-/// The weight of a memory-store entry: measured by encoding the value, but only when the
-/// store is bounded by bytes (it costs an encode per fill).
-fn memory_weight<V: Stored, C: Codec<V>>(mem: &MemoryStore, key: &str, value: Option<&V>, format: Format) -> u32 {
-    if !mem.weighed() {
-        return 0;
-    }
-    let payload = value.and_then(|v| C::encode(v, format).ok()).map_or(0, |bytes| bytes.len());
-    backend::entry_weight(key.len(), C::memory_size(payload))
+/// The weight of a memory-store entry whose value encodes to `payload`.
+fn memory_weight<V: Stored, C: Codec<V>>(key: &str, payload: &[u8]) -> u32 {
+    backend::entry_weight(key.len(), C::memory_size(payload.len()))
 }
 
 impl Cache {
@@ -1369,6 +1363,14 @@ impl Cache {
         meta: &Meta,
         value: Option<&V>,
     ) -> Result<Vec<u8>, CacheError> {
+        let payload = self.checked_payload::<V, C>(value)?;
+        envelope::encode(key, meta, value.is_none(), self.inner.format, &payload)
+            .map_err(|why| CacheError::Config(why.to_owned()))
+    }
+
+    /// The encoded value, unless it is larger than `max_value_bytes`, in process memory as in
+    /// Redis (a test on the memory store sees what production on Redis does).
+    fn checked_payload<V: Stored, C: Codec<V>>(&self, value: Option<&V>) -> Result<Vec<u8>, CacheError> {
         let payload = match value {
             Some(v) => C::encode(v, self.inner.format)?,
             None => Vec::new(),
@@ -1385,8 +1387,7 @@ impl Cache {
             }
             return Err(CacheError::TooLarge(payload.len()));
         }
-        envelope::encode(key, meta, value.is_none(), self.inner.format, &payload)
-            .map_err(|why| CacheError::Config(why.to_owned()))
+        Ok(payload)
     }
 }
 

@@ -7,7 +7,8 @@
 //! - only 2xx responses are stored (status, body, headers other than `Set-Cookie`,
 //!   hop-by-hop and caching headers); a response with `Set-Cookie` or `Cache-Control: no-store`
 //!   is never stored;
-//! - every response carries a strong `ETag` (SHA-256 of the body: the same on every replica
+//! - every response carries a strong `ETag` (the first 128 bits of the SHA-256 of the body, 32
+//!   hex digits, quoted: the same on every replica
 //!   and after restarts), `Cache-Control`, `Last-Modified`, `Vary` (when configured) and
 //!   `X-Cache: HIT | MISS | BYPASS`;
 //! - `If-None-Match` (lists, `*`, weak comparison) answers `304 Not Modified`;

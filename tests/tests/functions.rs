@@ -394,18 +394,25 @@ async fn message_pack_payloads_and_json_payloads_share_one_redis() {
 #[tokio::test]
 async fn values_over_the_size_limit_are_served_but_not_stored() {
     let server = cache_runtime::test_util::RedisServer::start().unwrap();
-    let cache = Cache::builder().redis(server.url()).l1(false).max_value_bytes(1000).build().unwrap();
-    let calls = Calls::default();
-    for _ in 0..3 {
-        assert!(big_value(&cache, &calls, 1).await.starts_with("1:"));
+    // In process memory as in Redis: a test on the memory store sees what production does.
+    for (name, builder) in [
+        ("memory", Cache::builder()),
+        ("redis", Cache::builder().redis(server.url()).l1(false)),
+        ("redis+l1", Cache::builder().redis(server.url()).prefix("l1")),
+    ] {
+        let cache = builder.max_value_bytes(1000).build().unwrap();
+        let calls = Calls::default();
+        for _ in 0..3 {
+            assert!(big_value(&cache, &calls, 1).await.starts_with("1:"));
+        }
+        assert_eq!(calls.get(), 3, "{name}: a 4 KB value over a 1 KB limit is never stored");
+        let stats = cache.stats();
+        assert_eq!((stats.oversized, stats.errors, stats.stores), (3, 0, 0), "{name}");
+        // Small values are stored as usual.
+        get_user(&cache, &calls, 1).await.unwrap();
+        get_user(&cache, &calls, 1).await.unwrap();
+        assert_eq!(calls.get(), 4, "{name}");
     }
-    assert_eq!(calls.get(), 3, "a 4 KB value over a 1 KB limit is never stored");
-    let stats = cache.stats();
-    assert_eq!((stats.oversized, stats.errors, stats.stores), (3, 0, 0));
-    // Small values are stored as usual.
-    get_user(&cache, &calls, 1).await.unwrap();
-    get_user(&cache, &calls, 1).await.unwrap();
-    assert_eq!(calls.get(), 4);
 }
 
 #[cached(expire = 600, key = "blob:<id>", cache = cache, skip = [cache, calls])]
