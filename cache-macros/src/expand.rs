@@ -266,7 +266,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let key = match &args.key {
         Some(template) => template_key(&template.value, template.span, &params, &args.skip, &krate, &mut errors),
         None if handler => default_handler_key(&func),
-        None => default_key(&func, &params, &args.skip),
+        None => default_key(&func, &params, &args.skip, &krate),
     };
     let tags = render_tags(&args.tags, &params, &args.skip, &krate, &mut errors);
     errors.finish()?;
@@ -626,11 +626,15 @@ fn template_key(
 
 /// No `key`: module path, (the `Self` type for methods,) fn name, then every parameter not
 /// skipped, each JSON-encoded and escaped.
-fn default_key(func: &ItemFn, params: &Params, skip: &[Ident]) -> (TokenStream, usize) {
+fn default_key(func: &ItemFn, params: &Params, skip: &[Ident], krate: &TokenStream) -> (TokenStream, usize) {
     let name = func.sig.ident.to_string();
     let mut out = quote!(__cr_w.lit(::core::module_path!()); __cr_w.lit("::"););
     if params.has_self {
-        out.extend(quote!(__cr_w.display(::core::any::type_name::<Self>()); __cr_w.lit("::");));
+        // The `Self` type once, without repeating the module path the key starts with.
+        out.extend(quote!(
+            __cr_w.display(#krate::__private::type_in_module::<Self>(::core::module_path!()));
+            __cr_w.lit("::");
+        ));
     }
     out.extend(quote!(__cr_w.lit(#name);));
     // `get::<A>(1)` and `get::<B>(1)` store different types: different keys.

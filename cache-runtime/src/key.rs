@@ -116,12 +116,14 @@ impl KeyWriter {
     }
 
     /// A key given to the plain API: used as written, except for the bytes that would break
-    /// the layout (`{`, `}`, control bytes, whitespace), which are escaped.
+    /// the layout (`{`, `}`, control bytes, whitespace) and `%` itself, which are escaped as a
+    /// macro escapes a placeholder's value: `"user:a b"` is the key `#[cached(key =
+    /// "user:<name>")]` gives the name `a b`, and `"a b"` and `"a%20b"` are two keys.
     pub fn raw(&mut self, s: &str) {
         let bytes = s.as_bytes();
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
-            if matches!(b, b'{' | b'}') || b.is_ascii_whitespace() || b.is_ascii_control() {
+            if matches!(b, b'{' | b'}' | b'%') || b.is_ascii_whitespace() || b.is_ascii_control() {
                 self.buf.push_str(&s[start..i]);
                 push_escaped(&mut self.buf, b);
                 start = i + 1;

@@ -166,6 +166,13 @@ pub mod __private {
         cache.as_ref()
     }
 
+    /// `T`'s name without the leading `module::` (a default key already starts with it).
+    #[inline]
+    pub fn type_in_module<T: ?Sized>(module: &str) -> &'static str {
+        let name = core::any::type_name::<T>();
+        name.strip_prefix(module).and_then(|rest| rest.strip_prefix("::")).unwrap_or(name)
+    }
+
     /// Starts a key in `namespace` (validated at compile time).
     #[inline]
     pub fn key_writer(cache: &Cache, namespace: &str, capacity_hint: usize) -> KeyWriter {

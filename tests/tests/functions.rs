@@ -571,3 +571,68 @@ async fn each_instantiation_of_a_generic_fn_has_its_own_key() {
         assert_eq!(calls.get(), 4, "{}: one body run per type and fn", b.name);
     }
 }
+
+mod catalog {
+    use cache_runtime::{cached, Cache};
+
+    pub struct Catalog {
+        pub cache: Cache,
+    }
+
+    impl Catalog {
+        #[cached(expire = 60, cache = self.cache)]
+        pub async fn title(&self, id: u32) -> String {
+            format!("title {id}")
+        }
+    }
+}
+
+/// A method's default key names its module once and its type readably:
+/// `functions::catalog::Catalog::title:…`, not `functions::catalog::functions%3A%3Acatalog%3A%3ACatalog::…`.
+#[tokio::test]
+async fn a_methods_default_key_names_its_module_once() {
+    let b = Backend::redis_without_l1();
+    let catalog = catalog::Catalog { cache: b.cache.clone() };
+    assert_eq!(catalog.title(7).await, "title 7");
+    let mut conn = b.raw().await;
+    let keys: Vec<String> = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("t:{*")
+        .arg("COUNT")
+        .arg(1000)
+        .query_async::<(u64, Vec<String>)>(&mut conn)
+        .await
+        .unwrap()
+        .1;
+    let entry = keys.iter().find(|k| !k.ends_with(":g")).expect("the entry");
+    assert!(entry.starts_with("t:{default:functions::catalog::Catalog::title:"), "{entry}");
+    assert!(!entry.contains("%3A%3A"), "{entry}");
+}
+
+#[cached(expire = 60, key = "name:<name>", cache = cache, skip = [cache, calls])]
+async fn by_name(cache: &Cache, calls: &Calls, name: &str) -> String {
+    calls.hit();
+    name.to_uppercase()
+}
+
+/// Plain keys are escaped as macro keys are: `"a b"` and `"a%20b"` are two entries, and the
+/// plain API reaches a macro's entry through the key a user would write.
+#[tokio::test]
+async fn plain_keys_are_escaped_like_macro_keys() {
+    for b in Backend::all() {
+        b.cache.set("k:a b", &1u32, Duration::from_secs(60)).await.unwrap();
+        b.cache.set("k:a%20b", &2u32, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(b.cache.get::<u32>("k:a b").await, Some(1), "{}", b.name);
+        assert_eq!(b.cache.get::<u32>("k:a%20b").await, Some(2), "{}", b.name);
+
+        let calls = Calls::default();
+        for name in ["x y", "x%y"] {
+            assert_eq!(by_name(&b.cache, &calls, name).await, name.to_uppercase());
+            assert_eq!(b.cache.get::<String>(&format!("name:{name}")).await, Some(name.to_uppercase()), "{}", b.name);
+            b.cache.invalidate(&format!("name:{name}")).await.unwrap();
+            assert_eq!(by_name(&b.cache, &calls, name).await, name.to_uppercase());
+        }
+        assert_eq!(calls.get(), 4, "{}: each invalidate reached the macro's entry", b.name);
+    }
+}
