@@ -4,6 +4,7 @@
 
 pub mod rows;
 
+use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,11 +74,55 @@ impl Backend {
         }
     }
 
+    /// Runs one command on this backend's Redis (on a cluster, routed by its key).
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        match (&self.redis, &self.cluster) {
+            (Some(_), _) => cmd.query_async(&mut self.raw().await).await.unwrap(),
+            (_, Some(cluster)) => {
+                let client = redis::cluster::ClusterClient::new(cluster.node_urls()).unwrap();
+                cmd.query_async(&mut client.get_async_connection().await.unwrap()).await.unwrap()
+            }
+            _ => panic!("{} has no Redis", self.name),
+        }
+    }
+
+    /// `INFO commandstats` of every server (each node of a cluster), summed: calls per command
+    /// name (`mget`, `scan`, `keys`…).
+    pub async fn command_calls(&self) -> HashMap<String, u64> {
+        let urls = match (&self.redis, &self.cluster) {
+            (Some(server), _) => vec![server.url()],
+            (_, Some(cluster)) => cluster.node_urls(),
+            _ => panic!("{} has no Redis", self.name),
+        };
+        let mut calls = HashMap::new();
+        for url in urls {
+            let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+            for line in info.lines() {
+                let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                    continue;
+                };
+                let n = rest.split("calls=").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse().ok());
+                *calls.entry(name.to_owned()).or_default() += n.unwrap_or(0);
+            }
+        }
+        calls
+    }
+
     /// A raw connection to this backend's Redis.
     pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
         let server = self.redis.as_ref().expect("a Redis backend");
         let client = redis::Client::open(server.url()).unwrap();
         client.get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+/// Polls `ok` until it holds, for at most 10 s (generous: only a broken build takes that long).
+pub async fn eventually(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ok().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
