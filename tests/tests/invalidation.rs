@@ -216,3 +216,250 @@ async fn a_queued_invalidation_reaches_other_replicas_once_redis_answers() {
     }
     assert_eq!(a.cache.stats().invalidations, 1);
 }
+
+/// Entries named `k:<id>` in three namespaces; each body run is noted by the entry's name.
+#[derive(Default, Debug)]
+struct Runs(std::sync::Mutex<Vec<String>>);
+
+impl Runs {
+    fn note(&self, name: String) {
+        self.0.lock().unwrap().push(name);
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[cached(expire = 600, key = "k:<id>", cache = cache, skip = [cache, runs])]
+async fn in_default(cache: &Cache, runs: &Runs, id: u32) -> u32 {
+    runs.note(format!("k:{id}"));
+    id
+}
+
+#[cached(expire = 600, key = "k:<id>", namespace = "inv-ns", cache = cache, skip = [cache, runs])]
+async fn in_ns(cache: &Cache, runs: &Runs, id: u32) -> u32 {
+    runs.note(format!("inv-ns/k:{id}"));
+    id
+}
+
+#[cached(expire = 600, key = "k:<id>", namespace = "inv-other", cache = cache, skip = [cache, runs])]
+async fn in_other(cache: &Cache, runs: &Runs, id: u32) -> u32 {
+    runs.note(format!("inv-other/k:{id}"));
+    id
+}
+
+/// Reads every entry; returns those whose body ran (were not cached), in order.
+async fn recomputed(cache: &Cache, runs: &Runs) -> Vec<String> {
+    for id in 1..=4 {
+        in_default(cache, runs, id).await;
+    }
+    for id in 1..=2 {
+        in_ns(cache, runs, id).await;
+        in_other(cache, runs, id).await;
+    }
+    runs.take()
+}
+
+#[invalidates(keys = ["k:<a>", "k:<b>"], cache = cache)]
+async fn write_two_keys(cache: &Cache, a: u32, b: u32) -> Result<(), String> {
+    let _ = (a, b);
+    Ok(())
+}
+
+#[invalidates(namespace = "inv-ns", cache = cache)]
+async fn write_namespace(cache: &Cache) -> Option<u8> {
+    Some(1)
+}
+
+#[invalidates(keys = ["k:<id>"], namespace = "inv-ns", cache = cache)]
+async fn write_result(cache: &Cache, id: u32, ok: bool) -> Result<u32, String> {
+    if ok {
+        Ok(id)
+    } else {
+        Err("rejected".to_owned())
+    }
+}
+
+#[invalidates(keys = ["k:<id>"], namespace = "inv-ns", cache = cache)]
+async fn write_option(cache: &Cache, id: u32, some: bool) -> Option<u32> {
+    some.then_some(id)
+}
+
+#[invalidates(keys = ["k:<id>"], cache = cache)]
+async fn write_value(cache: &Cache, id: u32) -> u32 {
+    id
+}
+
+#[tokio::test]
+async fn invalidates_keys_and_namespace_drop_exactly_what_they_name_after_success() {
+    for b in Backend::all() {
+        let (cache, runs) = (&b.cache, &Runs::default());
+        assert_eq!(recomputed(cache, runs).await.len(), 8, "{}: first reads fill", b.name);
+        assert_eq!(recomputed(cache, runs).await, Vec::<String>::new(), "{}: then every entry is cached", b.name);
+
+        write_two_keys(cache, 2, 3).await.unwrap();
+        assert_eq!(recomputed(cache, runs).await, ["k:2", "k:3"], "{}: `keys` drops its keys only", b.name);
+        write_namespace(cache).await.unwrap();
+        assert_eq!(recomputed(cache, runs).await, ["inv-ns/k:1", "inv-ns/k:2"], "{}: `namespace` only", b.name);
+
+        // Success is `Ok`, `Some`, or any value of another type.
+        write_result(cache, 1, false).await.unwrap_err();
+        assert_eq!(recomputed(cache, runs).await, Vec::<String>::new(), "{}: nothing after an Err", b.name);
+        write_result(cache, 1, true).await.unwrap();
+        let both = ["k:1", "inv-ns/k:1", "inv-ns/k:2"];
+        assert_eq!(recomputed(cache, runs).await, both, "{}: keys and namespace after an Ok", b.name);
+        assert_eq!(write_option(cache, 1, false).await, None);
+        assert_eq!(recomputed(cache, runs).await, Vec::<String>::new(), "{}: nothing after a None", b.name);
+        assert_eq!(write_option(cache, 1, true).await, Some(1));
+        assert_eq!(recomputed(cache, runs).await, both, "{}: keys and namespace after a Some", b.name);
+        assert_eq!(write_value(cache, 4).await, 4);
+        assert_eq!(recomputed(cache, runs).await, ["k:4"], "{}: after a plain value", b.name);
+    }
+}
+
+/// A row read behind stale-while-revalidate. Its second run (the refresh) stops between reading
+/// the row and returning it, at the gate.
+#[cached(expire = 1, stale = 60, key = "swr-row:<id>", cache = cache, skip = [cache, db, gate])]
+async fn swr_row(cache: Cache, db: Arc<Db>, gate: Arc<Gate>, id: u32) -> u64 {
+    let _ = id;
+    let n = db.reads.hit();
+    let value = db.row.load(Ordering::SeqCst);
+    if n == 2 {
+        gate.read_done.wait().await;
+        gate.release.wait().await;
+    }
+    value
+}
+
+/// The same with a borrowed parameter: the caller that wins the refresh runs it inline.
+#[cached(expire = 1, stale = 60, key = "swr-row:<id>", cache = cache, skip = [cache, db, gate])]
+async fn swr_row_inline(cache: &Cache, db: &Db, gate: &Gate, id: u32) -> u64 {
+    let _ = id;
+    let n = db.reads.hit();
+    let value = db.row.load(Ordering::SeqCst);
+    if n == 2 {
+        gate.read_done.wait().await;
+        gate.release.wait().await;
+    }
+    value
+}
+
+#[invalidates(key = "swr-row:<id>", cache = cache)]
+async fn write_swr_row(cache: &Cache, db: &Db, id: u32, value: u64) -> Result<(), String> {
+    let _ = id;
+    db.row.store(value, Ordering::SeqCst);
+    Ok(())
+}
+
+/// "A write during a refresh wins": a refresh reads the old row, a write lands and its
+/// invalidation completes, then the refresh tries to store the old row: it must be dropped,
+/// and the next read computes the new row. The gate orders the steps; only the 1 s expiry is
+/// waited for (by polling until the refresh has started).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_a_refresh_wins() {
+    let backends = Backend::all();
+    // The backends at once (each waits for a 1 s expiry twice), one refresh at a time on each.
+    futures::future::join_all(backends.iter().map(async |b| {
+        for inline in [false, true] {
+            write_during_refresh(b, inline).await;
+        }
+    }))
+    .await;
+}
+
+async fn write_during_refresh(b: &Backend, inline: bool) {
+    let what = format!("{} ({} refresh)", b.name, if inline { "inline" } else { "background" });
+    let (db, gate) = (Arc::new(Db::default()), Gate::new());
+    db.row.store(1, Ordering::SeqCst);
+    let id = u32::from(inline);
+    let read = {
+        let (cache, db, gate) = (b.cache.clone(), db.clone(), gate.clone());
+        move || {
+            let (cache, db, gate) = (cache.clone(), db.clone(), gate.clone());
+            tokio::spawn(async move {
+                if inline {
+                    swr_row_inline(&cache, &db, &gate, id).await
+                } else {
+                    swr_row(cache, db, gate, id).await
+                }
+            })
+        }
+    };
+    assert_eq!(read().await.unwrap(), 1, "{what}");
+    let dropped = b.cache.stats().dropped_fills;
+    // Read (stale after 1 s) until a refresh starts; it stops at the gate after reading 1.
+    let mut refreshing = None;
+    support::eventually("a refresh started", async || {
+        if db.reads.get() < 2 {
+            let reader = read();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            refreshing = Some(reader);
+        }
+        db.reads.get() == 2
+    })
+    .await;
+    gate.read_done.wait().await;
+    write_swr_row(&b.cache, &db, id, 2).await.unwrap();
+    gate.release.wait().await;
+    // The refreshing caller returns what it computed (inline), or the stale value.
+    assert_eq!(refreshing.unwrap().await.unwrap(), 1, "{what}");
+    support::eventually("the refresh's store was dropped", async || b.cache.stats().dropped_fills == dropped + 1).await;
+    assert_eq!(read().await.unwrap(), 2, "{what}: the write won over the refresh");
+    assert_eq!(read().await.unwrap(), 2, "{what}");
+    assert_eq!(db.reads.get(), 3, "{what}: and the new row is cached");
+}
+
+#[tokio::test]
+async fn keys_is_never_sent() {
+    for b in [Backend::redis(), Backend::redis_cluster()] {
+        let db = Db::default();
+        for id in 0..20 {
+            read_row(&b.cache, &db, None, id).await;
+            read_row(&b.cache, &db, None, id).await;
+        }
+        write_row(&b.cache, &db, 3, 1).await.unwrap();
+        write_all_rows(&b.cache, &db, 2).await.unwrap();
+        b.cache.invalidate_tag("row:4").await.unwrap();
+        b.cache.set("plain", &1u8, Duration::from_secs(60)).await.unwrap();
+        b.cache.invalidate("plain").await.unwrap();
+        let (runs, cache) = (Runs::default(), &b.cache);
+        recomputed(cache, &runs).await;
+        write_result(cache, 1, true).await.unwrap();
+        assert!(b.cache.clear_namespace(cache_runtime::DEFAULT_NAMESPACE).await.unwrap() > 0, "{}", b.name);
+        b.cache.clear_namespace("inv-other").await.unwrap();
+        let calls = b.command_calls().await;
+        assert!(calls.get("scan").is_some_and(|n| *n > 0), "{}: clear_namespace ran and SCANned: {calls:?}", b.name);
+        assert_eq!(calls.get("keys"), None, "{}: KEYS is never sent: {calls:?}", b.name);
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// Tag and namespace versions created by the cache start at `now_ms × 1024 + random`, never at
+/// a small integer (one lost to eviction must never match an old entry again): read them raw.
+#[tokio::test]
+async fn tag_and_namespace_versions_start_at_fresh_values() {
+    for b in [Backend::redis_without_l1(), Backend::redis_cluster()] {
+        let before = now_ms();
+        let db = Db::default();
+        read_row(&b.cache, &db, None, 1).await; // creates the versions of its tags and namespace
+        b.cache.invalidate_tag("never-read").await.unwrap(); // a bump of a version that does not exist
+        b.cache.clear_namespace("never-read-ns").await.unwrap();
+        let after = now_ms();
+        for key in ["t:t:{rows}", "t:t:{row:1}", "t:t:{%%ns:default}", "t:t:{never-read}", "t:t:{%%ns:never-read-ns}"] {
+            let raw: Option<String> = b.query(redis::cmd("GET").arg(key)).await;
+            let version: u64 =
+                raw.as_deref().unwrap_or_else(|| panic!("{}: {key} was not created", b.name)).parse().unwrap();
+            assert!(
+                version >= before * 1024 && version < (after + 1) * 1024,
+                "{}: {key} = {version}, not a fresh start (now_ms × 1024 + random, between {} and {})",
+                b.name,
+                before * 1024,
+                (after + 1) * 1024
+            );
+        }
+    }
+}
