@@ -113,3 +113,53 @@ async fn concurrent_requests_for_a_cold_page_run_the_handler_once() {
         assert_eq!(state.calls.get(), 1, "{}: 200 concurrent requests, one handler run", b.name);
     }
 }
+
+/// The first run waits at the gate, then panics (id 1) or is never let through (id 2: its task
+/// is aborted); later runs answer at once.
+#[cached(expire = 60, key = "handover:<id>", cache = cache, skip = [cache, calls, gate])]
+async fn handover(cache: &Cache, calls: &Calls, gate: &tokio::sync::Semaphore, id: u32) -> String {
+    let n = calls.hit();
+    if n == 1 {
+        drop(gate.acquire().await.unwrap());
+        assert_ne!(id, 1, "the leader panics mid-body");
+    }
+    format!("{id} from run {n}")
+}
+
+/// A single-flight leader that panics, or whose future is dropped (its task aborted), hands
+/// over to the next waiter: every waiter still gets a value, and the body runs once more. On
+/// this one-thread runtime a spawned caller runs until it waits, so once the 10 waiters have
+/// started they are all waiting on the leader (no timing involved).
+#[tokio::test]
+async fn a_leader_that_panics_or_is_cancelled_hands_over_to_the_next_waiter() {
+    for b in Backend::all() {
+        for (id, how) in [(1, "panics"), (2, "is cancelled")] {
+            let (calls, started) = (Arc::new(Calls::default()), Arc::new(Calls::default()));
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            let call = || {
+                let (cache, calls, gate, started) = (b.cache.clone(), calls.clone(), gate.clone(), started.clone());
+                tokio::spawn(async move {
+                    started.hit();
+                    handover(&cache, &calls, &gate, id).await
+                })
+            };
+            let leader = call();
+            support::eventually("the leader runs the body", async || calls.get() == 1).await;
+            let waiters: Vec<_> = (0..10).map(|_| call()).collect();
+            support::eventually("every waiter started", async || started.get() == 11).await;
+            if id == 1 {
+                gate.add_permits(1);
+                assert!(leader.await.unwrap_err().is_panic(), "{}", b.name);
+            } else {
+                leader.abort();
+                assert!(leader.await.unwrap_err().is_cancelled(), "{}", b.name);
+            }
+            for waiter in waiters {
+                let got = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+                let got = got.unwrap_or_else(|_| panic!("{}: a waiter was stuck after the leader {how}", b.name));
+                assert_eq!(got.unwrap(), format!("{id} from run 2"), "{}: the leader {how}", b.name);
+            }
+            assert_eq!(calls.get(), 2, "{}: after the leader {how}, the body ran once more", b.name);
+        }
+    }
+}
