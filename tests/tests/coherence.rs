@@ -204,3 +204,42 @@ async fn a_cut_off_l1_stops_answering_within_its_bound() {
     until("a is live again", async || a.l1_live()).await;
     assert_eq!(read_plain(&a, &db, 1).await, 1);
 }
+
+/// `l1_ttl`: an entry leaves the L1 after l1_ttl even though it stays fresh in Redis (60 s):
+/// a read then reaches Redis (counted by the server) and is answered from it.
+#[tokio::test]
+async fn an_entry_leaves_the_l1_after_l1_ttl() {
+    let server = RedisServer::start().unwrap();
+    let l1_ttl = Duration::from_millis(500);
+    let cache = Cache::builder().redis(server.url()).prefix("c").l1_ttl(l1_ttl).build().unwrap();
+    live(&cache).await;
+    let db = Db::default();
+    // Taken before the fill: the L1 copy cannot expire before `before_fill + l1_ttl`.
+    let before_fill = Instant::now();
+    read_plain(&cache, &db, 1).await;
+    let reads = redis_reads(&server).await;
+    until("a read reaches Redis", async || {
+        read_plain(&cache, &db, 1).await;
+        redis_reads(&server).await > reads
+    })
+    .await;
+    // Firm (load only makes it later): the L1 held it for l1_ttl.
+    assert!(before_fill.elapsed() >= l1_ttl, "the L1 dropped it after {:?}", before_fill.elapsed());
+    assert_eq!(db.reads.get(), 1, "answered from Redis, where it is still fresh");
+}
+
+/// `l1_max_entries`: the L1 holds at most that many entries.
+#[tokio::test]
+async fn the_l1_holds_at_most_l1_max_entries() {
+    let server = RedisServer::start().unwrap();
+    let cache = Cache::builder().redis(server.url()).prefix("c").l1_max_entries(10).build().unwrap();
+    live(&cache).await;
+    let db = Db::default();
+    for id in 0..100 {
+        read_plain(&cache, &db, id).await;
+        read_plain(&cache, &db, id).await;
+    }
+    let stats = cache.stats();
+    assert!(stats.memory_entries > 0 && stats.memory_entries <= 10, "{stats:?}");
+    assert_eq!(db.reads.get(), 100, "Redis kept every entry");
+}
