@@ -676,9 +676,10 @@ async fn early_one(cache: Cache, runs: Arc<Mutex<Vec<Instant>>>, id: u32) -> u32
 
 /// `early` (β = 1): a read before expiry refreshes with probability e^(−t/Δ), t the time left.
 /// Reading every ~5 ms, P(no refresh drawn while more than 200 ms are left) ≈ exp(−80·e^(−0.5))
-/// < 1e-20 (and still < 1e-8 with the two draws a process-memory hit makes today, see
-/// `early_refresh_draws_once_per_read`), so the test is deterministic in practice; the
-/// refresh must start before expiry, 200 ms after it was drawn at the latest.
+/// < 1e-20 (still < 1e-8 with the two draws a process-memory or L1 hit makes today: one on the
+/// fast path, one in the read-through, so its probability is squared), so the test is
+/// deterministic in practice; the refresh must start before expiry, 200 ms after it was
+/// drawn at the latest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_refreshes_before_expiry() {
     let backends = Backend::all();
