@@ -3,9 +3,11 @@
 //! Every option is parsed into a value with the span of the token that set it, so each error
 //! lands on the option that caused it; all errors of one attribute are reported together.
 
-use proc_macro2::Span;
+use proc_macro2::{Span, TokenStream};
+use quote::{quote_spanned, ToTokens};
 use syn::ext::IdentExt as _;
 use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned as _;
 use syn::{Expr, Ident, Lit, LitStr, Path, Token};
 
 use crate::template::{self, Segment};
@@ -50,15 +52,40 @@ pub(crate) struct Spanned<T> {
 }
 
 /// `cache_none = true` uses the entry ttl; `cache_none = <secs>` gives negative entries their own.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum CacheNone {
     SameTtl,
-    Ttl(u64),
+    Ttl(Secs),
+}
+
+/// A number of seconds given to an option: a literal (checked here), or a constant expression
+/// (`expire = TTL`, `expire = 5 * 60`: the compiler checks that it is a `u64` constant, and a
+/// constant assertion that it is at least 1).
+#[derive(Debug, Clone)]
+pub(crate) enum Secs {
+    Lit(u64),
+    Const { expr: Box<Expr>, option: &'static str },
+}
+
+impl ToTokens for Secs {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        match self {
+            Secs::Lit(secs) => secs.to_tokens(tokens),
+            Secs::Const { expr, option } => {
+                let message = format!("`{option}` must be at least 1 second");
+                tokens.extend(quote_spanned! {expr.span()=> {
+                    const __CR_SECS: u64 = #expr;
+                    const _: () = ::core::assert!(__CR_SECS > 0, #message);
+                    __CR_SECS
+                }});
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct CachedArgs {
-    pub(crate) expire: Option<Spanned<u64>>,
+    pub(crate) expire: Option<Spanned<Secs>>,
     pub(crate) key: Option<Spanned<Vec<Segment>>>,
     pub(crate) tags: Vec<Spanned<Vec<Segment>>>,
     pub(crate) namespace: Option<Spanned<String>>,
@@ -70,17 +97,17 @@ pub(crate) struct CachedArgs {
     pub(crate) http: Option<Span>,
     pub(crate) public: Option<Span>,
     pub(crate) private: Option<Span>,
-    pub(crate) s_maxage: Option<Spanned<u64>>,
-    pub(crate) cdn_max_age: Option<Spanned<u64>>,
+    pub(crate) s_maxage: Option<Spanned<Secs>>,
+    pub(crate) cdn_max_age: Option<Spanned<Secs>>,
     pub(crate) vary: Option<Spanned<Vec<String>>>,
     pub(crate) last_modified: Option<Spanned<String>>,
     pub(crate) honor_no_cache: Option<Span>,
-    pub(crate) stale: Option<Spanned<u64>>,
-    pub(crate) stale_if_error: Option<Spanned<u64>>,
+    pub(crate) stale: Option<Spanned<Secs>>,
+    pub(crate) stale_if_error: Option<Spanned<Secs>>,
     /// `early` (β = 1) or `beta = f`.
     pub(crate) early: Option<Spanned<f64>>,
     /// `lock` (10 s) or `lock = N`: seconds the cross-replica lock is held at most.
-    pub(crate) lock: Option<Spanned<u64>>,
+    pub(crate) lock: Option<Spanned<Secs>>,
     /// The first handler-only option used, for the "not a handler" error.
     pub(crate) first_http_option: Option<(String, Span)>,
 }
@@ -102,19 +129,25 @@ impl Errors {
     }
 }
 
-fn int_secs(name: &str, lit: &Lit) -> syn::Result<u64> {
+fn int_secs(name: &str, lit: &Lit) -> syn::Result<Secs> {
     let Lit::Int(int) = lit else {
         return Err(syn::Error::new(
             lit.span(),
-            format!("`{name}` expects a whole number of seconds, e.g. `{name} = 60`"),
+            format!(
+                "`{name}` expects a whole number of seconds: a literal (`{name} = 60`) or a `u64` constant \
+                 (`{name} = TTL`, `{name} = 5 * 60`)"
+            ),
         ));
     };
     let secs: u64 = int.base10_parse()?;
     if secs == 0 {
         return Err(syn::Error::new(lit.span(), format!("`{name}` must be at least 1 second")));
     }
-    Ok(secs)
+    Ok(Secs::Lit(secs))
 }
+
+/// The options whose value is a number of seconds (`lock` and `cache_none` also take a flag).
+const SECONDS: &[&str] = &["expire", "stale", "stale_if_error", "s_maxage", "cdn_max_age", "lock", "cache_none"];
 
 fn lit_str(name: &str, lit: &Lit, example: &str) -> syn::Result<LitStr> {
     match lit {
@@ -300,7 +333,7 @@ fn set_flag(args: &mut CachedArgs, name: &str, span: Span) {
         "private" => args.private = Some(span),
         "honor_no_cache" => args.honor_no_cache = Some(span),
         "early" => args.early = Some(Spanned { value: 1.0, span }),
-        "lock" => args.lock = Some(Spanned { value: 10, span }),
+        "lock" => args.lock = Some(Spanned { value: Secs::Lit(10), span }),
         _ => unreachable!("every flag is handled"),
     }
 }
@@ -356,7 +389,28 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
         }
         _ => {}
     }
-    let lit: Lit = input.parse()?;
+    let lit: Lit = if let Some(&option) = SECONDS.iter().find(|o| **o == name_str) {
+        // A literal, or a constant expression (`TTL`, `5 * 60`, `crate::ttl::USER`).
+        match input.parse::<Expr>()? {
+            Expr::Lit(syn::ExprLit { lit, attrs }) if attrs.is_empty() => lit,
+            expr => {
+                let span = expr.span();
+                let value = Secs::Const { expr: Box::new(expr), option };
+                match option {
+                    "expire" => args.expire = Some(Spanned { value, span }),
+                    "stale" => args.stale = Some(Spanned { value, span }),
+                    "stale_if_error" => args.stale_if_error = Some(Spanned { value, span }),
+                    "s_maxage" => args.s_maxage = Some(Spanned { value, span }),
+                    "cdn_max_age" => args.cdn_max_age = Some(Spanned { value, span }),
+                    "lock" => args.lock = Some(Spanned { value, span }),
+                    _ => args.cache_none = Some(Spanned { value: CacheNone::Ttl(value), span }),
+                }
+                return Ok(());
+            }
+        }
+    } else {
+        input.parse()?
+    };
     match name_str.as_str() {
         "expire" => args.expire = Some(Spanned { value: int_secs("expire", &lit)?, span: lit.span() }),
         "key" => {
@@ -380,7 +434,7 @@ fn parse_value(args: &mut CachedArgs, name: &Ident, input: ParseStream<'_>) -> s
         }
         "stale" => args.stale = Some(Spanned { value: int_secs("stale", &lit)?, span: lit.span() }),
         "lock" => match &lit {
-            Lit::Bool(b) if b.value => args.lock = Some(Spanned { value: 10, span: lit.span() }),
+            Lit::Bool(b) if b.value => args.lock = Some(Spanned { value: Secs::Lit(10), span: lit.span() }),
             Lit::Bool(_) => {}
             _ => args.lock = Some(Spanned { value: int_secs("lock", &lit)?, span: lit.span() }),
         },

@@ -183,7 +183,12 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let mut errors = Errors::default();
     let sig = &func.sig;
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new(sig.fn_token.span, "`#[cached]` can only be used on an `async fn`"));
+        errors.push(syn::Error::new(
+            sig.fn_token.span,
+            "`#[cached]` can only be used on an `async fn` (reading the cache may wait for Redis): make it `async`, \
+             or, for a sync computation, cache it where it is called with \
+             `cache.get_or_fetch(key, ttl, || async { … }).await` (the plain API)",
+        ));
     }
     let params = params(&func);
     for skipped in &args.skip {
@@ -289,15 +294,15 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     );
     let mut opts = quote!(#krate::__private::CallOpts::new());
     if let Some(expire) = &args.expire {
-        let secs = expire.value;
+        let secs = &expire.value;
         opts.extend(quote!(.expire(#krate::__private::Duration::from_secs(#secs))));
     }
     if let Some(stale) = &args.stale {
-        let secs = stale.value;
+        let secs = &stale.value;
         opts.extend(quote!(.stale(#krate::__private::Duration::from_secs(#secs))));
     }
     if let Some(stale) = &args.stale_if_error {
-        let secs = stale.value;
+        let secs = &stale.value;
         opts.extend(quote!(.stale_if_error(#krate::__private::Duration::from_secs(#secs))));
     }
     if let Some(early) = &args.early {
@@ -305,11 +310,11 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         opts.extend(quote!(.early(#beta)));
     }
     if let Some(lock) = &args.lock {
-        let secs = lock.value;
+        let secs = &lock.value;
         opts.extend(quote!(.lock(#krate::__private::Duration::from_secs(#secs))));
     }
     if let Some(cn) = &args.cache_none {
-        opts.extend(match cn.value {
+        opts.extend(match &cn.value {
             CacheNone::SameTtl => quote!(.cache_none(::core::option::Option::None)),
             CacheNone::Ttl(secs) => {
                 quote!(.cache_none(::core::option::Option::Some(#krate::__private::Duration::from_secs(#secs))))
@@ -476,10 +481,19 @@ fn check_handler_params(func: &ItemFn, args: &CachedArgs, errors: &mut Errors) {
             continue;
         }
         let name = &names[0];
-        let fix = if args.key.is_some() {
-            format!("add `<{name}…>` to `key`")
-        } else {
-            format!("give a `key` with `<{name}…>`, or add `vary` for the request headers it reads")
+        // A URI extractor is keyed by its values; anything else (a `HeaderMap`, an auth user, a
+        // custom extractor) reads request headers: `vary` is the first way out.
+        let fix = match (URI_EXTRACTORS.contains(&kind.as_str()), args.key.is_some()) {
+            (true, true) => format!("add `<{name}…>` to `key`"),
+            (true, false) => format!("give a `key` with `<{name}…>`"),
+            (false, true) => format!(
+                "list the request headers it reads in `vary = [\"authorization\", …]` (one entry per value), or add \
+                 `<{name}…>` to `key`"
+            ),
+            (false, false) => format!(
+                "list the request headers it reads in `vary = [\"authorization\", …]` (one entry per value), or give \
+                 a `key` with `<{name}…>`"
+            ),
         };
         errors.push(syn::Error::new(
             param.pat.span(),
@@ -507,11 +521,11 @@ fn http_opts(args: &CachedArgs, krate: &TokenStream) -> TokenStream {
         out.extend(quote!(.public()));
     }
     if let Some(s) = &args.s_maxage {
-        let v = s.value;
+        let v = &s.value;
         out.extend(quote!(.s_maxage(#v)));
     }
     if let Some(s) = &args.cdn_max_age {
-        let v = s.value;
+        let v = &s.value;
         out.extend(quote!(.cdn_max_age(#v)));
     }
     if let Some(vary) = &args.vary {
@@ -527,11 +541,11 @@ fn http_opts(args: &CachedArgs, krate: &TokenStream) -> TokenStream {
         out.extend(quote!(.honor_no_cache()));
     }
     if let Some(s) = &args.stale {
-        let v = s.value;
+        let v = &s.value;
         out.extend(quote!(.stale_while_revalidate(#v)));
     }
     if let Some(s) = &args.stale_if_error {
-        let v = s.value;
+        let v = &s.value;
         out.extend(quote!(.stale_if_error(#v)));
     }
     out

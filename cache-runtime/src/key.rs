@@ -356,11 +356,28 @@ pub trait PartText {
     fn put(&self, key: &mut KeyWriter);
 }
 
-/// See [`Part`].
+/// See [`Part`]. Implemented for every `Part<T>`; its `put` needs `T: KeyDisplay`, so a value
+/// that is not `Display` is reported as such (not as a method that does not exist).
 #[doc(hidden)]
-pub trait PartDisplay {
-    fn put(&self, key: &mut KeyWriter);
+pub trait PartDisplay<T: ?Sized> {
+    fn put(&self, key: &mut KeyWriter)
+    where
+        T: KeyDisplay;
 }
+
+/// A value a key placeholder can render: any `Display` type. (A trait of its own only for the
+/// compiler's message when a placeholder's value is not `Display`.)
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be rendered into a cache key: a key placeholder's value must be `Display`",
+    label = "a placeholder of this key has a value of type `{Self}`",
+    note = "ways out: name a field of it that is `Display` (`<param.field>`); leave out `key` (the default key \
+            encodes every parameter); `skip` the parameter and key on something else; on a handler, list the \
+            request headers it depends on in `vary = [\"…\"]`"
+)]
+pub trait KeyDisplay: fmt::Display {}
+
+impl<T: fmt::Display + ?Sized> KeyDisplay for T {}
 
 macro_rules! part_ints {
     ($($t:ty => $method:ident as $as:ty),*) => {$(
@@ -411,9 +428,12 @@ impl PartText for &&Part<'_, &str> {
     }
 }
 
-impl<T: fmt::Display + ?Sized> PartDisplay for Part<'_, T> {
+impl<T: ?Sized> PartDisplay<T> for Part<'_, T> {
     #[inline]
-    fn put(&self, key: &mut KeyWriter) {
+    fn put(&self, key: &mut KeyWriter)
+    where
+        T: KeyDisplay,
+    {
         key.display(self.0);
     }
 }

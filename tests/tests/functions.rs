@@ -856,3 +856,45 @@ async fn a_killed_redis_opens_the_breaker_and_failures_are_logged_once_a_second(
     })
     .await;
 }
+
+const USER_TTL: u64 = 60;
+
+mod ttl {
+    pub const STALE: u64 = 30;
+}
+
+#[cached(expire = USER_TTL, stale = ttl::STALE * 2, cache_none = USER_TTL / 2, key = "ttl:<id>", cache = cache, skip = [cache, calls])]
+async fn with_constant_ttls(cache: &Cache, calls: &Calls, id: u32) -> Option<u32> {
+    calls.hit();
+    (id > 0).then_some(id)
+}
+
+const ONE_SECOND: u64 = 1;
+
+#[cached(expire = ONE_SECOND, key = "short:<id>", cache = cache, skip = [cache, calls])]
+async fn short_constant(cache: &Cache, calls: &Calls, id: u32) -> u32 {
+    calls.hit();
+    id
+}
+
+/// Numeric options take constant expressions (`expire = USER_TTL`, `stale = ttl::STALE * 2`)
+/// as well as literals, with the same meaning.
+#[tokio::test]
+async fn numeric_options_take_constant_expressions() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        for _ in 0..3 {
+            assert_eq!(with_constant_ttls(&b.cache, &calls, 1).await, Some(1));
+            assert_eq!(with_constant_ttls(&b.cache, &calls, 0).await, None);
+        }
+        assert_eq!(calls.get(), 2, "{}: a value and a None, each stored once", b.name);
+        // `expire = ONE_SECOND` is one second, not the default ttl (300 s).
+        let calls = Calls::default();
+        short_constant(&b.cache, &calls, 1).await;
+        short_constant(&b.cache, &calls, 1).await;
+        assert_eq!(calls.get(), 1, "{}", b.name);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        short_constant(&b.cache, &calls, 1).await;
+        assert_eq!(calls.get(), 2, "{}: expired after the constant's one second", b.name);
+    }
+}
