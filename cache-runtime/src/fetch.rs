@@ -277,6 +277,17 @@ fn outcome<M: Mode>(out: &M::Out) -> Option<Found<M::Value>> {
     }
 }
 
+/// The freshness of a found entry; a fresh one the fast path already drew for an early refresh
+/// is not drawn again.
+pub(crate) fn drawn(opts: &CallOpts, cache: &Cache, times: &Times, drawn_early: bool) -> Freshness {
+    let now = now_ms();
+    if drawn_early && now < times.fresh_until_ms {
+        Freshness::RefreshEarly
+    } else {
+        opts.freshness(cache, times, now)
+    }
+}
+
 /// Stores a body's result under the lease its read took.
 async fn store<V: Cacheable>(
     cache: &Cache,
@@ -328,37 +339,51 @@ where
     async move {
         match fast {
             Ok(out) => out,
-            Err(key) => Box::pin(read_through::<M, F>(cache, key, namespace, tags, opts, body, spawner)).await,
+            Err(call) => Box::pin(read_through::<M, F>(cache, call, namespace, tags, opts, body, spawner)).await,
         }
     }
 }
 
 /// A fresh hit in process memory, or the key back.
-fn local_hit<M: Mode>(cache: &Cache, key: String, opts: &CallOpts) -> Result<M::Out, String> {
-    if let Some(out) = fresh_local_hit::<M::Value>(cache, &key, opts).and_then(|(found, _)| M::rebuild(found)) {
-        cache.record_hit(&key);
-        crate::key::recycle(key);
-        return Ok(out);
+/// A fresh hit in process memory, or the key back, with whether a fresh local entry was drawn
+/// for an early refresh (the read-through then refreshes it without drawing again).
+fn local_hit<M: Mode>(cache: &Cache, key: String, opts: &CallOpts) -> Result<M::Out, (String, bool)> {
+    match fresh_local_hit::<M::Value>(cache, &key, opts) {
+        Ok((found, _)) => match M::rebuild(found) {
+            Some(out) => {
+                cache.record_hit(&key);
+                crate::key::recycle(key);
+                Ok(out)
+            }
+            None => Err((key, false)),
+        },
+        Err(drawn_early) => Err((key, drawn_early)),
     }
-    Err(key)
 }
 
 /// A fresh entry in process memory that is not drawn for an early refresh (`early`): what
 /// both fast paths (service fns and handlers) answer without building the read-through.
+/// `Err(true)`: there is one, drawn for an early refresh (one draw per read: the read-through
+/// must not draw again, or a refresh would need two successes, as if β were halved).
 pub(crate) fn fresh_local_hit<V: crate::codec::Stored>(
     cache: &Cache,
     key: &str,
     opts: &CallOpts,
-) -> Option<(Found<V>, Times)> {
+) -> Result<(Found<V>, Times), bool> {
     // `local_hit` returns fresh entries only; the clock matters only for an early draw.
-    cache
-        .local_hit::<V>(key)
-        .filter(|(_, times)| opts.beta.is_none() || opts.freshness(cache, times, now_ms()) == Freshness::Fresh)
+    let hit = cache.local_hit::<V>(key).ok_or(false)?;
+    if opts.beta.is_none() || opts.freshness(cache, &hit.1, now_ms()) == Freshness::Fresh {
+        Ok(hit)
+    } else {
+        Err(true)
+    }
 }
 
+/// `drawn_early`: the fast path found the entry fresh in process memory and drew it for an
+/// early refresh.
 async fn read_through<M: Mode, F: Future<Output = M::Out>>(
     cache: &Cache,
-    key: String,
+    (key, drawn_early): (String, bool),
     namespace: &str,
     tags: &[String],
     opts: &CallOpts,
@@ -384,7 +409,7 @@ async fn read_through<M: Mode, F: Future<Output = M::Out>>(
     let mut lookup = cache.lookup::<M::Value, Json>(&key, namespace, tags, false).await;
     let mut fallback = None;
     if let Some((found, times)) = lookup.hit.take() {
-        let freshness = opts.freshness(cache, &times, now_ms());
+        let freshness = drawn(opts, cache, &times, drawn_early);
         match (freshness, M::rebuild(found.clone())) {
             (Freshness::Fresh | Freshness::RefreshEarly | Freshness::Stale, Some(current)) => {
                 let refresh = freshness != Freshness::Fresh && cache.claim_refresh(&key, REFRESH_HOLD).await;

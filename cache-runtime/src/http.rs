@@ -617,11 +617,10 @@ where
         add_vary(&mut key, &request.headers, http.vary);
         let key = key.finish();
         match directive {
-            ClientDirective::None => {
-                local_response(cache, key, &request, opts, http).map_err(|key| Some((key, ClientDirective::None)))
-            }
+            ClientDirective::None => local_response(cache, key, &request, opts, http)
+                .map_err(|(key, drawn_early)| Some((key, ClientDirective::None, drawn_early))),
             // The client asks for a fresh response: no local hit, no single-flight.
-            directive => Err(Some((key, directive))),
+            directive => Err(Some((key, directive, false))),
         }
     };
     async move {
@@ -632,34 +631,39 @@ where
                 set_x_cache(&mut response, "BYPASS");
                 response
             }
-            Err(Some((key, directive))) => {
-                Box::pin(read_through(cache, key, directive, namespace, tags, request, opts, http, body, spawner)).await
+            Err(Some((key, directive, drawn_early))) => {
+                let call = (directive, drawn_early);
+                Box::pin(read_through(cache, key, call, namespace, tags, request, opts, http, body, spawner)).await
             }
         }
     }
 }
 
-/// A fresh hit in process memory, answered; or the key back.
+/// A fresh hit in process memory, answered; or the key back, with whether a local entry was
+/// drawn for an early refresh (see `fetch::fresh_local_hit`).
 fn local_response(
     cache: &Cache,
     key: String,
     request: &RequestParts,
     opts: &CallOpts,
     http: &HttpOpts,
-) -> Result<Response, String> {
-    if let Some((Found::Value(stored), times)) = fetch::fresh_local_hit::<Arc<StoredResponse>>(cache, &key, opts) {
-        cache.record_hit(&key);
-        crate::key::recycle(key);
-        return Ok(respond(&stored, remaining_secs(&times), request, http, "HIT"));
+) -> Result<Response, (String, bool)> {
+    match fetch::fresh_local_hit::<Arc<StoredResponse>>(cache, &key, opts) {
+        Ok((Found::Value(stored), times)) => {
+            cache.record_hit(&key);
+            crate::key::recycle(key);
+            Ok(respond(&stored, remaining_secs(&times), request, http, "HIT"))
+        }
+        Ok((Found::Negative, _)) => Err((key, false)),
+        Err(drawn_early) => Err((key, drawn_early)),
     }
-    Err(key)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn read_through<R, F>(
     cache: &Cache,
     key: String,
-    directive: ClientDirective,
+    (directive, drawn_early): (ClientDirective, bool),
     namespace: &str,
     tags: &[String],
     request: RequestParts,
@@ -694,7 +698,7 @@ where
     let mut lookup = cache.lookup::<Arc<StoredResponse>, ResponseCodec>(&key, namespace, tags, forced).await;
     let mut fallback = None;
     if let Some((Found::Value(stored), times)) = lookup.hit.take() {
-        let freshness = opts.freshness(cache, &times, now_ms());
+        let freshness = fetch::drawn(opts, cache, &times, drawn_early);
         if matches!(freshness, Freshness::Fresh | Freshness::RefreshEarly | Freshness::Stale) {
             let refresh = freshness != Freshness::Fresh && cache.claim_refresh(&key, REFRESH_HOLD).await;
             if refresh {

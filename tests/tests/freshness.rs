@@ -314,3 +314,65 @@ async fn handlers_serve_stale_if_the_handler_fails() {
         assert_eq!((status, x_cache.as_str(), body.as_str()), (200, "MISS", "page v2"), "{}", b.name);
     }
 }
+
+const DRAW_KEYS: usize = 400;
+
+/// The first run of each key takes 500 ms, so Δ (the recompute time XFetch weighs) is ≥ 500 ms.
+#[cached(expire = 2, early, key = "draw:<id>", cache = cache, skip = [cache, runs])]
+async fn draw(cache: Cache, runs: Arc<Vec<AtomicU32>>, id: usize) -> usize {
+    if runs[id].fetch_add(1, Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    id
+}
+
+/// With `early` (β = 1) a read with R left before expiry refreshes with probability e^(−R/Δ),
+/// drawn once per read, whichever tier answers. (A fast path that drew, then a read-through that
+/// drew again, refreshed with probability e^(−2R/Δ), as if β were ½.) 400 keys read once each
+/// with about Δ left: ~37 % refresh, not ~14 %; the bound is 75 % of the expectation computed
+/// from each read's own instant (Δ ≥ 500 ms makes it a lower bound), ~4 standard deviations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_draw_is_made_once_per_read() {
+    let server = cache_runtime::test_util::RedisServer::start().unwrap();
+    for (name, cache) in [
+        ("memory", Cache::builder().random_seed(11).build().unwrap()),
+        ("redis+l1", Cache::builder().redis(server.url()).prefix("l1").random_seed(11).build().unwrap()),
+        ("redis", Cache::builder().redis(server.url()).prefix("r").l1(false).random_seed(11).build().unwrap()),
+    ] {
+        let runs: Arc<Vec<AtomicU32>> = Arc::new((0..DRAW_KEYS).map(|_| AtomicU32::new(0)).collect());
+        let fills: Vec<_> = (0..DRAW_KEYS)
+            .map(|id| {
+                let (cache, runs) = (cache.clone(), runs.clone());
+                tokio::spawn(async move {
+                    draw(cache, runs, id).await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        let mut stored = Vec::new();
+        for fill in fills {
+            stored.push(fill.await.unwrap());
+        }
+        // Each entry is fresh until (at most) 2 s after its fill returned; read at about Δ left.
+        let last = *stored.iter().max().unwrap();
+        tokio::time::sleep((last + Duration::from_millis(1500)).saturating_duration_since(Instant::now())).await;
+        let mut expected = 0.0;
+        for (id, stored_at) in stored.iter().enumerate() {
+            let left = (*stored_at + Duration::from_secs(2)).saturating_duration_since(Instant::now());
+            expected += (-left.as_secs_f64() / 0.5).exp();
+            assert_eq!(draw(cache.clone(), runs.clone(), id).await, id);
+        }
+        eventually("the refreshes landed", async || {
+            let before: u32 = runs.iter().map(|r| r.load(Ordering::SeqCst)).sum();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            before == runs.iter().map(|r| r.load(Ordering::SeqCst)).sum::<u32>()
+        })
+        .await;
+        let refreshed = runs.iter().filter(|r| r.load(Ordering::SeqCst) > 1).count();
+        eprintln!("{name}: {refreshed} of {DRAW_KEYS} refreshed early; expected at least ~{expected:.0}");
+        assert!(
+            refreshed as f64 >= 0.75 * expected,
+            "{name}: {refreshed} of {DRAW_KEYS} reads refreshed early, expected at least ~{expected:.0}"
+        );
+    }
+}
