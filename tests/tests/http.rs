@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use cache_runtime::test_util::{RedisCluster, RedisServer};
-use cache_runtime::{cached, Cache};
+use cache_runtime::{cached, invalidates, Cache};
 use examples::app::{router, App, Config};
 use reqwest::header::HeaderMap;
 use support::Calls;
@@ -394,6 +394,22 @@ async fn huge(State(state): State<Counted>) -> String {
     format!("{}{}", state.calls.hit(), " ".repeat(9 << 20))
 }
 
+#[cached(expire = 60, key = "item:<id>", cache = state.cache)]
+async fn item(State(state): State<Counted>, Path(id): Path<u32>) -> String {
+    format!("item {id} run {}", state.calls.hit())
+}
+
+/// A write handler: 400 for a body it refuses, 204 otherwise.
+#[invalidates(key = "item:<id>", cache = state.cache)]
+async fn put_item(State(state): State<Counted>, Path(id): Path<u32>, body: String) -> StatusCode {
+    let _ = (&state, id);
+    if body == "bad" {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::NO_CONTENT
+    }
+}
+
 /// `early` with a large β: the first hit after a fill is all but sure to draw a refresh.
 #[cached(expire = 3, beta = 1000.0, cache = state.cache)]
 async fn early_page(State(state): State<Counted>) -> String {
@@ -415,6 +431,7 @@ async fn edge_app(redis: Option<&RedisServer>) -> (String, Counted) {
         .route("/no-store", get(marked_no_store))
         .route("/huge", get(huge))
         .route("/early", get(early_page))
+        .route("/item/{id}", get(item).put(put_item))
         .with_state(state.clone());
     (serve(router).await, state)
 }
@@ -643,6 +660,26 @@ async fn last_modified_comes_from_the_body_and_max_age_counts_down() {
         let later = c.get(format!("{base}/rfc3339")).send().await.unwrap();
         assert_eq!(h(later.headers(), "x-cache"), "HIT");
         assert!(max_age(&later) < max_age(&first), "{} then {}", max_age(&first), max_age(&later));
+        assert_eq!(state.calls.get(), 2);
+    }
+}
+
+/// `#[invalidates]` on a handler invalidates only after a 2xx: a 4xx (a refused write) leaves
+/// the entry, a 204 drops it.
+#[tokio::test]
+async fn a_handler_invalidates_only_after_a_2xx() {
+    let server = RedisServer::start().unwrap();
+    for redis in [None, Some(&server)] {
+        let (base, state) = edge_app(redis).await;
+        let c = client();
+        let get = async || c.get(format!("{base}/item/3")).send().await.unwrap().text().await.unwrap();
+        assert_eq!(get().await, "item 3 run 1");
+        let refused = c.put(format!("{base}/item/3")).body("bad").send().await.unwrap();
+        assert_eq!(refused.status(), 400);
+        assert_eq!(get().await, "item 3 run 1", "redis {}: a 400 invalidates nothing", redis.is_some());
+        let accepted = c.put(format!("{base}/item/3")).body("good").send().await.unwrap();
+        assert_eq!(accepted.status(), 204);
+        assert_eq!(get().await, "item 3 run 2", "redis {}: a 204 invalidated", redis.is_some());
         assert_eq!(state.calls.get(), 2);
     }
 }
