@@ -730,7 +730,9 @@ impl Cache {
         let mut waited = false;
         loop {
             match locks.attempt(redis, key, hold, deadline).await {
-                Attempt::Held(token) if !waited => return Locked::Compute { token: Some(token), lookup: None },
+                Attempt::Held(token) if !waited => {
+                    return Locked::Compute { token: Some(self.held(key, token)), lookup: None }
+                }
                 Attempt::Held(token) => {
                     // The previous holder may have stored the value meanwhile.
                     let lookup = self.lookup::<V, C>(key, namespace, tags, false).await;
@@ -739,7 +741,7 @@ impl Cache {
                         locks.release(redis, key, &token).await;
                         return ready;
                     }
-                    return Locked::Compute { token: Some(token), lookup: Some(lookup) };
+                    return Locked::Compute { token: Some(self.held(key, token)), lookup: Some(lookup) };
                 }
                 Attempt::Retry => {
                     waited = true;
@@ -760,10 +762,14 @@ impl Cache {
     }
 
     /// Releases a lock taken by `lock_or_wait` and wakes its waiters.
-    pub(crate) async fn unlock(&self, key: &str, token: &str) {
+    async fn unlock(&self, key: &str, token: &str) {
         if let Store::Redis { redis, locks, .. } = &self.inner.store {
             locks.release(redis, key, token).await;
         }
+    }
+
+    fn held(&self, key: &str, token: String) -> HeldLock {
+        HeldLock { cache: self.clone(), key: key.to_owned(), token: Some(token) }
     }
 
     pub(crate) async fn release_refresh(&self, key: &str) {
@@ -1269,11 +1275,39 @@ pub(crate) enum Op {
     Namespace(String),
 }
 
+/// A cross-replica lock this caller holds (`lock`): released by [`HeldLock::release`] once the
+/// value is stored, or, should the caller be cancelled or panic first, by a task its drop spawns
+/// (the waiters then go on at once instead of waiting out the hold).
+pub(crate) struct HeldLock {
+    cache: Cache,
+    key: String,
+    token: Option<String>,
+}
+
+impl HeldLock {
+    /// Releases the lock and wakes its waiters.
+    pub(crate) async fn release(mut self) {
+        if let Some(token) = self.token.take() {
+            self.cache.unlock(&self.key, &token).await;
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else { return };
+        let (cache, key) = (self.cache.clone(), std::mem::take(&mut self.key));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { cache.unlock(&key, &token).await });
+        }
+    }
+}
+
 /// What `lock_or_wait` gave.
 pub(crate) enum Locked<V> {
     /// Compute the value (holding the lock when `token` is set); `lookup`: a newer read to use
     /// instead of the caller's (its lease is the current one).
-    Compute { token: Option<String>, lookup: Option<Lookup<V>> },
+    Compute { token: Option<HeldLock>, lookup: Option<Lookup<V>> },
     /// The holder's value.
     Ready(Found<V>, Times),
 }

@@ -488,8 +488,8 @@ async fn read_through<M: Mode, F: Future<Output = M::Out>>(
             store(cache, key.clone(), namespace, (lease, lookup.l1_epoch), found, opts, started.elapsed()).await;
         }
     }
-    if let Some(token) = lock_token {
-        cache.unlock(&key, &token).await;
+    if let Some(held) = lock_token {
+        held.release().await;
     }
     leader.finish(shared);
     match fallback {

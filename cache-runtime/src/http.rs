@@ -795,8 +795,8 @@ where
     let lease = lookup.lease.filter(|_| store).map(|lease| (lease, lookup.l1_epoch));
     let response =
         compute_with(cache, key.clone(), namespace, &request, opts, http, body, lease, x_cache, fallback, leader).await;
-    if let Some(token) = lock_token {
-        cache.unlock(&key, &token).await;
+    if let Some(held) = lock_token {
+        held.release().await;
     }
     response
 }
