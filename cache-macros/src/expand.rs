@@ -827,7 +827,11 @@ fn cache_binding(cache: Option<&syn::Expr>, krate: &TokenStream, owned: bool) ->
             let __cr_cache_ref = &(#expr);
             let __cr_cache: &#krate::__private::Cache = #krate::__private::as_cache(__cr_cache_ref);
         },
-        None => quote!(let __cr_cache: &#krate::__private::Cache = #krate::__private::global();),
+        // The enclosing `cache_runtime::scope`'s cache, else the global one.
+        None => quote! {
+            let __cr_cache_current = #krate::__private::current();
+            let __cr_cache: &#krate::__private::Cache = &__cr_cache_current;
+        },
     }
 }
 

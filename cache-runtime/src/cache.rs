@@ -66,6 +66,8 @@ struct Inner {
     format: Format,
     max_value_bytes: usize,
     oversized_logged: std::sync::atomic::AtomicBool,
+    /// [`Cache::disabled`]: nothing is read or stored.
+    disabled: bool,
 }
 
 #[derive(Debug)]
@@ -417,6 +419,7 @@ impl CacheBuilder {
                 refreshing: moka::sync::Cache::builder().time_to_live(Duration::from_secs(30)).build(),
                 last_error_log_ms: AtomicU64::new(0),
                 redact_keys: self.redact_keys,
+                disabled: false,
                 format: self.format,
                 max_value_bytes: self.max_value_bytes,
                 oversized_logged: std::sync::atomic::AtomicBool::new(false),
@@ -486,6 +489,34 @@ impl Cache {
     /// ```
     pub fn redis(url: &str) -> Result<Cache, CacheError> {
         Cache::builder().redis(url).build()
+    }
+
+    /// A cache that never stores: every cached call runs its body, every read misses (counted
+    /// in `stats().misses`), `set` stores nothing, invalidations succeed and do nothing. For
+    /// tests that must see the code behind a `#[cached]` fn run, and for turning caching off by
+    /// configuration.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_runtime::Cache::disabled();
+    /// cache.set("k", &1u32, std::time::Duration::from_secs(60)).await.unwrap();
+    /// assert_eq!(cache.get::<u32>("k").await, None);
+    /// assert_eq!(cache.get_or_fetch("k", std::time::Duration::from_secs(60), || async { 2u32 }).await, 2);
+    /// assert_eq!(cache.stats().stores, 0);
+    /// # }
+    /// ```
+    pub fn disabled() -> Cache {
+        let mut cache = Cache::memory();
+        if let Some(inner) = Arc::get_mut(&mut cache.inner) {
+            inner.disabled = true;
+        }
+        cache
+    }
+
+    /// Whether this is a [`Cache::disabled`] cache.
+    #[inline]
+    pub fn is_disabled(&self) -> bool {
+        self.inner.disabled
     }
 
     /// Whether entries are stored in Redis.
@@ -827,6 +858,9 @@ impl Cache {
         tags: &[String],
         refresh: bool,
     ) -> Lookup<V> {
+        if self.inner.disabled {
+            return Lookup { hit: None, lease: None, l1_epoch: None };
+        }
         match &self.inner.store {
             Store::Memory(mem) => {
                 if let Some(hit) = memory_hit::<V>(mem, key, Some(0), now_ms()).filter(|_| !refresh) {
@@ -1049,6 +1083,9 @@ impl Cache {
 
     /// Stores unconditionally (the plain API's `set`).
     async fn store<V: Stored, C: Codec<V>>(&self, key: String, value: &V, ttl: Duration) -> Result<(), CacheError> {
+        if self.inner.disabled {
+            return Ok(());
+        }
         let meta = self.meta::<V>(ttl, Duration::ZERO, Duration::ZERO, Vec::new());
         let result = match &self.inner.store {
             Store::Memory(mem) => self.checked_payload::<V, C>(Some(value)).map(|payload| {

@@ -335,10 +335,15 @@ where
     M: Mode + 'a,
     F: Future<Output = M::Out> + 'a,
 {
-    let fast = local_hit::<M>(cache, key, opts);
+    // A disabled cache: every call runs its body (no single-flight either).
+    let fast = if cache.is_disabled() { Err((key, false)) } else { local_hit::<M>(cache, key, opts) };
     async move {
         match fast {
             Ok(out) => out,
+            Err((key, _)) if cache.is_disabled() => {
+                cache.record_miss(&key);
+                body.await
+            }
             Err(call) => Box::pin(read_through::<M, F>(cache, call, namespace, tags, opts, body, spawner)).await,
         }
     }

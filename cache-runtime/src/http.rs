@@ -610,7 +610,8 @@ where
     F: Future<Output = R> + 'a,
 {
     let request = request.0;
-    let fast = if request.method != Method::GET && request.method != Method::HEAD {
+    // A disabled cache answers like a bypass: the handler runs, nothing is stored.
+    let fast = if cache.is_disabled() || (request.method != Method::GET && request.method != Method::HEAD) {
         Err(None)
     } else {
         let directive = if http.honor_no_cache { client_directive(&request.headers) } else { ClientDirective::None };

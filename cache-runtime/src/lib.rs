@@ -143,6 +143,73 @@ pub fn global() -> &'static Cache {
     GLOBAL.get_or_init(Cache::memory)
 }
 
+tokio::task_local! {
+    static SCOPED: Cache;
+}
+
+/// Runs `fut` with `cache` as the cache of every `#[cached]` and `#[invalidates]` fn without a
+/// `cache` option that it calls (and of [`current`]), instead of the process-wide [`global`]
+/// cache: each test (or task) gets its own entries, and the global one, which cannot be reset,
+/// is left alone. Tasks spawned inside do not inherit it (as with any Tokio task-local).
+///
+/// ```
+/// use cache_runtime::{cached, Cache};
+///
+/// #[cached(key = "answer")]
+/// async fn answer() -> u32 { 42 }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mine = Cache::memory();
+/// cache_runtime::scope(mine.clone(), async {
+///     assert_eq!(answer().await, 42);
+/// })
+/// .await;
+/// assert_eq!(mine.stats().misses, 1); // stored in `mine`, not in the global cache
+/// assert_eq!(cache_runtime::global().stats().misses, 0);
+/// # }
+/// ```
+pub async fn scope<F: std::future::Future>(cache: Cache, fut: F) -> F::Output {
+    SCOPED.scope(cache, fut).await
+}
+
+/// The cache a `#[cached]` fn without a `cache` option uses here: the one of the enclosing
+/// [`scope`], else the [`global`] one.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// assert!(!cache_runtime::current().is_disabled());
+/// cache_runtime::scope(cache_runtime::Cache::disabled(), async {
+///     assert!(cache_runtime::current().is_disabled());
+/// })
+/// .await;
+/// # }
+/// ```
+pub fn current() -> Current {
+    SCOPED.try_with(|cache| Current::Scoped(cache.clone())).unwrap_or_else(|_| Current::Global(global()))
+}
+
+/// What [`current`] returns: the global cache (borrowed: no reference count touched on the hot
+/// path) or a scoped one.
+#[derive(Debug)]
+pub enum Current {
+    /// No [`scope`] encloses the caller.
+    Global(&'static Cache),
+    /// The cache of the enclosing [`scope`].
+    Scoped(Cache),
+}
+
+impl std::ops::Deref for Current {
+    type Target = Cache;
+
+    #[inline]
+    fn deref(&self) -> &Cache {
+        match self {
+            Current::Global(cache) => cache,
+            Current::Scoped(cache) => cache,
+        }
+    }
+}
+
 /// What the macros expand to. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
@@ -152,7 +219,7 @@ pub mod __private {
     pub use crate::returns::{
         Outcome, Returns, SucceededOption, SucceededResult, SucceededValue, ViaOption, ViaResult, ViaValue,
     };
-    pub use crate::{global, Cache, Cacheable};
+    pub use crate::{current, global, Cache, Cacheable};
     pub use core::time::Duration;
 
     #[cfg(feature = "axum")]
