@@ -67,40 +67,10 @@ pub use http::X_CACHE;
 #[cfg(feature = "axum")]
 pub use layer::{CacheLayer, CacheService};
 
-/// Caches an async function's result. See the crate README for every option.
-///
-/// ```
-/// # use cache_runtime::cached;
-/// #[cached(expire = 30, key = "square:<n>")]
-/// async fn square(n: u64) -> u64 { n * n }
-/// # #[tokio::main(flavor = "current_thread")] async fn main() { assert_eq!(square(3).await, 9); }
-/// ```
+#[doc = include_str!("../../docs/CACHED.md")]
 pub use cache_macros::cached;
 
-/// Invalidates keys, tags or a namespace after an async fn succeeds (`Ok`, `Some`, a 2xx
-/// response, or any other value), on every replica. Placeholders work as in `#[cached]`.
-///
-/// ```
-/// use cache_runtime::{cached, invalidates};
-///
-/// #[cached(expire = 60, key = "user:<id>", tags = ["users"])]
-/// async fn user(id: u64) -> Option<String> { Some(format!("user {id}")) }
-///
-/// #[invalidates(key = "user:<id>")]
-/// async fn rename(id: u64, name: String) -> Result<(), std::io::Error> {
-///     let _ = (id, name); // write to the database here
-///     Ok(())
-/// }
-///
-/// #[invalidates(tags = ["users"])]
-/// async fn import_users() -> Result<usize, std::io::Error> { Ok(0) }
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// user(1).await;
-/// rename(1, "Ada".into()).await.unwrap(); // the next user(1) runs the body again
-/// import_users().await.unwrap();          // so does every fn cached with the tag `users`
-/// # }
-/// ```
+#[doc = include_str!("../../docs/INVALIDATES.md")]
 pub use cache_macros::invalidates;
 
 /// A value that can be stored in the cache: serializable, deserializable, cloneable and
