@@ -371,6 +371,11 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         });
     }
 
+    let call_ctx = quote! {
+        #krate::__private::Call {
+            cache: __cr_cache, key: __cr_w.finish(), namespace: #namespace, tags: &__cr_tags, opts: &__CR_OPTS,
+        }
+    };
     let (runtime_fn, value_ty, infer) = match mode {
         Mode::Plain => {
             // Not spelled `Result<…>`/`Option<…>`: it may still be one behind an alias
@@ -380,7 +385,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
                     #[allow(unused_imports)]
                     use #krate::__private::{ViaOption as _, ViaResult as _, ViaValue as _};
                     (&&#krate::__private::Returns::<#ret_ty>::new()).cached_by_type(
-                        __cr_cache, __cr_w.finish(), #namespace, &__cr_tags, &__CR_OPTS, __cr_body, #spawner,
+                        #call_ctx, __cr_body, #spawner,
                     ).await
                 }
             };
@@ -398,9 +403,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let runtime_fn = Ident::new(runtime_fn, value_ty.span());
     // Spanned at the cached type, so "cannot be stored in the cache" points at it.
     let call = quote_spanned! {value_ty.span()=>
-        #krate::__private::#runtime_fn::<#value_ty, #infer>(
-            __cr_cache, __cr_w.finish(), #namespace, &__cr_tags, &__CR_OPTS, __cr_body, #spawner,
-        ).await
+        #krate::__private::#runtime_fn::<#value_ty, #infer>(#call_ctx, __cr_body, #spawner).await
     };
     Ok(quote! {
         #(#outer)*

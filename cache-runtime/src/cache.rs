@@ -1522,9 +1522,10 @@ impl Namespace<'_> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        let opts = CallOpts::new().expire(ttl);
+        let (opts, namespace) = (CallOpts::new().expire(ttl), self.escaped());
         let key = self.cache.full_key(self.namespace, key);
-        fetch::run::<Plain<T>, _>(self.cache, key, &self.escaped(), &[], &opts, fetch(), Spawner::inline()).await
+        let call = fetch::Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts };
+        fetch::run::<Plain<T>, _>(call, fetch(), Spawner::inline()).await
     }
 
     /// Cache-aside for fallible fetches: only `Ok` values are stored.
@@ -1544,9 +1545,9 @@ impl Namespace<'_> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let opts = CallOpts::new().expire(ttl);
+        let (opts, namespace) = (CallOpts::new().expire(ttl), self.escaped());
         let key = self.cache.full_key(self.namespace, key);
-        fetch::run::<ResultMode<T, E>, _>(self.cache, key, &self.escaped(), &[], &opts, fetch(), Spawner::inline())
-            .await
+        let call = fetch::Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts };
+        fetch::run::<ResultMode<T, E>, _>(call, fetch(), Spawner::inline()).await
     }
 }

@@ -322,19 +322,12 @@ const REFRESH_HOLD: Duration = Duration::from_secs(10);
 /// A hit in process memory is answered synchronously, when the call is made; only a miss (or
 /// a Redis read) builds the full read-through future, boxed, so a hit does not pay for moving
 /// a large future around.
-pub(crate) fn run<'a, M, F>(
-    cache: &'a Cache,
-    key: String,
-    namespace: &'a str,
-    tags: &'a [String],
-    opts: &'a CallOpts,
-    body: F,
-    spawner: Spawner<F>,
-) -> impl Future<Output = M::Out> + 'a
+pub(crate) fn run<'a, M, F>(call: Call<'a>, body: F, spawner: Spawner<F>) -> impl Future<Output = M::Out> + 'a
 where
     M: Mode + 'a,
     F: Future<Output = M::Out> + 'a,
 {
+    let Call { cache, key, namespace, tags, opts } = call;
     // A disabled cache: every call runs its body (no single-flight either).
     let fast = if cache.is_disabled() { Err((key, false)) } else { local_hit::<M>(cache, key, opts) };
     async move {
@@ -530,43 +523,43 @@ async fn refresh_inline<M: Mode>(
     }
 }
 
+/// One `#[cached]` call: the cache, the rendered key, and how the entry is stored (its
+/// namespace, tags and options). What the generated code hands the runtime.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub cache: &'a Cache,
+    pub key: String,
+    pub namespace: &'a str,
+    pub tags: &'a [String],
+    pub opts: &'a CallOpts,
+}
+
 /// `#[cached]` on a fn returning `T`.
 pub fn cached_value<'a, T: Cacheable, F: Future<Output = T> + 'a>(
-    cache: &'a Cache,
-    key: String,
-    namespace: &'a str,
-    tags: &'a [String],
-    opts: &'a CallOpts,
+    call: Call<'a>,
     body: F,
     spawner: Spawner<F>,
 ) -> impl Future<Output = T> + 'a {
-    run::<Plain<T>, F>(cache, key, namespace, tags, opts, body, spawner)
+    run::<Plain<T>, F>(call, body, spawner)
 }
 
 /// `#[cached]` on a fn returning `Option<T>`.
 pub fn cached_option<'a, T: Cacheable, F: Future<Output = Option<T>> + 'a>(
-    cache: &'a Cache,
-    key: String,
-    namespace: &'a str,
-    tags: &'a [String],
-    opts: &'a CallOpts,
+    call: Call<'a>,
     body: F,
     spawner: Spawner<F>,
 ) -> impl Future<Output = Option<T>> + 'a {
-    run::<OptionMode<T>, F>(cache, key, namespace, tags, opts, body, spawner)
+    run::<OptionMode<T>, F>(call, body, spawner)
 }
 
 /// `#[cached]` on a fn returning `Result<T, E>`.
 pub fn cached_result<'a, T: Cacheable, E: 'a, F: Future<Output = Result<T, E>> + 'a>(
-    cache: &'a Cache,
-    key: String,
-    namespace: &'a str,
-    tags: &'a [String],
-    opts: &'a CallOpts,
+    call: Call<'a>,
     body: F,
     spawner: Spawner<F>,
 ) -> impl Future<Output = Result<T, E>> + 'a {
-    run::<ResultMode<T, E>, F>(cache, key, namespace, tags, opts, body, spawner)
+    run::<ResultMode<T, E>, F>(call, body, spawner)
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ impl std::ops::Deref for Current {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::cache::Invalidation;
-    pub use crate::fetch::{cached_option, cached_result, cached_value, CallOpts, Spawner};
+    pub use crate::fetch::{cached_option, cached_result, cached_value, Call, CallOpts, Spawner};
     pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};
     pub use crate::returns::{
         Outcome, Returns, SucceededOption, SucceededResult, SucceededValue, ViaOption, ViaResult, ViaValue,

@@ -11,8 +11,8 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
-use crate::fetch::{cached_option, cached_result, cached_value, CallOpts, Spawner};
-use crate::{Cache, Cacheable};
+use crate::fetch::{cached_option, cached_result, cached_value, Call, Spawner};
+use crate::Cacheable;
 
 /// The return type `R` of a `#[cached]` fn, as a value for method resolution to look at.
 #[doc(hidden)]
@@ -34,14 +34,9 @@ impl<R> Returns<R> {
 /// `R` is a `Result<T, E>`: only an `Ok` is stored.
 #[doc(hidden)]
 pub trait ViaResult<T, E> {
-    #[allow(clippy::too_many_arguments)]
     fn cached_by_type<'a, F>(
         &self,
-        cache: &'a Cache,
-        key: String,
-        namespace: &'a str,
-        tags: &'a [String],
-        opts: &'a CallOpts,
+        call: Call<'a>,
         body: F,
         spawner: Spawner<F>,
     ) -> impl Future<Output = Result<T, E>> + 'a
@@ -54,11 +49,7 @@ pub trait ViaResult<T, E> {
 impl<T, E> ViaResult<T, E> for &Returns<Result<T, E>> {
     fn cached_by_type<'a, F>(
         &self,
-        cache: &'a Cache,
-        key: String,
-        namespace: &'a str,
-        tags: &'a [String],
-        opts: &'a CallOpts,
+        call: Call<'a>,
         body: F,
         spawner: Spawner<F>,
     ) -> impl Future<Output = Result<T, E>> + 'a
@@ -67,21 +58,16 @@ impl<T, E> ViaResult<T, E> for &Returns<Result<T, E>> {
         E: 'a,
         F: Future<Output = Result<T, E>> + 'a,
     {
-        cached_result::<T, E, F>(cache, key, namespace, tags, opts, body, spawner)
+        cached_result::<T, E, F>(call, body, spawner)
     }
 }
 
 /// `R` is an `Option<T>`: a `None` is stored only with `cache_none`.
 #[doc(hidden)]
 pub trait ViaOption<T> {
-    #[allow(clippy::too_many_arguments)]
     fn cached_by_type<'a, F>(
         &self,
-        cache: &'a Cache,
-        key: String,
-        namespace: &'a str,
-        tags: &'a [String],
-        opts: &'a CallOpts,
+        call: Call<'a>,
         body: F,
         spawner: Spawner<F>,
     ) -> impl Future<Output = Option<T>> + 'a
@@ -93,11 +79,7 @@ pub trait ViaOption<T> {
 impl<T> ViaOption<T> for &Returns<Option<T>> {
     fn cached_by_type<'a, F>(
         &self,
-        cache: &'a Cache,
-        key: String,
-        namespace: &'a str,
-        tags: &'a [String],
-        opts: &'a CallOpts,
+        call: Call<'a>,
         body: F,
         spawner: Spawner<F>,
     ) -> impl Future<Output = Option<T>> + 'a
@@ -105,45 +87,26 @@ impl<T> ViaOption<T> for &Returns<Option<T>> {
         T: Cacheable,
         F: Future<Output = Option<T>> + 'a,
     {
-        cached_option::<T, F>(cache, key, namespace, tags, opts, body, spawner)
+        cached_option::<T, F>(call, body, spawner)
     }
 }
 
 /// Any other `R`: the value itself is stored.
 #[doc(hidden)]
 pub trait ViaValue<R> {
-    #[allow(clippy::too_many_arguments)]
-    fn cached_by_type<'a, F>(
-        &self,
-        cache: &'a Cache,
-        key: String,
-        namespace: &'a str,
-        tags: &'a [String],
-        opts: &'a CallOpts,
-        body: F,
-        spawner: Spawner<F>,
-    ) -> impl Future<Output = R> + 'a
+    fn cached_by_type<'a, F>(&self, call: Call<'a>, body: F, spawner: Spawner<F>) -> impl Future<Output = R> + 'a
     where
         R: Cacheable,
         F: Future<Output = R> + 'a;
 }
 
 impl<R> ViaValue<R> for Returns<R> {
-    fn cached_by_type<'a, F>(
-        &self,
-        cache: &'a Cache,
-        key: String,
-        namespace: &'a str,
-        tags: &'a [String],
-        opts: &'a CallOpts,
-        body: F,
-        spawner: Spawner<F>,
-    ) -> impl Future<Output = R> + 'a
+    fn cached_by_type<'a, F>(&self, call: Call<'a>, body: F, spawner: Spawner<F>) -> impl Future<Output = R> + 'a
     where
         R: Cacheable,
         F: Future<Output = R> + 'a,
     {
-        cached_value::<R, F>(cache, key, namespace, tags, opts, body, spawner)
+        cached_value::<R, F>(call, body, spawner)
     }
 }
 
