@@ -745,7 +745,8 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
     errors.finish()?;
 
     let handler = is_handler(args.http, &func);
-    let cache = cache_binding(args.cache.as_ref(), &krate, false);
+    // Owned (an `Arc` clone): the body may move what the `cache` expression borrows from.
+    let cache = cache_binding(args.cache.as_ref(), &krate, true);
     let ItemFn { attrs, vis, block, .. } = &func;
     let (outer, inner): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer));
     let stmts = &block.stmts;
