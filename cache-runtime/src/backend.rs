@@ -762,6 +762,11 @@ impl RedisStore {
         Ok(self.invoke::<i64>(&invocation).await? == 1)
     }
 
+    /// The raw bytes under `key` (`GET`), for inspection.
+    pub(crate) async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        self.run(redis::cmd("GET").arg(key)).await
+    }
+
     pub(crate) async fn unlink(&self, key: &str) -> Result<(), CacheError> {
         self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
     }

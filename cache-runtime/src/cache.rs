@@ -588,6 +588,23 @@ impl Cache {
         self.namespace(DEFAULT_NAMESPACE).get(key).await
     }
 
+    /// What is stored under `key` (default namespace), without decoding the value: when it was
+    /// stored, the freshness and staleness left, its tags with their versions, its size and
+    /// format; `None` when nothing readable is stored (or Redis cannot be reached).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_runtime::Cache::memory();
+    /// cache.set("k", &"v".to_string(), std::time::Duration::from_secs(60)).await.unwrap();
+    /// let info = cache.inspect("k").await.unwrap();
+    /// assert!(info.fresh_for > std::time::Duration::from_secs(55));
+    /// assert!(cache.inspect("other").await.is_none());
+    /// # }
+    /// ```
+    pub async fn inspect(&self, key: &str) -> Option<EntryInfo> {
+        self.namespace(DEFAULT_NAMESPACE).inspect(key).await
+    }
+
     /// Stores `value` under `key` (default namespace) for `ttl`.
     pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), CacheError> {
         self.namespace(DEFAULT_NAMESPACE).set(key, value, ttl).await
@@ -1462,6 +1479,62 @@ impl Cache {
     }
 }
 
+/// Where an inspected entry was found (see [`Cache::inspect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Tier {
+    /// The in-memory store (a cache built without Redis).
+    Memory,
+    /// Redis (one server or a cluster).
+    Redis,
+}
+
+/// What is stored under a key, without decoding its value: for tests and for operators
+/// ([`Cache::inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// The store it was read from.
+    pub tier: Tier,
+    /// Whether this process's L1 also holds a copy (Redis with the L1 only).
+    pub in_l1: bool,
+    /// When the value was stored.
+    pub stored_at: std::time::SystemTime,
+    /// Freshness left (zero once it expired).
+    pub fresh_for: Duration,
+    /// How long it may still be served stale (`stale`, `stale_if_error`; zero without a window).
+    pub stale_for: Duration,
+    /// A stored `None` (`cache_none`).
+    pub negative: bool,
+    /// The tags the entry carries, with the versions it recorded (the namespace not included).
+    pub tags: Vec<(String, u64)>,
+    /// Bytes it takes: the stored envelope in Redis, the estimated weight in memory.
+    pub bytes: usize,
+    /// The payload format in Redis (`None` in memory, which holds typed values).
+    pub format: Option<Format>,
+    /// The `ETag` of a stored response.
+    pub etag: Option<String>,
+}
+
+impl EntryInfo {
+    fn of(tier: Tier, meta: &Meta, negative: bool, bytes: usize, format: Option<Format>) -> EntryInfo {
+        let now = now_ms();
+        let ms = |until: u64| Duration::from_millis(until.saturating_sub(now));
+        EntryInfo {
+            tier,
+            in_l1: false,
+            stored_at: std::time::UNIX_EPOCH + Duration::from_millis(meta.stored_at_ms),
+            fresh_for: ms(meta.fresh_until_ms),
+            stale_for: ms(meta.stale_until_ms).saturating_sub(ms(meta.fresh_until_ms)),
+            negative,
+            tags: meta.tags.iter().filter(|(t, _)| !t.starts_with("%%ns:")).cloned().collect(),
+            bytes,
+            format,
+            etag: meta.etag.as_deref().map(str::to_owned),
+        }
+    }
+}
+
 /// The plain API within one namespace, from [`Cache::namespace`].
 #[derive(Debug, Clone, Copy)]
 pub struct Namespace<'a> {
@@ -1470,6 +1543,24 @@ pub struct Namespace<'a> {
 }
 
 impl Namespace<'_> {
+    /// What is stored under `key` in this namespace (see [`Cache::inspect`]).
+    pub async fn inspect(&self, key: &str) -> Option<EntryInfo> {
+        let full = self.cache.full_key(self.namespace, key);
+        match &self.cache.inner.store {
+            Store::Memory(mem) => {
+                let entry = mem.get(&full)?;
+                Some(EntryInfo::of(Tier::Memory, &entry.meta, entry.negative, entry.weight as usize, None))
+            }
+            Store::Redis { redis, l1, .. } => {
+                let bytes = redis.get_raw(&full).await.ok()??;
+                let decoded = envelope::decode(&bytes).ok().filter(|d| d.key_hash == envelope::key_hash(&full))?;
+                let mut info = EntryInfo::of(Tier::Redis, &decoded.meta, decoded.negative, bytes.len(), decoded.format);
+                info.in_l1 = l1.as_ref().is_some_and(|c| c.live() && c.l1.get(&full).is_some());
+                Some(info)
+            }
+        }
+    }
+
     fn escaped(&self) -> String {
         let mut ns = String::new();
         key::escape_into(&mut ns, self.namespace);

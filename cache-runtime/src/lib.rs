@@ -59,7 +59,9 @@ pub mod cookbook {}
 
 use std::sync::OnceLock;
 
-pub use cache::{Cache, CacheBuilder, Namespace, Stats, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE};
+pub use cache::{
+    Cache, CacheBuilder, EntryInfo, Namespace, Stats, Tier, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE,
+};
 pub use codec::Format;
 pub use error::{AlreadyInitialized, CacheError};
 #[cfg(feature = "axum")]

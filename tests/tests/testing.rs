@@ -83,3 +83,52 @@ async fn each_scope_has_its_own_cache() {
     assert_eq!(first.stats().invalidations, 0, "the second scope's write stayed in it");
     assert!(cache_runtime::global().get::<u32>("price:7").await.is_none(), "the global cache was not used");
 }
+
+#[cached(expire = 60, stale = 30, key = "shelf:<id>", tags = ["shelves", "shelf:<id>"], cache = cache, skip = [cache])]
+async fn shelf(cache: &Cache, id: u32) -> Option<u32> {
+    (id > 0).then_some(id)
+}
+
+#[cached(expire = 60, cache_none, key = "maybe:<id>", cache = cache, skip = [cache])]
+async fn maybe(cache: &Cache, id: u32) -> Option<u32> {
+    (id > 0).then_some(id)
+}
+
+/// `Cache::inspect`: what a `#[cached]` call stored under its key: freshness and staleness
+/// left, its tags with versions, size, format, a stored `None`, and whether the L1 holds it.
+#[tokio::test]
+async fn what_is_stored_can_be_inspected() {
+    for b in support::Backend::all() {
+        assert_eq!(shelf(&b.cache, 4).await, Some(4));
+        assert_eq!(maybe(&b.cache, 0).await, None);
+        if b.name.ends_with("l1") {
+            // A second read fills this process's L1 from Redis.
+            shelf(&b.cache, 4).await;
+        }
+        let info = b.cache.inspect("shelf:4").await.unwrap_or_else(|| panic!("{}: the entry", b.name));
+        assert!(
+            info.fresh_for > std::time::Duration::from_secs(55) && info.fresh_for <= std::time::Duration::from_secs(60),
+            "{}: {info:?}",
+            b.name
+        );
+        assert!(
+            info.stale_for > std::time::Duration::from_secs(29) && info.stale_for <= std::time::Duration::from_secs(30),
+            "{}: {info:?}",
+            b.name
+        );
+        let tags: Vec<&str> = info.tags.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tags, ["shelves", "shelf:4"], "{}", b.name);
+        assert!(!info.negative && info.bytes > 0, "{}: {info:?}", b.name);
+        assert!(info.stored_at <= std::time::SystemTime::now());
+        match b.name {
+            "memory" => assert_eq!((info.tier, info.format, info.in_l1), (cache_runtime::Tier::Memory, None, false)),
+            "redis" => assert_eq!(
+                (info.tier, info.format, info.in_l1),
+                (cache_runtime::Tier::Redis, Some(cache_runtime::Format::Json), false)
+            ),
+            _ => assert_eq!((info.tier, info.in_l1), (cache_runtime::Tier::Redis, true), "{}: {info:?}", b.name),
+        }
+        assert!(b.cache.inspect("maybe:0").await.unwrap().negative, "{}: a stored None", b.name);
+        assert!(b.cache.inspect("shelf:5").await.is_none(), "{}", b.name);
+    }
+}
