@@ -771,16 +771,13 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
         let into = quote_spanned!(ret_ty.span()=> #krate::__private::IntoResponse::into_response(__cr_out));
         (sig, quote!(let __cr_out = #into; let __cr_ok = __cr_out.status().is_success();), quote!(__cr_out))
     } else {
-        let check = match mode(&ret_ty) {
-            Mode::Option(_) => quote!(::core::option::Option::is_some(&__cr_out)),
-            Mode::Result(_) => quote!(::core::result::Result::is_ok(&__cr_out)),
-            // Not spelled `Result`/`Option`: the type decides (an alias of either).
-            Mode::Plain => quote!({
-                #[allow(unused_imports)]
-                use #krate::__private::{SucceededOption as _, SucceededResult as _, SucceededValue as _};
-                (&&#krate::__private::Outcome(&__cr_out)).succeeded()
-            }),
-        };
+        // The type decides, however it is spelled: `Ok` of a `Result` (an alias included),
+        // `Some` of an `Option`, any value of another type.
+        let check = quote!({
+            #[allow(unused_imports)]
+            use #krate::__private::{SucceededOption as _, SucceededResult as _, SucceededValue as _};
+            (&&#krate::__private::Outcome(&__cr_out)).succeeded()
+        });
         (sig.clone(), quote!(let __cr_ok = #check;), quote!(__cr_out))
     };
     let uses_bounds = return_bounds(&ret_ty, handler);

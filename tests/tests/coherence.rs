@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cache_runtime::test_util::RedisServer;
 use cache_runtime::Cache;
-use support::rows::{read_plain, read_row, write_plain, write_tagged, Db};
+use support::rows::{live, read_plain, read_row, write_plain, write_tagged, Db};
 
 fn replica(server: &RedisServer) -> Cache {
     Cache::builder().redis(server.url()).prefix("c").command_timeout(Duration::from_millis(200)).build().unwrap()
@@ -19,13 +19,6 @@ async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn live(cache: &Cache) {
-    let db = Db::default();
-    // The first cached call starts the invalidation channel.
-    read_plain(cache, &db, u32::MAX).await;
-    until("the L1 is live", async || cache.l1_live()).await;
 }
 
 async fn redis_reads(server: &RedisServer) -> u64 {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_runtime::{cached, Cache};
-use support::{Backend, Calls};
+use support::{eventually, Backend, Calls};
 
 /// Holds every body run after the first until the test opens it: "answered while the refresh
 /// runs" is then an ordering the test controls, not a race against a timer.
@@ -27,16 +27,6 @@ impl Gate {
 
     fn open(&self) {
         self.0.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
-    }
-}
-
-/// Polls `ok` until it holds, for at most 10 s (generous: only a broken build takes that long).
-async fn eventually(what: &str, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cache_runtime::test_util::RedisServer;
 use cache_runtime::{cached, Cache};
-use support::rows::{read_plain, read_row, write_plain, write_tagged, Db};
+use support::rows::{live, read_plain, read_row, write_plain, write_tagged, Db};
 use support::Calls;
 
 #[cached(expire = 60, key = "id:<id>", cache = cache, skip = [cache, calls])]
@@ -33,23 +33,13 @@ fn cache(server: &RedisServer, l1: bool) -> Cache {
 /// Three replicas on `server`: two with a live L1, one without.
 async fn replicas(server: &RedisServer) -> (Cache, Cache, Cache) {
     let (a, b, plain) = (cache(server, true), cache(server, true), cache(server, false));
-    until_live(&a).await;
-    until_live(&b).await;
+    live(&a).await;
+    live(&b).await;
     (a, b, plain)
 }
 
 async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
-}
-
-async fn until_live(cache: &Cache) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let db = Db::default();
-    read_plain(cache, &db, u32::MAX).await;
-    while !cache.l1_live() {
-        assert!(std::time::Instant::now() < deadline, "the L1 never became live");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The ways an internal key can be damaged: a foreign string, a value of another type, or
@@ -225,7 +215,7 @@ async fn process_memory_is_bounded_by_bytes_by_default() {
 
     let server = RedisServer::start().unwrap();
     let two_tier = cache(&server, true);
-    until_live(&two_tier).await;
+    live(&two_tier).await;
     for id in 0..48 {
         assert_eq!(big(&two_tier, id).await.len(), 2 << 20);
         assert_eq!(big(&two_tier, id).await.len(), 2 << 20, "read back (into the L1)");

@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
 use cache_runtime::{Cache, CacheLayer};
-use support::{Backend, Calls};
+use support::{eventually, Backend, Calls};
 
 #[derive(serde::Deserialize)]
 struct Page {
@@ -147,16 +147,9 @@ async fn a_layer_serves_stale_while_revalidating_and_on_errors() {
             assert_eq!(r.headers()["x-cache"], "STALE", "{}", b.name);
             assert_eq!(r.text().await.unwrap(), "feed in - (run 1)");
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while service.calls.get() < 2 {
-            assert!(Instant::now() < deadline, "{}: the refresh started", b.name);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(&format!("{}: the refresh started", b.name), async || service.calls.get() >= 2).await;
         service.gate.add_permits(1000);
-        while b.cache.stats().stores < 2 {
-            assert!(Instant::now() < deadline, "{}: the refresh landed", b.name);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(&format!("{}: the refresh landed", b.name), async || b.cache.stats().stores >= 2).await;
         let r = c.get(&url).send().await.unwrap();
         assert_eq!(r.headers()["x-cache"], "HIT", "{}", b.name);
         assert_eq!(r.text().await.unwrap(), "feed in - (run 2)", "{}: replaced by the refresh", b.name);
@@ -197,11 +190,7 @@ async fn a_layer_with_lock_computes_once_across_replicas() {
                 tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() })
             })
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while service.calls.get() < 2 {
-            assert!(Instant::now() < deadline, "{}: the body started", b.name);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(&format!("{}: the body started", b.name), async || service.calls.get() >= 2).await;
         service.gate.add_permits(1000);
         for r in requests {
             assert_eq!(r.await.unwrap(), "feed in - (run 2)", "{}", b.name);

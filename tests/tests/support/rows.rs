@@ -39,3 +39,13 @@ pub async fn write_tagged(cache: &Cache, db: &Db, value: u64) -> Result<(), ()> 
     db.row.store(value, Ordering::SeqCst);
     Ok(())
 }
+
+/// Waits (5 s at most) until `cache`'s L1 is live; its first cached call starts the channel.
+pub async fn live(cache: &Cache) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    read_plain(cache, &Db::default(), u32::MAX).await;
+    while !cache.l1_live() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until the L1 is live");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
