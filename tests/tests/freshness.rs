@@ -3,7 +3,7 @@
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{cached, Cache};
@@ -157,8 +157,11 @@ async fn a_failing_body_falls_back_to_the_stale_value() {
 
 const KEYS: usize = 1000;
 
-#[cached(expire = 2, beta = 4.0, key = "early:<id>", cache = cache, skip = [cache, runs])]
-async fn early(cache: Cache, runs: Arc<Vec<AtomicU32>>, id: usize) -> usize {
+/// Each key notes when its first run began: its entry is stored after that, so it expires no
+/// earlier than that instant + 2 s.
+#[cached(expire = 2, beta = 4.0, key = "early:<id>", cache = cache, skip = [cache, runs, began])]
+async fn early(cache: Cache, runs: Arc<Vec<AtomicU32>>, began: Arc<Vec<OnceLock<Instant>>>, id: usize) -> usize {
+    began[id].get_or_init(Instant::now);
     runs[id].fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(25)).await;
     id
@@ -176,21 +179,24 @@ async fn early_refresh_happens_before_expiry_and_is_spread_out() {
 
 async fn early_refresh_on(cache: Cache) {
     let runs: Arc<Vec<AtomicU32>> = Arc::new((0..KEYS).map(|_| AtomicU32::new(0)).collect());
-    // Every entry is stored after this instant, so none expires before `started` + 2 s: a
-    // refresh seen before `started` + 1.9 s is an early one, never a plain expiry miss.
-    let started = Instant::now();
+    let began: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..KEYS).map(|_| OnceLock::new()).collect());
+    let call = |id| early(cache.clone(), runs.clone(), began.clone(), id);
     // 1,000 keys written at about the same instant (each took ~25 ms to compute).
-    let fills: Vec<_> = (0..KEYS).map(|id| tokio::spawn(early(cache.clone(), runs.clone(), id))).collect();
+    let fills: Vec<_> = (0..KEYS).map(|id| tokio::spawn(call(id))).collect();
     for fill in fills {
         fill.await.unwrap();
     }
-    // Read every key every 20 ms until just before they expire; note when each was refreshed.
+    // Key `id` expires no earlier than `began[id]` + 2 s: a refresh seen before that is an early
+    // one, never a plain expiry miss. Read every key every 20 ms until just before the last
+    // fill's entry expires (however long the fills took); note when each was refreshed, counted
+    // from its own first run.
+    let last = began.iter().filter_map(|b| b.get().copied()).max().unwrap();
     let mut refreshed_at: Vec<Option<Duration>> = vec![None; KEYS];
-    while started.elapsed() < Duration::from_millis(1900) {
+    while last.elapsed() < Duration::from_millis(1900) {
         for id in 0..KEYS {
-            assert_eq!(early(cache.clone(), runs.clone(), id).await, id);
-            let seen = started.elapsed();
-            if refreshed_at[id].is_none() && runs[id].load(Ordering::SeqCst) > 1 && seen < Duration::from_millis(1950) {
+            assert_eq!(call(id).await, id);
+            let seen = began[id].get().unwrap().elapsed();
+            if refreshed_at[id].is_none() && runs[id].load(Ordering::SeqCst) > 1 && seen < Duration::from_millis(2000) {
                 refreshed_at[id] = Some(seen);
             }
         }
