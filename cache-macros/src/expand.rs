@@ -286,7 +286,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         (quote!(async), quote!(#krate::__private::Spawner::inline()))
     };
     let namespace = args.namespace.as_ref().map_or_else(
-        || quote!(#krate::DEFAULT_NAMESPACE),
+        || quote!(#krate::__private::DEFAULT_NAMESPACE),
         |ns| {
             let ns = &ns.value;
             quote!(#ns)
@@ -356,7 +356,10 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         let response_ty = if fake_return.is_some() { quote!(#ret_ty) } else { quote!(_) };
         let call = quote_spanned! {ret_ty.span()=>
             #krate::__private::cached_handler::<#response_ty, _, #all_headers, #keep_uri>(
-                __cr_cache, __cr_w, #namespace, &__cr_tags, __cr_http, &__CR_OPTS, &__CR_HTTP, __cr_body, #spawner,
+                #krate::__private::Call {
+                    cache: __cr_cache, key: __cr_w, namespace: #namespace, tags: &__cr_tags, opts: &__CR_OPTS,
+                },
+                __cr_http, &__CR_HTTP, __cr_body, #spawner,
             ).await
         };
         let uses_bounds = return_bounds(ret_ty, true);
@@ -730,7 +733,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
     for key in &args.keys {
         let (stmts, capacity) = template_key(&key.value, key.span, &params, &[], &krate, &mut errors);
         ops.push(quote!(.key({
-            let mut __cr_w = #krate::__private::key_writer(__cr_cache, #krate::DEFAULT_NAMESPACE, #capacity);
+            let mut __cr_w = #krate::__private::key_writer(__cr_cache, #krate::__private::DEFAULT_NAMESPACE, #capacity);
             #stmts
             __cr_w.finish()
         })));

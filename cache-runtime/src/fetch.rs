@@ -524,12 +524,13 @@ async fn refresh_inline<M: Mode>(
 }
 
 /// One `#[cached]` call: the cache, the rendered key, and how the entry is stored (its
-/// namespace, tags and options). What the generated code hands the runtime.
+/// namespace, tags and options). What the generated code hands the runtime. A handler's key
+/// (`K = KeyWriter`) is finished by the runtime, after the `vary` headers are added to it.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct Call<'a> {
+pub struct Call<'a, K = String> {
     pub cache: &'a Cache,
-    pub key: String,
+    pub key: K,
     pub namespace: &'a str,
     pub tags: &'a [String],
     pub opts: &'a CallOpts,

@@ -593,14 +593,9 @@ fn remaining_secs(times: &Times) -> u64 {
 /// rest (a miss, a Redis read, a conditional refresh) builds the full future, boxed, so a hit
 /// does not pay for moving a large future around.
 #[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
 pub fn cached_handler<'a, R, F, const ALL_HEADERS: bool, const URI: bool>(
-    cache: &'a Cache,
-    mut key: KeyWriter,
-    namespace: &'a str,
-    tags: &'a [String],
+    call: fetch::Call<'a, KeyWriter>,
     request: HttpRequest<ALL_HEADERS, URI>,
-    opts: &'a CallOpts,
     http: &'a HttpOpts,
     body: F,
     spawner: Spawner<F>,
@@ -609,6 +604,7 @@ where
     R: IntoResponse + 'a,
     F: Future<Output = R> + 'a,
 {
+    let fetch::Call { cache, mut key, namespace, tags, opts } = call;
     let request = request.0;
     // A disabled cache answers like a bypass: the handler runs, nothing is stored.
     let fast = if cache.is_disabled() || (request.method != Method::GET && request.method != Method::HEAD) {

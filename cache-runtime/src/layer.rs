@@ -11,7 +11,7 @@ use axum::extract::Request;
 use axum::response::Response;
 
 use crate::cache::{Cache, DEFAULT_NAMESPACE};
-use crate::fetch::{CallOpts, Spawner};
+use crate::fetch::{Call, CallOpts, Spawner};
 use crate::http::{cached_handler, HttpOpts, HttpRequest};
 
 /// Caches the GET/HEAD responses of the services it wraps, keyed by path and query, with the
@@ -145,18 +145,8 @@ where
                     Err(never) => match never {},
                 }
             };
-            let response = cached_handler(
-                &layer.cache,
-                key,
-                &layer.namespace,
-                &[],
-                meta,
-                &layer.opts,
-                &layer.http,
-                body,
-                Spawner::background(),
-            )
-            .await;
+            let call = Call { cache: &layer.cache, key, namespace: &layer.namespace, tags: &[], opts: &layer.opts };
+            let response = cached_handler(call, meta, &layer.http, body, Spawner::background()).await;
             Ok(response)
         })
     }

@@ -185,7 +185,7 @@ impl std::ops::Deref for Current {
 /// What the macros expand to. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::cache::Invalidation;
+    pub use crate::cache::{Invalidation, DEFAULT_NAMESPACE};
     pub use crate::fetch::{cached_option, cached_result, cached_value, Call, CallOpts, Spawner};
     pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};
     pub use crate::returns::{
