@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::cache::Found;
+use crate::entry::Found;
 use crate::sync::lock;
 
 /// What a leader shares: `Some(value)` (an `Arc<(Found<V>, bool)>`, the flag set when the

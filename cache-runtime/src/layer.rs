@@ -10,9 +10,10 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::response::Response;
 
-use crate::cache::{Cache, DEFAULT_NAMESPACE};
-use crate::fetch::{Call, CallOpts, Spawner};
+use crate::cache::{Cache, Call, DEFAULT_NAMESPACE};
 use crate::http::{cached_handler, HttpOpts, HttpRequest};
+use crate::policy::CallOpts;
+use crate::read::Spawner;
 
 /// Caches the GET/HEAD responses of the services it wraps, keyed by path and query, with the
 /// same HTTP semantics as `#[cached]` on a handler (ETag, 304, Cache-Control, Vary, X-Cache).

@@ -30,20 +30,27 @@
 //! ```
 #![deny(missing_docs)]
 
+mod api;
 mod backend;
+mod builder;
 mod cache;
+mod claims;
 mod codec;
 mod coherence;
+mod engine;
+mod entry;
 mod envelope;
 mod error;
-mod fetch;
 mod flight;
 #[cfg(feature = "axum")]
 mod http;
+mod invalidate;
 pub mod key;
 #[cfg(feature = "axum")]
 mod layer;
 mod lock;
+mod policy;
+mod read;
 mod returns;
 mod sync;
 mod time;
@@ -59,9 +66,9 @@ pub mod cookbook {}
 
 use std::sync::OnceLock;
 
-pub use cache::{
-    Cache, CacheBuilder, EntryInfo, Namespace, Stats, Tier, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE,
-};
+pub use api::{EntryInfo, Namespace, Tier};
+pub use builder::CacheBuilder;
+pub use cache::{Cache, Stats, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE};
 pub use codec::Format;
 pub use error::{AlreadyInitialized, CacheError};
 #[cfg(feature = "axum")]
@@ -185,9 +192,12 @@ impl std::ops::Deref for Current {
 /// What the macros expand to. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::cache::{Invalidation, DEFAULT_NAMESPACE};
-    pub use crate::fetch::{cached_option, cached_result, cached_value, Call, CallOpts, Spawner};
+    pub use crate::cache::{Call, DEFAULT_NAMESPACE};
+    pub use crate::invalidate::Invalidation;
     pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};
+    pub use crate::policy::CallOpts;
+    pub use crate::read::Spawner;
+    pub use crate::returns::{cached_option, cached_result, cached_value};
     pub use crate::returns::{
         Outcome, Returns, SucceededOption, SucceededResult, SucceededValue, ViaOption, ViaResult, ViaValue,
     };

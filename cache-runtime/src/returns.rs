@@ -11,7 +11,12 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
-use crate::fetch::{cached_option, cached_result, cached_value, Call, Spawner};
+use std::time::Duration;
+
+use crate::cache::Call;
+use crate::codec::Json;
+use crate::entry::Found;
+use crate::read::{read, Detached, Reply, Served, Settled, Spawner};
 use crate::Cacheable;
 
 /// The return type `R` of a `#[cached]` fn, as a value for method resolution to look at.
@@ -151,5 +156,118 @@ pub trait SucceededValue {
 impl<R> SucceededValue for Outcome<'_, R> {
     fn succeeded(&self) -> bool {
         true
+    }
+}
+
+/// `#[cached]` on a fn returning `T`.
+pub fn cached_value<'a, T: Cacheable, F: Future<Output = T> + 'a>(
+    call: Call<'a>,
+    body: F,
+    spawner: Spawner<F>,
+) -> impl Future<Output = T> + 'a {
+    read(call, Value::<T>(PhantomData), body, spawner)
+}
+
+/// `#[cached]` on a fn returning `Option<T>`.
+pub fn cached_option<'a, T: Cacheable, F: Future<Output = Option<T>> + 'a>(
+    call: Call<'a>,
+    body: F,
+    spawner: Spawner<F>,
+) -> impl Future<Output = Option<T>> + 'a {
+    read(call, Optional::<T>(PhantomData), body, spawner)
+}
+
+/// `#[cached]` on a fn returning `Result<T, E>`.
+pub fn cached_result<'a, T: Cacheable, E: 'a, F: Future<Output = Result<T, E>> + 'a>(
+    call: Call<'a>,
+    body: F,
+    spawner: Spawner<F>,
+) -> impl Future<Output = Result<T, E>> + 'a {
+    read(call, Fallible::<T, E>(PhantomData), body, spawner)
+}
+
+/// A fn returning `T`: the value is stored.
+pub(crate) struct Value<T>(pub(crate) PhantomData<fn() -> T>);
+
+/// A fn returning `Option<T>`: a `None` is stored as a negative entry (kept with `cache_none`).
+pub(crate) struct Optional<T>(PhantomData<fn() -> T>);
+
+/// A fn returning `Result<T, E>`: only an `Ok` is stored; an `Err` is a failure.
+pub(crate) struct Fallible<T, E>(pub(crate) PhantomData<fn() -> (T, E)>);
+
+/// The replies of service fns: what an output stores, and whether it failed.
+pub(crate) trait Returned {
+    type Out;
+    type Value: Cacheable;
+    fn stored(out: &Self::Out) -> Option<Found<Self::Value>>;
+    fn failed(_: &Self::Out) -> bool {
+        false
+    }
+    fn rebuilt(found: Found<Self::Value>) -> Option<Self::Out>;
+}
+
+impl<T: Cacheable> Returned for Value<T> {
+    type Out = T;
+    type Value = T;
+    fn stored(out: &T) -> Option<Found<T>> {
+        Some(Found::Value(out.clone()))
+    }
+    fn rebuilt(found: Found<T>) -> Option<T> {
+        match found {
+            Found::Value(v) => Some(v),
+            Found::Negative => None,
+        }
+    }
+}
+
+impl<T: Cacheable> Returned for Optional<T> {
+    type Out = Option<T>;
+    type Value = T;
+    fn stored(out: &Option<T>) -> Option<Found<T>> {
+        Some(out.as_ref().map_or(Found::Negative, |v| Found::Value(v.clone())))
+    }
+    fn rebuilt(found: Found<T>) -> Option<Option<T>> {
+        match found {
+            Found::Value(v) => Some(Some(v)),
+            Found::Negative => Some(None),
+        }
+    }
+}
+
+impl<T: Cacheable, E> Returned for Fallible<T, E> {
+    type Out = Result<T, E>;
+    type Value = T;
+    fn stored(out: &Result<T, E>) -> Option<Found<T>> {
+        out.as_ref().ok().map(|v| Found::Value(v.clone()))
+    }
+    fn failed(out: &Result<T, E>) -> bool {
+        out.is_err()
+    }
+    fn rebuilt(found: Found<T>) -> Option<Result<T, E>> {
+        match found {
+            Found::Value(v) => Some(Ok(v)),
+            Found::Negative => None,
+        }
+    }
+}
+
+impl<M: Returned> Reply for M {
+    type Out = M::Out;
+    type Answer = M::Out;
+    type Value = M::Value;
+    type Codec = Json;
+
+    fn answer(&self, found: Found<M::Value>, _: Served) -> Option<M::Out> {
+        M::rebuilt(found)
+    }
+
+    fn settle(&self, out: M::Out, _: Duration) -> impl Future<Output = Settled<M::Value, M::Out>> {
+        std::future::ready(Settled { stored: M::stored(&out), failed: M::failed(&out), answer: out })
+    }
+
+    type Detach = ();
+    fn detach(&self) {}
+    fn detached((): (), out: M::Out) -> Detached<M::Value> {
+        Box::pin(std::future::ready(M::stored(&out)))
     }
 }

@@ -372,3 +372,41 @@ async fn an_early_draw_is_made_once_per_read() {
         );
     }
 }
+
+/// When the refresh of a stale entry wins its claim but cannot take the lease its store needs
+/// (Redis goes silent right after the claim), nothing it computed could be stored: the caller
+/// is served the current (stale) value at once and the body does not run, for service fns and
+/// handlers alike. (Service fns used to run the body inline in the caller instead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_could_not_be_stored_serves_the_current_value_without_running_the_body() {
+    let redis = cache_runtime::test_util::RedisServer::start().unwrap();
+    for kind in ["service fn", "handler"] {
+        // The refresh claim is the one command naming `…}:r`: the lease read after it times out.
+        let proxy = support::CutProxy::start(redis.port(), b"}:r").await;
+        let cache = Cache::builder()
+            .redis(&proxy.url)
+            .prefix(kind.replace(' ', "-"))
+            .l1(false)
+            .command_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let (calls, gate) = (Arc::new(Calls::default()), Gate::closed());
+        gate.open();
+        let (base, page) = serve_pages(cache.clone()).await;
+        let client = reqwest::Client::new();
+        let read = async || match kind {
+            "service fn" => swr(cache.clone(), calls.clone(), gate.clone(), 7).await,
+            _ => fetch(&client, &format!("{base}/swr")).await.3,
+        };
+        let runs = || if kind == "service fn" { calls.get() } else { page.calls.get() };
+        let first = read().await;
+        assert!(first.ends_with("v1"), "{kind}: {first}");
+        tokio::time::sleep(Duration::from_millis(1100)).await; // expired, inside `stale`
+        proxy.arm();
+        let answer = read().await;
+        assert!(proxy.is_cut(), "{kind}: the refresh claimed the key through the proxy");
+        assert_eq!(answer, first, "{kind}: the current value is served");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(runs(), 1, "{kind}: no refresh ran (it could not have been stored)");
+    }
+}

@@ -194,3 +194,67 @@ impl Drop for Replica {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy in front of a Redis that can be made to go silent in the middle of a read:
+/// armed, it forwards the first command whose bytes contain `trigger` (and its reply), then
+/// drops every later byte a client sends, on every connection, so the next command times out.
+/// A fault placed between two commands of one read, which timing alone cannot place.
+#[allow(dead_code)]
+pub struct CutProxy {
+    pub url: String,
+    trigger: &'static [u8],
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[allow(dead_code)]
+impl CutProxy {
+    pub async fn start(upstream: u16, trigger: &'static [u8]) -> CutProxy {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let (armed, cut) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (a, c) = (armed.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                });
+                let (armed, cut) = (a.clone(), c.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_rx.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if cut.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if server_tx.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        if armed.load(Ordering::SeqCst) && buf[..n].windows(trigger.len()).any(|w| w == trigger) {
+                            cut.store(true, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        CutProxy { url, trigger, armed, cut }
+    }
+
+    /// From now on, the first command naming the trigger is the last one forwarded.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,292 @@
+//! The plain API, without macros: `get`, `set`, `invalidate`, `get_or_fetch`, `inspect`,
+//! `invalidate_tag`, `clear_namespace`, and [`Namespace`] for the same in one namespace.
+
+use crate::cache::{Cache, Call, Store, DEFAULT_NAMESPACE};
+use crate::codec::{Format, Json};
+use crate::entry::Found;
+use crate::entry::Op;
+use crate::envelope::{self, Meta};
+use crate::error::CacheError;
+use crate::key::{self};
+use crate::policy::CallOpts;
+use crate::read::{read, Spawner};
+use crate::returns::{Fallible, Value};
+use crate::time::now_ms;
+use crate::Cacheable;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+/// The options of the plain API's reads (`get`): none.
+const PLAIN: CallOpts = CallOpts::new();
+
+impl Cache {
+    /// The plain API scoped to one namespace (the one `#[cached(namespace = "…")]` uses).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_runtime::Cache::memory();
+    /// let users = cache.namespace("users");
+    /// users.set("1", &"ada".to_string(), std::time::Duration::from_secs(60)).await.unwrap();
+    /// assert_eq!(users.get::<String>("1").await.as_deref(), Some("ada"));
+    /// assert_eq!(cache.get::<String>("1").await, None); // another namespace
+    /// # }
+    /// ```
+    pub fn namespace<'a>(&'a self, namespace: &'a str) -> Namespace<'a> {
+        Namespace { cache: self, namespace }
+    }
+
+    /// Reads `key` (default namespace). A miss, an expired entry, an entry of another type, an
+    /// undecodable entry and an unreachable Redis all read as `None`.
+    pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
+        self.namespace(DEFAULT_NAMESPACE).get(key).await
+    }
+
+    /// What is stored under `key` (default namespace), without decoding the value: when it was
+    /// stored, the freshness and staleness left, its tags with their versions, its size and
+    /// format; `None` when nothing readable is stored (or Redis cannot be reached).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_runtime::Cache::memory();
+    /// cache.set("k", &"v".to_string(), std::time::Duration::from_secs(60)).await.unwrap();
+    /// let info = cache.inspect("k").await.unwrap();
+    /// assert!(info.fresh_for > std::time::Duration::from_secs(55));
+    /// assert!(cache.inspect("other").await.is_none());
+    /// # }
+    /// ```
+    pub async fn inspect(&self, key: &str) -> Option<EntryInfo> {
+        self.namespace(DEFAULT_NAMESPACE).inspect(key).await
+    }
+
+    /// Stores `value` under `key` (default namespace) for `ttl`.
+    pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), CacheError> {
+        self.namespace(DEFAULT_NAMESPACE).set(key, value, ttl).await
+    }
+
+    /// Removes `key` (default namespace).
+    pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
+        self.namespace(DEFAULT_NAMESPACE).invalidate(key).await
+    }
+
+    /// Cache-aside on `key` (default namespace): the cached value, or `fetch`'s result, stored
+    /// for `ttl`. See [`Namespace::get_or_fetch`].
+    pub async fn get_or_fetch<T, F, Fut>(&self, key: &str, ttl: Duration, fetch: F) -> T
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.namespace(DEFAULT_NAMESPACE).get_or_fetch(key, ttl, fetch).await
+    }
+
+    /// Cache-aside for fallible fetches: only `Ok` is stored, an `Err` is returned as is.
+    /// See [`Namespace::try_get_or_fetch`].
+    pub async fn try_get_or_fetch<T, E, F, Fut>(&self, key: &str, ttl: Duration, fetch: F) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.namespace(DEFAULT_NAMESPACE).try_get_or_fetch(key, ttl, fetch).await
+    }
+
+    /// Removes every entry of namespace `namespace`; returns how many were removed. On Redis
+    /// this walks the keyspace with `SCAN MATCH` and `UNLINK`s in batches (never `KEYS`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_runtime::Cache::memory();
+    /// let ttl = std::time::Duration::from_secs(60);
+    /// cache.namespace("users").set("1", &1u8, ttl).await.unwrap();
+    /// cache.set("1", &1u8, ttl).await.unwrap();
+    /// assert_eq!(cache.clear_namespace("users").await.unwrap(), 1);
+    /// assert_eq!(cache.get::<u8>("1").await, Some(1)); // other namespaces are untouched
+    /// # }
+    /// ```
+    pub async fn clear_namespace(&self, namespace: &str) -> Result<u64, CacheError> {
+        let mut ns = String::new();
+        key::escape_into(&mut ns, namespace);
+        self.apply(Op::Namespace(ns)).await
+    }
+
+    /// Removes every entry tagged `tag` (`#[cached(tags = [...])]`), on every replica. O(1):
+    /// the tag's version is bumped and entries recorded under an older version stop matching,
+    /// including entries being filled while this runs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use cache_runtime::{cached, Cache};
+    /// # static CACHE: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Cache::memory);
+    /// #[cached(key = "post:<id>", tags = ["posts"], cache = *CACHE)]
+    /// async fn post(id: u32) -> String { format!("post {id}") }
+    ///
+    /// post(1).await;
+    /// CACHE.invalidate_tag("posts").await.unwrap(); // post(1) is computed again next time
+    /// # }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        self.apply(Op::Tag(tag.to_owned())).await.map(drop)
+    }
+}
+
+/// Where an inspected entry was found (see [`Cache::inspect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Tier {
+    /// The in-memory store (a cache built without Redis).
+    Memory,
+    /// Redis (one server or a cluster).
+    Redis,
+}
+
+/// What is stored under a key, without decoding its value: for tests and for operators
+/// ([`Cache::inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// The store it was read from.
+    pub tier: Tier,
+    /// Whether this process's L1 also holds a copy (Redis with the L1 only).
+    pub in_l1: bool,
+    /// When the value was stored.
+    pub stored_at: std::time::SystemTime,
+    /// Freshness left (zero once it expired).
+    pub fresh_for: Duration,
+    /// How long it may still be served stale (`stale`, `stale_if_error`; zero without a window).
+    pub stale_for: Duration,
+    /// A stored `None` (`cache_none`).
+    pub negative: bool,
+    /// The tags the entry carries, with the versions it recorded (the namespace not included).
+    pub tags: Vec<(String, u64)>,
+    /// Bytes it takes: the stored envelope in Redis, the estimated weight in memory.
+    pub bytes: usize,
+    /// The payload format in Redis (`None` in memory, which holds typed values).
+    pub format: Option<Format>,
+    /// The `ETag` of a stored response.
+    pub etag: Option<String>,
+}
+
+impl EntryInfo {
+    fn of(tier: Tier, meta: &Meta, negative: bool, bytes: usize, format: Option<Format>) -> EntryInfo {
+        let now = now_ms();
+        let ms = |until: u64| Duration::from_millis(until.saturating_sub(now));
+        EntryInfo {
+            tier,
+            in_l1: false,
+            stored_at: std::time::UNIX_EPOCH + Duration::from_millis(meta.stored_at_ms),
+            fresh_for: ms(meta.fresh_until_ms),
+            stale_for: ms(meta.stale_until_ms).saturating_sub(ms(meta.fresh_until_ms)),
+            negative,
+            tags: meta.tags.iter().filter(|(t, _)| !t.starts_with("%%ns:")).cloned().collect(),
+            bytes,
+            format,
+            etag: meta.etag.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// The plain API within one namespace, from [`Cache::namespace`].
+#[derive(Debug, Clone, Copy)]
+pub struct Namespace<'a> {
+    cache: &'a Cache,
+    namespace: &'a str,
+}
+
+impl Namespace<'_> {
+    /// What is stored under `key` in this namespace (see [`Cache::inspect`]).
+    pub async fn inspect(&self, key: &str) -> Option<EntryInfo> {
+        let full = self.cache.full_key(self.namespace, key);
+        match &self.cache.inner.store {
+            Store::Memory(mem) => {
+                let entry = mem.get(&full)?;
+                Some(EntryInfo::of(Tier::Memory, &entry.meta, entry.negative, entry.weight as usize, None))
+            }
+            Store::Redis { redis, l1, .. } => {
+                let bytes = redis.get_raw(&full).await.ok()??;
+                let decoded = envelope::decode(&bytes).ok().filter(|d| d.key_hash == envelope::key_hash(&full))?;
+                let mut info = EntryInfo::of(Tier::Redis, &decoded.meta, decoded.negative, bytes.len(), decoded.format);
+                info.in_l1 = l1.as_ref().is_some_and(|c| c.live() && c.l1.get(&full).is_some());
+                Some(info)
+            }
+        }
+    }
+
+    fn escaped(&self) -> String {
+        let mut ns = String::new();
+        key::escape_into(&mut ns, self.namespace);
+        ns
+    }
+
+    /// Reads `key`; see [`Cache::get`].
+    pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
+        let (key, namespace) = (self.cache.full_key(self.namespace, key), self.escaped());
+        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &PLAIN };
+        match self.cache.lookup::<T, Json>(&call, false).await.hit {
+            Some((Found::Value(v), times)) if times.fresh_until_ms > now_ms() => Some(v),
+            Some(_) | None => None,
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl`.
+    pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), CacheError> {
+        self.cache.store::<T, Json>(self.cache.full_key(self.namespace, key), value, ttl).await
+    }
+
+    /// Removes `key`.
+    pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
+        self.cache.apply(Op::Key(self.cache.full_key(self.namespace, key))).await.map(drop)
+    }
+
+    /// Removes every entry of this namespace; see [`Cache::clear_namespace`].
+    pub async fn clear(&self) -> Result<u64, CacheError> {
+        self.cache.clear_namespace(self.namespace).await
+    }
+
+    /// Cache-aside: returns the cached value of `key`, or runs `fetch`, stores its result for
+    /// `ttl` and returns it. A store that is down makes this run `fetch` every time; it never
+    /// fails because of the cache.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_runtime::Cache::memory();
+    /// let ttl = std::time::Duration::from_secs(60);
+    /// let hot = cache.namespace("posts").get_or_fetch("hot", ttl, || async { vec![1, 2, 3] }).await;
+    /// assert_eq!(hot, vec![1, 2, 3]);
+    /// # }
+    /// ```
+    pub async fn get_or_fetch<T, F, Fut>(&self, key: &str, ttl: Duration, fetch: F) -> T
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let (opts, namespace) = (CallOpts::new().expire(ttl), self.escaped());
+        let key = self.cache.full_key(self.namespace, key);
+        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts };
+        read(call, Value::<T>(PhantomData), fetch(), Spawner::inline()).await
+    }
+
+    /// Cache-aside for fallible fetches: only `Ok` values are stored.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_runtime::Cache::memory();
+    /// let ttl = std::time::Duration::from_secs(60);
+    /// let r: Result<u32, String> = cache.try_get_or_fetch("k", ttl, || async { Err("db down".to_string()) }).await;
+    /// assert!(r.is_err());
+    /// assert_eq!(cache.get::<u32>("k").await, None); // errors are never stored
+    /// # }
+    /// ```
+    pub async fn try_get_or_fetch<T, E, F, Fut>(&self, key: &str, ttl: Duration, fetch: F) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let (opts, namespace) = (CallOpts::new().expire(ttl), self.escaped());
+        let key = self.cache.full_key(self.namespace, key);
+        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts };
+        read(call, Fallible::<T, E>(PhantomData), fetch(), Spawner::inline()).await
+    }
+}

@@ -1,0 +1,392 @@
+//! The engine: which store serves a call, and the reads and writes on it. A fresh hit in
+//! process memory (`local_hit`), a lookup (memory, or the L1 then one Redis round trip; it
+//! returns the lease a fill needs), a lease-checked fill (then the L1), an unconditional store
+//! (the plain API's `set`).
+
+use crate::backend::{self, namespace_tag, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
+use crate::cache::{Cache, Call, Store};
+use crate::codec::{Codec, Stored};
+use crate::coherence::{Coherence, Message};
+use crate::entry::{Found, Lookup, Times};
+use crate::envelope::{self, Meta};
+use crate::error::CacheError;
+use crate::policy::duration_ms;
+use crate::time::now_ms;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+impl Cache {
+    /// A fresh hit from process memory (the memory store, or a live L1): no I/O, no future. The
+    /// read path tries this first.
+    #[inline]
+    pub(crate) fn local_hit<V: Stored>(&self, key: &str) -> Option<(Found<V>, Times)> {
+        let (store, missing) = match &self.inner.store {
+            Store::Memory(mem) => (mem, Some(0)),
+            Store::Redis { l1: Some(c), .. } if c.live() => (&c.l1, None),
+            Store::Redis { .. } => return None,
+        };
+        let entry = store.get(key)?;
+        // The store already hides an entry past its stale-until instant (its expiry); the
+        // clock is read only for an entry that has a stale window after its freshness.
+        if entry.meta.fresh_until_ms != entry.meta.stale_until_ms && entry.meta.fresh_until_ms <= now_ms() {
+            return None;
+        }
+        entry_hit(store, &entry, missing)
+    }
+
+    /// Reads `key`. A hit is a fresh entry of type `V` whose tags are all current; anything
+    /// else (absent, expired, wrong type, undecodable, invalidated tag) is a miss that carries
+    /// the lease its fill needs. `lease: None` means "do not store" (the store is failing, or
+    /// invalidations that failed earlier could not be applied yet).
+    ///
+    /// `refresh`: skip the hit, only take the lease (a refresh that must recompute).
+    pub(crate) async fn lookup<V: Stored, C: Codec<V>>(&self, call: &Call<'_>, refresh: bool) -> Lookup<V> {
+        let (key, namespace, tags) = (call.key.as_str(), call.namespace, call.tags);
+        if self.inner.disabled {
+            return Lookup::nothing();
+        }
+        match &self.inner.store {
+            Store::Memory(mem) => {
+                if let Some(hit) = memory_hit::<V>(mem, key, Some(0), now_ms()).filter(|_| !refresh) {
+                    return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+                }
+                Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
+            }
+            Store::Redis { redis, l1, channel, .. } => {
+                let mut l1_epoch = None;
+                channel.ensure_started(redis);
+                if let Some(c) = l1 {
+                    if c.live() {
+                        // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
+                        let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
+                        if let Some(hit) = memory_hit::<V>(&c.l1, key, None, now_ms()).filter(fresh) {
+                            return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+                        }
+                        l1_epoch = Some(c.epoch());
+                    }
+                }
+                if !self.flush_pending().await {
+                    return Lookup::nothing();
+                }
+                // The namespace is the entry's first, implicit, tag.
+                let mut all_tags = Vec::with_capacity(tags.len() + 1);
+                all_tags.push(namespace_tag(namespace));
+                all_tags.extend_from_slice(tags);
+                let result = redis.read(key, &self.inner.prefix, &all_tags).await;
+                self.count_result(&result, "get");
+                let Ok(mut read) = result else { return Lookup::nothing() };
+                if let (Some(c), Some(_)) = (l1, l1_epoch) {
+                    for (i, (tag, version)) in read.lease.tags.iter().enumerate() {
+                        if !read.missing_tags.contains(&i) {
+                            c.l1.learn_tag(tag, *version);
+                        }
+                    }
+                }
+                if let Some(bytes) = read.bytes.as_ref().filter(|_| !refresh) {
+                    let hit = self.decode_hit::<V, C>(redis, key, bytes, &read).await;
+                    // Right after an outage, what was stored before it may be invalidated by a
+                    // write whose invalidation is still queued in its writer: a miss.
+                    if let Some((hit, meta)) = hit.filter(|(_, meta)| channel.trusted(meta.stored_at_ms)) {
+                        if let (Some(c), Some(epoch)) = (l1, l1_epoch) {
+                            let value = match &hit.0 {
+                                Found::Value(v) => Some(v),
+                                Found::Negative => None,
+                            };
+                            self.l1_insert(c, epoch, key.to_owned(), meta, value, C::memory_size(bytes.len()));
+                        }
+                        return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+                    }
+                }
+                if !read.missing_tags.is_empty() {
+                    let result = redis.init_tags(&self.inner.prefix, &mut read.lease, &read.missing_tags).await;
+                    self.count_result(&result, "init tag versions");
+                    if result.is_err() {
+                        return Lookup::nothing();
+                    }
+                    if let Some(c) = l1 {
+                        for &i in &read.missing_tags {
+                            let (tag, version) = &read.lease.tags[i];
+                            c.l1.learn_tag(tag, *version);
+                        }
+                    }
+                }
+                Lookup { hit: None, lease: Some(read.lease), l1_epoch }
+            }
+        }
+    }
+
+    /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
+    /// `epoch` was read (before the Redis read) or the channel is down.
+    /// `size`: what the value costs in memory (`Codec::memory_size`), for its weight.
+    #[allow(clippy::too_many_arguments)]
+    fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, meta: Meta, value: Option<&V>, size: usize) {
+        if c.live() && c.epoch() == epoch {
+            let weight = backend::entry_weight(key.len(), size);
+            let mut entry = mem_entry(meta, value, weight);
+            // The L1 keeps it at most `l1_ttl`; its own times (what `max-age` reports) stay.
+            entry.expires_ms = entry.expires_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
+            c.l1.insert(key, entry);
+        }
+    }
+
+    async fn decode_hit<V: Stored, C: Codec<V>>(
+        &self,
+        redis: &RedisStore,
+        key: &str,
+        bytes: &[u8],
+        read: &RedisRead,
+    ) -> Option<((Found<V>, Times), Meta)> {
+        let decoded = match envelope::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(why) => {
+                tracing::warn!(target: "cache_runtime", key, %why, "unreadable cache entry; treating it as a miss");
+                return None;
+            }
+        };
+        if decoded.key_hash != envelope::key_hash(key) {
+            tracing::warn!(target: "cache_runtime", key, "cache entry was stored under another key; treating it as a miss");
+            return None;
+        }
+        if decoded.meta.fingerprint != envelope::fingerprint::<V>() {
+            tracing::warn!(
+                target: "cache_runtime",
+                key,
+                expected = std::any::type_name::<V>(),
+                "cache entry was written for another type; treating it as a miss"
+            );
+            return None;
+        }
+        if decoded.meta.stale_until_ms <= now_ms() {
+            return None;
+        }
+        if !self.recorded_tags_current(redis, &decoded.meta.tags, read).await {
+            return None;
+        }
+        let times = Times::of(&decoded.meta);
+        if decoded.negative {
+            return Some(((Found::Negative, times), decoded.meta));
+        }
+        let Some(format) = decoded.format else {
+            tracing::warn!(target: "cache_runtime", key, "cache entry in a format this build cannot read; treating it as a miss");
+            return None;
+        };
+        match C::decode(decoded.payload, format) {
+            Ok(value) => Some(((Found::Value(value), times), decoded.meta)),
+            Err(err) => {
+                tracing::warn!(target: "cache_runtime", key, error = %err, "cache entry does not decode; treating it as a miss");
+                None
+            }
+        }
+    }
+
+    /// Whether every tag an entry recorded still has the recorded version. The versions of the
+    /// caller's tags came with the read; others (an entry read through the plain API) cost one
+    /// more round trip.
+    async fn recorded_tags_current(&self, redis: &RedisStore, recorded: &[(String, u64)], read: &RedisRead) -> bool {
+        let mut unknown = Vec::new();
+        for (tag, version) in recorded {
+            match read.lease.tags.iter().position(|(t, _)| t == tag) {
+                Some(i) if read.missing_tags.contains(&i) => return false,
+                Some(i) if read.lease.tags[i].1 != *version => return false,
+                Some(_) => {}
+                None => unknown.push((tag.as_str(), *version)),
+            }
+        }
+        if unknown.is_empty() {
+            return true;
+        }
+        let names: Vec<&str> = unknown.iter().map(|(t, _)| *t).collect();
+        match redis.tag_versions(&self.inner.prefix, &names).await {
+            Ok(current) => current.iter().zip(&unknown).all(|(c, (_, v))| *c == Some(*v)),
+            Err(err) => {
+                self.count_result::<()>(&Err(err), "get tag versions");
+                false
+            }
+        }
+    }
+
+    /// Stores `value` (a negative entry when `None`) under `key` for `ttl`, unless something
+    /// the lease depends on was invalidated since the read: then the store is dropped (a slow
+    /// read of the old data never overwrites a newer invalidation). Returns whether it stored.
+    /// A stored `None` is kept only with `cache_none` (for its own ttl when it has one).
+    pub(crate) async fn fill<V: Stored, C: Codec<V>>(
+        &self,
+        call: &Call<'_>,
+        lease: &Lease,
+        l1_epoch: Option<u64>,
+        found: &Found<V>,
+        recompute: Duration,
+    ) -> bool {
+        let (opts, namespace, key) = (call.opts, call.namespace, call.key.clone());
+        let ttl = opts.ttl(self.default_ttl());
+        let (value, ttl) = match found {
+            Found::Value(value) => (Some(value), ttl),
+            Found::Negative if opts.cache_none => (None, opts.none_ttl.unwrap_or(ttl)),
+            Found::Negative => return false,
+        };
+        let keep = opts.keep();
+        let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
+        let result = match &self.inner.store {
+            Store::Memory(mem) => self.checked_payload::<V, C>(value).map(|payload| {
+                mem.fill(key.clone(), namespace, lease, mem_entry(meta, value, memory_weight::<V, C>(&key, &payload)))
+            }),
+            Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&key, &meta, value) {
+                Ok(bytes) => {
+                    let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
+                    if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
+                        self.l1_insert(c, epoch, key, meta, value, C::memory_size(bytes.len()));
+                    }
+                    stored
+                }
+                Err(err) => Err(err),
+            },
+        };
+        self.count_result(&result, "set");
+        match result {
+            Ok(true) => {
+                self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(false) => {
+                self.inner.stats.dropped_fills.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "cache_runtime", namespace, "fill dropped: invalidated while it was computed");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// `keep`: how long the entry outlives its freshness (the serve-stale windows).
+    fn meta<V>(&self, ttl: Duration, keep: Duration, recompute: Duration, tags: Vec<(String, u64)>) -> Meta {
+        let now = now_ms();
+        let fresh_until_ms = now.saturating_add(duration_ms(ttl));
+        Meta {
+            fingerprint: envelope::fingerprint::<V>(),
+            stored_at_ms: now,
+            fresh_until_ms,
+            stale_until_ms: fresh_until_ms.saturating_add(duration_ms(keep)),
+            recompute_ms: u32::try_from(recompute.as_millis()).unwrap_or(u32::MAX),
+            etag: None,
+            tags,
+        }
+    }
+
+    /// Stores unconditionally (the plain API's `set`).
+    pub(crate) async fn store<V: Stored, C: Codec<V>>(
+        &self,
+        key: String,
+        value: &V,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        if self.inner.disabled {
+            return Ok(());
+        }
+        let meta = self.meta::<V>(ttl, Duration::ZERO, Duration::ZERO, Vec::new());
+        let result = match &self.inner.store {
+            Store::Memory(mem) => self.checked_payload::<V, C>(Some(value)).map(|payload| {
+                let weight = memory_weight::<V, C>(&key, &payload);
+                mem.insert(key, mem_entry(meta, Some(value), weight));
+            }),
+            Store::Redis { redis, channel, .. } => match self.encode_entry::<V, C>(&key, &meta, Some(value)) {
+                Ok(bytes) => {
+                    // Another replica's L1 may hold the previous value: a set is an invalidation
+                    // too, published whether this process has an L1 or not.
+                    let stored = redis.set(&key, &bytes, ttl).await;
+                    if stored.is_ok() {
+                        channel.ensure_started(redis);
+                        channel.apply_local(&Message::Key(key.clone()));
+                        let _ = channel.publish(redis, &Message::Key(key)).await;
+                    }
+                    stored
+                }
+                Err(err) => Err(err),
+            },
+        };
+        self.count_result(&result, "set");
+        if result.is_ok() {
+            self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+/// A current, typed entry from process memory, fresh or inside its serve-stale window. `missing`: what a tag this process has
+/// no version for counts as (see `MemoryStore::tags_current`).
+#[inline]
+/// `until`: the entry must last past this instant (ms); `now` for fresh-or-stale reads.
+fn memory_hit<V: Stored>(
+    store: &MemoryStore,
+    key: &str,
+    missing: Option<u64>,
+    until: u64,
+) -> Option<(Found<V>, Times)> {
+    let entry = store.get(key)?;
+    if entry.meta.stale_until_ms <= until {
+        return None;
+    }
+    entry_hit(store, &entry, missing)
+}
+
+/// The value of `entry` if every tag it recorded is current.
+fn entry_hit<V: Stored>(store: &MemoryStore, entry: &MemEntry, missing: Option<u64>) -> Option<(Found<V>, Times)> {
+    if !store.tags_current(entry, missing) {
+        return None;
+    }
+    let times = Times::of(&entry.meta);
+    if entry.negative {
+        return Some((Found::Negative, times));
+    }
+    entry.value.downcast_ref::<V>().map(|v| (Found::Value(v.clone()), times))
+}
+
+/// `weight`: see [`backend::entry_weight`].
+fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry {
+    match value {
+        Some(v) => {
+            MemEntry { expires_ms: meta.stale_until_ms, meta, negative: false, value: Box::new(v.clone()), weight }
+        }
+        None => MemEntry { expires_ms: meta.stale_until_ms, meta, negative: true, value: Box::new(()), weight },
+    }
+}
+
+/// The weight of a memory-store entry whose value encodes to `payload`.
+fn memory_weight<V: Stored, C: Codec<V>>(key: &str, payload: &[u8]) -> u32 {
+    backend::entry_weight(key.len(), C::memory_size(payload.len()))
+}
+
+impl Cache {
+    /// The stored form of a value, unless it is larger than `max_value_bytes` (then it is not
+    /// stored: counted in `stats().oversized`, logged once).
+    fn encode_entry<V: Stored, C: Codec<V>>(
+        &self,
+        key: &str,
+        meta: &Meta,
+        value: Option<&V>,
+    ) -> Result<Vec<u8>, CacheError> {
+        let payload = self.checked_payload::<V, C>(value)?;
+        envelope::encode(key, meta, value.is_none(), self.inner.format, &payload)
+            .map_err(|why| CacheError::Config(why.to_owned()))
+    }
+
+    /// The encoded value, unless it is larger than `max_value_bytes`, in process memory as in
+    /// Redis (a test on the memory store sees what production on Redis does).
+    fn checked_payload<V: Stored, C: Codec<V>>(&self, value: Option<&V>) -> Result<Vec<u8>, CacheError> {
+        let payload = match value {
+            Some(v) => C::encode(v, self.inner.format)?,
+            None => Vec::new(),
+        };
+        if payload.len() > self.inner.max_value_bytes {
+            self.inner.stats.oversized.fetch_add(1, Ordering::Relaxed);
+            if !self.inner.oversized_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    target: "cache_runtime",
+                    bytes = payload.len(),
+                    max = self.inner.max_value_bytes,
+                    "a value larger than max_value_bytes is not stored (logged once; see stats().oversized)"
+                );
+            }
+            return Err(CacheError::TooLarge(payload.len()));
+        }
+        Ok(payload)
+    }
+}

@@ -1,0 +1,146 @@
+//! HTTP caching for axum handlers (RFC 9110 §13 conditional requests, RFC 9111 caching).
+//!
+//! `#[cached]` on a handler adds a hidden [`HttpRequest`] extractor (method, URI, headers)
+//! and hands the handler's future to [`cached_handler`]:
+//!
+//! - only `GET` and `HEAD` are cached; other methods run the handler untouched (`X-Cache: BYPASS`);
+//! - only 2xx responses are stored (status, body, headers other than `Set-Cookie`,
+//!   hop-by-hop and caching headers); a response with `Set-Cookie` or `Cache-Control: no-store`
+//!   is never stored;
+//! - every response carries a strong `ETag` (the first 128 bits of the SHA-256 of the body, 32
+//!   hex digits, quoted: the same on every replica
+//!   and after restarts), `Cache-Control`, `Last-Modified`, `Vary` (when configured) and
+//!   `X-Cache: HIT | MISS | BYPASS`;
+//! - `If-None-Match` (lists, `*`, weak comparison) answers `304 Not Modified`;
+//!   `If-Modified-Since` is evaluated only when `If-None-Match` is absent; malformed
+//!   conditional headers are ignored;
+//! - headers named in `vary` are hashed (SHA-256) into the key, so a response is only ever
+//!   served to requests with the same values.
+
+mod opts;
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header::HeaderName;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+
+use crate::cache::Call;
+use crate::entry::{Found, Times};
+use crate::key::KeyWriter;
+use crate::read::{read, Detached, Reply, Served, Settled, Spawner, Wants};
+use crate::time::now_ms;
+
+pub use opts::HttpOpts;
+pub(crate) use opts::*;
+pub use request::HttpRequest;
+pub(crate) use request::*;
+pub(crate) use response::*;
+
+/// The cache status header.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+fn remaining_secs(times: &Times) -> u64 {
+    times.fresh_until_ms.saturating_sub(now_ms()) / 1000
+}
+
+/// The runtime side of `#[cached]` on an axum handler, and of `CacheLayer`: a cacheable
+/// request (`GET`, `HEAD`) goes through the read-through with an [`HttpReply`]; any other
+/// request, or a disabled cache, runs the handler (`X-Cache: BYPASS`).
+#[doc(hidden)]
+pub fn cached_handler<'a, R, F, const ALL_HEADERS: bool, const URI: bool>(
+    call: Call<'a, KeyWriter>,
+    request: HttpRequest<ALL_HEADERS, URI>,
+    http: &'a HttpOpts,
+    body: F,
+    spawner: Spawner<F>,
+) -> impl Future<Output = Response> + 'a
+where
+    R: IntoResponse + 'static,
+    F: Future<Output = R> + 'a,
+{
+    let Call { cache, mut key, namespace, tags, opts } = call;
+    let request = request.0;
+    let cacheable = !cache.is_disabled() && (request.method == Method::GET || request.method == Method::HEAD);
+    let answer = if cacheable {
+        let wants = if http.honor_no_cache { client_directive(&request.headers) } else { Wants::Cached };
+        add_vary(&mut key, &request.headers, http.vary);
+        let call = Call { cache, key: key.finish(), namespace, tags, opts };
+        let into_response = R::into_response as fn(R) -> Response;
+        Ok(read(call, HttpReply { request, http, wants, into_response }, body, spawner))
+    } else {
+        Err(body)
+    };
+    async move {
+        match answer {
+            Ok(read) => read.await,
+            Err(body) => {
+                let mut response = body.await.into_response();
+                set_x_cache(&mut response, "BYPASS");
+                response
+            }
+        }
+    }
+}
+
+/// How a handler's response is stored and answered (see `read.rs`).
+///
+/// `into_response` is the handler's `IntoResponse` as a fn pointer, not a bound of this impl:
+/// the read path's future must be `Send` for every lifetime in `R` (a handler may return
+/// `&'static str`), which rustc cannot prove through an impl that has bounds.
+pub(crate) struct HttpReply<'a, R> {
+    request: RequestParts,
+    http: &'a HttpOpts,
+    wants: Wants,
+    into_response: fn(R) -> Response,
+}
+
+impl<R> Reply for HttpReply<'_, R> {
+    type Out = R;
+    type Answer = Response;
+    type Value = Arc<StoredResponse>;
+    type Codec = ResponseCodec;
+
+    fn wants(&self) -> Wants {
+        self.wants
+    }
+
+    fn answer(&self, found: Found<Arc<StoredResponse>>, served: Served) -> Option<Response> {
+        let Found::Value(stored) = found else { return None };
+        let (max_age, x_cache) = match served {
+            Served::Fresh(times) => (remaining_secs(&times), "HIT"),
+            Served::Joined(ttl) => (ttl.as_secs(), "HIT"),
+            Served::Stale => (0, "STALE"),
+        };
+        Some(respond(&stored, max_age, &self.request, self.http, x_cache))
+    }
+
+    async fn settle(&self, out: R, ttl: Duration) -> Settled<Arc<StoredResponse>, Response> {
+        // A response the client asked to be fresh is labelled BYPASS.
+        let x_cache = if self.wants == Wants::Cached { "MISS" } else { "BYPASS" };
+        match to_stored((self.into_response)(out), self.http).await {
+            Ok(stored) => {
+                let answer = respond(&stored, ttl.as_secs(), &self.request, self.http, x_cache);
+                Settled { stored: Some(Found::Value(stored)), failed: false, answer }
+            }
+            Err(mut response) => {
+                set_x_cache(&mut response, x_cache);
+                Settled { stored: None, failed: response.status().is_server_error(), answer: response }
+            }
+        }
+    }
+
+    type Detach = (HttpOpts, fn(R) -> Response);
+    fn detach(&self) -> Self::Detach {
+        (*self.http, self.into_response)
+    }
+    fn detached((http, into_response): Self::Detach, out: R) -> Detached<Arc<StoredResponse>> {
+        let response = into_response(out);
+        Box::pin(async move { to_stored(response, &http).await.ok().map(Found::Value) })
+    }
+}

@@ -1,0 +1,202 @@
+//! Invalidation: the only way an invalidation leaves the process. Applied to the writer's L1,
+//! then the store, then published to every replica; one that fails is queued and retried
+//! (before this cache reads Redis again, and in the background) so it is never lost.
+
+use crate::backend::{namespace_tag, tag_key};
+use crate::cache::{Cache, Store};
+use crate::coherence::Message;
+use crate::entry::Op;
+use crate::error::CacheError;
+use crate::key::{self};
+use crate::sync::lock;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+impl Cache {
+    /// Applies one invalidation; one that fails on Redis is queued and retried before this
+    /// cache reads from Redis again (so it is never silently lost), and the error returned.
+    /// Returns how many entries a namespace clear removed (0 for keys and tags).
+    pub(crate) async fn apply(&self, op: Op) -> Result<u64, CacheError> {
+        let started = std::time::Instant::now();
+        let mut result = self.try_apply(&op).await;
+        // A failure while Redis answers otherwise (a fail-over, a dropped connection: not a
+        // timeout) is retried here a few times (50, 100, 200 ms) before the write returns:
+        // queued, it would reach the other replicas' L1s only after the write returned. A
+        // timeout or an open breaker (Redis unreachable: every replica's channel notices within
+        // `l1_staleness_bound`) is queued at once.
+        for backoff_ms in [50, 100, 200] {
+            match &result {
+                Err(CacheError::Timeout | CacheError::Unavailable) | Ok(_) => break,
+                Err(_) if self.inner.has_pending.load(Ordering::Acquire) => break,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    result = self.try_apply(&op).await;
+                }
+            }
+        }
+        self.count_result(&result, "invalidate");
+        match result {
+            Ok(removed) => {
+                self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                metrics::counter!("cache_invalidations_total").increment(1);
+                let (kind, what) = match &op {
+                    Op::Key(key) => ("key", self.log_key(key).to_string()),
+                    Op::Tag(tag) => ("tag", self.log_key(tag).to_string()),
+                    Op::Namespace(ns) => ("namespace", ns.clone()),
+                };
+                tracing::debug!(target: "cache_runtime", kind, what, took_ms = started.elapsed().as_secs_f64() * 1e3, "invalidated");
+                Ok(removed)
+            }
+            Err(err) => {
+                lock(&self.inner.pending).push(op);
+                self.inner.has_pending.store(true, Ordering::Release);
+                self.retry_in_background();
+                Err(err)
+            }
+        }
+    }
+
+    /// Keeps retrying queued invalidations until they are applied, so that other replicas
+    /// (which read Redis, not this queue) stop seeing what they invalidate as soon as Redis
+    /// answers, even if this replica reads nothing meanwhile.
+    fn retry_in_background(&self) {
+        if self.inner.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.inner.retrying.store(false, Ordering::Release);
+            return;
+        };
+        let cache = self.clone();
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if cache.flush_pending().await {
+                    break;
+                }
+            }
+            cache.inner.retrying.store(false, Ordering::Release);
+            // An invalidation queued between the last flush and the flag reset.
+            if cache.inner.has_pending.load(Ordering::Acquire) {
+                cache.retry_in_background();
+            }
+        });
+    }
+
+    async fn try_apply(&self, op: &Op) -> Result<u64, CacheError> {
+        let prefix = &self.inner.prefix;
+        match &self.inner.store {
+            Store::Memory(mem) => Ok(match op {
+                Op::Key(key) => {
+                    mem.invalidate_key(key);
+                    0
+                }
+                Op::Tag(tag) => {
+                    mem.bump_tag(tag);
+                    0
+                }
+                Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
+            }),
+            Store::Redis { redis, l1, channel, .. } => {
+                // Also without an L1: the channel must run to hear the acknowledgements.
+                channel.ensure_started(redis);
+                // The writer's own L1 first: its next read cannot see what it invalidated.
+                if let Some(c) = l1 {
+                    match op {
+                        Op::Key(key) => c.apply_local(&Message::Key(key.clone())),
+                        Op::Tag(tag) => c.forget_tag(tag),
+                        Op::Namespace(ns) => c.apply_local(&Message::Namespace(ns.clone())),
+                    }
+                }
+                let (message, removed) = match op {
+                    Op::Key(key) => {
+                        redis.invalidate_key(key).await?;
+                        (Message::Key(key.clone()), 0)
+                    }
+                    Op::Tag(tag) => {
+                        let version = redis.bump(&tag_key(prefix, tag)).await?;
+                        (Message::Tag { tag: tag.clone(), version }, 0)
+                    }
+                    Op::Namespace(ns) => {
+                        redis.bump(&tag_key(prefix, &namespace_tag(ns))).await?;
+                        // The version bump above is the invalidation; removing the entries only
+                        // reclaims memory, so its failure must not stop the replicas' L1s
+                        // from hearing of the clear.
+                        let removed = match redis.del_matching(&key::namespace_pattern(prefix, ns)).await {
+                            Ok(removed) => removed,
+                            Err(err) => {
+                                tracing::warn!(target: "cache_runtime", namespace = %ns, error = %err, "namespace cleared, but its entries could not all be removed (they read as misses until they expire)");
+                                0
+                            }
+                        };
+                        (Message::Namespace(ns.clone()), removed)
+                    }
+                };
+                // Published whatever this process's own L1 setting: other replicas may have one.
+                channel.publish(redis, &message).await?;
+                Ok(removed)
+            }
+        }
+    }
+
+    /// Retries queued invalidations; `true` when none is left.
+    pub(crate) async fn flush_pending(&self) -> bool {
+        if !self.inner.has_pending.load(Ordering::Acquire) {
+            return true;
+        }
+        let ops = std::mem::take(&mut *lock(&self.inner.pending));
+        let mut failed = Vec::new();
+        for op in ops {
+            if self.try_apply(&op).await.is_err() {
+                failed.push(op);
+            } else {
+                self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut pending = lock(&self.inner.pending);
+        failed.append(&mut pending);
+        *pending = failed;
+        let empty = pending.is_empty();
+        self.inner.has_pending.store(!empty, Ordering::Release);
+        empty
+    }
+}
+
+/// What one `#[invalidates]` call invalidates, rendered before its body runs.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Invalidation<'a> {
+    cache: &'a Cache,
+    ops: Vec<Op>,
+}
+
+impl<'a> Invalidation<'a> {
+    pub fn new(cache: &'a Cache) -> Self {
+        Invalidation { cache, ops: Vec::new() }
+    }
+
+    /// A full stored key (built with the cache's key writer).
+    pub fn key(mut self, key: String) -> Self {
+        self.ops.push(Op::Key(key));
+        self
+    }
+
+    pub fn tag(mut self, tag: String) -> Self {
+        self.ops.push(Op::Tag(tag));
+        self
+    }
+
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.ops.push(Op::Namespace(namespace.to_owned()));
+        self
+    }
+
+    /// Applies every invalidation; failures are logged, counted and queued for retry (they
+    /// never fail the request that caused them).
+    pub async fn run(&self) {
+        for op in &self.ops {
+            let _ = self.cache.apply(op.clone()).await;
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The read-through: the one path every cached call takes (`#[cached]` service fns, cached
+//! axum handlers, `CacheLayer`, the plain API's `get_or_fetch`).
+//!
+//! A fresh hit in process memory → single-flight → one lookup → serve it (and refresh it, for
+//! `stale` / `early`) → or wait for the cross-replica `lock` → or run the body and fill under
+//! the lease the lookup took. What differs between a fn and a handler is a [`Reply`]: how a
+//! body's output is settled into what is stored, whether it failed, and how a found entry is
+//! answered.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use crate::backend::Lease;
+use crate::cache::{Cache, Call};
+use crate::claims::Locked;
+use crate::codec::{Codec, Stored};
+use crate::entry::{Found, Times};
+use crate::flight::{Joined, Leader};
+use crate::policy::Freshness;
+
+/// Longest a refresh may hold its claim.
+const REFRESH_HOLD: Duration = Duration::from_secs(10);
+
+/// How a found entry is being served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Served {
+    /// Fresh, with its times (a handler's `max-age` is what is left of them).
+    Fresh(Times),
+    /// Shared by the single-flight leader that just computed it: fresh for the full ttl.
+    Joined(Duration),
+    /// Past its freshness, inside a serve-stale window.
+    Stale,
+}
+
+/// What a caller asks of the cache (a handler's client `Cache-Control`, when honoured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wants {
+    /// The usual: a cached answer when there is one.
+    Cached,
+    /// `no-cache`: a fresh answer, stored for the next caller.
+    Refreshed,
+    /// `no-store`: a fresh answer, not stored.
+    Uncached,
+}
+
+/// A body's output, settled.
+pub(crate) struct Settled<V, A> {
+    /// What is stored and shared with the callers waiting on this one; `None`: nothing.
+    pub(crate) stored: Option<Found<V>>,
+    /// A failure that `stale_if_error` covers.
+    pub(crate) failed: bool,
+    /// What the caller gets.
+    pub(crate) answer: A,
+}
+
+/// What a background refresh's output stores, settled away from the caller that started it.
+pub(crate) type Detached<V> = Pin<Box<dyn Future<Output = Option<Found<V>>> + Send>>;
+
+/// What differs between kinds of cached calls: a service fn's return type (`T`, `Option<T>`,
+/// `Result<T, E>`; see `returns.rs`) or an HTTP handler (`http`).
+pub(crate) trait Reply {
+    /// What the body returns.
+    type Out;
+    /// What the caller gets.
+    type Answer;
+    /// What is stored.
+    type Value: Stored;
+    /// How it is stored in Redis.
+    type Codec: Codec<Self::Value>;
+
+    /// What the caller asks of the cache.
+    fn wants(&self) -> Wants {
+        Wants::Cached
+    }
+
+    /// The answer a found entry gives; `None` when this kind cannot use it (a stored `None`
+    /// read by a fn that returns `T`): then the body runs.
+    fn answer(&self, found: Found<Self::Value>, served: Served) -> Option<Self::Answer>;
+
+    /// Settles a body's output; `ttl`: how long it will be fresh if stored.
+    fn settle(&self, out: Self::Out, ttl: Duration) -> impl Future<Output = Settled<Self::Value, Self::Answer>>;
+
+    /// What a refresh running in a task of its own needs to settle its output (owned).
+    type Detach: Copy + Send;
+    fn detach(&self) -> Self::Detach;
+    /// The settlement of a refresh running in a task of its own: what its output stores.
+    fn detached(with: Self::Detach, out: Self::Out) -> Detached<Self::Value>;
+}
+
+/// A refresh job's last step: given the body's result, store it. Built by the runtime; run
+/// after the body, in the background.
+pub type Finish<O> = Box<dyn FnOnce(O) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Whether the runtime may run a refresh in the background: only for a body that owns
+/// everything it uses (`'static + Send`). `#[cached]` passes `background()` when every
+/// parameter is owned and `stale` or `early` is set, `inline()` otherwise (then the caller that
+/// wins the refresh runs it, and the others get the stale value at once).
+#[doc(hidden)]
+pub struct Spawner<F: Future>(pub(crate) Option<SpawnFn<F>>);
+
+/// Starts a body and its `Finish` in a task of their own.
+type SpawnFn<F> = fn(F, Finish<<F as Future>::Output>);
+
+impl<F: Future> std::fmt::Debug for Spawner<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Spawner::background" } else { "Spawner::inline" })
+    }
+}
+
+impl<F: Future> Spawner<F> {
+    /// Refreshes run in the caller's task.
+    pub const fn inline() -> Self {
+        Spawner(None)
+    }
+}
+
+impl<F> Spawner<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    /// Refreshes run in a spawned task.
+    pub fn background() -> Self {
+        Spawner(Some(|body, finish| {
+            tokio::spawn(async move {
+                let out = body.await;
+                finish(out).await;
+            });
+        }))
+    }
+}
+
+/// Reads `call.key`; on a miss runs `body`, stores what `reply` settles, answers. With
+/// `stale` / `early`, a stale or early-drawn entry is served while one refresh per key (across
+/// replicas) replaces it; with `stale_if_error`, a failing body falls back to it.
+///
+/// A fresh hit in process memory is answered synchronously, when the call is made; only a miss
+/// (or a Redis read) builds the rest of the read, boxed, so a hit does not pay for moving a
+/// large future around.
+pub(crate) fn read<'a, R, F>(
+    call: Call<'a>,
+    reply: R,
+    body: F,
+    spawner: Spawner<F>,
+) -> impl Future<Output = R::Answer> + 'a
+where
+    R: Reply + 'a,
+    R::Detach: 'static,
+    F: Future<Output = R::Out> + 'a,
+{
+    let Call { cache, key, namespace, tags, opts } = call;
+    let fast = if cache.is_disabled() || reply.wants() != Wants::Cached {
+        Err((key, false))
+    } else {
+        local_hit(cache, key, opts, &reply)
+    };
+    async move {
+        match fast {
+            Ok(answer) => answer,
+            Err((key, _)) if cache.is_disabled() => {
+                // A disabled cache: every call runs its body (no single-flight either).
+                cache.record_miss(&key);
+                let ttl = opts.ttl(cache.default_ttl());
+                reply.settle(body.await, ttl).await.answer
+            }
+            Err((key, drawn_early)) => {
+                let call = Call { cache, key, namespace, tags, opts };
+                Box::pin(read_through(call, drawn_early, reply, body, spawner)).await
+            }
+        }
+    }
+}
+
+/// A fresh hit in process memory, answered; or the key back, with whether the entry was drawn
+/// for an early refresh (`early`: the read-through then refreshes it without drawing again).
+fn local_hit<R: Reply>(
+    cache: &Cache,
+    key: String,
+    opts: &crate::policy::CallOpts,
+    reply: &R,
+) -> Result<R::Answer, (String, bool)> {
+    let Some((found, times)) = cache.local_hit::<R::Value>(&key) else { return Err((key, false)) };
+    // The clock matters only for an early draw.
+    if opts.beta.is_some() && opts.freshness(cache.rng(), &times, crate::time::now_ms()) != Freshness::Fresh {
+        return Err((key, true));
+    }
+    match reply.answer(found, Served::Fresh(times)) {
+        Some(answer) => {
+            cache.record_hit(&key);
+            crate::key::recycle(key);
+            Ok(answer)
+        }
+        None => Err((key, false)),
+    }
+}
+
+/// Everything after the fast path: single-flight, lookup, serve or refresh, `lock`, compute.
+async fn read_through<R, F>(call: Call<'_>, drawn_early: bool, reply: R, body: F, spawner: Spawner<F>) -> R::Answer
+where
+    R: Reply,
+    R::Detach: 'static,
+    F: Future<Output = R::Out>,
+{
+    let (cache, key, opts) = (call.cache, call.key.as_str(), call.opts);
+    let forced = reply.wants() != Wants::Cached;
+    // Single-flight (not for a client's forced refresh): one caller per cold key in this process
+    // reads the store and runs the body; the others take what it shares.
+    let leader = if forced {
+        None
+    } else {
+        match cache.flights().join::<R::Value>(key).await {
+            Joined::Leader(leader) => Some(leader),
+            Joined::Shared(found, stale) => {
+                let served = if stale { Served::Stale } else { Served::Joined(opts.ttl(cache.default_ttl())) };
+                if let Some(answer) = reply.answer(found, served) {
+                    cache.record_served(key, stale);
+                    return answer;
+                }
+                // A leader shares what it stored; should this kind not use it, run the body.
+                return reply.settle(body.await, opts.ttl(cache.default_ttl())).await.answer;
+            }
+        }
+    };
+    let mut lookup = cache.lookup::<R::Value, R::Codec>(&call, forced).await;
+    let mut fallback = None;
+    if let Some((found, times)) = lookup.hit.take() {
+        let freshness = opts.freshness_once(cache.rng(), &times, drawn_early);
+        let stale = freshness == Freshness::Stale;
+        match freshness {
+            Freshness::Fresh | Freshness::RefreshEarly | Freshness::Stale => {
+                let served = if stale { Served::Stale } else { Served::Fresh(times) };
+                if let Some(current) = reply.answer(found.clone(), served) {
+                    if freshness != Freshness::Fresh && cache.claim_refresh(key, REFRESH_HOLD).await {
+                        if spawner.0.is_none() {
+                            // The body borrows its caller: this caller refreshes, the others are
+                            // served the current value at once.
+                            share(leader, found.clone(), stale);
+                            let answer = refresh(&call, &reply, body, found).await;
+                            cache.release_refresh(key).await;
+                            return answer;
+                        }
+                        refresh_in_background(&call, &reply, body, spawner).await;
+                    }
+                    cache.record_served(key, stale);
+                    share(leader, found, stale);
+                    return current;
+                }
+            }
+            Freshness::Fallback => fallback = Some(found),
+            Freshness::Gone => {}
+        }
+    }
+    let mut held = None;
+    if let (Some(hold), false) = (opts.lock, forced) {
+        match cache.lock_or_wait::<R::Value, R::Codec>(&call, hold).await {
+            Locked::Ready(found, times) => {
+                if let Some(answer) = reply.answer(found.clone(), Served::Fresh(times)) {
+                    cache.record_served(key, false);
+                    share(leader, found, false);
+                    return answer;
+                }
+            }
+            Locked::Compute { token, lookup: newer } => {
+                held = token;
+                if let Some(newer) = newer {
+                    lookup = newer;
+                }
+            }
+        }
+    }
+    // A client's `no-store`: computed, not stored.
+    let lease = lookup.lease.filter(|_| reply.wants() != Wants::Uncached).map(|lease| (lease, lookup.l1_epoch));
+    let answer = compute(&call, &reply, body, lease, fallback, leader).await;
+    if let Some(held) = held {
+        held.release().await;
+    }
+    answer
+}
+
+/// Hands what was found to the callers waiting on this one.
+fn share<V: Stored>(leader: Option<Leader<'_>>, found: Found<V>, stale: bool) {
+    match leader {
+        Some(leader) if stale => leader.finish_stale(found),
+        Some(leader) => leader.finish(Some(found)),
+        None => {}
+    }
+}
+
+/// Recomputes the key in the caller's task: take a lease, run the body, store. A failing body
+/// falls back to `current`, the value being refreshed.
+async fn refresh<R: Reply>(
+    call: &Call<'_>,
+    reply: &R,
+    body: impl Future<Output = R::Out>,
+    current: Found<R::Value>,
+) -> R::Answer {
+    let lookup = call.cache.lookup::<R::Value, R::Codec>(call, true).await;
+    let lease = lookup.lease.map(|lease| (lease, lookup.l1_epoch));
+    compute(call, reply, body, lease, Some(current), None).await
+}
+
+/// Starts the refresh in a task of its own, under a lease taken before the body starts (so a
+/// write during the refresh wins). Without a lease (the store is failing, or invalidations
+/// are queued) nothing could be stored: the claim is released and the caller is served the
+/// current value, the body does not run.
+async fn refresh_in_background<R, F>(call: &Call<'_>, reply: &R, body: F, spawner: Spawner<F>)
+where
+    R: Reply,
+    R::Detach: 'static,
+    F: Future<Output = R::Out>,
+{
+    let cache = call.cache;
+    let (Some(spawn), Some(lease)) = (spawner.0, cache.lookup::<R::Value, R::Codec>(call, true).await.lease) else {
+        cache.release_refresh(&call.key).await;
+        return;
+    };
+    let with = reply.detach();
+    let (cache, key, namespace, tags, opts) =
+        (cache.clone(), call.key.clone(), call.namespace.to_owned(), call.tags.to_vec(), *call.opts);
+    let started = Instant::now();
+    spawn(
+        body,
+        Box::new(move |out| {
+            let stored = R::detached(with, out);
+            Box::pin(async move {
+                let call = Call { cache: &cache, key, namespace: &namespace, tags: &tags, opts: &opts };
+                if let Some(found) = stored.await {
+                    cache.fill::<R::Value, R::Codec>(&call, &lease, None, &found, started.elapsed()).await;
+                }
+                cache.release_refresh(&call.key).await;
+            })
+        }),
+    );
+}
+
+/// Runs the body; stores what it settles to when a lease allows; shares it with the waiting
+/// callers; when it failed inside a `stale_if_error` window, answers the `fallback` instead.
+async fn compute<R: Reply>(
+    call: &Call<'_>,
+    reply: &R,
+    body: impl Future<Output = R::Out>,
+    lease: Option<(Lease, Option<u64>)>,
+    fallback: Option<Found<R::Value>>,
+    leader: Option<Leader<'_>>,
+) -> R::Answer {
+    let cache = call.cache;
+    cache.record_miss(&call.key);
+    let started = Instant::now();
+    let out = body.await;
+    cache.record_computed(&call.key, started.elapsed());
+    let settled = reply.settle(out, call.opts.ttl(cache.default_ttl())).await;
+    if let (Some(found), Some((lease, l1_epoch))) = (&settled.stored, &lease) {
+        // A failed or dropped store is logged and counted; the caller still gets the answer.
+        cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed()).await;
+    }
+    if let Some(leader) = leader {
+        leader.finish(settled.stored);
+    }
+    if settled.failed {
+        if let Some(answer) = fallback.and_then(|stale| reply.answer(stale, Served::Stale)) {
+            cache.record_served(&call.key, true);
+            return answer;
+        }
+    }
+    settled.answer
+}
