@@ -4,61 +4,11 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens as _};
 use syn::spanned::Spanned as _;
-use syn::visit::Visit;
-use syn::{AttrStyle, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{AttrStyle, Ident, ItemFn, ReturnType, Type};
 
 use crate::attr::{CacheNone, CachedArgs, Errors, InvalidatesArgs, Spanned};
+use crate::signature::{self, is_handler, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
 use crate::template::Segment;
-
-/// The names a fn's parameters bind, in order (`Path(id): Path<u64>` binds `id`).
-struct Params {
-    has_self: bool,
-    names: Vec<Ident>,
-    /// The fn's type parameters that its return type mentions: each instantiation stores
-    /// another type, so each needs its own key (`<T>` in a template names one).
-    returned_types: Vec<Ident>,
-    /// Every type parameter of the fn (a `<T>` placeholder may name any of them).
-    type_params: Vec<Ident>,
-}
-
-fn bound_names(pat: &Pat, out: &mut Vec<Ident>) {
-    match pat {
-        Pat::Ident(p) => {
-            out.push(p.ident.clone());
-            if let Some((_, sub)) = &p.subpat {
-                bound_names(sub, out);
-            }
-        }
-        Pat::Tuple(p) => p.elems.iter().for_each(|e| bound_names(e, out)),
-        Pat::TupleStruct(p) => p.elems.iter().for_each(|e| bound_names(e, out)),
-        Pat::Struct(p) => p.fields.iter().for_each(|f| bound_names(&f.pat, out)),
-        Pat::Reference(p) => bound_names(&p.pat, out),
-        Pat::Slice(p) => p.elems.iter().for_each(|e| bound_names(e, out)),
-        Pat::Type(p) => bound_names(&p.pat, out),
-        Pat::Paren(p) => bound_names(&p.pat, out),
-        _ => {}
-    }
-}
-
-fn params(func: &ItemFn) -> Params {
-    let mut names = Vec::new();
-    let mut has_self = false;
-    for input in &func.sig.inputs {
-        match input {
-            FnArg::Receiver(_) => has_self = true,
-            FnArg::Typed(pat) => bound_names(&pat.pat, &mut names),
-        }
-    }
-    let type_params: Vec<Ident> = func.sig.generics.type_params().map(|p| p.ident.clone()).collect();
-    let returned_types = match &func.sig.output {
-        ReturnType::Type(_, ty) => {
-            let mentioned = mentions(ty, &[]).idents;
-            type_params.iter().filter(|p| mentioned.contains(p)).cloned().collect()
-        }
-        ReturnType::Default => Vec::new(),
-    };
-    Params { has_self, names, returned_types, type_params }
-}
 
 fn list(names: &[Ident]) -> String {
     if names.is_empty() {
@@ -66,117 +16,6 @@ fn list(names: &[Ident]) -> String {
     } else {
         names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
     }
-}
-
-/// What the return type says about what is stored.
-enum Mode<'a> {
-    /// Not spelled `Result`/`Option` (it may still be one behind an alias: the type decides).
-    Plain,
-    Option(&'a Type),
-    Result(&'a Type),
-}
-
-fn strip(ty: &Type) -> &Type {
-    match ty {
-        Type::Paren(p) => strip(&p.elem),
-        Type::Group(g) => strip(&g.elem),
-        other => other,
-    }
-}
-
-fn first_type_arg(args: &PathArguments) -> Option<&Type> {
-    let PathArguments::AngleBracketed(args) = args else {
-        return None;
-    };
-    args.args.iter().find_map(|a| match a {
-        GenericArgument::Type(t) => Some(t),
-        _ => None,
-    })
-}
-
-fn mode(ty: &Type) -> Mode<'_> {
-    if let Type::Path(path) = strip(ty) {
-        if let Some(last) = path.path.segments.last() {
-            if let Some(inner) = first_type_arg(&last.arguments) {
-                if last.ident == "Option" {
-                    return Mode::Option(inner);
-                }
-                if last.ident == "Result" {
-                    return Mode::Result(inner);
-                }
-            }
-        }
-    }
-    Mode::Plain
-}
-
-/// Parameter types that mark a fn as an axum handler (the last path segment is compared).
-const EXTRACTORS: &[&str] = &[
-    "Path",
-    "Query",
-    "State",
-    "Json",
-    "Form",
-    "Extension",
-    "HeaderMap",
-    "TypedHeader",
-    "Method",
-    "Uri",
-    "OriginalUri",
-    "ConnectInfo",
-    "MatchedPath",
-    "Host",
-    "Request",
-    "RawQuery",
-    "RawForm",
-    "Multipart",
-];
-
-/// Return types that mark a fn as an axum handler (any path segment or `impl` bound).
-const RESPONSES: &[&str] =
-    &["IntoResponse", "Response", "Json", "Html", "Redirect", "StatusCode", "Sse", "ErrorResponse"];
-
-struct Mentions<'a> {
-    names: &'a [&'a str],
-    found: bool,
-    impl_trait: bool,
-    /// The bounds of every `impl Trait` in the type.
-    impl_bounds: Vec<syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>>,
-    /// Every path segment's identifier (to find the type parameters a type mentions).
-    idents: Vec<Ident>,
-}
-
-impl<'ast> Visit<'ast> for Mentions<'_> {
-    fn visit_path_segment(&mut self, seg: &'ast syn::PathSegment) {
-        if self.names.iter().any(|n| seg.ident == n) {
-            self.found = true;
-        }
-        self.idents.push(seg.ident.clone());
-        syn::visit::visit_path_segment(self, seg);
-    }
-
-    fn visit_type_impl_trait(&mut self, it: &'ast syn::TypeImplTrait) {
-        self.impl_trait = true;
-        self.impl_bounds.push(it.bounds.clone());
-        syn::visit::visit_type_impl_trait(self, it);
-    }
-}
-
-fn mentions<'a>(ty: &Type, names: &'a [&'a str]) -> Mentions<'a> {
-    let mut m = Mentions { names, found: false, impl_trait: false, impl_bounds: Vec::new(), idents: Vec::new() };
-    m.visit_type(ty);
-    m
-}
-
-/// Handler mode: `http`, an axum extractor parameter, or a response return type.
-fn is_handler(http: bool, func: &ItemFn) -> bool {
-    http || func.sig.inputs.iter().any(|input| match input {
-        FnArg::Typed(pat) => match strip(&pat.ty) {
-            Type::Path(p) => p.path.segments.last().is_some_and(|seg| EXTRACTORS.iter().any(|e| seg.ident == e)),
-            _ => false,
-        },
-        FnArg::Receiver(_) => false,
-    }) || matches!(&func.sig.output, ReturnType::Type(_, ty) if mentions(ty, RESPONSES).found)
 }
 
 pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream> {
@@ -190,7 +29,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
              `cache.get_or_fetch(key, ttl, || async { … }).await` (the plain API)",
         ));
     }
-    let params = params(&func);
+    let params = Signature::of(&func);
     for skipped in &args.skip {
         if !params.names.contains(skipped) {
             errors.push(syn::Error::new(
@@ -202,7 +41,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
             ));
         }
     }
-    let handler = is_handler(args.http.is_some(), &func);
+    let handler = is_handler(args.http.is_some(), &params);
     let ret_ty = match &sig.output {
         ReturnType::Type(_, ty) => Some(&**ty),
         ReturnType::Default => {
@@ -212,7 +51,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     };
     if handler {
         check_handler_options(&args, &mut errors);
-        check_handler_params(&func, &args, &mut errors);
+        check_handler_params(&params, &args, &mut errors);
     } else {
         if let Some((name, span)) = &args.first_http_option {
             errors.push(syn::Error::new(
@@ -223,13 +62,13 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
                 ),
             ));
         }
-        if let Some(Type::ImplTrait(it)) = ret_ty.map(strip) {
+        if let Some(Type::ImplTrait(it)) = ret_ty.map(signature::strip) {
             errors.push(syn::Error::new(
                 it.span(),
                 "a `#[cached]` fn must return a concrete type (an `impl Trait` value cannot be stored)",
             ));
         }
-        if let Some(param) = ret_ty.and_then(|ty| type_parameter(ty, &sig.generics)) {
+        if let Some(param) = ret_ty.and_then(|ty| signature::type_parameter(ty, &sig.generics)) {
             errors.push(type_parameter_error(
                 param,
                 "#[cached]",
@@ -237,14 +76,14 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
             ));
         }
     }
-    let mode = ret_ty.map(mode);
+    let mode = ret_ty.map(signature::returns);
     if let (Some(cn), Some(m)) = (&args.cache_none, &mode) {
         if handler {
             errors.push(syn::Error::new(
                 cn.span,
                 "`cache_none` does not apply to handlers: only 2xx responses are stored",
             ));
-        } else if !matches!(m, Mode::Option(_)) {
+        } else if !matches!(m, Returns::Option(_)) {
             errors
                 .push(syn::Error::new(cn.span, "`cache_none` needs a fn returning `Option<T>`: it caches the `None`s"));
         }
@@ -278,7 +117,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else { unreachable!("reported above") };
 
     // A refresh can run in the background only if the body owns everything it uses.
-    let background = (args.stale.is_some() || args.early.is_some()) && owns_its_parameters(&func);
+    let background = (args.stale.is_some() || args.early.is_some()) && params.owns_its_parameters;
     let cache = cache_binding(args.cache.as_ref(), &krate, background);
     let (body_kw, spawner) = if background {
         (quote!(async move), quote!(#krate::__private::Spawner::background()))
@@ -380,7 +219,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         }
     };
     let (runtime_fn, value_ty, infer) = match mode {
-        Mode::Plain => {
+        Returns::Plain => {
             // Not spelled `Result<…>`/`Option<…>`: it may still be one behind an alias
             // (`CatalogResult<T>`). The type decides (see `cache_runtime::returns`).
             let call = quote_spanned! {ret_ty.span()=>
@@ -400,8 +239,8 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
                 }
             });
         }
-        Mode::Option(t) => ("cached_option", t, quote!(_)),
-        Mode::Result(t) => ("cached_result", t, quote!(_, _)),
+        Returns::Option(t) => ("cached_option", t, quote!(_)),
+        Returns::Result(t) => ("cached_result", t, quote!(_, _)),
     };
     let runtime_fn = Ident::new(runtime_fn, value_ty.span());
     // Spanned at the cached type, so "cannot be stored in the cache" points at it.
@@ -417,46 +256,10 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
     })
 }
 
-/// No receiver, no generics, and no parameter type that borrows (`&`, a lifetime, `impl`,
-/// `dyn`): the body can be moved into a `'static` task.
-fn owns_its_parameters(func: &ItemFn) -> bool {
-    struct Borrows(bool);
-    impl<'ast> Visit<'ast> for Borrows {
-        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
-            self.0 = true;
-        }
-        fn visit_lifetime(&mut self, _: &'ast syn::Lifetime) {
-            self.0 = true;
-        }
-        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
-            self.0 = true;
-        }
-        fn visit_type_trait_object(&mut self, _: &'ast syn::TypeTraitObject) {
-            self.0 = true;
-        }
-    }
-    if !func.sig.generics.params.is_empty() {
-        return false;
-    }
-    func.sig.inputs.iter().all(|input| match input {
-        FnArg::Receiver(_) => false,
-        FnArg::Typed(pat) => {
-            let mut b = Borrows(false);
-            b.visit_type(&pat.ty);
-            !b.0
-        }
-    })
-}
-
-/// Extractors that never change which response a request gets.
-const NEUTRAL_EXTRACTORS: &[&str] = &["State", "Extension"];
-/// Extractors read from the request's path and query: part of the default key.
-const URI_EXTRACTORS: &[&str] = &["Path", "Query", "RawQuery", "Uri", "OriginalUri", "MatchedPath"];
-
 /// Every extractor that can change the response must be part of the key (a placeholder; for
 /// the default key, the URI), be covered by `vary`, or be listed in `skip`: otherwise two
 /// requests that should get different responses (another page, another user) would share one.
-fn check_handler_params(func: &ItemFn, args: &CachedArgs, errors: &mut Errors) {
+fn check_handler_params(params: &Signature, args: &CachedArgs, errors: &mut Errors) {
     let roots: Vec<&str> = args
         .key
         .iter()
@@ -466,12 +269,8 @@ fn check_handler_params(func: &ItemFn, args: &CachedArgs, errors: &mut Errors) {
             Segment::Lit(_) => None,
         })
         .collect();
-    for input in &func.sig.inputs {
-        let FnArg::Typed(param) = input else { continue };
-        let kind = match strip(&param.ty) {
-            Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default(),
-            _ => String::new(),
-        };
+    for param in &params.params {
+        let kind = &param.type_name;
         if NEUTRAL_EXTRACTORS.contains(&kind.as_str())
             || (args.key.is_none() && URI_EXTRACTORS.contains(&kind.as_str()))
         {
@@ -481,8 +280,7 @@ fn check_handler_params(func: &ItemFn, args: &CachedArgs, errors: &mut Errors) {
         if args.vary.is_some() && !URI_EXTRACTORS.contains(&kind.as_str()) {
             continue;
         }
-        let mut names = Vec::new();
-        bound_names(&param.pat, &mut names);
+        let names = &param.names;
         if names.is_empty() || names.iter().any(|n| roots.contains(&n.to_string().as_str()) || args.skip.contains(n)) {
             continue;
         }
@@ -502,7 +300,7 @@ fn check_handler_params(func: &ItemFn, args: &CachedArgs, errors: &mut Errors) {
             ),
         };
         errors.push(syn::Error::new(
-            param.pat.span(),
+            param.span,
             format!(
                 "`{name}` may change the response but is not part of the cache key, so requests that differ in it \
                  would share one entry: {fix}, or list it in `skip = [{name}]` if it never changes the response"
@@ -574,7 +372,7 @@ fn default_handler_key(func: &ItemFn) -> (TokenStream, usize) {
 fn template_key(
     segments: &[Segment],
     span: Span,
-    params: &Params,
+    params: &Signature,
     skip: &[Ident],
     krate: &TokenStream,
     errors: &mut Errors,
@@ -646,7 +444,7 @@ fn template_key(
 
 /// No `key`: module path, (the `Self` type for methods,) fn name, then every parameter not
 /// skipped, each JSON-encoded and escaped.
-fn default_key(func: &ItemFn, params: &Params, skip: &[Ident], krate: &TokenStream) -> (TokenStream, usize) {
+fn default_key(func: &ItemFn, params: &Signature, skip: &[Ident], krate: &TokenStream) -> (TokenStream, usize) {
     let name = func.sig.ident.to_string();
     let mut out = quote!(__cr_w.lit(::core::module_path!()); __cr_w.lit("::"););
     if params.has_self {
@@ -672,7 +470,7 @@ fn default_key(func: &ItemFn, params: &Params, skip: &[Ident], krate: &TokenStre
 /// Each tag template rendered into a `String` (placeholders escaped like key values).
 fn render_tags(
     tags: &[Spanned<Vec<Segment>>],
-    params: &Params,
+    params: &Signature,
     skip: &[Ident],
     krate: &TokenStream,
     errors: &mut Errors,
@@ -687,13 +485,6 @@ fn render_tags(
             })
         })
         .collect()
-}
-
-/// The fn's type parameter that `ty` is, if it is one (`-> T`).
-fn type_parameter<'a>(ty: &'a Type, generics: &syn::Generics) -> Option<&'a Ident> {
-    let Type::Path(path) = strip(ty) else { return None };
-    let ident = path.path.get_ident().filter(|_| path.qself.is_none())?;
-    generics.type_params().any(|p| p.ident == *ident).then_some(ident)
 }
 
 /// What a type parameter as the return type gets: whether it is a `Result` or an `Option`
@@ -718,9 +509,9 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new(sig.fn_token.span, "`#[invalidates]` can only be used on an `async fn`"));
     }
-    let params = params(&func);
+    let params = Signature::of(&func);
     if let ReturnType::Type(_, ty) = &sig.output {
-        if let Some(param) = type_parameter(ty, &sig.generics) {
+        if let Some(param) = signature::type_parameter(ty, &sig.generics) {
             errors.push(type_parameter_error(
                 param,
                 "#[invalidates]",
@@ -747,7 +538,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
     }
     errors.finish()?;
 
-    let handler = is_handler(args.http, &func);
+    let handler = is_handler(args.http, &params);
     // Owned (an `Arc` clone): the body may move what the `cache` expression borrows from.
     let cache = cache_binding(args.cache.as_ref(), &krate, true);
     let ItemFn { attrs, vis, block, .. } = &func;
@@ -807,7 +598,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
 /// A fake return edge: fixes an async block's type so `?` and `return` infer as in the
 /// user's fn. `None` for `impl Trait` return types (impossible to name, and not needed).
 fn fake_return(ret_ty: &Type) -> Option<TokenStream> {
-    (!mentions(ret_ty, &[]).impl_trait).then(|| {
+    (!signature::has_impl_trait(ret_ty)).then(|| {
         quote! {
             #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
             if false {
@@ -842,7 +633,7 @@ fn cache_binding(cache: Option<&syn::Expr>, krate: &TokenStream, owned: bool) ->
 /// When the return type is replaced by `Response`, naming the bounds of its `impl Trait`s
 /// keeps them (and the user's imports of them) checked and used.
 fn return_bounds(ret_ty: &Type, replaced: bool) -> Option<TokenStream> {
-    let bounds = mentions(ret_ty, &[]).impl_bounds;
+    let bounds = signature::impl_bounds(ret_ty);
     if !replaced || bounds.is_empty() {
         return None;
     }

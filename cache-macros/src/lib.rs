@@ -3,12 +3,14 @@
 //! `::cache_runtime::__private::…` (or the path given with `crate = "…"`).
 //!
 //! Layout (as in tracing-attributes): `attr` parses and validates the options, `template`
-//! parses key templates, `expand` generates code, this file only drives them.
+//! parses key templates, `signature` says what the fn is (its parameters, its return type,
+//! whether it is an axum handler), `expand` generates code, this file only drives them.
 
 use proc_macro::TokenStream;
 
 mod attr;
 mod expand;
+mod signature;
 mod template;
 
 /// Caches an async fn's result. Documented, with examples, on `cache_runtime::cached`.
