@@ -2,11 +2,11 @@
 //! runtime (`__private::cached_*`); all caching logic lives in cache-runtime.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned, ToTokens as _};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::{AttrStyle, Ident, ItemFn, ReturnType, Type};
 
-use crate::attr::{CacheNone, CachedArgs, Errors, InvalidatesArgs, Spanned};
+use crate::attr::{CacheNone, Errors, Options, Secs, Spanned};
 use crate::signature::{self, is_handler, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
 use crate::template::Segment;
 
@@ -18,7 +18,23 @@ fn list(names: &[Ident]) -> String {
     }
 }
 
-pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream> {
+impl ToTokens for Secs {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        match self {
+            Secs::Lit(secs) => secs.to_tokens(tokens),
+            Secs::Const { expr, option } => {
+                let message = format!("`{option}` must be at least 1 second");
+                tokens.extend(quote_spanned! {expr.span()=> {
+                    const __CR_SECS: u64 = #expr;
+                    const _: () = ::core::assert!(__CR_SECS > 0, #message);
+                    __CR_SECS
+                }});
+            }
+        }
+    }
+}
+
+pub(crate) fn cached(args: Options, func: ItemFn) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
     let sig = &func.sig;
     if sig.asyncness.is_none() {
@@ -53,7 +69,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
         check_handler_options(&args, &mut errors);
         check_handler_params(&params, &args, &mut errors);
     } else {
-        if let Some((name, span)) = &args.first_http_option {
+        if let Some((name, span)) = &args.first_handler_option {
             errors.push(syn::Error::new(
                 *span,
                 format!(
@@ -259,7 +275,7 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
 /// Every extractor that can change the response must be part of the key (a placeholder; for
 /// the default key, the URI), be covered by `vary`, or be listed in `skip`: otherwise two
 /// requests that should get different responses (another page, another user) would share one.
-fn check_handler_params(params: &Signature, args: &CachedArgs, errors: &mut Errors) {
+fn check_handler_params(params: &Signature, args: &Options, errors: &mut Errors) {
     let roots: Vec<&str> = args
         .key
         .iter()
@@ -309,7 +325,7 @@ fn check_handler_params(params: &Signature, args: &CachedArgs, errors: &mut Erro
     }
 }
 
-fn check_handler_options(args: &CachedArgs, errors: &mut Errors) {
+fn check_handler_options(args: &Options, errors: &mut Errors) {
     if let (Some(_), Some(private)) = (args.public, args.private) {
         errors.push(syn::Error::new(private, "`public` and `private` exclude each other"));
     }
@@ -319,7 +335,7 @@ fn check_handler_options(args: &CachedArgs, errors: &mut Errors) {
     }
 }
 
-fn http_opts(args: &CachedArgs, krate: &TokenStream) -> TokenStream {
+fn http_opts(args: &Options, krate: &TokenStream) -> TokenStream {
     let mut out = quote!(#krate::__private::HttpOpts::new());
     if args.public.is_some() {
         out.extend(quote!(.public()));
@@ -503,8 +519,14 @@ fn type_parameter_error(param: &Ident, attribute: &str, decides: &str) -> syn::E
 /// `#[invalidates(...)]`: render what to invalidate from the arguments, run the body, then
 /// (or, with `before`, first) hand it to the runtime. Only a successful body invalidates: `Ok`,
 /// `Some`, a 2xx response, or any value of another type.
-pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<TokenStream> {
+pub(crate) fn invalidates(args: Options, func: ItemFn) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
+    if args.keys.is_empty() && args.tags.is_empty() && args.namespace.is_none() {
+        errors.push(syn::Error::new(
+            args.span,
+            "`#[invalidates]` needs something to invalidate: `key`, `keys`, `tags` or `namespace`",
+        ));
+    }
     let sig = &func.sig;
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new(sig.fn_token.span, "`#[invalidates]` can only be used on an `async fn`"));
@@ -538,7 +560,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
     }
     errors.finish()?;
 
-    let handler = is_handler(args.http, &params);
+    let handler = is_handler(args.http.is_some(), &params);
     // Owned (an `Arc` clone): the body may move what the `cache` expression borrows from.
     let cache = cache_binding(args.cache.as_ref(), &krate, true);
     let ItemFn { attrs, vis, block, .. } = &func;
@@ -549,7 +571,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
         ReturnType::Default => syn::parse_quote!(()),
     };
     let fake_return = fake_return(&ret_ty);
-    let (before, after) = if args.before {
+    let (before, after) = if args.before.is_some() {
         (quote!(__cr_inv.run().await;), quote!())
     } else {
         (

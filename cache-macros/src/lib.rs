@@ -2,9 +2,9 @@
 //! `use cache_runtime::cached;`. The generated code calls only
 //! `::cache_runtime::__private::…` (or the path given with `crate = "…"`).
 //!
-//! Layout (as in tracing-attributes): `attr` parses and validates the options, `template`
-//! parses key templates, `signature` says what the fn is (its parameters, its return type,
-//! whether it is an axum handler), `expand` generates code, this file only drives them.
+//! Layout (as in tracing-attributes): `attr` holds the one table of options and parses them,
+//! `template` parses key templates, `signature` says what the fn is (its parameters, its return
+//! type, whether it is an axum handler), `expand` generates code, this file only drives them.
 
 use proc_macro::TokenStream;
 
@@ -13,23 +13,19 @@ mod expand;
 mod signature;
 mod template;
 
+use attr::Macro;
+
 /// Caches an async fn's result. Documented, with examples, on `cache_runtime::cached`.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    drive(args, item, |args, item| {
-        let args = syn::parse2::<attr::CachedArgs>(args)?;
-        expand::cached(args, item)
-    })
+    drive(args, item, |args, item| expand::cached(attr::parse(Macro::Cached, args)?, item))
 }
 
 /// Invalidates keys, tags or a namespace when an async fn succeeds. Documented, with examples,
 /// on `cache_runtime::invalidates`.
 #[proc_macro_attribute]
 pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
-    drive(args, item, |args, item| {
-        let args = syn::parse2::<attr::InvalidatesArgs>(args)?;
-        expand::invalidates(args, item)
-    })
+    drive(args, item, |args, item| expand::invalidates(attr::parse(Macro::Invalidates, args)?, item))
 }
 
 /// Parses the item, runs `expand`, and on an error emits the error beside the user's item
