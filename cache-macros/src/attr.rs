@@ -458,3 +458,128 @@ fn headers(input: ParseStream<'_>) -> syn::Result<Spanned<Vec<String>>> {
     }
     Ok(Spanned { value: values, span })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The options tables (`| option | …`) of a Markdown text, in order: for each, its
+    /// header cells and, per row, its cells.
+    fn tables(doc: &str) -> Vec<(Vec<String>, Vec<Vec<String>>)> {
+        let cells = |line: &str| line.trim().trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect();
+        let mut tables = Vec::new();
+        let mut lines = doc.lines().peekable();
+        while let Some(line) = lines.next() {
+            if !line.starts_with("| option |") {
+                continue;
+            }
+            let mut rows = Vec::new();
+            while let Some(row) = lines.next_if(|l| l.starts_with('|')) {
+                if !row.starts_with("|---") {
+                    rows.push(cells(row));
+                }
+            }
+            tables.push((cells(line), rows));
+        }
+        tables
+    }
+
+    /// The option names a row documents: every `name` in code in its first cell.
+    fn names(row: &[String]) -> Vec<&str> {
+        row[0].split('`').skip(1).step_by(2).collect()
+    }
+
+    /// A documented options table lists each option of `mac`, and nothing else; with an
+    /// "applies to" column, that column says "handlers" exactly for the handler-only options
+    /// (and for `http`, which makes any fn a handler).
+    fn assert_documents(mac: Macro, (header, rows): &(Vec<String>, Vec<Vec<String>>), doc: &str) {
+        let mut documented: Vec<&str> = rows.iter().flat_map(|row| names(row)).collect();
+        let mut table: Vec<&str> = options_of(mac).map(|o| o.name).collect();
+        documented.sort_unstable();
+        table.sort_unstable();
+        assert_eq!(documented, table, "{doc}: the options table of `#[{}]`", mac.name());
+        if header.get(1).map(String::as_str) != Some("applies to") {
+            return;
+        }
+        for row in rows {
+            for name in names(row) {
+                let def = options_of(mac).find(|o| o.name == name).unwrap();
+                let applies = row[1].as_str();
+                assert!(
+                    (def.applies_to == Handlers) == applies.starts_with("handlers") || name == "http",
+                    "{doc}: `{name}` applies to {applies:?} in the docs, to {:?} in the table",
+                    def.applies_to
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_docs_list_exactly_the_options_of_the_table() {
+        let readme = tables(include_str!("../../README.md"));
+        assert_eq!(readme.len(), 2, "README.md: one options table per macro");
+        assert_documents(Macro::Cached, &readme[0], "README.md");
+        assert_documents(Macro::Invalidates, &readme[1], "README.md");
+        for (mac, doc, text) in [
+            (Macro::Cached, "docs/CACHED.md", include_str!("../../docs/CACHED.md")),
+            (Macro::Invalidates, "docs/INVALIDATES.md", include_str!("../../docs/INVALIDATES.md")),
+        ] {
+            let tables = tables(text);
+            assert_eq!(tables.len(), 1, "{doc}: one options table");
+            assert_documents(mac, &tables[0], doc);
+        }
+    }
+
+    #[test]
+    fn no_macro_takes_an_option_twice() {
+        for mac in [Macro::Cached, Macro::Invalidates] {
+            let mut names: Vec<&str> = options_of(mac).map(|o| o.name).collect();
+            names.sort_unstable();
+            let count = names.len();
+            names.dedup();
+            assert_eq!(names.len(), count, "`#[{}]`", mac.name());
+        }
+    }
+
+    fn parse_cached(args: &str) -> syn::Result<Options> {
+        parse(Macro::Cached, args.parse().unwrap())
+    }
+
+    #[test]
+    fn unknown_options_list_the_options_of_the_macro() {
+        let err = parse_cached("expires = 60").unwrap_err().to_string();
+        assert!(
+            err.starts_with("unknown option `expires`; the options of `#[cached]` are: expire, key, tags,"),
+            "{err}"
+        );
+        let err = parse(Macro::Invalidates, "expire = 60".parse().unwrap()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown option `expire`; the options of `#[invalidates]` are: key, keys, tags, namespace, before, cache, \
+             crate, http"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_of_one_attribute_is_reported() {
+        let err = parse_cached("expire = \"x\", key = 5, expire = 0, public = 1").unwrap_err();
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 5, "{messages:?}");
+        assert!(messages[2].starts_with("duplicate option `expire`"), "{messages:?}");
+    }
+
+    #[test]
+    fn flags_and_values() {
+        let o = parse_cached("lock, early, cache_none = 10, http = false, public = true, vary = [\"X-A\"]").unwrap();
+        assert!(matches!(o.lock, Some(Spanned { value: Secs::Lit(10), .. })));
+        assert!(matches!(o.early, Some(Spanned { value, .. }) if value == 1.0));
+        assert!(matches!(o.cache_none, Some(Spanned { value: CacheNone::Ttl(Secs::Lit(10)), .. })));
+        assert!(o.http.is_none() && o.public.is_some());
+        assert_eq!(o.vary.unwrap().value, ["x-a"]);
+        assert_eq!(o.first_handler_option.map(|(name, _)| name), Some("public"));
+        let o = parse_cached("lock = 5, beta = 2, expire = TTL * 2").unwrap();
+        assert!(matches!(o.lock, Some(Spanned { value: Secs::Lit(5), .. })));
+        assert!(matches!(o.early, Some(Spanned { value, .. }) if value == 2.0));
+        assert!(matches!(o.expire, Some(Spanned { value: Secs::Const { option: "expire", .. }, .. })));
+    }
+}
