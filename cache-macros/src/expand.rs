@@ -1,331 +1,66 @@
-//! Code generation. The expansion only builds a key and a future, then hands both to the
-//! runtime (`__private::cached_*`); all caching logic lives in cache-runtime.
+//! Code generation from a checked plan. The expansion only builds a key and a future, then
+//! hands both to the runtime (`__private::cached_*`); all caching logic lives in cache-runtime.
+//! Nothing here reports an error: `attr` and `check` found them all.
 
-use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned, ToTokens as _};
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
-use syn::visit::Visit;
-use syn::{AttrStyle, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{AttrStyle, Attribute, Ident, ItemFn, Path, ReturnType, Type};
 
-use crate::attr::{CacheNone, CachedArgs, Errors, InvalidatesArgs, Spanned};
-use crate::template::Segment;
+use crate::attr::{CacheNone, Secs};
+use crate::check::{CachedPlan, CallOpts, HttpOpts, InvalidatesPlan, Key, Mode, Part, Template};
+use crate::signature::{self, Returns};
 
-/// The names a fn's parameters bind, in order (`Path(id): Path<u64>` binds `id`).
-struct Params {
-    has_self: bool,
-    names: Vec<Ident>,
-    /// The fn's type parameters that its return type mentions: each instantiation stores
-    /// another type, so each needs its own key (`<T>` in a template names one).
-    returned_types: Vec<Ident>,
-    /// Every type parameter of the fn (a `<T>` placeholder may name any of them).
-    type_params: Vec<Ident>,
-}
-
-fn bound_names(pat: &Pat, out: &mut Vec<Ident>) {
-    match pat {
-        Pat::Ident(p) => {
-            out.push(p.ident.clone());
-            if let Some((_, sub)) = &p.subpat {
-                bound_names(sub, out);
-            }
-        }
-        Pat::Tuple(p) => p.elems.iter().for_each(|e| bound_names(e, out)),
-        Pat::TupleStruct(p) => p.elems.iter().for_each(|e| bound_names(e, out)),
-        Pat::Struct(p) => p.fields.iter().for_each(|f| bound_names(&f.pat, out)),
-        Pat::Reference(p) => bound_names(&p.pat, out),
-        Pat::Slice(p) => p.elems.iter().for_each(|e| bound_names(e, out)),
-        Pat::Type(p) => bound_names(&p.pat, out),
-        Pat::Paren(p) => bound_names(&p.pat, out),
-        _ => {}
-    }
-}
-
-fn params(func: &ItemFn) -> Params {
-    let mut names = Vec::new();
-    let mut has_self = false;
-    for input in &func.sig.inputs {
-        match input {
-            FnArg::Receiver(_) => has_self = true,
-            FnArg::Typed(pat) => bound_names(&pat.pat, &mut names),
-        }
-    }
-    let type_params: Vec<Ident> = func.sig.generics.type_params().map(|p| p.ident.clone()).collect();
-    let returned_types = match &func.sig.output {
-        ReturnType::Type(_, ty) => {
-            let mentioned = mentions(ty, &[]).idents;
-            type_params.iter().filter(|p| mentioned.contains(p)).cloned().collect()
-        }
-        ReturnType::Default => Vec::new(),
-    };
-    Params { has_self, names, returned_types, type_params }
-}
-
-fn list(names: &[Ident]) -> String {
-    if names.is_empty() {
-        "it has none".to_owned()
-    } else {
-        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-    }
-}
-
-/// What the return type says about what is stored.
-enum Mode<'a> {
-    /// Not spelled `Result`/`Option` (it may still be one behind an alias: the type decides).
-    Plain,
-    Option(&'a Type),
-    Result(&'a Type),
-}
-
-fn strip(ty: &Type) -> &Type {
-    match ty {
-        Type::Paren(p) => strip(&p.elem),
-        Type::Group(g) => strip(&g.elem),
-        other => other,
-    }
-}
-
-fn first_type_arg(args: &PathArguments) -> Option<&Type> {
-    let PathArguments::AngleBracketed(args) = args else {
-        return None;
-    };
-    args.args.iter().find_map(|a| match a {
-        GenericArgument::Type(t) => Some(t),
-        _ => None,
-    })
-}
-
-fn mode(ty: &Type) -> Mode<'_> {
-    if let Type::Path(path) = strip(ty) {
-        if let Some(last) = path.path.segments.last() {
-            if let Some(inner) = first_type_arg(&last.arguments) {
-                if last.ident == "Option" {
-                    return Mode::Option(inner);
-                }
-                if last.ident == "Result" {
-                    return Mode::Result(inner);
-                }
+impl ToTokens for Secs {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        match self {
+            Secs::Lit(secs) => secs.to_tokens(tokens),
+            Secs::Const { expr, option } => {
+                let message = format!("`{option}` must be at least 1 second");
+                tokens.extend(quote_spanned! {expr.span()=> {
+                    const __CR_SECS: u64 = #expr;
+                    const _: () = ::core::assert!(__CR_SECS > 0, #message);
+                    __CR_SECS
+                }});
             }
         }
     }
-    Mode::Plain
 }
 
-/// Parameter types that mark a fn as an axum handler (the last path segment is compared).
-const EXTRACTORS: &[&str] = &[
-    "Path",
-    "Query",
-    "State",
-    "Json",
-    "Form",
-    "Extension",
-    "HeaderMap",
-    "TypedHeader",
-    "Method",
-    "Uri",
-    "OriginalUri",
-    "ConnectInfo",
-    "MatchedPath",
-    "Host",
-    "Request",
-    "RawQuery",
-    "RawForm",
-    "Multipart",
-];
-
-/// Return types that mark a fn as an axum handler (any path segment or `impl` bound).
-const RESPONSES: &[&str] =
-    &["IntoResponse", "Response", "Json", "Html", "Redirect", "StatusCode", "Sse", "ErrorResponse"];
-
-struct Mentions<'a> {
-    names: &'a [&'a str],
-    found: bool,
-    impl_trait: bool,
-    /// The bounds of every `impl Trait` in the type.
-    impl_bounds: Vec<syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>>,
-    /// Every path segment's identifier (to find the type parameters a type mentions).
-    idents: Vec<Ident>,
+/// The path of cache-runtime: `crate = "…"`, or `::cache_runtime`.
+fn krate(path: Option<&Path>) -> TokenStream {
+    path.map_or_else(|| quote!(::cache_runtime), ToTokens::to_token_stream)
 }
 
-impl<'ast> Visit<'ast> for Mentions<'_> {
-    fn visit_path_segment(&mut self, seg: &'ast syn::PathSegment) {
-        if self.names.iter().any(|n| seg.ident == n) {
-            self.found = true;
-        }
-        self.idents.push(seg.ident.clone());
-        syn::visit::visit_path_segment(self, seg);
-    }
-
-    fn visit_type_impl_trait(&mut self, it: &'ast syn::TypeImplTrait) {
-        self.impl_trait = true;
-        self.impl_bounds.push(it.bounds.clone());
-        syn::visit::visit_type_impl_trait(self, it);
-    }
+/// The fn's outer and inner attributes.
+fn split_attrs(func: &ItemFn) -> (Vec<&Attribute>, Vec<&Attribute>) {
+    func.attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer))
 }
 
-fn mentions<'a>(ty: &Type, names: &'a [&'a str]) -> Mentions<'a> {
-    let mut m = Mentions { names, found: false, impl_trait: false, impl_bounds: Vec::new(), idents: Vec::new() };
-    m.visit_type(ty);
-    m
-}
-
-/// Handler mode: `http`, an axum extractor parameter, or a response return type.
-fn is_handler(http: bool, func: &ItemFn) -> bool {
-    http || func.sig.inputs.iter().any(|input| match input {
-        FnArg::Typed(pat) => match strip(&pat.ty) {
-            Type::Path(p) => p.path.segments.last().is_some_and(|seg| EXTRACTORS.iter().any(|e| seg.ident == e)),
-            _ => false,
-        },
-        FnArg::Receiver(_) => false,
-    }) || matches!(&func.sig.output, ReturnType::Type(_, ty) if mentions(ty, RESPONSES).found)
-}
-
-pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream> {
-    let mut errors = Errors::default();
-    let sig = &func.sig;
-    if sig.asyncness.is_none() {
-        errors.push(syn::Error::new(
-            sig.fn_token.span,
-            "`#[cached]` can only be used on an `async fn` (reading the cache may wait for Redis): make it `async`, \
-             or, for a sync computation, cache it where it is called with \
-             `cache.get_or_fetch(key, ttl, || async { … }).await` (the plain API)",
-        ));
-    }
-    let params = params(&func);
-    for skipped in &args.skip {
-        if !params.names.contains(skipped) {
-            errors.push(syn::Error::new(
-                skipped.span(),
-                format!(
-                    "`skip` names `{skipped}`, which is not a parameter; the parameters are: {}",
-                    list(&params.names)
-                ),
-            ));
-        }
-    }
-    let handler = is_handler(args.http.is_some(), &func);
-    let ret_ty = match &sig.output {
-        ReturnType::Type(_, ty) => Some(&**ty),
-        ReturnType::Default => {
-            errors.push(syn::Error::new(sig.ident.span(), "a `#[cached]` fn must return the value to cache"));
-            None
-        }
-    };
-    if handler {
-        check_handler_options(&args, &mut errors);
-        check_handler_params(&func, &args, &mut errors);
-    } else {
-        if let Some((name, span)) = &args.first_http_option {
-            errors.push(syn::Error::new(
-                *span,
-                format!(
-                    "`{name}` only applies to axum handlers, and this fn is not recognised as one (no axum extractor \
-                     parameter, no response return type); add `http` to treat it as a handler"
-                ),
-            ));
-        }
-        if let Some(Type::ImplTrait(it)) = ret_ty.map(strip) {
-            errors.push(syn::Error::new(
-                it.span(),
-                "a `#[cached]` fn must return a concrete type (an `impl Trait` value cannot be stored)",
-            ));
-        }
-        if let Some(param) = ret_ty.and_then(|ty| type_parameter(ty, &sig.generics)) {
-            errors.push(type_parameter_error(
-                param,
-                "#[cached]",
-                "which outcomes to store (an `Err` or a `None` never is)",
-            ));
-        }
-    }
-    let mode = ret_ty.map(mode);
-    if let (Some(cn), Some(m)) = (&args.cache_none, &mode) {
-        if handler {
-            errors.push(syn::Error::new(
-                cn.span,
-                "`cache_none` does not apply to handlers: only 2xx responses are stored",
-            ));
-        } else if !matches!(m, Mode::Option(_)) {
-            errors
-                .push(syn::Error::new(cn.span, "`cache_none` needs a fn returning `Option<T>`: it caches the `None`s"));
-        }
-    }
-    let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
-    if let Some(template) = &args.key {
-        for ty in &params.returned_types {
-            let named = template.value.iter().any(
-                |s| matches!(s, Segment::Placeholder { root, fields } if root == &ty.to_string() && fields.is_empty()),
-            );
-            if !named {
-                errors.push(syn::Error::new(
-                    template.span,
-                    format!(
-                        "the key does not name the type parameter `{ty}`, which the return type depends on: \
-                         `{f}::<A>` and `{f}::<B>` would share entries; add `<{ty}>` to the key (it renders the \
-                         type's name), or leave out `key` (the default key includes it)",
-                        f = sig.ident
-                    ),
-                ));
-            }
-        }
-    }
-    let key = match &args.key {
-        Some(template) => template_key(&template.value, template.span, &params, &args.skip, &krate, &mut errors),
-        None if handler => default_handler_key(&func),
-        None => default_key(&func, &params, &args.skip, &krate),
-    };
-    let tags = render_tags(&args.tags, &params, &args.skip, &krate, &mut errors);
-    errors.finish()?;
-    let (Some(ret_ty), Some(mode)) = (ret_ty, mode) else { unreachable!("reported above") };
-
-    // A refresh can run in the background only if the body owns everything it uses.
-    let background = (args.stale.is_some() || args.early.is_some()) && owns_its_parameters(&func);
-    let cache = cache_binding(args.cache.as_ref(), &krate, background);
-    let (body_kw, spawner) = if background {
+/// `#[cached(...)]`: bind the cache, build the key, tags and options, wrap the body in a future,
+/// and hand them to the runtime's read-through for the fn's mode.
+pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
+    let krate = krate(plan.krate.as_ref());
+    let ret_ty = &plan.ret_ty;
+    let (outer, inner) = split_attrs(&plan.func);
+    let cache = cache_binding(plan.cache.as_ref(), &krate, plan.background);
+    let (body_kw, spawner) = if plan.background {
         (quote!(async move), quote!(#krate::__private::Spawner::background()))
     } else {
         (quote!(async), quote!(#krate::__private::Spawner::inline()))
     };
-    let namespace = args.namespace.as_ref().map_or_else(
-        || quote!(#krate::__private::DEFAULT_NAMESPACE),
-        |ns| {
-            let ns = &ns.value;
-            quote!(#ns)
-        },
-    );
-    let mut opts = quote!(#krate::__private::CallOpts::new());
-    if let Some(expire) = &args.expire {
-        let secs = &expire.value;
-        opts.extend(quote!(.expire(#krate::__private::Duration::from_secs(#secs))));
-    }
-    if let Some(stale) = &args.stale {
-        let secs = &stale.value;
-        opts.extend(quote!(.stale(#krate::__private::Duration::from_secs(#secs))));
-    }
-    if let Some(stale) = &args.stale_if_error {
-        let secs = &stale.value;
-        opts.extend(quote!(.stale_if_error(#krate::__private::Duration::from_secs(#secs))));
-    }
-    if let Some(early) = &args.early {
-        let beta = early.value;
-        opts.extend(quote!(.early(#beta)));
-    }
-    if let Some(lock) = &args.lock {
-        let secs = &lock.value;
-        opts.extend(quote!(.lock(#krate::__private::Duration::from_secs(#secs))));
-    }
-    if let Some(cn) = &args.cache_none {
-        opts.extend(match &cn.value {
-            CacheNone::SameTtl => quote!(.cache_none(::core::option::Option::None)),
-            CacheNone::Ttl(secs) => {
-                quote!(.cache_none(::core::option::Option::Some(#krate::__private::Duration::from_secs(#secs))))
-            }
-        });
-    }
-
-    let ItemFn { attrs, vis, block, .. } = &func;
-    let (outer, inner): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer));
-    let stmts = &block.stmts;
-    let (key_builder, capacity) = key;
+    let namespace =
+        plan.namespace.as_ref().map_or_else(|| quote!(#krate::__private::DEFAULT_NAMESPACE), |ns| quote!(#ns));
+    let opts = call_opts(&plan.opts, &krate);
+    let (key_builder, capacity) = match &plan.key {
+        Key::Template(template) => template_key(template, &krate),
+        Key::Request => default_handler_key(&plan.func),
+        Key::Args { args, params, returned_types } => {
+            default_key(&plan.func, plan.has_self, args, *params, returned_types, &krate)
+        }
+    };
+    let tags = render_tags(&plan.tags, &krate);
+    let stmts = &plan.func.block.stmts;
     let fake_return = fake_return(ret_ty);
     let tag_count = tags.len();
     let prologue = quote! {
@@ -340,50 +75,79 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
             #(#stmts)*
         };
     };
-
-    if handler {
-        let http_opts = http_opts(&args, &krate);
-        let mut sig = func.sig.clone();
-        let at = usize::from(params.has_self);
-        // Only a handler that reads more than the conditional headers copies the header map.
-        let all_headers = args.vary.is_some() || args.honor_no_cache.is_some();
-        // Only the default key (no `key`) reads the request's URI.
-        let keep_uri = args.key.is_none();
-        sig.inputs.insert(at, syn::parse_quote!(__cr_http: #krate::__private::HttpRequest<#all_headers, #keep_uri>));
-        sig.output = syn::parse_quote!(-> #krate::__private::Response);
-        // Naming the return type (when it can be named) puts "does not implement IntoResponse"
-        // on it.
-        let response_ty = if fake_return.is_some() { quote!(#ret_ty) } else { quote!(_) };
-        let call = quote_spanned! {ret_ty.span()=>
-            #krate::__private::cached_handler::<#response_ty, _, #all_headers, #keep_uri>(
-                #krate::__private::Call {
-                    cache: __cr_cache, key: __cr_w, namespace: #namespace, tags: &__cr_tags, opts: &__CR_OPTS,
-                },
-                __cr_http, &__CR_HTTP, __cr_body, #spawner,
-            ).await
-        };
-        let uses_bounds = return_bounds(ret_ty, true);
-        return Ok(quote! {
-            #(#outer)*
-            #vis #sig {
-                #uses_bounds
-                const __CR_HTTP: #krate::__private::HttpOpts = #http_opts;
-                #prologue
-                #call
-            }
-        });
+    let (sig, head, call) = match &plan.mode {
+        Mode::Handler(http) => handler_call(plan, http, &namespace, &spawner, &krate),
+        Mode::Service(returns) => {
+            (plan.func.sig.clone(), None, service_call(returns, ret_ty, &namespace, &spawner, &krate))
+        }
+    };
+    let vis = &plan.func.vis;
+    quote! {
+        #(#outer)*
+        #vis #sig {
+            #head
+            #prologue
+            #call
+        }
     }
+}
 
+/// A handler's signature (it takes the request's parts and returns a `Response`), what its
+/// body starts with, and its read-through call, after the prologue.
+fn handler_call(
+    plan: &CachedPlan,
+    http: &HttpOpts,
+    namespace: &TokenStream,
+    spawner: &TokenStream,
+    krate: &TokenStream,
+) -> (syn::Signature, Option<TokenStream>, TokenStream) {
+    let ret_ty = &plan.ret_ty;
+    let http_opts = http_opts(http, &plan.opts, krate);
+    let mut sig = plan.func.sig.clone();
+    let at = usize::from(plan.has_self);
+    // Only a handler that reads more than the conditional headers copies the header map.
+    let all_headers = http.vary.is_some() || http.honor_no_cache;
+    // Only the default key (no `key`) reads the request's URI.
+    let keep_uri = matches!(plan.key, Key::Request);
+    sig.inputs.insert(at, syn::parse_quote!(__cr_http: #krate::__private::HttpRequest<#all_headers, #keep_uri>));
+    sig.output = syn::parse_quote!(-> #krate::__private::Response);
+    // Naming the return type (when it can be named) puts "does not implement IntoResponse"
+    // on it.
+    let response_ty = if signature::has_impl_trait(ret_ty) { quote!(_) } else { quote!(#ret_ty) };
+    let call = quote_spanned! {ret_ty.span()=>
+        #krate::__private::cached_handler::<#response_ty, _, #all_headers, #keep_uri>(
+            #krate::__private::Call {
+                cache: __cr_cache, key: __cr_w, namespace: #namespace, tags: &__cr_tags, opts: &__CR_OPTS,
+            },
+            __cr_http, &__CR_HTTP, __cr_body, #spawner,
+        ).await
+    };
+    let uses_bounds = return_bounds(ret_ty, true);
+    let head = quote! {
+        #uses_bounds
+        const __CR_HTTP: #krate::__private::HttpOpts = #http_opts;
+    };
+    (sig, Some(head), call)
+}
+
+/// The read-through call of a service fn, after the prologue.
+fn service_call(
+    returns: &Returns,
+    ret_ty: &Type,
+    namespace: &TokenStream,
+    spawner: &TokenStream,
+    krate: &TokenStream,
+) -> TokenStream {
     let call_ctx = quote! {
         #krate::__private::Call {
             cache: __cr_cache, key: __cr_w.finish(), namespace: #namespace, tags: &__cr_tags, opts: &__CR_OPTS,
         }
     };
-    let (runtime_fn, value_ty, infer) = match mode {
-        Mode::Plain => {
-            // Not spelled `Result<…>`/`Option<…>`: it may still be one behind an alias
-            // (`CatalogResult<T>`). The type decides (see `cache_runtime::returns`).
-            let call = quote_spanned! {ret_ty.span()=>
+    let (runtime_fn, value_ty, infer) = match returns {
+        // Not spelled `Result<…>`/`Option<…>`: it may still be one behind an alias
+        // (`CatalogResult<T>`). The type decides (see `cache_runtime::returns`).
+        Returns::Plain => {
+            return quote_spanned! {ret_ty.span()=>
                 {
                     #[allow(unused_imports)]
                     use #krate::__private::{ViaOption as _, ViaResult as _, ViaValue as _};
@@ -391,167 +155,71 @@ pub(crate) fn cached(args: CachedArgs, func: ItemFn) -> syn::Result<TokenStream>
                         #call_ctx, __cr_body, #spawner,
                     ).await
                 }
-            };
-            return Ok(quote! {
-                #(#outer)*
-                #vis #sig {
-                    #prologue
-                    #call
-                }
-            });
+            }
         }
-        Mode::Option(t) => ("cached_option", t, quote!(_)),
-        Mode::Result(t) => ("cached_result", t, quote!(_, _)),
+        Returns::Option(t) => ("cached_option", t, quote!(_)),
+        Returns::Result(t) => ("cached_result", t, quote!(_, _)),
     };
     let runtime_fn = Ident::new(runtime_fn, value_ty.span());
     // Spanned at the cached type, so "cannot be stored in the cache" points at it.
-    let call = quote_spanned! {value_ty.span()=>
+    quote_spanned! {value_ty.span()=>
         #krate::__private::#runtime_fn::<#value_ty, #infer>(#call_ctx, __cr_body, #spawner).await
-    };
-    Ok(quote! {
-        #(#outer)*
-        #vis #sig {
-            #prologue
-            #call
-        }
-    })
-}
-
-/// No receiver, no generics, and no parameter type that borrows (`&`, a lifetime, `impl`,
-/// `dyn`): the body can be moved into a `'static` task.
-fn owns_its_parameters(func: &ItemFn) -> bool {
-    struct Borrows(bool);
-    impl<'ast> Visit<'ast> for Borrows {
-        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
-            self.0 = true;
-        }
-        fn visit_lifetime(&mut self, _: &'ast syn::Lifetime) {
-            self.0 = true;
-        }
-        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
-            self.0 = true;
-        }
-        fn visit_type_trait_object(&mut self, _: &'ast syn::TypeTraitObject) {
-            self.0 = true;
-        }
-    }
-    if !func.sig.generics.params.is_empty() {
-        return false;
-    }
-    func.sig.inputs.iter().all(|input| match input {
-        FnArg::Receiver(_) => false,
-        FnArg::Typed(pat) => {
-            let mut b = Borrows(false);
-            b.visit_type(&pat.ty);
-            !b.0
-        }
-    })
-}
-
-/// Extractors that never change which response a request gets.
-const NEUTRAL_EXTRACTORS: &[&str] = &["State", "Extension"];
-/// Extractors read from the request's path and query: part of the default key.
-const URI_EXTRACTORS: &[&str] = &["Path", "Query", "RawQuery", "Uri", "OriginalUri", "MatchedPath"];
-
-/// Every extractor that can change the response must be part of the key (a placeholder; for
-/// the default key, the URI), be covered by `vary`, or be listed in `skip`: otherwise two
-/// requests that should get different responses (another page, another user) would share one.
-fn check_handler_params(func: &ItemFn, args: &CachedArgs, errors: &mut Errors) {
-    let roots: Vec<&str> = args
-        .key
-        .iter()
-        .flat_map(|k| k.value.iter())
-        .filter_map(|segment| match segment {
-            Segment::Placeholder { root, .. } => Some(root.as_str()),
-            Segment::Lit(_) => None,
-        })
-        .collect();
-    for input in &func.sig.inputs {
-        let FnArg::Typed(param) = input else { continue };
-        let kind = match strip(&param.ty) {
-            Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default(),
-            _ => String::new(),
-        };
-        if NEUTRAL_EXTRACTORS.contains(&kind.as_str())
-            || (args.key.is_none() && URI_EXTRACTORS.contains(&kind.as_str()))
-        {
-            continue;
-        }
-        // Header-derived extractors (an auth user, say) may be covered by `vary`.
-        if args.vary.is_some() && !URI_EXTRACTORS.contains(&kind.as_str()) {
-            continue;
-        }
-        let mut names = Vec::new();
-        bound_names(&param.pat, &mut names);
-        if names.is_empty() || names.iter().any(|n| roots.contains(&n.to_string().as_str()) || args.skip.contains(n)) {
-            continue;
-        }
-        let name = &names[0];
-        // A URI extractor is keyed by its values; anything else (a `HeaderMap`, an auth user, a
-        // custom extractor) reads request headers: `vary` is the first way out.
-        let fix = match (URI_EXTRACTORS.contains(&kind.as_str()), args.key.is_some()) {
-            (true, true) => format!("add `<{name}…>` to `key`"),
-            (true, false) => format!("give a `key` with `<{name}…>`"),
-            (false, true) => format!(
-                "list the request headers it reads in `vary = [\"authorization\", …]` (one entry per value), or add \
-                 `<{name}…>` to `key`"
-            ),
-            (false, false) => format!(
-                "list the request headers it reads in `vary = [\"authorization\", …]` (one entry per value), or give \
-                 a `key` with `<{name}…>`"
-            ),
-        };
-        errors.push(syn::Error::new(
-            param.pat.span(),
-            format!(
-                "`{name}` may change the response but is not part of the cache key, so requests that differ in it \
-                 would share one entry: {fix}, or list it in `skip = [{name}]` if it never changes the response"
-            ),
-        ));
     }
 }
 
-fn check_handler_options(args: &CachedArgs, errors: &mut Errors) {
-    if let (Some(_), Some(private)) = (args.public, args.private) {
-        errors.push(syn::Error::new(private, "`public` and `private` exclude each other"));
+fn call_opts(opts: &CallOpts, krate: &TokenStream) -> TokenStream {
+    let mut out = quote!(#krate::__private::CallOpts::new());
+    if let Some(secs) = &opts.expire {
+        out.extend(quote!(.expire(#krate::__private::Duration::from_secs(#secs))));
     }
-    if let (Some(s), None) = (&args.s_maxage, args.public) {
-        errors
-            .push(syn::Error::new(s.span, "`s_maxage` needs `public`: shared caches never store a `private` response"));
+    if let Some(secs) = &opts.stale {
+        out.extend(quote!(.stale(#krate::__private::Duration::from_secs(#secs))));
     }
+    if let Some(secs) = &opts.stale_if_error {
+        out.extend(quote!(.stale_if_error(#krate::__private::Duration::from_secs(#secs))));
+    }
+    if let Some(beta) = opts.early {
+        out.extend(quote!(.early(#beta)));
+    }
+    if let Some(secs) = &opts.lock {
+        out.extend(quote!(.lock(#krate::__private::Duration::from_secs(#secs))));
+    }
+    if let Some(cn) = &opts.cache_none {
+        out.extend(match cn {
+            CacheNone::SameTtl => quote!(.cache_none(::core::option::Option::None)),
+            CacheNone::Ttl(secs) => {
+                quote!(.cache_none(::core::option::Option::Some(#krate::__private::Duration::from_secs(#secs))))
+            }
+        });
+    }
+    out
 }
 
-fn http_opts(args: &CachedArgs, krate: &TokenStream) -> TokenStream {
+fn http_opts(http: &HttpOpts, opts: &CallOpts, krate: &TokenStream) -> TokenStream {
     let mut out = quote!(#krate::__private::HttpOpts::new());
-    if args.public.is_some() {
+    if http.public {
         out.extend(quote!(.public()));
     }
-    if let Some(s) = &args.s_maxage {
-        let v = &s.value;
+    if let Some(v) = &http.s_maxage {
         out.extend(quote!(.s_maxage(#v)));
     }
-    if let Some(s) = &args.cdn_max_age {
-        let v = &s.value;
+    if let Some(v) = &http.cdn_max_age {
         out.extend(quote!(.cdn_max_age(#v)));
     }
-    if let Some(vary) = &args.vary {
-        let names = &vary.value;
+    if let Some(names) = &http.vary {
         let joined = names.join(", ");
         out.extend(quote!(.vary(&[#(#names),*], #joined)));
     }
-    if let Some(field) = &args.last_modified {
-        let f = &field.value;
+    if let Some(f) = &http.last_modified {
         out.extend(quote!(.last_modified_field(#f)));
     }
-    if args.honor_no_cache.is_some() {
+    if http.honor_no_cache {
         out.extend(quote!(.honor_no_cache()));
     }
-    if let Some(s) = &args.stale {
-        let v = &s.value;
+    if let Some(v) = &opts.stale {
         out.extend(quote!(.stale_while_revalidate(#v)));
     }
-    if let Some(s) = &args.stale_if_error {
-        let v = &s.value;
+    if let Some(v) = &opts.stale_if_error {
         out.extend(quote!(.stale_if_error(#v)));
     }
     out
@@ -571,72 +239,28 @@ fn default_handler_key(func: &ItemFn) -> (TokenStream, usize) {
 }
 
 /// `key = "user:<id>"`: literal text as is, placeholders rendered with `Display`, escaped.
-fn template_key(
-    segments: &[Segment],
-    span: Span,
-    params: &Params,
-    skip: &[Ident],
-    krate: &TokenStream,
-    errors: &mut Errors,
-) -> (TokenStream, usize) {
+fn template_key(template: &Template, krate: &TokenStream) -> (TokenStream, usize) {
     let mut out = TokenStream::new();
     let mut capacity = 0;
-    for segment in segments {
-        match segment {
-            Segment::Lit(text) => {
+    for part in &template.0 {
+        match part {
+            Part::Lit(text) => {
                 capacity += text.len();
                 out.extend(quote!(__cr_w.lit(#text);));
             }
-            Segment::Placeholder { root, fields } => {
+            Part::TypeName(ty) => {
                 capacity += 8;
-                let root_ident = if root == "self" {
-                    if !params.has_self {
-                        errors.push(syn::Error::new(span, "placeholder `<self…>` in a fn without a `self` parameter"));
-                        continue;
-                    }
-                    quote_spanned!(span=> self)
-                } else if let Some(ty) = params.type_params.iter().find(|t| *t == root).filter(|_| fields.is_empty()) {
-                    // `<T>`: the type the fn is instantiated with.
-                    let ty = Ident::new(&ty.to_string(), span);
-                    out.extend(quote_spanned!(span=> __cr_w.display(::core::any::type_name::<#ty>());));
-                    continue;
-                } else {
-                    let Some(param) = params.names.iter().find(|n| *n == root) else {
-                        errors.push(syn::Error::new(
-                            span,
-                            format!(
-                                "unknown placeholder `<{root}>`: no parameter is named `{root}`; the parameters are: {}",
-                                list(&params.names)
-                            ),
-                        ));
-                        continue;
-                    };
-                    if skip.iter().any(|s| s == root) {
-                        errors.push(syn::Error::new(
-                            span,
-                            format!("placeholder `<{root}>` names a skipped parameter; remove it from `skip` or from the key"),
-                        ));
-                        continue;
-                    }
-                    let ident = Ident::new(&param.to_string(), span);
-                    quote!(#ident)
-                };
-                let fields = fields.iter().map(|f| match f.parse::<u32>() {
-                    Ok(index) => {
-                        let index = syn::Index { index, span };
-                        quote!(.#index)
-                    }
-                    Err(_) => {
-                        let f = Ident::new(f, span);
-                        quote!(.#f)
-                    }
-                });
+                out.extend(quote_spanned!(ty.span()=> __cr_w.display(::core::any::type_name::<#ty>());));
+            }
+            Part::Value { root, fields, span } => {
+                capacity += 8;
+                let fields = fields.iter().map(|f| quote!(.#f));
                 // Integers and text skip `fmt`; the most specific `put` is chosen by method
                 // resolution (see `cache_runtime::key::Part`).
-                out.extend(quote_spanned!(span=> {
+                out.extend(quote_spanned!(*span=> {
                     #[allow(unused_imports)]
                     use #krate::__private::{PartDisplay as _, PartInt as _, PartText as _};
-                    (&&#krate::__private::Part(&#root_ident #(#fields)*)).put(&mut __cr_w);
+                    (&&#krate::__private::Part(&#root #(#fields)*)).put(&mut __cr_w);
                 }));
             }
         }
@@ -646,10 +270,17 @@ fn template_key(
 
 /// No `key`: module path, (the `Self` type for methods,) fn name, then every parameter not
 /// skipped, each JSON-encoded and escaped.
-fn default_key(func: &ItemFn, params: &Params, skip: &[Ident], krate: &TokenStream) -> (TokenStream, usize) {
+fn default_key(
+    func: &ItemFn,
+    has_self: bool,
+    args: &[Ident],
+    params: usize,
+    returned_types: &[Ident],
+    krate: &TokenStream,
+) -> (TokenStream, usize) {
     let name = func.sig.ident.to_string();
     let mut out = quote!(__cr_w.lit(::core::module_path!()); __cr_w.lit("::"););
-    if params.has_self {
+    if has_self {
         // The `Self` type once, without repeating the module path the key starts with.
         out.extend(quote!(
             __cr_w.display(#krate::__private::type_in_module::<Self>(::core::module_path!()));
@@ -658,28 +289,22 @@ fn default_key(func: &ItemFn, params: &Params, skip: &[Ident], krate: &TokenStre
     }
     out.extend(quote!(__cr_w.lit(#name);));
     // `get::<A>(1)` and `get::<B>(1)` store different types: different keys.
-    for ty in &params.returned_types {
+    for ty in returned_types {
         out.extend(quote!(__cr_w.lit("<"); __cr_w.display(::core::any::type_name::<#ty>()); __cr_w.lit(">");));
     }
     out.extend(quote!(__cr_w.lit(":");));
-    for param in params.names.iter().filter(|n| !skip.contains(n)) {
-        let ident = format_ident!("{}", param, span = param.span());
-        out.extend(quote_spanned!(param.span()=> __cr_w.arg(&#ident);));
+    for arg in args {
+        let ident = format_ident!("{}", arg, span = arg.span());
+        out.extend(quote_spanned!(arg.span()=> __cr_w.arg(&#ident);));
     }
-    (out, 48 + 12 * params.names.len())
+    (out, 48 + 12 * params)
 }
 
 /// Each tag template rendered into a `String` (placeholders escaped like key values).
-fn render_tags(
-    tags: &[Spanned<Vec<Segment>>],
-    params: &Params,
-    skip: &[Ident],
-    krate: &TokenStream,
-    errors: &mut Errors,
-) -> Vec<TokenStream> {
+fn render_tags(tags: &[Template], krate: &TokenStream) -> Vec<TokenStream> {
     tags.iter()
         .map(|tag| {
-            let (stmts, capacity) = template_key(&tag.value, tag.span, params, skip, krate, errors);
+            let (stmts, capacity) = template_key(tag, krate);
             quote!({
                 let mut __cr_w = #krate::__private::KeyWriter::tag(#capacity);
                 #stmts
@@ -689,76 +314,37 @@ fn render_tags(
         .collect()
 }
 
-/// The fn's type parameter that `ty` is, if it is one (`-> T`).
-fn type_parameter<'a>(ty: &'a Type, generics: &syn::Generics) -> Option<&'a Ident> {
-    let Type::Path(path) = strip(ty) else { return None };
-    let ident = path.path.get_ident().filter(|_| path.qself.is_none())?;
-    generics.type_params().any(|p| p.ident == *ident).then_some(ident)
-}
-
-/// What a type parameter as the return type gets: whether it is a `Result` or an `Option`
-/// is only known per call, after the macro ran.
-fn type_parameter_error(param: &Ident, attribute: &str, decides: &str) -> syn::Error {
-    syn::Error::new(
-        param.span(),
-        format!(
-            "the return type `{param}` is a type parameter: `{attribute}` cannot tell whether it is a `Result` or an \
-             `Option`, which decides {decides}; return a concrete type, or spell out `Result<…, …>` or \
-             `Option<…>` around the type parameter"
-        ),
-    )
-}
-
 /// `#[invalidates(...)]`: render what to invalidate from the arguments, run the body, then
 /// (or, with `before`, first) hand it to the runtime. Only a successful body invalidates: `Ok`,
 /// `Some`, a 2xx response, or any value of another type.
-pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<TokenStream> {
-    let mut errors = Errors::default();
-    let sig = &func.sig;
-    if sig.asyncness.is_none() {
-        errors.push(syn::Error::new(sig.fn_token.span, "`#[invalidates]` can only be used on an `async fn`"));
-    }
-    let params = params(&func);
-    if let ReturnType::Type(_, ty) = &sig.output {
-        if let Some(param) = type_parameter(ty, &sig.generics) {
-            errors.push(type_parameter_error(
-                param,
-                "#[invalidates]",
-                "whether the fn succeeded (only then it invalidates)",
-            ));
-        }
-    }
-    let krate = args.krate.clone().map_or_else(|| quote!(::cache_runtime), |p| p.into_token_stream());
+pub(crate) fn invalidates(plan: &InvalidatesPlan) -> TokenStream {
+    let krate = krate(plan.krate.as_ref());
     let mut ops = Vec::new();
-    for key in &args.keys {
-        let (stmts, capacity) = template_key(&key.value, key.span, &params, &[], &krate, &mut errors);
+    for key in &plan.keys {
+        let (stmts, capacity) = template_key(key, &krate);
         ops.push(quote!(.key({
             let mut __cr_w = #krate::__private::key_writer(__cr_cache, #krate::__private::DEFAULT_NAMESPACE, #capacity);
             #stmts
             __cr_w.finish()
         })));
     }
-    for tag in render_tags(&args.tags, &params, &[], &krate, &mut errors) {
+    for tag in render_tags(&plan.tags, &krate) {
         ops.push(quote!(.tag(#tag)));
     }
-    if let Some(ns) = &args.namespace {
-        let ns = &ns.value;
+    if let Some(ns) = &plan.namespace {
         ops.push(quote!(.namespace(#ns)));
     }
-    errors.finish()?;
-
-    let handler = is_handler(args.http, &func);
     // Owned (an `Arc` clone): the body may move what the `cache` expression borrows from.
-    let cache = cache_binding(args.cache.as_ref(), &krate, true);
-    let ItemFn { attrs, vis, block, .. } = &func;
-    let (outer, inner): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Outer));
+    let cache = cache_binding(plan.cache.as_ref(), &krate, true);
+    let (outer, inner) = split_attrs(&plan.func);
+    let ItemFn { vis, sig, block, .. } = &plan.func;
     let stmts = &block.stmts;
     let ret_ty: Type = match &sig.output {
         ReturnType::Type(_, ty) => (**ty).clone(),
         ReturnType::Default => syn::parse_quote!(()),
     };
     let fake_return = fake_return(&ret_ty);
-    let (before, after) = if args.before {
+    let (before, after) = if plan.before {
         (quote!(__cr_inv.run().await;), quote!())
     } else {
         (
@@ -768,7 +354,7 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
             }),
         )
     };
-    let (sig, success, result) = if handler {
+    let (sig, success, result) = if plan.handler {
         let mut sig = sig.clone();
         sig.output = syn::parse_quote!(-> #krate::__private::Response);
         let into = quote_spanned!(ret_ty.span()=> #krate::__private::IntoResponse::into_response(__cr_out));
@@ -783,8 +369,8 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
         });
         (sig.clone(), quote!(let __cr_ok = #check;), quote!(__cr_out))
     };
-    let uses_bounds = return_bounds(&ret_ty, handler);
-    Ok(quote! {
+    let uses_bounds = return_bounds(&ret_ty, plan.handler);
+    quote! {
         #(#outer)*
         #vis #sig {
             #(#inner)*
@@ -801,13 +387,13 @@ pub(crate) fn invalidates(args: InvalidatesArgs, func: ItemFn) -> syn::Result<To
             #after
             #result
         }
-    })
+    }
 }
 
 /// A fake return edge: fixes an async block's type so `?` and `return` infer as in the
 /// user's fn. `None` for `impl Trait` return types (impossible to name, and not needed).
 fn fake_return(ret_ty: &Type) -> Option<TokenStream> {
-    (!mentions(ret_ty, &[]).impl_trait).then(|| {
+    (!signature::has_impl_trait(ret_ty)).then(|| {
         quote! {
             #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::needless_return)]
             if false {
@@ -842,7 +428,7 @@ fn cache_binding(cache: Option<&syn::Expr>, krate: &TokenStream, owned: bool) ->
 /// When the return type is replaced by `Response`, naming the bounds of its `impl Trait`s
 /// keeps them (and the user's imports of them) checked and used.
 fn return_bounds(ret_ty: &Type, replaced: bool) -> Option<TokenStream> {
-    let bounds = mentions(ret_ty, &[]).impl_bounds;
+    let bounds = signature::impl_bounds(ret_ty);
     if !replaced || bounds.is_empty() {
         return None;
     }
