@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{self, namespace_tag, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore, RedisTarget};
 use crate::codec::{Codec, Format, Json, Stored};
 use crate::coherence::{Coherence, Message};
 use crate::envelope::{self, Meta};
@@ -14,6 +13,7 @@ use crate::fetch::{self, CallOpts, Plain, ResultMode, Spawner};
 use crate::flight::Flights;
 use crate::key::{self, KeyWriter};
 use crate::lock::{Attempt, Locks};
+use crate::store::{self, namespace_tag, tag_key, Lease, MemEntry, MemoryStore, RedisRead, RedisStore, RedisTarget};
 use crate::sync::lock;
 use crate::time::now_ms;
 use crate::Cacheable;
@@ -954,7 +954,7 @@ impl Cache {
     #[allow(clippy::too_many_arguments)]
     fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, meta: Meta, value: Option<&V>, size: usize) {
         if c.live() && c.epoch() == epoch {
-            let weight = backend::entry_weight(key.len(), size);
+            let weight = store::entry_weight(key.len(), size);
             let mut entry = mem_entry(meta, value, weight);
             // The L1 keeps it at most `l1_ttl`; its own times (what `max-age` reports) stay.
             entry.expires_ms = entry.expires_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
@@ -1427,7 +1427,7 @@ pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// `weight`: see [`backend::entry_weight`].
+/// `weight`: see [`store::entry_weight`].
 fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry {
     match value {
         Some(v) => {
@@ -1439,7 +1439,7 @@ fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry 
 
 /// The weight of a memory-store entry whose value encodes to `payload`.
 fn memory_weight<V: Stored, C: Codec<V>>(key: &str, payload: &[u8]) -> u32 {
-    backend::entry_weight(key.len(), C::memory_size(payload.len()))
+    store::entry_weight(key.len(), C::memory_size(payload.len()))
 }
 
 impl Cache {

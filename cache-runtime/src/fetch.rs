@@ -5,10 +5,10 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use crate::backend::Lease;
 use crate::cache::{duration_ms, Cache, Found, Locked, Times};
 use crate::codec::Json;
 use crate::flight::Joined;
+use crate::store::Lease;
 use crate::time::now_ms;
 use crate::Cacheable;
 

@@ -859,7 +859,7 @@ async fn compute_with<R: IntoResponse>(
     opts: &CallOpts,
     http: &HttpOpts,
     body: impl Future<Output = R>,
-    lease: Option<(crate::backend::Lease, Option<u64>)>,
+    lease: Option<(crate::store::Lease, Option<u64>)>,
     x_cache: &'static str,
     fallback: Option<Arc<StoredResponse>>,
     leader: Option<crate::flight::Leader<'_>>,

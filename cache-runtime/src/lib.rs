@@ -30,7 +30,6 @@
 //! ```
 #![deny(missing_docs)]
 
-mod backend;
 mod cache;
 mod codec;
 mod coherence;
@@ -45,6 +44,7 @@ pub mod key;
 mod layer;
 mod lock;
 mod returns;
+mod store;
 mod sync;
 mod time;
 
