@@ -1,0 +1,561 @@
+//! The Redis store: one server or a cluster, its connections, every command bounded by a timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+use super::breaker::Breaker;
+use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, TAG_VERSION};
+use super::{fresh_version, generation_key, tag_key, Lease};
+use crate::error::CacheError;
+use crate::time::now_ms;
+
+/// Where the commands go: one server or a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RedisTarget {
+    /// `redis://host:port/db`.
+    Single(String),
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each); the rest are discovered.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// `redis://…` / `rediss://…` is one server; `redis+cluster://[user:pass@]h1:p1,h2:p2` (or
+    /// `rediss+cluster://…`) names seed nodes of a cluster.
+    pub(crate) fn parse(url: &str) -> RedisTarget {
+        for (scheme, node_scheme) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+            if let Some(rest) = url.strip_prefix(scheme) {
+                let rest = rest.trim_end_matches('/');
+                let (auth, hosts) = match rest.rsplit_once('@') {
+                    Some((auth, hosts)) => (format!("{auth}@"), hosts),
+                    None => (String::new(), rest),
+                };
+                let nodes = hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{node_scheme}{auth}{h}"));
+                return RedisTarget::Cluster(nodes.collect());
+            }
+        }
+        RedisTarget::Single(url.to_owned())
+    }
+}
+
+/// A connection: a connection manager (one server) or a cluster connection (one multiplexed
+/// connection per node, routed by slot). Both are cheap to clone and reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+// One per cache, never moved.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Target {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        /// Replaced by a fresh manager when the current one keeps failing: a manager whose
+        /// reconnection ended in an error that is not an I/O error never tries again by itself.
+        conn: arc_swap::ArcSwap<ConnectionManager>,
+    },
+    Cluster {
+        nodes: Vec<String>,
+        /// Made on first use (it needs the cluster to answer), then kept: the cluster client
+        /// reconnects to nodes and follows fail-overs by itself.
+        slot: Arc<ClusterSlot>,
+    },
+}
+
+/// The cluster connection, made in a task of its own: connecting (seed, `CLUSTER SLOTS`, every
+/// node) may take longer than one command's timeout, and must not start over each time one
+/// gives up.
+pub(super) struct ClusterSlot {
+    client: ClusterClient,
+    conn: arc_swap::ArcSwapOption<ClusterConnection>,
+    connecting: std::sync::atomic::AtomicBool,
+    connected: tokio::sync::Notify,
+}
+
+/// Longest a background connection attempt to a cluster may take before the next one starts.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ClusterSlot {
+    async fn get(self: &Arc<Self>) -> redis::RedisResult<ClusterConnection> {
+        use std::sync::atomic::Ordering;
+        if let Some(c) = self.conn.load_full() {
+            return Ok(ClusterConnection::clone(&c));
+        }
+        let connected = self.connected.notified();
+        tokio::pin!(connected);
+        connected.as_mut().enable();
+        if !self.connecting.swap(true, Ordering::AcqRel) {
+            let slot = Arc::clone(self);
+            tokio::spawn(async move {
+                let made = tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, slot.client.get_async_connection()).await;
+                if let Ok(Ok(conn)) = made {
+                    slot.conn.store(Some(Arc::new(conn)));
+                }
+                slot.connecting.store(false, Ordering::Release);
+                slot.connected.notify_waiters();
+            });
+        }
+        // The caller's command timeout bounds this wait; the attempt goes on without it.
+        connected.await;
+        self.conn.load_full().map(|c| ClusterConnection::clone(&c)).ok_or_else(|| {
+            redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, "no cluster connection yet"))
+        })
+    }
+}
+
+/// Redis through a `ConnectionManager` (one multiplexed connection that reconnects by
+/// itself) or a cluster connection, every command bounded by the command timeout.
+///
+/// Cluster-safe by construction: every script and pipeline touches one slot (an entry, its
+/// generation, its lock and its refresh claim share the hash tag `{ns:key}`); multi-key reads
+/// (`MGET`) and `UNLINK` are split by slot by the cluster client; `SCAN` runs on every master;
+/// pub/sub is sharded (`SSUBSCRIBE`/`SPUBLISH` on channels hash-tagged `{prefix}`, so one
+/// shard carries them all and `SPUBLISH` counts every subscriber).
+pub(crate) struct RedisStore {
+    breaker: Breaker,
+    pub(super) target: Target,
+    /// ms since the Unix epoch of the last replacement of the connection.
+    last_rebuild_ms: std::sync::atomic::AtomicU64,
+    pub(super) timeout: Duration,
+    fill: Arc<redis::Script>,
+    invalidate_key: Arc<redis::Script>,
+    bump: redis::Script,
+    tag_version: redis::Script,
+    claim: redis::Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &self.is_cluster())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one read returned: the entry's bytes and what its fill must still see.
+pub(crate) struct RedisRead {
+    pub(crate) bytes: Option<Vec<u8>>,
+    pub(crate) lease: Lease,
+    /// Tags whose version key is absent (they need a version before a fill).
+    pub(crate) missing_tags: Vec<usize>,
+}
+
+fn parse_version(raw: Option<&Vec<u8>>) -> Option<u64> {
+    std::str::from_utf8(raw?).ok()?.parse().ok()
+}
+
+fn seen(v: Option<u64>) -> String {
+    v.map_or_else(String::new, |v| v.to_string())
+}
+
+fn invalid_url(e: &redis::RedisError) -> CacheError {
+    CacheError::Config(format!("invalid Redis URL: {e}"))
+}
+
+impl RedisStore {
+    /// Connects lazily: building never fails because Redis is down, the first command does
+    /// (and is treated as a miss).
+    pub(crate) fn new(target: &RedisTarget, timeout: Duration) -> Result<Self, CacheError> {
+        let target = match target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| invalid_url(&e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+                Target::Single { client, config, conn: arc_swap::ArcSwap::from_pointee(conn) }
+            }
+            RedisTarget::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(CacheError::Config("a Redis Cluster needs at least one node".to_owned()));
+                }
+                Target::Cluster {
+                    slot: Arc::new(ClusterSlot {
+                        client: cluster_client(nodes, timeout, None).map_err(|e| invalid_url(&e))?,
+                        conn: arc_swap::ArcSwapOption::empty(),
+                        connecting: std::sync::atomic::AtomicBool::new(false),
+                        connected: tokio::sync::Notify::new(),
+                    }),
+                    nodes: nodes.clone(),
+                }
+            }
+        };
+        Ok(RedisStore {
+            breaker: Breaker::default(),
+            target,
+            last_rebuild_ms: std::sync::atomic::AtomicU64::new(now_ms()),
+            timeout,
+            fill: Arc::new(redis::Script::new(FILL)),
+            invalidate_key: Arc::new(redis::Script::new(INVALIDATE_KEY)),
+            bump: redis::Script::new(BUMP),
+            tag_version: redis::Script::new(TAG_VERSION),
+            claim: redis::Script::new(CLAIM),
+        })
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    async fn conn(&self) -> redis::RedisResult<Conn> {
+        match &self.target {
+            Target::Single { conn, .. } => Ok(Conn::Single(ConnectionManager::clone(&conn.load()))),
+            Target::Cluster { slot, .. } => slot.get().await.map(Conn::Cluster),
+        }
+    }
+
+    async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, CacheError> {
+        if !self.breaker.allow() {
+            return Err(CacheError::Unavailable);
+        }
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(value)) => {
+                self.breaker.success();
+                return Ok(value);
+            }
+            Ok(Err(err)) if err.is_timeout() => Err(CacheError::Timeout),
+            // Redis answered: the connection is fine.
+            Ok(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => {
+                self.breaker.success();
+                return Err(CacheError::Redis(err));
+            }
+            Ok(Err(err)) => Err(CacheError::Redis(err)),
+            Err(_) => Err(CacheError::Timeout),
+        };
+        self.breaker.failure();
+        self.maybe_rebuild();
+        result
+    }
+
+    /// Redis was just reached by another connection (the invalidation channel subscribed
+    /// again): close the breaker, so that queued invalidations are retried at once.
+    pub(crate) fn reachable(&self) {
+        self.breaker.success();
+    }
+
+    /// How many times the circuit breaker has opened.
+    pub(crate) fn breaker_openings(&self) -> u64 {
+        self.breaker.openings.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// After a connection-level failure, at most once a second, start over with a new
+    /// (lazy) connection.
+    fn maybe_rebuild(&self) {
+        use std::sync::atomic::Ordering;
+        let now = now_ms();
+        let last = self.last_rebuild_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self.last_rebuild_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        match &self.target {
+            Target::Single { client, config, conn } => {
+                if let Ok(fresh) = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+                    conn.store(Arc::new(fresh));
+                }
+            }
+            // The cluster client reconnects and follows fail-overs by itself; a new one could
+            // only start again from the seed nodes, which may be the ones that are down.
+            Target::Cluster { .. } => {}
+        }
+    }
+
+    /// One command, bounded by the command timeout as a whole (connecting included): while a
+    /// connection reconnects (with retries and backoff) a command would otherwise wait for it.
+    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            cmd.query_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// One script (all its keys in one slot), bounded like `run`.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, CacheError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            invocation.invoke_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// One round trip (`MGET`; a cluster client splits it by slot): the entry, its generation,
+    /// and the versions of its tags, the namespace's implicit tag first.
+    pub(crate) async fn read(&self, key: &str, prefix: &str, tags: &[String]) -> Result<RedisRead, CacheError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(key).arg(generation_key(key));
+        for tag in tags {
+            cmd.arg(tag_key(prefix, tag));
+        }
+        let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
+        let tag_values = values.split_off(2.min(values.len()));
+        let mut missing_tags = Vec::new();
+        let lease = Lease {
+            generation: parse_version(values.get(1).and_then(Option::as_ref)),
+            namespace_version: None,
+            tags: tags
+                .iter()
+                .zip(tag_values.iter().map(|v| parse_version(v.as_ref())))
+                .enumerate()
+                .map(|(i, (t, v))| {
+                    if v.is_none() {
+                        missing_tags.push(i);
+                    }
+                    (t.clone(), v.unwrap_or(0))
+                })
+                .collect(),
+        };
+        Ok(RedisRead { bytes: values.into_iter().next().flatten(), lease, missing_tags })
+    }
+
+    /// Current versions of `tags` (one `MGET`; absent ones are `None`).
+    pub(crate) async fn tag_versions(&self, prefix: &str, tags: &[&str]) -> Result<Vec<Option<u64>>, CacheError> {
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for tag in tags {
+            cmd.arg(tag_key(prefix, tag));
+        }
+        let values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
+        Ok(values.iter().map(|v| parse_version(v.as_ref())).collect())
+    }
+
+    /// Gives every absent tag version a random start (a version key lost to eviction must not
+    /// come back as a value some old entry recorded), repairs one that holds something else, and
+    /// fills in `lease`. One script per tag (one slot each), all in flight at once.
+    pub(crate) async fn init_tags(&self, prefix: &str, lease: &mut Lease, missing: &[usize]) -> Result<(), CacheError> {
+        let reads = missing.iter().map(|&i| {
+            let key = tag_key(prefix, &lease.tags[i].0);
+            async move {
+                let mut invocation = self.tag_version.prepare_invoke();
+                invocation.key(key).arg(fresh_version());
+                self.invoke::<String>(&invocation).await
+            }
+        });
+        let values = futures::future::try_join_all(reads).await?;
+        for (&i, v) in missing.iter().zip(&values) {
+            lease.tags[i].1 =
+                v.parse().map_err(|_| CacheError::Config(format!("tag version {v:?} is not a number")))?;
+        }
+        Ok(())
+    }
+
+    /// Stores `bytes` if the key was not invalidated since the lease was taken; `Ok(false)` when
+    /// it was. (A tag or namespace invalidated meanwhile makes the stored entry a miss on read.)
+    pub(crate) async fn fill(&self, key: &str, lease: &Lease, bytes: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let mut invocation = self.fill.prepare_invoke();
+        invocation.key(key).key(generation_key(key));
+        invocation.arg(seen(lease.generation));
+        invocation.arg(bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        invocation.arg(fresh_version());
+        let stored: i64 = self.invoke(&invocation).await?;
+        Ok(stored == 1)
+    }
+
+    pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(redis::cmd("SET").arg(key).arg(bytes).arg("PX").arg(ms)).await
+    }
+
+    pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), CacheError> {
+        let mut invocation = self.invalidate_key.prepare_invoke();
+        invocation.key(key).key(generation_key(key)).arg(fresh_version());
+        self.invoke::<i64>(&invocation).await.map(drop)
+    }
+
+    /// `SET key token NX PX hold` (see [`CLAIM`]): whether this caller got it.
+    pub(crate) async fn claim_token(&self, key: &str, token: &str, hold: Duration) -> Result<bool, CacheError> {
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = self.claim.prepare_invoke();
+        invocation.key(key).arg(token).arg(ms);
+        Ok(self.invoke::<i64>(&invocation).await? == 1)
+    }
+
+    /// The raw bytes under `key` (`GET`), for inspection.
+    pub(crate) async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        self.run(redis::cmd("GET").arg(key)).await
+    }
+
+    pub(crate) async fn unlink(&self, key: &str) -> Result<(), CacheError> {
+        self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
+    }
+
+    /// Bumps a version key (see [`BUMP`]); returns the new version.
+    pub(crate) async fn bump(&self, version_key: &str) -> Result<u64, CacheError> {
+        let mut invocation = self.bump.prepare_invoke();
+        invocation.key(version_key).arg(fresh_version());
+        self.invoke(&invocation).await
+    }
+
+    /// Deletes every key matching `pattern` with `SCAN` + `UNLINK` in batches (never `KEYS`),
+    /// on every master of a cluster.
+    pub(crate) async fn del_matching(&self, pattern: &str) -> Result<u64, CacheError> {
+        let Target::Cluster { .. } = &self.target else {
+            return self.scan_unlink(pattern, None).await;
+        };
+        let mut cluster_slots = redis::cmd("CLUSTER");
+        cluster_slots.arg("SLOTS");
+        let slots: redis::Value = self.route(cluster_slots, SingleNodeRoutingInfo::Random).await?;
+        let mut removed = 0;
+        // Each master is reached through one of its slots: the client routes by its own map.
+        for slot in one_slot_per_master(&slots) {
+            removed += self.scan_unlink(pattern, Some(slot)).await?;
+        }
+        Ok(removed)
+    }
+
+    /// One command sent to the cluster node `routing` names, bounded like `run`.
+    async fn route<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        routing: SingleNodeRoutingInfo,
+    ) -> Result<T, CacheError> {
+        let value = self
+            .bounded(async {
+                match self.conn().await? {
+                    Conn::Cluster(mut conn) => conn.route_command(cmd, RoutingInfo::SingleNode(routing)).await,
+                    Conn::Single(mut conn) => cmd.query_async(&mut conn).await,
+                }
+            })
+            .await?;
+        redis::from_redis_value(value).map_err(|e| CacheError::Redis(e.into()))
+    }
+
+    /// `SCAN` one server (or one cluster node) and `UNLINK` what matches.
+    async fn scan_unlink(&self, pattern: &str, node: Option<u16>) -> Result<u64, CacheError> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let (next, keys): (u64, Vec<String>) = match &node {
+                None => self.run(&scan).await?,
+                Some(slot) => {
+                    let route = redis::cluster_routing::Route::new(*slot, redis::cluster_routing::SlotAddr::Master);
+                    self.route(scan, SingleNodeRoutingInfo::SpecificNode(route)).await?
+                }
+            };
+            if !keys.is_empty() {
+                removed += self.run::<u64>(redis::cmd("UNLINK").arg(&keys)).await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}
+
+pub(super) fn cluster_client(
+    nodes: &[String],
+    timeout: Duration,
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> redis::RedisResult<ClusterClient> {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .response_timeout(timeout);
+    if let Some(push) = push {
+        builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
+    }
+    builder.build()
+}
+
+/// The first slot of each master in a `CLUSTER SLOTS` reply (`[[start, end, [host, port,
+/// id…], replicas…]…]`), one per master.
+fn one_slot_per_master(reply: &redis::Value) -> Vec<u16> {
+    let redis::Value::Array(ranges) = reply else { return Vec::new() };
+    let mut seen = Vec::new();
+    let mut slots = Vec::new();
+    for range in ranges {
+        let redis::Value::Array(fields) = range else { continue };
+        let (Some(redis::Value::Int(start)), Some(master)) = (fields.first(), fields.get(2)) else { continue };
+        let redis::Value::Array(master) = master else { continue };
+        let address: Vec<String> = master.iter().take(2).map(|v| format!("{v:?}")).collect();
+        if seen.contains(&address) {
+            continue;
+        }
+        seen.push(address);
+        if let Ok(slot) = u16::try_from(*start) {
+            slots.push(slot);
+        }
+    }
+    slots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_seed_nodes() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379/2"),
+            RedisTarget::Single("redis://127.0.0.1:6379/2".into())
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://a:7000,b:7001/"),
+            RedisTarget::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert_eq!(
+            RedisTarget::parse("rediss+cluster://user:p@ss@a:7000,b:7001"),
+            RedisTarget::Cluster(vec!["rediss://user:p@ss@a:7000".into(), "rediss://user:p@ss@b:7001".into()])
+        );
+    }
+
+    #[test]
+    fn one_slot_is_taken_per_master() {
+        use redis::Value::{Array, BulkString, Int};
+        let node = |port: i64| Array(vec![BulkString(b"127.0.0.1".to_vec()), Int(port), BulkString(b"id".to_vec())]);
+        let reply = Array(vec![
+            Array(vec![Int(0), Int(5460), node(30001), node(30004)]),
+            Array(vec![Int(5461), Int(10922), node(30002)]),
+            Array(vec![Int(10923), Int(12000), node(30003)]),
+            // A master owning two ranges is scanned once.
+            Array(vec![Int(12001), Int(16383), node(30001)]),
+        ]);
+        assert_eq!(one_slot_per_master(&reply), vec![0, 5461, 10923]);
+        assert!(one_slot_per_master(&Int(3)).is_empty());
+    }
+}
