@@ -1,7 +1,6 @@
 //! Building a [`Cache`]: [`CacheBuilder`] and the shortcuts `Cache::memory`, `Cache::redis`,
 //! `Cache::disabled`.
 
-use crate::backend::{MemoryStore, RedisStore, RedisTarget};
 use crate::cache::{Cache, Counters, Inner, Store, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES};
 use crate::codec::Format;
 use crate::coherence::Coherence;
@@ -10,6 +9,7 @@ use crate::flight::Flights;
 use crate::key::{self};
 use crate::lock::Locks;
 use crate::policy::Rng;
+use crate::store::{MemoryStore, RedisStore, RedisTarget};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{MemoryStore, RedisStore};
 use crate::codec::Format;
 use crate::coherence::Coherence;
 use crate::entry::Op;
@@ -14,6 +13,7 @@ use crate::flight::Flights;
 use crate::key::{self, KeyWriter};
 use crate::lock::Locks;
 use crate::policy::{CallOpts, Rng};
+use crate::store::{MemoryStore, RedisStore};
 use crate::time::now_ms;
 
 /// The namespace used when none is given (by the plain API or by `#[cached]`).

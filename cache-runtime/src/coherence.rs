@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::backend::{MemoryStore, RedisStore};
 use crate::key;
+use crate::store::{MemoryStore, RedisStore};
 use crate::sync::lock;
 
 /// One invalidation as published.

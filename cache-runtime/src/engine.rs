@@ -3,7 +3,6 @@
 //! returns the lease a fill needs), a lease-checked fill (then the L1), an unconditional store
 //! (the plain API's `set`).
 
-use crate::backend::{self, namespace_tag, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
 use crate::cache::{Cache, Call, Store};
 use crate::codec::{Codec, Stored};
 use crate::coherence::{Coherence, Message};
@@ -11,6 +10,7 @@ use crate::entry::{Found, Lookup, Times};
 use crate::envelope::{self, Meta};
 use crate::error::CacheError;
 use crate::policy::duration_ms;
+use crate::store::{self, namespace_tag, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
 use crate::time::now_ms;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -121,7 +121,7 @@ impl Cache {
     #[allow(clippy::too_many_arguments)]
     fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, meta: Meta, value: Option<&V>, size: usize) {
         if c.live() && c.epoch() == epoch {
-            let weight = backend::entry_weight(key.len(), size);
+            let weight = store::entry_weight(key.len(), size);
             let mut entry = mem_entry(meta, value, weight);
             // The L1 keeps it at most `l1_ttl`; its own times (what `max-age` reports) stay.
             entry.expires_ms = entry.expires_ms.min(now_ms().saturating_add(duration_ms(c.l1_ttl)));
@@ -339,7 +339,7 @@ fn entry_hit<V: Stored>(store: &MemoryStore, entry: &MemEntry, missing: Option<u
     entry.value.downcast_ref::<V>().map(|v| (Found::Value(v.clone()), times))
 }
 
-/// `weight`: see [`backend::entry_weight`].
+/// `weight`: see [`store::entry_weight`].
 fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry {
     match value {
         Some(v) => {
@@ -351,7 +351,7 @@ fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry 
 
 /// The weight of a memory-store entry whose value encodes to `payload`.
 fn memory_weight<V: Stored, C: Codec<V>>(key: &str, payload: &[u8]) -> u32 {
-    backend::entry_weight(key.len(), C::memory_size(payload.len()))
+    store::entry_weight(key.len(), C::memory_size(payload.len()))
 }
 
 impl Cache {

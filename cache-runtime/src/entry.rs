@@ -1,8 +1,8 @@
 //! The vocabulary of reads and writes: what a lookup found ([`Found`], with its [`Times`]),
 //! what a fill needs ([`Lookup`]), and one invalidation ([`Op`]). A leaf: no I/O.
 
-use crate::backend::Lease;
 use crate::envelope::Meta;
+use crate::store::Lease;
 
 /// What a read found.
 #[derive(Clone)]

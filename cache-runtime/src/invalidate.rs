@@ -2,12 +2,12 @@
 //! then the store, then published to every replica; one that fails is queued and retried
 //! (before this cache reads Redis again, and in the background) so it is never lost.
 
-use crate::backend::{namespace_tag, tag_key};
 use crate::cache::{Cache, Store};
 use crate::coherence::Message;
 use crate::entry::Op;
 use crate::error::CacheError;
 use crate::key::{self};
+use crate::store::{namespace_tag, tag_key};
 use crate::sync::lock;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -31,7 +31,6 @@
 #![deny(missing_docs)]
 
 mod api;
-mod backend;
 mod builder;
 mod cache;
 mod claims;
@@ -52,6 +51,7 @@ mod lock;
 mod policy;
 mod read;
 mod returns;
+mod store;
 mod sync;
 mod time;
 

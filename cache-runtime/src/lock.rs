@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::backend::RedisStore;
+use crate::store::RedisStore;
 use crate::sync::lock;
 use crate::time::now_ms;
 

@@ -11,13 +11,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use crate::backend::Lease;
 use crate::cache::{Cache, Call};
 use crate::claims::Locked;
 use crate::codec::{Codec, Stored};
 use crate::entry::{Found, Times};
 use crate::flight::{Joined, Leader};
 use crate::policy::Freshness;
+use crate::store::Lease;
 
 /// Longest a refresh may hold its claim.
 const REFRESH_HOLD: Duration = Duration::from_secs(10);

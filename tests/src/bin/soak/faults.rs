@@ -60,7 +60,7 @@ impl Fault {
     }
 }
 
-/// The stored keys the faults touch (the layout of `cache-runtime/src/backend.rs` and `key.rs`).
+/// The stored keys the faults touch (the layout of `cache-runtime/src/store/` and `key.rs`).
 fn user_entry(id: u64) -> String {
     format!("{PREFIX}:{{default:user:{id}}}")
 }

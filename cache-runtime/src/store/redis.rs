@@ -1,357 +1,18 @@
-//! The two stores: process memory (moka) and Redis (redis-rs `ConnectionManager`, or a cluster
-//! connection).
-//!
-//! Both keep the same invalidation rules:
-//! - a per-key **generation**, bumped by every invalidation of the key; a fill stores only if
-//!   the generation is the one its read saw (memcache-style leases: a slow read of the old row
-//!   can never overwrite a newer invalidation);
-//! - a **version** per tag, bumped by every invalidation of the tag; an entry records the
-//!   versions its tags had before its value was computed and is valid only while they still
-//!   have them (O(1) tag invalidation that also catches entries filled while it runs);
-//! - a version per namespace, bumped by `clear_namespace` before it removes the entries, so a
-//!   fill that started before the clear cannot store afterwards.
+//! The Redis store: one server or a cluster, its connections, every command bounded by a timeout.
 
-use std::any::Any;
-use std::collections::HashMap;
-use std::hash::BuildHasher as _;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use crate::envelope::Meta;
+use super::breaker::Breaker;
+use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, TAG_VERSION};
+use super::{fresh_version, generation_key, tag_key, Lease};
 use crate::error::CacheError;
-use crate::sync::lock;
 use crate::time::now_ms;
-
-/// What a read saw, that its fill must still see to be allowed to store.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Lease {
-    pub(crate) generation: Option<u64>,
-    pub(crate) namespace_version: Option<u64>,
-    /// `(tag, version)` in the caller's order.
-    pub(crate) tags: Vec<(String, u64)>,
-}
-
-/// A value held in process memory: typed, so a hit is a downcast and a clone, no decoding.
-pub(crate) struct MemEntry {
-    pub(crate) meta: Meta,
-    pub(crate) negative: bool,
-    pub(crate) value: Box<dyn Any + Send + Sync>,
-    /// Estimated bytes held (key, encoded payload size, bookkeeping): what `max_bytes` bounds.
-    pub(crate) weight: u32,
-    /// When the store drops it (ms since the epoch): its stale-until instant, or sooner in the
-    /// L1 (`l1_ttl`). `meta` keeps the entry's own times, which answers report (`max-age`).
-    pub(crate) expires_ms: u64,
-}
-
-/// Estimated bytes an entry costs beyond its key and payload (the entry, its `Arc`, moka's
-/// node and expiry bookkeeping, the allocator's rounding): 871 bytes per entry measured for
-/// a 200-byte value and a 29-byte key (`bench/src/bin/entry_size.rs`), minus those.
-pub(crate) const ENTRY_OVERHEAD: usize = 640;
-
-/// The weight of an entry whose key is `key_len` bytes and whose encoded payload is
-/// `payload_len` bytes.
-pub(crate) fn entry_weight(key_len: usize, payload_len: usize) -> u32 {
-    u32::try_from(key_len + payload_len + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-}
-
-impl std::fmt::Debug for MemEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemEntry").field("meta", &self.meta).field("negative", &self.negative).finish_non_exhaustive()
-    }
-}
-
-/// Each entry lives until its own expiry (see [`MemEntry::expires_ms`]), whatever the others do.
-struct EntryExpiry;
-
-impl EntryExpiry {
-    fn remaining(entry: &MemEntry) -> Option<Duration> {
-        Some(Duration::from_millis(entry.expires_ms.saturating_sub(now_ms())))
-    }
-}
-
-impl moka::Expiry<String, Arc<MemEntry>> for EntryExpiry {
-    fn expire_after_create(&self, _key: &String, value: &Arc<MemEntry>, _at: Instant) -> Option<Duration> {
-        Self::remaining(value)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Arc<MemEntry>,
-        _at: Instant,
-        _current: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::remaining(value)
-    }
-}
-
-const SHARDS: usize = 64;
-
-/// How long a key's generation is remembered after its last invalidation: far longer than
-/// any fill takes.
-const GENERATION_TTL: Duration = Duration::from_secs(3600);
-
-/// Versions of tags and of namespaces, looked up by name without allocating.
-#[derive(Debug, Default)]
-struct Versions {
-    tags: HashMap<String, u64>,
-    namespaces: HashMap<String, u64>,
-}
-
-impl Versions {
-    fn tag(&self, tag: &str) -> Option<u64> {
-        self.tags.get(tag).copied()
-    }
-
-    fn namespace(&self, namespace: &str) -> u64 {
-        self.namespaces.get(namespace).copied().unwrap_or(0)
-    }
-}
-
-pub(crate) struct MemoryStore {
-    entries: moka::sync::Cache<String, Arc<MemEntry>>,
-    /// Bounded by bytes (entries carry a weight) as well as by count.
-    weighed: bool,
-    generations: moka::sync::Cache<String, u64>,
-    versions: RwLock<Versions>,
-    /// Serialises a fill's check-and-insert with invalidations of the same key.
-    shards: Box<[Mutex<()>]>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl std::fmt::Debug for MemoryStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("entries", &self.entries.entry_count()).finish_non_exhaustive()
-    }
-}
-
-impl MemoryStore {
-    /// At most `max_entries` entries and, with `max_bytes`, at most that many bytes by the
-    /// entries' weights. Both bounds are one moka capacity: the capacity is `max_bytes` and no
-    /// entry weighs less than `max_bytes / max_entries`, so neither bound can be exceeded.
-    pub(crate) fn new(max_entries: u64, max_bytes: Option<u64>) -> Self {
-        let entries = moka::sync::Cache::builder().expire_after(EntryExpiry);
-        let entries = match max_bytes {
-            None => entries.max_capacity(max_entries).build(),
-            Some(max_bytes) => {
-                let max_entries = max_entries.max(1);
-                let floor = u32::try_from(max_bytes.div_ceil(max_entries)).unwrap_or(u32::MAX);
-                entries
-                    // Never more than `max_entries` entries of at least `floor` each.
-                    .max_capacity(max_bytes.min(u64::from(floor).saturating_mul(max_entries)))
-                    .weigher(move |_key: &String, entry: &Arc<MemEntry>| entry.weight.max(floor))
-                    .build()
-            }
-        };
-        MemoryStore {
-            entries,
-            weighed: max_bytes.is_some(),
-            generations: moka::sync::Cache::builder().time_to_idle(GENERATION_TTL).build(),
-            versions: RwLock::new(Versions::default()),
-            shards: (0..SHARDS).map(|_| Mutex::new(())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
-        }
-    }
-
-    fn shard(&self, key: &str) -> &Mutex<()> {
-        &self.shards[usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)]
-    }
-
-    /// Entries held and their total weight, 0 when not bounded by bytes (after applying
-    /// pending evictions).
-    pub(crate) fn size(&self) -> (u64, u64) {
-        self.entries.run_pending_tasks();
-        (self.entries.entry_count(), if self.weighed { self.entries.weighted_size() } else { 0 })
-    }
-
-    #[inline]
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<MemEntry>> {
-        self.entries.get(key)
-    }
-
-    /// Whether every tag of `entry` still has the version it recorded. `missing` is what an
-    /// unknown tag counts as: version 0 where this store is the source of truth, "unknown"
-    /// (not current) where it mirrors Redis.
-    pub(crate) fn tags_current(&self, entry: &MemEntry, missing: Option<u64>) -> bool {
-        if entry.meta.tags.is_empty() {
-            return true;
-        }
-        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entry.meta.tags.iter().all(|(tag, v)| versions.tag(tag).or(missing) == Some(*v))
-    }
-
-    /// The generation of `key` and the versions of its namespace and tags, as they are now.
-    pub(crate) fn lease(&self, key: &str, namespace: &str, tags: &[String]) -> Lease {
-        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Lease {
-            generation: Some(self.generations.get(key).unwrap_or(0)),
-            namespace_version: Some(versions.namespace(namespace)),
-            tags: tags.iter().map(|t| (t.clone(), versions.tag(t).unwrap_or(0))).collect(),
-        }
-    }
-
-    /// Inserts `entry` if nothing it depends on was invalidated since `lease` was taken.
-    pub(crate) fn fill(&self, key: String, namespace: &str, lease: &Lease, entry: MemEntry) -> bool {
-        let _key_guard = lock(self.shard(&key));
-        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = Some(self.generations.get(&key).unwrap_or(0)) == lease.generation
-            && Some(versions.namespace(namespace)) == lease.namespace_version
-            && lease.tags.iter().all(|(t, v)| versions.tag(t).unwrap_or(0) == *v);
-        if current {
-            self.entries.insert(key, Arc::new(entry));
-        }
-        current
-    }
-
-    /// Stores without a lease (the plain API's `set`, or a mirror of what Redis holds).
-    pub(crate) fn insert(&self, key: String, entry: MemEntry) {
-        self.entries.insert(key, Arc::new(entry));
-    }
-
-    pub(crate) fn invalidate_key(&self, key: &str) {
-        let _key_guard = lock(self.shard(key));
-        let next = self.generations.get(key).unwrap_or(0) + 1;
-        self.generations.insert(key.to_owned(), next);
-        self.entries.invalidate(key);
-    }
-
-    /// Bumps a tag's version (here the source of truth); returns the new version.
-    pub(crate) fn bump_tag(&self, tag: &str) -> u64 {
-        let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let v = versions.tags.entry(tag.to_owned()).or_insert(0);
-        *v += 1;
-        *v
-    }
-
-    /// Records a tag version learned from Redis (versions only grow).
-    pub(crate) fn learn_tag(&self, tag: &str, version: u64) {
-        let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match versions.tags.get_mut(tag) {
-            Some(v) => *v = (*v).max(version),
-            None => drop(versions.tags.insert(tag.to_owned(), version)),
-        }
-    }
-
-    /// Forgets what this process knew of a tag's version.
-    pub(crate) fn forget_tag(&self, tag: &str) {
-        self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner).tags.remove(tag);
-    }
-
-    /// Forgets `key` without bumping its generation (an L1 dropping its copy).
-    pub(crate) fn remove(&self, key: &str) {
-        self.entries.invalidate(key);
-    }
-
-    /// Bumps the namespace's version (so fills that started before cannot store), then removes
-    /// every entry whose key starts with `start`; returns how many.
-    pub(crate) fn clear_namespace(&self, namespace: &str, start: &str) -> u64 {
-        {
-            let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            *versions.namespaces.entry(namespace.to_owned()).or_insert(0) += 1;
-        }
-        let mut removed = 0;
-        for (key, _) in &self.entries {
-            if key.starts_with(start) {
-                self.entries.invalidate(key.as_str());
-                removed += 1;
-            }
-        }
-        removed
-    }
-
-    /// Drops everything, versions included (an L1 that may have missed invalidations).
-    pub(crate) fn flush(&self) {
-        self.entries.invalidate_all();
-        *self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Versions::default();
-    }
-}
-
-/// The keys of one entry's bookkeeping in Redis. The generation shares the entry's hash slot.
-pub(crate) fn generation_key(entry_key: &str) -> String {
-    format!("{entry_key}:g")
-}
-
-pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
-    format!("{prefix}:t:{{{tag}}}")
-}
-
-/// In Redis, a namespace is an implicit tag of every entry in it: its version is recorded in the
-/// entry and checked on read, like a tag's. `%%` can start no rendered tag (a template's text
-/// has no `%`, an escaped value has `%` followed by hex digits), so this never meets a user tag.
-pub(crate) fn namespace_tag(namespace: &str) -> String {
-    format!("%%ns:{namespace}")
-}
-
-/// `KEYS`: entry, generation (one hash slot). `ARGV`: the generation the read saw (`''` =
-/// absent), the envelope, the ttl in ms, a fresh version. Tags and namespaces are not checked
-/// here but on read (the entry records their versions), so the script never crosses a Redis
-/// Cluster slot. A generation key holding anything but a version (a foreign string, another
-/// type) is repaired with the fresh version, which no reader can have seen: this fill is
-/// dropped, the next read's fill succeeds.
-const FILL: &str = r"
-local g = redis.pcall('GET', KEYS[2])
-if type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', 86400000)
-  return 0
-end
-if not g then g = '' end
-if g ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-";
-
-/// `KEYS`: entry, generation. `ARGV`: a fresh version. Bumps the generation (remembered for a
-/// day) and drops the entry. A generation that cannot be incremented (a foreign value or type)
-/// is replaced by the fresh version: the invalidation is applied all the same.
-const INVALIDATE_KEY: &str = r"
-local g = redis.pcall('INCR', KEYS[2])
-if type(g) ~= 'number' or g < 0 or g > 9007199254740991 then
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-redis.call('PEXPIRE', KEYS[2], 86400000)
-return redis.call('UNLINK', KEYS[1])
-";
-
-/// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start ([`fresh_version`]). `INCR`s
-/// the version and returns it. An absent version (evicted) or one that is not a version (a
-/// foreign value or type) is replaced by the fresh start: no entry can have recorded it, and it
-/// is above every version the replicas' L1s learned before (they keep the highest they saw).
-const BUMP: &str = r"
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'string' and string.match(v, '^%d+$') and #v <= 16 and tonumber(v) < 9007199254740000 then
-  return redis.call('INCR', KEYS[1])
-end
-redis.call('SET', KEYS[1], ARGV[1])
-return tonumber(ARGV[1])
-";
-
-/// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start ([`fresh_version`]). Returns the
-/// current version, giving an absent one the fresh start (a version key lost to eviction must
-/// not come back as a value some old entry recorded) and replacing one that is not a version (a
-/// foreign value or type) the same way.
-const TAG_VERSION: &str = r"
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'string' and string.match(v, '^%d+$') and #v <= 16 and tonumber(v) < 9007199254740000 then return v end
-redis.call('SET', KEYS[1], ARGV[1])
-return ARGV[1]
-";
-
-/// `KEYS`: a claim (a `lock` or a refresh claim). `ARGV`: the token, the hold in ms. `SET NX
-/// PX`; a claim key without an expiry is not one of ours (every claim has one): it is replaced,
-/// so a foreign value can never block the claim for good. Returns 1 when claimed.
-const CLAIM: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-";
 
 /// Where the commands go: one server or a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,7 +80,7 @@ impl redis::aio::ConnectionLike for Conn {
 
 // One per cache, never moved.
 #[allow(clippy::large_enum_variant)]
-enum Target {
+pub(super) enum Target {
     Single {
         client: redis::Client,
         config: ConnectionManagerConfig,
@@ -438,7 +99,7 @@ enum Target {
 /// The cluster connection, made in a task of its own: connecting (seed, `CLUSTER SLOTS`, every
 /// node) may take longer than one command's timeout, and must not start over each time one
 /// gives up.
-struct ClusterSlot {
+pub(super) struct ClusterSlot {
     client: ClusterClient,
     conn: arc_swap::ArcSwapOption<ClusterConnection>,
     connecting: std::sync::atomic::AtomicBool,
@@ -486,10 +147,10 @@ impl ClusterSlot {
 /// shard carries them all and `SPUBLISH` counts every subscriber).
 pub(crate) struct RedisStore {
     breaker: Breaker,
-    target: Target,
+    pub(super) target: Target,
     /// ms since the Unix epoch of the last replacement of the connection.
     last_rebuild_ms: std::sync::atomic::AtomicU64,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     fill: Arc<redis::Script>,
     invalidate_key: Arc<redis::Script>,
     bump: redis::Script,
@@ -573,16 +234,6 @@ impl RedisStore {
         matches!(self.target, Target::Cluster { .. })
     }
 
-    /// The name of a pub/sub channel of `prefix`: hash-tagged on a cluster, so that all of a
-    /// prefix's channels live on one shard.
-    pub(crate) fn channel(&self, prefix: &str, name: &str) -> String {
-        if self.is_cluster() {
-            format!("{{{prefix}}}:{name}")
-        } else {
-            format!("{prefix}:{name}")
-        }
-    }
-
     async fn conn(&self) -> redis::RedisResult<Conn> {
         match &self.target {
             Target::Single { conn, .. } => Ok(Conn::Single(ConnectionManager::clone(&conn.load()))),
@@ -649,7 +300,7 @@ impl RedisStore {
 
     /// One command, bounded by the command timeout as a whole (connecting included): while a
     /// connection reconnects (with retries and backoff) a command would otherwise wait for it.
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
+    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
             cmd.query_async::<T>(&mut conn).await
@@ -778,12 +429,6 @@ impl RedisStore {
         self.invoke(&invocation).await
     }
 
-    /// `PUBLISH` (`SPUBLISH` on a cluster); returns how many subscribers received it.
-    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<usize, CacheError> {
-        let command = if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
-        self.run(redis::cmd(command).arg(channel).arg(message)).await
-    }
-
     /// Deletes every key matching `pattern` with `SCAN` + `UNLINK` in batches (never `KEYS`),
     /// on every master of a cluster.
     pub(crate) async fn del_matching(&self, pattern: &str) -> Result<u64, CacheError> {
@@ -841,29 +486,9 @@ impl RedisStore {
             cursor = next;
         }
     }
-
-    /// A subscription to `channels` (`SUBSCRIBE` on a dedicated connection; on a cluster a
-    /// RESP3 cluster connection with `SSUBSCRIBE`, which follows the shard when slots move).
-    pub(crate) async fn subscribe(&self, channels: &[&str]) -> redis::RedisResult<Subscription> {
-        match &self.target {
-            Target::Single { client, .. } => {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(channels).await?;
-                let (sink, stream) = pubsub.split();
-                Ok(Subscription::Single { sink, stream })
-            }
-            Target::Cluster { nodes, .. } => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let mut conn = cluster_client(nodes, self.timeout, Some(tx))?.get_async_connection().await?;
-                conn.ssubscribe(channels).await?;
-                let shard_key = channels.first().map_or_else(String::new, |c| (*c).to_owned());
-                Ok(Subscription::Cluster { conn, rx, shard_key })
-            }
-        }
-    }
 }
 
-fn cluster_client(
+pub(super) fn cluster_client(
     nodes: &[String],
     timeout: Duration,
     push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
@@ -897,142 +522,6 @@ fn one_slot_per_master(reply: &redis::Value) -> Vec<u16> {
         }
     }
     slots
-}
-
-/// One received message: its channel and payload.
-pub(crate) struct Received {
-    pub(crate) channel: String,
-    pub(crate) payload: Vec<u8>,
-}
-
-/// A live subscription (see [`RedisStore::subscribe`]).
-pub(crate) enum Subscription {
-    Single {
-        sink: redis::aio::PubSubSink,
-        stream: redis::aio::PubSubStream,
-    },
-    /// `shard_key`: a key in the channels' slot (their name), so that a ping goes to the node
-    /// that carries the subscription, not to every master.
-    Cluster {
-        conn: ClusterConnection,
-        rx: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
-        shard_key: String,
-    },
-}
-
-impl Subscription {
-    /// The next message; `None` once the subscription is lost (messages may have been missed).
-    pub(crate) async fn next(&mut self) -> Option<Received> {
-        use futures::StreamExt as _;
-        match self {
-            Subscription::Single { stream, .. } => {
-                let msg = stream.next().await?;
-                Some(Received { channel: msg.get_channel_name().to_owned(), payload: msg.get_payload_bytes().to_vec() })
-            }
-            Subscription::Cluster { rx, .. } => loop {
-                let push = rx.recv().await?;
-                match push.kind {
-                    redis::PushKind::SMessage | redis::PushKind::Message => {
-                        let mut data = push.data.into_iter();
-                        let (Some(channel), Some(payload)) = (data.next(), data.next()) else { continue };
-                        let (Ok(channel), Ok(payload)) =
-                            (redis::from_redis_value::<String>(channel), redis::from_redis_value::<Vec<u8>>(payload))
-                        else {
-                            continue;
-                        };
-                        return Some(Received { channel, payload });
-                    }
-                    // A node connection dropped: the client resubscribes, but what was published
-                    // meanwhile is lost.
-                    redis::PushKind::Disconnection | redis::PushKind::SUnsubscribe => return None,
-                    _ => {}
-                }
-            },
-        }
-    }
-
-    /// Whether the subscribed connection still answers, within `timeout`. On one server the
-    /// ping goes down the subscription's own connection, so its answer also means that every
-    /// message published before it was sent has been received. On a cluster it goes to the
-    /// node that carries the channels' shard (a keyed read of that slot), not to every master.
-    pub(crate) async fn ping(&mut self, timeout: Duration) -> bool {
-        let ping = async {
-            match self {
-                Subscription::Single { sink, .. } => sink.ping::<redis::Value>().await.is_ok(),
-                Subscription::Cluster { conn, shard_key, .. } => {
-                    redis::cmd("EXISTS").arg(&*shard_key).query_async::<redis::Value>(conn).await.is_ok()
-                }
-            }
-        };
-        matches!(tokio::time::timeout(timeout, ping).await, Ok(true))
-    }
-}
-
-/// Consecutive connection-level failures that open the breaker.
-const BREAKER_THRESHOLD: u32 = 5;
-/// How long an open breaker skips Redis before letting one probe through.
-const BREAKER_COOLDOWN_MS: u64 = 1000;
-
-/// A circuit breaker: after repeated failures, Redis commands fail at once (no timeout paid)
-/// for a cooldown; then one probe goes through, and its success closes the breaker.
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: std::sync::atomic::AtomicU32,
-    /// 0 = closed; else ms since the epoch until which it is open.
-    open_until_ms: std::sync::atomic::AtomicU64,
-    probing: std::sync::atomic::AtomicBool,
-    openings: std::sync::atomic::AtomicU64,
-}
-
-impl Breaker {
-    fn allow(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let until = self.open_until_ms.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
-        }
-        if now_ms() < until {
-            return false;
-        }
-        // Half-open: one probe at a time.
-        !self.probing.swap(true, Ordering::AcqRel)
-    }
-
-    fn success(&self) {
-        use std::sync::atomic::Ordering;
-        self.failures.store(0, Ordering::Relaxed);
-        if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!(target: "cache_runtime", "redis answers again; circuit breaker closed");
-        }
-        self.probing.store(false, Ordering::Release);
-    }
-
-    fn failure(&self) {
-        use std::sync::atomic::Ordering;
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let probe_failed = self.probing.swap(false, Ordering::AcqRel);
-        if failures >= BREAKER_THRESHOLD || probe_failed {
-            let was = self.open_until_ms.swap(now_ms() + BREAKER_COOLDOWN_MS, Ordering::AcqRel);
-            if was == 0 {
-                self.openings.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    target: "cache_runtime",
-                    failures,
-                    "redis keeps failing; circuit breaker open: requests skip the cache for {BREAKER_COOLDOWN_MS} ms at a time"
-                );
-            }
-        }
-    }
-}
-
-/// A version for a key that has none, or whose value is not one: the clock in ms × 1024 plus a
-/// random part. No entry can have recorded it (every earlier version was handed out earlier, at
-/// most 1,024 bumps a millisecond later), it grows with time (so an L1, which keeps the highest
-/// version it learned of a tag, accepts a repaired or re-created version), and it stays below
-/// 2^53 (exact in Redis's Lua numbers) until the year 2248.
-fn fresh_version() -> u64 {
-    let random = std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id());
-    now_ms().saturating_mul(1024) + (random & 1023)
 }
 
 #[cfg(test)]

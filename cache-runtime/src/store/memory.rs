@@ -1,0 +1,247 @@
+//! The process-memory store: typed entries in moka, per-key generations, tag/namespace versions.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::hash::BuildHasher as _;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::Lease;
+use crate::envelope::Meta;
+use crate::sync::lock;
+use crate::time::now_ms;
+
+/// A value held in process memory: typed, so a hit is a downcast and a clone, no decoding.
+pub(crate) struct MemEntry {
+    pub(crate) meta: Meta,
+    pub(crate) negative: bool,
+    pub(crate) value: Box<dyn Any + Send + Sync>,
+    /// Estimated bytes held (key, encoded payload size, bookkeeping): what `max_bytes` bounds.
+    pub(crate) weight: u32,
+    /// When the store drops it (ms since the epoch): its stale-until instant, or sooner in the
+    /// L1 (`l1_ttl`). `meta` keeps the entry's own times, which answers report (`max-age`).
+    pub(crate) expires_ms: u64,
+}
+
+/// Estimated bytes an entry costs beyond its key and payload (the entry, its `Arc`, moka's
+/// node and expiry bookkeeping, the allocator's rounding): 871 bytes per entry measured for
+/// a 200-byte value and a 29-byte key (`bench/src/bin/entry_size.rs`), minus those.
+pub(crate) const ENTRY_OVERHEAD: usize = 640;
+
+/// The weight of an entry whose key is `key_len` bytes and whose encoded payload is
+/// `payload_len` bytes.
+pub(crate) fn entry_weight(key_len: usize, payload_len: usize) -> u32 {
+    u32::try_from(key_len + payload_len + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+impl std::fmt::Debug for MemEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemEntry").field("meta", &self.meta).field("negative", &self.negative).finish_non_exhaustive()
+    }
+}
+
+/// Each entry lives until its own expiry (see [`MemEntry::expires_ms`]), whatever the others do.
+struct EntryExpiry;
+
+impl EntryExpiry {
+    fn remaining(entry: &MemEntry) -> Option<Duration> {
+        Some(Duration::from_millis(entry.expires_ms.saturating_sub(now_ms())))
+    }
+}
+
+impl moka::Expiry<String, Arc<MemEntry>> for EntryExpiry {
+    fn expire_after_create(&self, _key: &String, value: &Arc<MemEntry>, _at: Instant) -> Option<Duration> {
+        Self::remaining(value)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Arc<MemEntry>,
+        _at: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::remaining(value)
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// How long a key's generation is remembered after its last invalidation: far longer than
+/// any fill takes.
+const GENERATION_TTL: Duration = Duration::from_secs(3600);
+
+/// Versions of tags and of namespaces, looked up by name without allocating.
+#[derive(Debug, Default)]
+struct Versions {
+    tags: HashMap<String, u64>,
+    namespaces: HashMap<String, u64>,
+}
+
+impl Versions {
+    fn tag(&self, tag: &str) -> Option<u64> {
+        self.tags.get(tag).copied()
+    }
+
+    fn namespace(&self, namespace: &str) -> u64 {
+        self.namespaces.get(namespace).copied().unwrap_or(0)
+    }
+}
+
+pub(crate) struct MemoryStore {
+    entries: moka::sync::Cache<String, Arc<MemEntry>>,
+    /// Bounded by bytes (entries carry a weight) as well as by count.
+    weighed: bool,
+    generations: moka::sync::Cache<String, u64>,
+    versions: RwLock<Versions>,
+    /// Serialises a fill's check-and-insert with invalidations of the same key.
+    shards: Box<[Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").field("entries", &self.entries.entry_count()).finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// At most `max_entries` entries and, with `max_bytes`, at most that many bytes by the
+    /// entries' weights. Both bounds are one moka capacity: the capacity is `max_bytes` and no
+    /// entry weighs less than `max_bytes / max_entries`, so neither bound can be exceeded.
+    pub(crate) fn new(max_entries: u64, max_bytes: Option<u64>) -> Self {
+        let entries = moka::sync::Cache::builder().expire_after(EntryExpiry);
+        let entries = match max_bytes {
+            None => entries.max_capacity(max_entries).build(),
+            Some(max_bytes) => {
+                let max_entries = max_entries.max(1);
+                let floor = u32::try_from(max_bytes.div_ceil(max_entries)).unwrap_or(u32::MAX);
+                entries
+                    // Never more than `max_entries` entries of at least `floor` each.
+                    .max_capacity(max_bytes.min(u64::from(floor).saturating_mul(max_entries)))
+                    .weigher(move |_key: &String, entry: &Arc<MemEntry>| entry.weight.max(floor))
+                    .build()
+            }
+        };
+        MemoryStore {
+            entries,
+            weighed: max_bytes.is_some(),
+            generations: moka::sync::Cache::builder().time_to_idle(GENERATION_TTL).build(),
+            versions: RwLock::new(Versions::default()),
+            shards: (0..SHARDS).map(|_| Mutex::new(())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<()> {
+        &self.shards[usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)]
+    }
+
+    /// Entries held and their total weight, 0 when not bounded by bytes (after applying
+    /// pending evictions).
+    pub(crate) fn size(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), if self.weighed { self.entries.weighted_size() } else { 0 })
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<MemEntry>> {
+        self.entries.get(key)
+    }
+
+    /// Whether every tag of `entry` still has the version it recorded. `missing` is what an
+    /// unknown tag counts as: version 0 where this store is the source of truth, "unknown"
+    /// (not current) where it mirrors Redis.
+    pub(crate) fn tags_current(&self, entry: &MemEntry, missing: Option<u64>) -> bool {
+        if entry.meta.tags.is_empty() {
+            return true;
+        }
+        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entry.meta.tags.iter().all(|(tag, v)| versions.tag(tag).or(missing) == Some(*v))
+    }
+
+    /// The generation of `key` and the versions of its namespace and tags, as they are now.
+    pub(crate) fn lease(&self, key: &str, namespace: &str, tags: &[String]) -> Lease {
+        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Lease {
+            generation: Some(self.generations.get(key).unwrap_or(0)),
+            namespace_version: Some(versions.namespace(namespace)),
+            tags: tags.iter().map(|t| (t.clone(), versions.tag(t).unwrap_or(0))).collect(),
+        }
+    }
+
+    /// Inserts `entry` if nothing it depends on was invalidated since `lease` was taken.
+    pub(crate) fn fill(&self, key: String, namespace: &str, lease: &Lease, entry: MemEntry) -> bool {
+        let _key_guard = lock(self.shard(&key));
+        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = Some(self.generations.get(&key).unwrap_or(0)) == lease.generation
+            && Some(versions.namespace(namespace)) == lease.namespace_version
+            && lease.tags.iter().all(|(t, v)| versions.tag(t).unwrap_or(0) == *v);
+        if current {
+            self.entries.insert(key, Arc::new(entry));
+        }
+        current
+    }
+
+    /// Stores without a lease (the plain API's `set`, or a mirror of what Redis holds).
+    pub(crate) fn insert(&self, key: String, entry: MemEntry) {
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    pub(crate) fn invalidate_key(&self, key: &str) {
+        let _key_guard = lock(self.shard(key));
+        let next = self.generations.get(key).unwrap_or(0) + 1;
+        self.generations.insert(key.to_owned(), next);
+        self.entries.invalidate(key);
+    }
+
+    /// Bumps a tag's version (here the source of truth); returns the new version.
+    pub(crate) fn bump_tag(&self, tag: &str) -> u64 {
+        let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let v = versions.tags.entry(tag.to_owned()).or_insert(0);
+        *v += 1;
+        *v
+    }
+
+    /// Records a tag version learned from Redis (versions only grow).
+    pub(crate) fn learn_tag(&self, tag: &str, version: u64) {
+        let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match versions.tags.get_mut(tag) {
+            Some(v) => *v = (*v).max(version),
+            None => drop(versions.tags.insert(tag.to_owned(), version)),
+        }
+    }
+
+    /// Forgets what this process knew of a tag's version.
+    pub(crate) fn forget_tag(&self, tag: &str) {
+        self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner).tags.remove(tag);
+    }
+
+    /// Forgets `key` without bumping its generation (an L1 dropping its copy).
+    pub(crate) fn remove(&self, key: &str) {
+        self.entries.invalidate(key);
+    }
+
+    /// Bumps the namespace's version (so fills that started before cannot store), then removes
+    /// every entry whose key starts with `start`; returns how many.
+    pub(crate) fn clear_namespace(&self, namespace: &str, start: &str) -> u64 {
+        {
+            let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *versions.namespaces.entry(namespace.to_owned()).or_insert(0) += 1;
+        }
+        let mut removed = 0;
+        for (key, _) in &self.entries {
+            if key.starts_with(start) {
+                self.entries.invalidate(key.as_str());
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Drops everything, versions included (an L1 that may have missed invalidations).
+    pub(crate) fn flush(&self) {
+        self.entries.invalidate_all();
+        *self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Versions::default();
+    }
+}

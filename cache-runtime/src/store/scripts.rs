@@ -1,0 +1,68 @@
+//! The Lua scripts of the Redis store: fill, key invalidation, version bump and read, claim.
+
+/// `KEYS`: entry, generation (one hash slot). `ARGV`: the generation the read saw (`''` =
+/// absent), the envelope, the ttl in ms, a fresh version. Tags and namespaces are not checked
+/// here but on read (the entry records their versions), so the script never crosses a Redis
+/// Cluster slot. A generation key holding anything but a version (a foreign string, another
+/// type) is repaired with the fresh version, which no reader can have seen: this fill is
+/// dropped, the next read's fill succeeds.
+pub(super) const FILL: &str = r"
+local g = redis.pcall('GET', KEYS[2])
+if type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', 86400000)
+  return 0
+end
+if not g then g = '' end
+if g ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// `KEYS`: entry, generation. `ARGV`: a fresh version. Bumps the generation (remembered for a
+/// day) and drops the entry. A generation that cannot be incremented (a foreign value or type)
+/// is replaced by the fresh version: the invalidation is applied all the same.
+pub(super) const INVALIDATE_KEY: &str = r"
+local g = redis.pcall('INCR', KEYS[2])
+if type(g) ~= 'number' or g < 0 or g > 9007199254740991 then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[2], 86400000)
+return redis.call('UNLINK', KEYS[1])
+";
+
+/// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
+/// ([`fresh_version`](super::fresh_version)). `INCR`s the version and returns it. An absent
+/// version (evicted) or one that is not a version (a foreign value or type) is replaced by the
+/// fresh start: no entry can have recorded it, and it is above every version the replicas' L1s
+/// learned before (they keep the highest they saw).
+pub(super) const BUMP: &str = r"
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'string' and string.match(v, '^%d+$') and #v <= 16 and tonumber(v) < 9007199254740000 then
+  return redis.call('INCR', KEYS[1])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return tonumber(ARGV[1])
+";
+
+/// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
+/// ([`fresh_version`](super::fresh_version)). Returns the current version, giving an absent one
+/// the fresh start (a version key lost to eviction must not come back as a value some old entry
+/// recorded) and replacing one that is not a version (a foreign value or type) the same way.
+pub(super) const TAG_VERSION: &str = r"
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'string' and string.match(v, '^%d+$') and #v <= 16 and tonumber(v) < 9007199254740000 then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+";
+
+/// `KEYS`: a claim (a `lock` or a refresh claim). `ARGV`: the token, the hold in ms. `SET NX
+/// PX`; a claim key without an expiry is not one of ours (every claim has one): it is replaced,
+/// so a foreign value can never block the claim for good. Returns 1 when claimed.
+pub(super) const CLAIM: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
