@@ -1,11 +1,10 @@
 //! The plain API, without macros: `get`, `set`, `invalidate`, `get_or_fetch`, `inspect`,
 //! `invalidate_tag`, `clear_namespace`, and [`Namespace`] for the same in one namespace.
 
-use crate::cache::{Cache, Call, Store, DEFAULT_NAMESPACE};
-use crate::codec::{Format, Json};
-use crate::entry::Found;
+use crate::cache::{Cache, Call, DEFAULT_NAMESPACE};
+use crate::codec::Json;
 use crate::entry::Op;
-use crate::envelope::{self, Meta};
+use crate::entry::{EntryInfo, Found};
 use crate::error::CacheError;
 use crate::key::{self};
 use crate::policy::CallOpts;
@@ -130,62 +129,6 @@ impl Cache {
     }
 }
 
-/// Where an inspected entry was found (see [`Cache::inspect`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Tier {
-    /// The in-memory store (a cache built without Redis).
-    Memory,
-    /// Redis (one server or a cluster).
-    Redis,
-}
-
-/// What is stored under a key, without decoding its value: for tests and for operators
-/// ([`Cache::inspect`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EntryInfo {
-    /// The store it was read from.
-    pub tier: Tier,
-    /// Whether this process's L1 also holds a copy (Redis with the L1 only).
-    pub in_l1: bool,
-    /// When the value was stored.
-    pub stored_at: std::time::SystemTime,
-    /// Freshness left (zero once it expired).
-    pub fresh_for: Duration,
-    /// How long it may still be served stale (`stale`, `stale_if_error`; zero without a window).
-    pub stale_for: Duration,
-    /// A stored `None` (`cache_none`).
-    pub negative: bool,
-    /// The tags the entry carries, with the versions it recorded (the namespace not included).
-    pub tags: Vec<(String, u64)>,
-    /// Bytes it takes: the stored envelope in Redis, the estimated weight in memory.
-    pub bytes: usize,
-    /// The payload format in Redis (`None` in memory, which holds typed values).
-    pub format: Option<Format>,
-    /// The `ETag` of a stored response.
-    pub etag: Option<String>,
-}
-
-impl EntryInfo {
-    fn of(tier: Tier, meta: &Meta, negative: bool, bytes: usize, format: Option<Format>) -> EntryInfo {
-        let now = now_ms();
-        let ms = |until: u64| Duration::from_millis(until.saturating_sub(now));
-        EntryInfo {
-            tier,
-            in_l1: false,
-            stored_at: std::time::UNIX_EPOCH + Duration::from_millis(meta.stored_at_ms),
-            fresh_for: ms(meta.fresh_until_ms),
-            stale_for: ms(meta.stale_until_ms).saturating_sub(ms(meta.fresh_until_ms)),
-            negative,
-            tags: meta.tags.iter().filter(|(t, _)| !t.starts_with("%%ns:")).cloned().collect(),
-            bytes,
-            format,
-            etag: meta.etag.as_deref().map(str::to_owned),
-        }
-    }
-}
-
 /// The plain API within one namespace, from [`Cache::namespace`].
 #[derive(Debug, Clone, Copy)]
 pub struct Namespace<'a> {
@@ -196,20 +139,7 @@ pub struct Namespace<'a> {
 impl Namespace<'_> {
     /// What is stored under `key` in this namespace (see [`Cache::inspect`]).
     pub async fn inspect(&self, key: &str) -> Option<EntryInfo> {
-        let full = self.cache.full_key(self.namespace, key);
-        match &self.cache.inner.store {
-            Store::Memory(mem) => {
-                let entry = mem.get(&full)?;
-                Some(EntryInfo::of(Tier::Memory, &entry.meta, entry.negative, entry.weight as usize, None))
-            }
-            Store::Redis { redis, l1, .. } => {
-                let bytes = redis.get_raw(&full).await.ok()??;
-                let decoded = envelope::decode(&bytes).ok().filter(|d| d.key_hash == envelope::key_hash(&full))?;
-                let mut info = EntryInfo::of(Tier::Redis, &decoded.meta, decoded.negative, bytes.len(), decoded.format);
-                info.in_l1 = l1.as_ref().is_some_and(|c| c.live() && c.l1.get(&full).is_some());
-                Some(info)
-            }
-        }
+        self.cache.inspect_entry(&self.cache.full_key(self.namespace, key)).await
     }
 
     fn escaped(&self) -> String {

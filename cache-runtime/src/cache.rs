@@ -159,7 +159,7 @@ impl Cache {
 
     /// Whether entries are stored in Redis.
     pub fn is_redis(&self) -> bool {
-        matches!(self.inner.store, Store::Redis { .. })
+        self.redis_store().is_some()
     }
 
     /// Whether the process-memory tier in front of Redis is in use right now: configured, and
@@ -170,7 +170,7 @@ impl Cache {
     /// assert!(!cache_runtime::Cache::memory().l1_live());
     /// ```
     pub fn l1_live(&self) -> bool {
-        matches!(&self.inner.store, Store::Redis { l1: Some(c), .. } if c.live())
+        self.live_l1().is_some()
     }
 
     /// The ttl used when none is given.
@@ -181,11 +181,7 @@ impl Cache {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.stats;
-        let (memory_entries, memory_bytes) = match &self.inner.store {
-            Store::Memory(mem) => mem.size(),
-            Store::Redis { l1: Some(l1), .. } => l1.l1.size(),
-            Store::Redis { l1: None, .. } => (0, 0),
-        };
+        let (memory_entries, memory_bytes) = self.memory_size();
 
         Stats {
             hits: c.hits.load(Ordering::Relaxed),
@@ -196,10 +192,7 @@ impl Cache {
             dropped_fills: c.dropped_fills.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
             oversized: c.oversized.load(Ordering::Relaxed),
-            circuit_openings: match &self.inner.store {
-                Store::Redis { redis, .. } => redis.breaker_openings(),
-                Store::Memory(_) => 0,
-            },
+            circuit_openings: self.redis_store().map_or(0, |redis| redis.breaker_openings()),
             memory_entries,
             memory_bytes,
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::cache::{Cache, Call, Store};
+use crate::cache::{Cache, Call};
 use crate::codec::{Codec, Stored};
 use crate::entry::{Found, Lookup, Times};
 use crate::lock::Attempt;
@@ -20,9 +20,9 @@ impl Cache {
             return false;
         }
         tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "refresh");
-        match &self.inner.store {
-            Store::Memory(_) => true,
-            Store::Redis { redis, .. } => {
+        match self.redis_store() {
+            None => true,
+            Some(redis) => {
                 let claimed = redis.claim_token(&refresh_key(key), "1", hold).await;
                 self.count_result(&claimed, "claim refresh");
                 if !matches!(claimed, Ok(true)) {
@@ -37,7 +37,7 @@ impl Cache {
     /// holder's value (woken when it lands). In memory, single-flight already is the lock.
     pub(crate) async fn lock_or_wait<V: Stored, C: Codec<V>>(&self, call: &Call<'_>, hold: Duration) -> Locked<V> {
         let key = call.key.as_str();
-        let Store::Redis { redis, locks, .. } = &self.inner.store else {
+        let Some((redis, locks)) = self.redis_locks() else {
             return Locked::Compute { token: None, lookup: None };
         };
         let deadline = now_ms().saturating_add(duration_ms(hold));
@@ -77,7 +77,7 @@ impl Cache {
 
     /// Releases a lock taken by `lock_or_wait` and wakes its waiters.
     async fn unlock(&self, key: &str, token: &str) {
-        if let Store::Redis { redis, locks, .. } = &self.inner.store {
+        if let Some((redis, locks)) = self.redis_locks() {
             locks.release(redis, key, token).await;
         }
     }
@@ -88,7 +88,7 @@ impl Cache {
 
     pub(crate) async fn release_refresh(&self, key: &str) {
         self.inner.refreshing.invalidate(key);
-        if let Store::Redis { redis, .. } = &self.inner.store {
+        if let Some(redis) = self.redis_store() {
             let _ = redis.unlink(&refresh_key(key)).await;
         }
     }

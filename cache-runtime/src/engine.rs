@@ -15,7 +15,47 @@ use crate::time::now_ms;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::entry::{EntryInfo, Op, Tier};
+use crate::key;
+use crate::lock::Locks;
+use crate::store::tag_key;
+
 impl Cache {
+    /// Redis, when the cache is on Redis.
+    pub(crate) fn redis_store(&self) -> Option<&Arc<RedisStore>> {
+        match &self.inner.store {
+            Store::Redis { redis, .. } => Some(redis),
+            Store::Memory(_) => None,
+        }
+    }
+
+    /// Redis and the cross-replica locks of `lock`, when the cache is on Redis.
+    pub(crate) fn redis_locks(&self) -> Option<(&Arc<RedisStore>, &Arc<Locks>)> {
+        match &self.inner.store {
+            Store::Redis { redis, locks, .. } => Some((redis, locks)),
+            Store::Memory(_) => None,
+        }
+    }
+
+    /// The L1, when configured and its channel is live.
+    pub(crate) fn live_l1(&self) -> Option<&Coherence> {
+        match &self.inner.store {
+            Store::Redis { l1: Some(c), .. } if c.live() => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Entries and bytes held in process memory (the memory store, or the L1).
+    pub(crate) fn memory_size(&self) -> (u64, u64) {
+        match &self.inner.store {
+            Store::Memory(mem) => mem.size(),
+            Store::Redis { l1: Some(l1), .. } => l1.l1.size(),
+            Store::Redis { l1: None, .. } => (0, 0),
+        }
+    }
+
     /// A fresh hit from process memory (the memory store, or a live L1): no I/O, no future. The
     /// read path tries this first.
     #[inline]
@@ -307,6 +347,82 @@ impl Cache {
             self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+
+    /// Applies one invalidation to the stores: the writer's own L1 first (its next read cannot
+    /// see what it invalidated), then the memory store or Redis, then (Redis) the message to
+    /// every replica's L1, published whatever this process's own L1 setting.
+    pub(crate) async fn invalidate_stored(&self, op: &Op) -> Result<u64, CacheError> {
+        let prefix = &self.inner.prefix;
+        match &self.inner.store {
+            Store::Memory(mem) => Ok(match op {
+                Op::Key(key) => {
+                    mem.invalidate_key(key);
+                    0
+                }
+                Op::Tag(tag) => {
+                    mem.bump_tag(tag);
+                    0
+                }
+                Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
+            }),
+            Store::Redis { redis, l1, channel, .. } => {
+                // Also without an L1: the channel must run to hear the acknowledgements.
+                channel.ensure_started(redis);
+                // The writer's own L1 first: its next read cannot see what it invalidated.
+                if let Some(c) = l1 {
+                    match op {
+                        Op::Key(key) => c.apply_local(&Message::Key(key.clone())),
+                        Op::Tag(tag) => c.forget_tag(tag),
+                        Op::Namespace(ns) => c.apply_local(&Message::Namespace(ns.clone())),
+                    }
+                }
+                let (message, removed) = match op {
+                    Op::Key(key) => {
+                        redis.invalidate_key(key).await?;
+                        (Message::Key(key.clone()), 0)
+                    }
+                    Op::Tag(tag) => {
+                        let version = redis.bump(&tag_key(prefix, tag)).await?;
+                        (Message::Tag { tag: tag.clone(), version }, 0)
+                    }
+                    Op::Namespace(ns) => {
+                        redis.bump(&tag_key(prefix, &namespace_tag(ns))).await?;
+                        // The version bump above is the invalidation; removing the entries only
+                        // reclaims memory, so its failure must not stop the replicas' L1s
+                        // from hearing of the clear.
+                        let removed = match redis.del_matching(&key::namespace_pattern(prefix, ns)).await {
+                            Ok(removed) => removed,
+                            Err(err) => {
+                                tracing::warn!(target: "cache_runtime", namespace = %ns, error = %err, "namespace cleared, but its entries could not all be removed (they read as misses until they expire)");
+                                0
+                            }
+                        };
+                        (Message::Namespace(ns.clone()), removed)
+                    }
+                };
+                // Published whatever this process's own L1 setting: other replicas may have one.
+                channel.publish(redis, &message).await?;
+                Ok(removed)
+            }
+        }
+    }
+
+    /// What is stored under a full key, without decoding it (`Cache::inspect`).
+    pub(crate) async fn inspect_entry(&self, full: &str) -> Option<EntryInfo> {
+        match &self.inner.store {
+            Store::Memory(mem) => {
+                let entry = mem.get(full)?;
+                Some(EntryInfo::of(Tier::Memory, &entry.meta, entry.negative, entry.weight as usize, None))
+            }
+            Store::Redis { redis, l1, .. } => {
+                let bytes = redis.get_raw(full).await.ok()??;
+                let decoded = envelope::decode(&bytes).ok().filter(|d| d.key_hash == envelope::key_hash(full))?;
+                let mut info = EntryInfo::of(Tier::Redis, &decoded.meta, decoded.negative, bytes.len(), decoded.format);
+                info.in_l1 = l1.as_ref().is_some_and(|c| c.live() && c.l1.get(full).is_some());
+                Some(info)
+            }
+        }
     }
 }
 

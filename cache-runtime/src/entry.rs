@@ -1,8 +1,12 @@
 //! The vocabulary of reads and writes: what a lookup found ([`Found`], with its [`Times`]),
 //! what a fill needs ([`Lookup`]), and one invalidation ([`Op`]). A leaf: no I/O.
 
+use std::time::Duration;
+
+use crate::codec::Format;
 use crate::envelope::Meta;
 use crate::store::Lease;
+use crate::time::now_ms;
 
 /// What a read found.
 #[derive(Clone)]
@@ -51,4 +55,60 @@ pub(crate) enum Op {
     Tag(String),
     /// An escaped namespace.
     Namespace(String),
+}
+
+/// Where an inspected entry was found (see [`Cache::inspect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Tier {
+    /// The in-memory store (a cache built without Redis).
+    Memory,
+    /// Redis (one server or a cluster).
+    Redis,
+}
+
+/// What is stored under a key, without decoding its value: for tests and for operators
+/// ([`Cache::inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// The store it was read from.
+    pub tier: Tier,
+    /// Whether this process's L1 also holds a copy (Redis with the L1 only).
+    pub in_l1: bool,
+    /// When the value was stored.
+    pub stored_at: std::time::SystemTime,
+    /// Freshness left (zero once it expired).
+    pub fresh_for: Duration,
+    /// How long it may still be served stale (`stale`, `stale_if_error`; zero without a window).
+    pub stale_for: Duration,
+    /// A stored `None` (`cache_none`).
+    pub negative: bool,
+    /// The tags the entry carries, with the versions it recorded (the namespace not included).
+    pub tags: Vec<(String, u64)>,
+    /// Bytes it takes: the stored envelope in Redis, the estimated weight in memory.
+    pub bytes: usize,
+    /// The payload format in Redis (`None` in memory, which holds typed values).
+    pub format: Option<Format>,
+    /// The `ETag` of a stored response.
+    pub etag: Option<String>,
+}
+
+impl EntryInfo {
+    pub(crate) fn of(tier: Tier, meta: &Meta, negative: bool, bytes: usize, format: Option<Format>) -> EntryInfo {
+        let now = now_ms();
+        let ms = |until: u64| Duration::from_millis(until.saturating_sub(now));
+        EntryInfo {
+            tier,
+            in_l1: false,
+            stored_at: std::time::UNIX_EPOCH + Duration::from_millis(meta.stored_at_ms),
+            fresh_for: ms(meta.fresh_until_ms),
+            stale_for: ms(meta.stale_until_ms).saturating_sub(ms(meta.fresh_until_ms)),
+            negative,
+            tags: meta.tags.iter().filter(|(t, _)| !t.starts_with("%%ns:")).cloned().collect(),
+            bytes,
+            format,
+            etag: meta.etag.as_deref().map(str::to_owned),
+        }
+    }
 }

@@ -2,12 +2,9 @@
 //! then the store, then published to every replica; one that fails is queued and retried
 //! (before this cache reads Redis again, and in the background) so it is never lost.
 
-use crate::cache::{Cache, Store};
-use crate::coherence::Message;
+use crate::cache::Cache;
 use crate::entry::Op;
 use crate::error::CacheError;
-use crate::key::{self};
-use crate::store::{namespace_tag, tag_key};
 use crate::sync::lock;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,7 +15,7 @@ impl Cache {
     /// Returns how many entries a namespace clear removed (0 for keys and tags).
     pub(crate) async fn apply(&self, op: Op) -> Result<u64, CacheError> {
         let started = std::time::Instant::now();
-        let mut result = self.try_apply(&op).await;
+        let mut result = self.invalidate_stored(&op).await;
         // A failure while Redis answers otherwise (a fail-over, a dropped connection: not a
         // timeout) is retried here a few times (50, 100, 200 ms) before the write returns:
         // queued, it would reach the other replicas' L1s only after the write returned. A
@@ -30,7 +27,7 @@ impl Cache {
                 Err(_) if self.inner.has_pending.load(Ordering::Acquire) => break,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                    result = self.try_apply(&op).await;
+                    result = self.invalidate_stored(&op).await;
                 }
             }
         }
@@ -84,62 +81,6 @@ impl Cache {
         });
     }
 
-    async fn try_apply(&self, op: &Op) -> Result<u64, CacheError> {
-        let prefix = &self.inner.prefix;
-        match &self.inner.store {
-            Store::Memory(mem) => Ok(match op {
-                Op::Key(key) => {
-                    mem.invalidate_key(key);
-                    0
-                }
-                Op::Tag(tag) => {
-                    mem.bump_tag(tag);
-                    0
-                }
-                Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
-            }),
-            Store::Redis { redis, l1, channel, .. } => {
-                // Also without an L1: the channel must run to hear the acknowledgements.
-                channel.ensure_started(redis);
-                // The writer's own L1 first: its next read cannot see what it invalidated.
-                if let Some(c) = l1 {
-                    match op {
-                        Op::Key(key) => c.apply_local(&Message::Key(key.clone())),
-                        Op::Tag(tag) => c.forget_tag(tag),
-                        Op::Namespace(ns) => c.apply_local(&Message::Namespace(ns.clone())),
-                    }
-                }
-                let (message, removed) = match op {
-                    Op::Key(key) => {
-                        redis.invalidate_key(key).await?;
-                        (Message::Key(key.clone()), 0)
-                    }
-                    Op::Tag(tag) => {
-                        let version = redis.bump(&tag_key(prefix, tag)).await?;
-                        (Message::Tag { tag: tag.clone(), version }, 0)
-                    }
-                    Op::Namespace(ns) => {
-                        redis.bump(&tag_key(prefix, &namespace_tag(ns))).await?;
-                        // The version bump above is the invalidation; removing the entries only
-                        // reclaims memory, so its failure must not stop the replicas' L1s
-                        // from hearing of the clear.
-                        let removed = match redis.del_matching(&key::namespace_pattern(prefix, ns)).await {
-                            Ok(removed) => removed,
-                            Err(err) => {
-                                tracing::warn!(target: "cache_runtime", namespace = %ns, error = %err, "namespace cleared, but its entries could not all be removed (they read as misses until they expire)");
-                                0
-                            }
-                        };
-                        (Message::Namespace(ns.clone()), removed)
-                    }
-                };
-                // Published whatever this process's own L1 setting: other replicas may have one.
-                channel.publish(redis, &message).await?;
-                Ok(removed)
-            }
-        }
-    }
-
     /// Retries queued invalidations; `true` when none is left.
     pub(crate) async fn flush_pending(&self) -> bool {
         if !self.inner.has_pending.load(Ordering::Acquire) {
@@ -148,7 +89,7 @@ impl Cache {
         let ops = std::mem::take(&mut *lock(&self.inner.pending));
         let mut failed = Vec::new();
         for op in ops {
-            if self.try_apply(&op).await.is_err() {
+            if self.invalidate_stored(&op).await.is_err() {
                 failed.push(op);
             } else {
                 self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);

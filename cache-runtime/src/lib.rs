@@ -66,10 +66,11 @@ pub mod cookbook {}
 
 use std::sync::OnceLock;
 
-pub use api::{EntryInfo, Namespace, Tier};
+pub use api::Namespace;
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Stats, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE};
 pub use codec::Format;
+pub use entry::{EntryInfo, Tier};
 pub use error::{AlreadyInitialized, CacheError};
 #[cfg(feature = "axum")]
 pub use http::X_CACHE;

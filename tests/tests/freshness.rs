@@ -116,7 +116,9 @@ async fn borrowed_bodies_are_refreshed_by_one_caller() {
             callers.iter().filter(|c| c.is_finished()).count() == 19
         })
         .await;
-        assert_eq!(calls.get(), 2, "{}", b.name);
+        // The refresher may still be taking its lease (a Redis round trip) when the others are
+        // answered; it reaches the body (and the gate) right after.
+        eventually("the refresh started", async || calls.get() == 2).await;
         gate.open();
         let mut values = Vec::new();
         for caller in callers {
