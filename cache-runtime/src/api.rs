@@ -160,7 +160,7 @@ impl Namespace<'_> {
 
     /// Stores `value` under `key` for `ttl`.
     pub async fn set<T: Cacheable>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), CacheError> {
-        self.cache.store::<T, Json>(self.cache.full_key(self.namespace, key), value, ttl).await
+        self.cache.put::<T, Json>(self.cache.full_key(self.namespace, key), value, ttl).await
     }
 
     /// Removes `key`.

@@ -71,7 +71,7 @@ impl Cache {
         if entry.meta.fresh_until_ms != entry.meta.stale_until_ms && entry.meta.fresh_until_ms <= now_ms() {
             return None;
         }
-        entry_hit(store, &entry, missing)
+        typed_entry(store, &entry, missing)
     }
 
     /// Reads `key`. A hit is a fresh entry of type `V` whose tags are all current; anything
@@ -87,7 +87,7 @@ impl Cache {
         }
         match &self.inner.store {
             Store::Memory(mem) => {
-                if let Some(hit) = memory_hit::<V>(mem, key, Some(0), now_ms()).filter(|_| !refresh) {
+                if let Some(hit) = local_entry::<V>(mem, key, Some(0), now_ms()).filter(|_| !refresh) {
                     return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                 }
                 Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
@@ -99,7 +99,7 @@ impl Cache {
                     if c.live() {
                         // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
                         let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
-                        if let Some(hit) = memory_hit::<V>(&c.l1, key, None, now_ms()).filter(fresh) {
+                        if let Some(hit) = local_entry::<V>(&c.l1, key, None, now_ms()).filter(fresh) {
                             return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
                         }
                         l1_epoch = Some(c.epoch());
@@ -312,7 +312,7 @@ impl Cache {
     }
 
     /// Stores unconditionally (the plain API's `set`).
-    pub(crate) async fn store<V: Stored, C: Codec<V>>(
+    pub(crate) async fn put<V: Stored, C: Codec<V>>(
         &self,
         key: String,
         value: &V,
@@ -426,11 +426,11 @@ impl Cache {
     }
 }
 
-/// A current, typed entry from process memory, fresh or inside its serve-stale window. `missing`: what a tag this process has
-/// no version for counts as (see `MemoryStore::tags_current`).
+/// A current, typed entry in process memory (the memory store or the L1), fresh or inside its
+/// serve-stale window. `missing`: what a tag this process has no version for counts as (see
+/// `MemoryStore::tags_current`); `until`: the entry must last past this instant (ms).
 #[inline]
-/// `until`: the entry must last past this instant (ms); `now` for fresh-or-stale reads.
-fn memory_hit<V: Stored>(
+fn local_entry<V: Stored>(
     store: &MemoryStore,
     key: &str,
     missing: Option<u64>,
@@ -440,11 +440,11 @@ fn memory_hit<V: Stored>(
     if entry.meta.stale_until_ms <= until {
         return None;
     }
-    entry_hit(store, &entry, missing)
+    typed_entry(store, &entry, missing)
 }
 
 /// The value of `entry` if every tag it recorded is current.
-fn entry_hit<V: Stored>(store: &MemoryStore, entry: &MemEntry, missing: Option<u64>) -> Option<(Found<V>, Times)> {
+fn typed_entry<V: Stored>(store: &MemoryStore, entry: &MemEntry, missing: Option<u64>) -> Option<(Found<V>, Times)> {
     if !store.tags_current(entry, missing) {
         return None;
     }

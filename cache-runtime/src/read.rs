@@ -153,7 +153,7 @@ where
     let fast = if cache.is_disabled() || reply.wants() != Wants::Cached {
         Err((key, false))
     } else {
-        local_hit(cache, key, opts, &reply)
+        answer_local_hit(cache, key, opts, &reply)
     };
     async move {
         match fast {
@@ -174,7 +174,7 @@ where
 
 /// A fresh hit in process memory, answered; or the key back, with whether the entry was drawn
 /// for an early refresh (`early`: the read-through then refreshes it without drawing again).
-fn local_hit<R: Reply>(
+fn answer_local_hit<R: Reply>(
     cache: &Cache,
     key: String,
     opts: &crate::policy::CallOpts,
