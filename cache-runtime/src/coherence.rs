@@ -29,13 +29,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::key;
-use crate::store::{MemoryStore, RedisStore};
+use crate::store::{listen, Listener, MemoryStore, Received, RedisStore};
 use crate::sync::lock;
 
 /// One invalidation as published.
@@ -179,7 +179,7 @@ impl Coherence {
             self.started.store(false, Ordering::Release);
             return;
         };
-        handle.spawn(subscriber(Arc::downgrade(self), Arc::clone(redis)));
+        handle.spawn(listen(Arc::downgrade(self), Arc::clone(redis)));
     }
 
     /// Applies a message to this process's L1.
@@ -197,13 +197,6 @@ impl Coherence {
     /// Makes every L1 entry tagged `tag` unusable until the tag's new version is learned.
     pub(crate) fn forget_tag(&self, tag: &str) {
         self.l1.forget_tag(tag);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn lost(&self) {
-        self.outage.store(true, Ordering::Release);
-        self.live.store(false, Ordering::Release);
-        self.l1.flush();
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -241,80 +234,60 @@ impl Coherence {
     }
 }
 
-/// Subscribes, applies messages, acknowledges them, pings; on any failure flushes the L1 and
-/// starts over. Ends when the cache is dropped.
-async fn subscriber(coherence: Weak<Coherence>, redis: Arc<RedisStore>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let Some(c) = coherence.upgrade() else { return };
-        let (channel, ack_channel, has_l1, bound) =
-            (c.channel.clone(), c.ack_channel.clone(), c.has_l1, c.staleness_bound);
-        drop(c);
-        let all = [channel.as_str(), ack_channel.as_str()];
+/// The channel's subscription (run by `store::pubsub::listen`): applies messages to the L1 and
+/// acknowledges them; on any failure the L1 is flushed until the channel is back.
+impl Listener for Coherence {
+    fn channels(&self) -> Vec<String> {
         // Without an L1 there is nothing to invalidate here: only the acknowledgements matter.
-        let channels = if has_l1 { &all[..] } else { &all[1..] };
-        let subscribed = redis.subscribe(channels);
-        let mut subscription = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
-            Ok(Ok(subscription)) => subscription,
-            _ => {
-                if let Some(c) = coherence.upgrade() {
-                    c.outage.store(true, Ordering::Release);
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(50);
-        // The subscription is confirmed: nothing published from here on can be missed.
-        let mut confirmed = tokio::time::Instant::now();
-        {
-            let Some(c) = coherence.upgrade() else { return };
-            if c.outage.swap(false, Ordering::AcqRel) {
-                c.recovered_at_ms.store(crate::time::now_ms(), Ordering::Release);
-                // Redis answers: queued invalidations need not wait for the breaker's cooldown.
-                redis.reachable();
-            }
-            // Anything cached before this point may have missed messages.
-            c.l1.flush();
-            c.epoch.fetch_add(1, Ordering::AcqRel);
-            c.live.store(true, Ordering::Release);
+        if self.has_l1 {
+            vec![self.channel.clone(), self.ack_channel.clone()]
+        } else {
+            vec![self.ack_channel.clone()]
         }
-        let mut ping = tokio::time::interval((bound / 4).max(Duration::from_millis(10)));
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                msg = subscription.next() => {
-                    let Some(msg) = msg else { break };
-                    let Some(c) = coherence.upgrade() else { return };
-                    let Ok(payload) = std::str::from_utf8(&msg.payload) else { continue };
-                    if msg.channel == c.ack_channel {
-                        if let Some(id) = payload.strip_prefix("a ").and_then(|id| id.parse().ok()) {
-                            c.acked(id);
-                        }
-                    } else if let Some((id, message)) = Message::decode(payload) {
-                        c.apply_local(&message);
-                        let redis = Arc::clone(&redis);
-                        let ack_channel = c.ack_channel.clone();
-                        tokio::spawn(async move {
-                            let _ = redis.publish(&ack_channel, format!("a {id}").as_bytes()).await;
-                        });
-                    }
-                }
-                _ = ping.tick() => {
-                    // The L1 may answer until `confirmed + bound`: the pong must come by then.
-                    let sent = tokio::time::Instant::now();
-                    let left = (confirmed + bound).saturating_duration_since(sent);
-                    if left.is_zero() || !subscription.ping(left).await {
-                        break;
-                    }
-                    confirmed = sent;
-                }
-            }
+    }
+
+    fn staleness_bound(&self) -> Option<Duration> {
+        Some(self.staleness_bound)
+    }
+
+    fn unreachable(&self) {
+        self.outage.store(true, Ordering::Release);
+    }
+
+    fn subscribed(&self, redis: &RedisStore) {
+        if self.outage.swap(false, Ordering::AcqRel) {
+            self.recovered_at_ms.store(crate::time::now_ms(), Ordering::Release);
+            // Redis answers: queued invalidations need not wait for the breaker's cooldown.
+            redis.reachable();
         }
-        let Some(c) = coherence.upgrade() else { return };
+        // Anything cached before this point may have missed messages.
+        self.l1.flush();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.live.store(true, Ordering::Release);
+    }
+
+    fn message(&self, redis: &Arc<RedisStore>, message: Received) {
+        let Ok(payload) = std::str::from_utf8(&message.payload) else { return };
+        if message.channel == self.ack_channel {
+            if let Some(id) = payload.strip_prefix("a ").and_then(|id| id.parse().ok()) {
+                self.acked(id);
+            }
+        } else if let Some((id, message)) = Message::decode(payload) {
+            self.apply_local(&message);
+            let redis = Arc::clone(redis);
+            let ack_channel = self.ack_channel.clone();
+            tokio::spawn(async move {
+                let _ = redis.publish(&ack_channel, format!("a {id}").as_bytes()).await;
+            });
+        }
+    }
+
+    fn lost(&self) {
         tracing::warn!(target: "cache_runtime", "invalidation channel lost or silent; process-memory tier flushed until it is back");
-        c.lost();
+        self.outage.store(true, Ordering::Release);
+        self.live.store(false, Ordering::Release);
+        self.l1.flush();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
 

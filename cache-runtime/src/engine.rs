@@ -158,7 +158,6 @@ impl Cache {
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
     /// `epoch` was read (before the Redis read) or the channel is down.
     /// `size`: what the value costs in memory (`Codec::memory_size`), for its weight.
-    #[allow(clippy::too_many_arguments)]
     fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, meta: Meta, value: Option<&V>, size: usize) {
         if c.live() && c.epoch() == epoch {
             let weight = store::entry_weight(key.len(), size);

@@ -8,12 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::store::RedisStore;
+use crate::store::{listen, Listener, Received, RedisStore};
 use crate::sync::lock;
 use crate::time::now_ms;
 
@@ -72,7 +72,7 @@ impl Locks {
             return;
         }
         match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn(subscriber(Arc::downgrade(self), Arc::clone(redis)))),
+            Ok(handle) => drop(handle.spawn(listen(Arc::downgrade(self), Arc::clone(redis)))),
             Err(_) => self.started.store(false, Ordering::Release),
         }
     }
@@ -129,28 +129,24 @@ impl Locks {
     }
 }
 
-/// One subscription per process to `<prefix>:filled`, waking the waiters of each key.
-async fn subscriber(locks: Weak<Locks>, redis: Arc<RedisStore>) {
-    loop {
-        let Some(l) = locks.upgrade() else { return };
-        let channel = l.channel.clone();
-        drop(l);
-        let channels = [channel.as_str()];
-        let subscribed = redis.subscribe(&channels);
-        let Ok(Ok(mut subscription)) = tokio::time::timeout(Duration::from_secs(2), subscribed).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        if let Some(l) = locks.upgrade() {
-            l.live.store(true, Ordering::Release);
+/// One subscription per process to `<prefix>:filled` (run by `store::pubsub::listen`), waking
+/// the waiters of each key.
+impl Listener for Locks {
+    fn channels(&self) -> Vec<String> {
+        vec![self.channel.clone()]
+    }
+
+    fn subscribed(&self, _: &RedisStore) {
+        self.live.store(true, Ordering::Release);
+    }
+
+    fn message(&self, _: &Arc<RedisStore>, message: Received) {
+        if let Ok(key) = std::str::from_utf8(&message.payload) {
+            self.wake(key);
         }
-        while let Some(msg) = subscription.next().await {
-            let Some(l) = locks.upgrade() else { return };
-            if let Ok(key) = std::str::from_utf8(&msg.payload) {
-                l.wake(key);
-            }
-        }
-        let Some(l) = locks.upgrade() else { return };
-        l.live.store(false, Ordering::Release);
+    }
+
+    fn lost(&self) {
+        self.live.store(false, Ordering::Release);
     }
 }

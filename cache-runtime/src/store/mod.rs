@@ -25,6 +25,7 @@ mod redis;
 mod scripts;
 
 pub(crate) use self::memory::{entry_weight, MemEntry, MemoryStore};
+pub(crate) use self::pubsub::{listen, Listener, Received};
 pub(crate) use self::redis::{RedisRead, RedisStore, RedisTarget};
 
 /// What a read saw, that its fill must still see to be allowed to store.

@@ -1,5 +1,6 @@
 //! Redis pub/sub: channel names, publishing, subscriptions (sharded on a cluster).
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
@@ -111,5 +112,77 @@ impl Subscription {
             }
         };
         matches!(tokio::time::timeout(timeout, ping).await, Ok(true))
+    }
+}
+
+/// What a process keeps one subscription for: the L1's invalidation channel (`coherence.rs`)
+/// and the wake-ups of `lock` waiters (`lock.rs`). [`listen`] runs the subscription; this says
+/// what it is for.
+pub(crate) trait Listener: Send + Sync + 'static {
+    /// The channels, read at every (re)subscription.
+    fn channels(&self) -> Vec<String>;
+    /// How stale the subscription may become unnoticed: it is pinged every quarter of this,
+    /// and dropped (then made again) when a pong does not come within it. `None`: not pinged.
+    fn staleness_bound(&self) -> Option<Duration> {
+        None
+    }
+    /// A subscription could not be made (Redis unreachable); the next try is after a backoff.
+    fn unreachable(&self) {}
+    /// Subscribed: nothing published from now on can be missed.
+    fn subscribed(&self, redis: &RedisStore);
+    fn message(&self, redis: &Arc<RedisStore>, message: Received);
+    /// The subscription ended (lost, or silent past the staleness bound).
+    fn lost(&self);
+}
+
+/// Keeps `listener` subscribed for as long as it lives: (re)subscribes with a backoff (50 ms
+/// doubling to 1 s), hands it every message, pings. Ends when the listener is dropped.
+pub(crate) async fn listen<L: Listener>(listener: Weak<L>, redis: Arc<RedisStore>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(l) = listener.upgrade() else { return };
+        let (channels, bound) = (l.channels(), l.staleness_bound());
+        drop(l);
+        let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+        let mut subscription = match tokio::time::timeout(Duration::from_secs(2), redis.subscribe(&names)).await {
+            Ok(Ok(subscription)) => subscription,
+            _ => {
+                if let Some(l) = listener.upgrade() {
+                    l.unreachable();
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let mut confirmed = tokio::time::Instant::now();
+        match listener.upgrade() {
+            Some(l) => l.subscribed(&redis),
+            None => return,
+        }
+        let bound = bound.unwrap_or(Duration::MAX);
+        let mut ping = tokio::time::interval((bound / 4).clamp(Duration::from_millis(10), Duration::from_secs(3600)));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = subscription.next() => {
+                    let Some(message) = message else { break };
+                    let Some(l) = listener.upgrade() else { return };
+                    l.message(&redis, message);
+                }
+                _ = ping.tick(), if bound != Duration::MAX => {
+                    // Messages may be trusted until `confirmed + bound`: the pong must come by then.
+                    let sent = tokio::time::Instant::now();
+                    let left = (confirmed + bound).saturating_duration_since(sent);
+                    if left.is_zero() || !subscription.ping(left).await {
+                        break;
+                    }
+                    confirmed = sent;
+                }
+            }
+        }
+        let Some(l) = listener.upgrade() else { return };
+        l.lost();
     }
 }
