@@ -42,6 +42,8 @@ pub(crate) enum Wants {
     Refreshed,
     /// `no-store`: a fresh answer, not stored.
     Uncached,
+    /// Nothing from the cache at all (a request that is not cacheable: not `GET` or `HEAD`).
+    Bypass,
 }
 
 /// A body's output, settled.
@@ -80,6 +82,9 @@ pub(crate) trait Reply {
 
     /// Settles a body's output; `ttl`: how long it will be fresh if stored.
     fn settle(&self, out: Self::Out, ttl: Duration) -> impl Future<Output = Settled<Self::Value, Self::Answer>>;
+
+    /// The answer of a body that ran without the cache (a disabled cache, [`Wants::Bypass`]).
+    fn bypass(&self, out: Self::Out) -> Self::Answer;
 
     /// What a refresh running in a task of its own needs to settle its output (owned).
     type Detach: Copy + Send;
@@ -158,11 +163,11 @@ where
     async move {
         match fast {
             Ok(answer) => answer,
+            Err(_) if reply.wants() == Wants::Bypass => reply.bypass(body.await),
             Err((key, _)) if cache.is_disabled() => {
                 // A disabled cache: every call runs its body (no single-flight either).
                 cache.record_miss(&key);
-                let ttl = opts.ttl(cache.default_ttl());
-                reply.settle(body.await, ttl).await.answer
+                reply.bypass(body.await)
             }
             Err((key, drawn_early)) => {
                 let call = Call { cache, key, namespace, tags, opts };

@@ -67,25 +67,19 @@ where
     let Call { cache, mut key, namespace, tags, opts } = call;
     let request = request.0;
     let cacheable = !cache.is_disabled() && (request.method == Method::GET || request.method == Method::HEAD);
-    let answer = if cacheable {
-        let wants = if http.honor_no_cache { client_directive(&request.headers) } else { Wants::Cached };
-        add_vary(&mut key, &request.headers, http.vary);
-        let call = Call { cache, key: key.finish(), namespace, tags, opts };
-        let into_response = R::into_response as fn(R) -> Response;
-        Ok(read(call, HttpReply { request, http, wants, into_response }, body, spawner))
+    let wants = if !cacheable {
+        Wants::Bypass
+    } else if http.honor_no_cache {
+        client_directive(&request.headers)
     } else {
-        Err(body)
+        Wants::Cached
     };
-    async move {
-        match answer {
-            Ok(read) => read.await,
-            Err(body) => {
-                let mut response = body.await.into_response();
-                set_x_cache(&mut response, "BYPASS");
-                response
-            }
-        }
+    if cacheable {
+        add_vary(&mut key, &request.headers, http.vary);
     }
+    let call = Call { cache, key: key.finish(), namespace, tags, opts };
+    let into_response = R::into_response as fn(R) -> Response;
+    read(call, HttpReply { request, http, wants, into_response }, body, spawner)
 }
 
 /// How a handler's response is stored and answered (see `read.rs`).
@@ -133,6 +127,12 @@ impl<R> Reply for HttpReply<'_, R> {
                 Settled { stored: None, failed: response.status().is_server_error(), answer: response }
             }
         }
+    }
+
+    fn bypass(&self, out: R) -> Response {
+        let mut response = (self.into_response)(out);
+        set_x_cache(&mut response, "BYPASS");
+        response
     }
 
     type Detach = (HttpOpts, fn(R) -> Response);
