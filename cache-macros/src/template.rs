@@ -22,6 +22,12 @@ fn is_ident(s: &str) -> bool {
     matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic()) && chars.all(|c| c == '_' || c.is_alphanumeric())
 }
 
+/// A tuple field as Rust writes it (`0`, `1`, … no sign, no leading zero) that fits the `u32`
+/// of a `syn::Index`.
+fn is_tuple_index(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0')) && s.parse::<u32>().is_ok()
+}
+
 /// Parses `template`; the error is a sentence meant to be spanned at the literal.
 pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
     let mut segments = Vec::new();
@@ -55,7 +61,7 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
         let mut parts = inner.split('.');
         let root = parts.next().unwrap_or_default().trim();
         let fields: Vec<&str> = parts.map(str::trim).collect();
-        if !is_ident(root) || fields.iter().any(|f| !is_ident(f) && f.parse::<usize>().is_err()) {
+        if !is_ident(root) || fields.iter().any(|f| !is_ident(f) && !is_tuple_index(f)) {
             return Err(format!(
                 "invalid placeholder `<{inner}>` in key template {template:?}: expected a parameter name, \
                  optionally followed by fields, e.g. `<id>` or `<q.page>`"
@@ -107,6 +113,12 @@ mod tests {
         assert!(parse("user:id>").unwrap_err().contains("unbalanced `>`"));
         assert!(parse("user:<<id>>").unwrap_err().contains("cannot nest"));
         assert!(parse("user:<>").unwrap_err().contains("invalid placeholder"));
+        // Tuple fields: as Rust writes them, and only what a `syn::Index` holds (a larger one
+        // made the macro panic instead of reporting an error).
+        assert_eq!(parse("<t.0>").unwrap(), vec![ph("t", &["0"])]);
+        for field in ["99999999999", "+1", "01", "1e3"] {
+            assert!(parse(&format!("<t.{field}>")).unwrap_err().contains("invalid placeholder"), "{field}");
+        }
         assert!(parse("<a><b>").unwrap_err().contains("separated"));
         assert!(parse("user {x}").unwrap_err().contains("literal text"));
         assert!(parse("").is_err());
