@@ -19,10 +19,10 @@ use crate::time::now_ms;
 /// The namespace used when none is given (by the plain API or by `#[cached]`).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// The default bound on the bytes the memory store holds ([`CacheBuilder::max_bytes`]).
+/// The default bound on the bytes the memory store holds ([`CacheBuilder::max_bytes`](crate::CacheBuilder::max_bytes)).
 pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
-/// The default bound on the bytes the L1 holds ([`CacheBuilder::l1_max_bytes`]).
+/// The default bound on the bytes the L1 holds ([`CacheBuilder::l1_max_bytes`](crate::CacheBuilder::l1_max_bytes)).
 pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
 
 /// A cache: process memory (the default) or Redis. Cheap to clone: clones share the store.

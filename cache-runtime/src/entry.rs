@@ -57,7 +57,7 @@ pub(crate) enum Op {
     Namespace(String),
 }
 
-/// Where an inspected entry was found (see [`Cache::inspect`]).
+/// Where an inspected entry was found (see [`Cache::inspect`](crate::Cache::inspect)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Tier {
@@ -68,7 +68,7 @@ pub enum Tier {
 }
 
 /// What is stored under a key, without decoding its value: for tests and for operators
-/// ([`Cache::inspect`]).
+/// ([`Cache::inspect`](crate::Cache::inspect)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EntryInfo {
