@@ -144,6 +144,13 @@ pub struct Call<'a, K = String> {
     pub opts: &'a CallOpts,
 }
 
+impl<K> Call<'_, K> {
+    /// How long what this call stores stays fresh: `expire`, or the cache's default.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.opts.ttl(self.cache.default_ttl())
+    }
+}
+
 impl AsRef<Cache> for Cache {
     fn as_ref(&self) -> &Cache {
         self

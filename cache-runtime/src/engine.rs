@@ -257,7 +257,7 @@ impl Cache {
         recompute: Duration,
     ) -> bool {
         let (opts, namespace, key) = (call.opts, call.namespace, call.key.clone());
-        let ttl = opts.ttl(self.default_ttl());
+        let ttl = call.ttl();
         let (value, ttl) = match found {
             Found::Value(value) => (Some(value), ttl),
             Found::Negative if opts.cache_none => (None, opts.none_ttl.unwrap_or(ttl)),

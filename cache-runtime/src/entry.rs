@@ -45,6 +45,11 @@ impl<V> Lookup<V> {
     pub(crate) fn nothing() -> Self {
         Lookup { hit: None, lease: None, l1_epoch: None }
     }
+
+    /// What a fill under this lookup needs: its lease and the L1 epoch read before it.
+    pub(crate) fn fill_lease(self) -> Option<(Lease, Option<u64>)> {
+        self.lease.map(|lease| (lease, self.l1_epoch))
+    }
 }
 
 /// One invalidation, kept to be retried when it fails.

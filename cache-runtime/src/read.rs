@@ -83,7 +83,8 @@ pub(crate) trait Reply {
     /// Settles a body's output; `ttl`: how long it will be fresh if stored.
     fn settle(&self, out: Self::Out, ttl: Duration) -> impl Future<Output = Settled<Self::Value, Self::Answer>>;
 
-    /// The answer of a body that ran without the cache (a disabled cache, [`Wants::Bypass`]).
+    /// The answer of a body that ran without the cache (a disabled cache, [`Wants::Bypass`], a
+    /// shared entry this kind cannot use).
     fn bypass(&self, out: Self::Out) -> Self::Answer;
 
     /// What a refresh running in a task of its own needs to settle its output (owned).
@@ -217,13 +218,14 @@ where
         match cache.flights().join::<R::Value>(key).await {
             Joined::Leader(leader) => Some(leader),
             Joined::Shared(found, stale) => {
-                let served = if stale { Served::Stale } else { Served::Joined(opts.ttl(cache.default_ttl())) };
+                let served = if stale { Served::Stale } else { Served::Joined(call.ttl()) };
                 if let Some(answer) = reply.answer(found, served) {
                     cache.record_served(key, stale);
                     return answer;
                 }
-                // A leader shares what it stored; should this kind not use it, run the body.
-                return reply.settle(body.await, opts.ttl(cache.default_ttl())).await.answer;
+                // A leader shares what it stored; should this kind not use it, run the body
+                // (without the cache: nothing is stored).
+                return reply.bypass(body.await);
             }
         }
     };
@@ -275,7 +277,7 @@ where
         }
     }
     // A client's `no-store`: computed, not stored.
-    let lease = lookup.lease.filter(|_| reply.wants() != Wants::Uncached).map(|lease| (lease, lookup.l1_epoch));
+    let lease = lookup.fill_lease().filter(|_| reply.wants() != Wants::Uncached);
     let answer = compute(&call, &reply, body, lease, fallback, leader).await;
     if let Some(held) = held {
         held.release().await;
@@ -300,8 +302,7 @@ async fn refresh<R: Reply>(
     body: impl Future<Output = R::Out>,
     current: Found<R::Value>,
 ) -> R::Answer {
-    let lookup = call.cache.lookup::<R::Value, R::Codec>(call, true).await;
-    let lease = lookup.lease.map(|lease| (lease, lookup.l1_epoch));
+    let lease = call.cache.lookup::<R::Value, R::Codec>(call, true).await.fill_lease();
     compute(call, reply, body, lease, Some(current), None).await
 }
 
@@ -354,7 +355,7 @@ async fn compute<R: Reply>(
     let started = Instant::now();
     let out = body.await;
     cache.record_computed(&call.key, started.elapsed());
-    let settled = reply.settle(out, call.opts.ttl(cache.default_ttl())).await;
+    let settled = reply.settle(out, call.ttl()).await;
     if let (Some(found), Some((lease, l1_epoch))) = (&settled.stored, &lease) {
         // A failed or dropped store is logged and counted; the caller still gets the answer.
         cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed()).await;

@@ -45,6 +45,8 @@ pub(crate) use response::*;
 
 /// The cache status header.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// What is left of an entry's freshness, in whole seconds (its `max-age`).
 fn remaining_secs(times: &Times) -> u64 {
     times.fresh_until_ms.saturating_sub(now_ms()) / 1000
 }

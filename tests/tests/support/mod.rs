@@ -202,7 +202,6 @@ impl Drop for Replica {
 #[allow(dead_code)]
 pub struct CutProxy {
     pub url: String,
-    trigger: &'static [u8],
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -246,7 +245,7 @@ impl CutProxy {
                 });
             }
         });
-        CutProxy { url, trigger, armed, cut }
+        CutProxy { url, armed, cut }
     }
 
     /// From now on, the first command naming the trigger is the last one forwarded.
