@@ -123,7 +123,10 @@ fn handler_call(
         ).await
     };
     let uses_bounds = return_bounds(ret_ty, true);
+    // Without the runtime's `axum` feature: a compile error that says so, first.
+    let support = quote_spanned!(plan.func.sig.ident.span()=> #krate::__private::handler_support!(););
     let head = quote! {
+        #support
         #uses_bounds
         const __CR_HTTP: #krate::__private::HttpOpts = #http_opts;
     };

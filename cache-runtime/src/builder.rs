@@ -1,15 +1,21 @@
 //! Building a [`Cache`]: [`CacheBuilder`] and the shortcuts `Cache::memory`, `Cache::redis`,
 //! `Cache::disabled`.
 
-use crate::cache::{Cache, Counters, Inner, Store, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES};
+#[cfg(feature = "redis")]
+use crate::cache::DEFAULT_L1_MAX_BYTES;
+use crate::cache::{Cache, Counters, Inner, Store, DEFAULT_MAX_BYTES};
 use crate::codec::Format;
+#[cfg(feature = "redis")]
 use crate::coherence::Coherence;
 use crate::error::CacheError;
 use crate::flight::Flights;
 use crate::key::{self};
+#[cfg(feature = "redis")]
 use crate::lock::Locks;
 use crate::policy::Rng;
-use crate::store::{MemoryStore, RedisStore, RedisTarget};
+use crate::store::MemoryStore;
+#[cfg(feature = "redis")]
+use crate::store::{RedisStore, RedisTarget};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +33,11 @@ use std::time::Duration;
 /// # drop(cache);
 /// ```
 ///
-/// Every setting, with Redis (connecting happens on first use):
+/// Every setting, with Redis (feature `redis`; connecting happens on first use):
 ///
 /// ```
 /// use std::time::Duration;
+/// # #[cfg(feature = "redis")]
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let cache = cache_runtime::Cache::builder()
 ///     .redis("redis://127.0.0.1:6379")
@@ -50,21 +57,30 @@ use std::time::Duration;
 ///     .unwrap();
 /// assert!(cache.is_redis());
 /// # }
+/// # #[cfg(not(feature = "redis"))] fn main() {}
 /// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct CacheBuilder {
+    #[cfg(feature = "redis")]
     redis: Option<RedisTarget>,
     prefix: String,
     default_ttl: Duration,
+    #[cfg(feature = "redis")]
     command_timeout: Duration,
     max_entries: u64,
     max_bytes: Option<u64>,
+    #[cfg(feature = "redis")]
     l1: bool,
+    #[cfg(feature = "redis")]
     l1_max_entries: u64,
+    #[cfg(feature = "redis")]
     l1_max_bytes: Option<u64>,
+    #[cfg(feature = "redis")]
     l1_ttl: Duration,
+    #[cfg(feature = "redis")]
     l1_staleness_bound: Duration,
+    #[cfg(feature = "redis")]
     coherence_timeout: Duration,
     random_seed: Option<u64>,
     redact_keys: bool,
@@ -75,17 +91,25 @@ pub struct CacheBuilder {
 impl Default for CacheBuilder {
     fn default() -> Self {
         CacheBuilder {
+            #[cfg(feature = "redis")]
             redis: None,
             prefix: "cache".to_owned(),
             default_ttl: Duration::from_secs(300),
+            #[cfg(feature = "redis")]
             command_timeout: Duration::from_millis(250),
             max_entries: 100_000,
             max_bytes: Some(DEFAULT_MAX_BYTES),
+            #[cfg(feature = "redis")]
             l1: true,
+            #[cfg(feature = "redis")]
             l1_max_entries: 10_000,
+            #[cfg(feature = "redis")]
             l1_max_bytes: Some(DEFAULT_L1_MAX_BYTES),
+            #[cfg(feature = "redis")]
             l1_ttl: Duration::from_secs(30),
+            #[cfg(feature = "redis")]
             l1_staleness_bound: Duration::from_secs(1),
+            #[cfg(feature = "redis")]
             coherence_timeout: Duration::from_millis(100),
             random_seed: None,
             redact_keys: false,
@@ -103,6 +127,7 @@ impl CacheBuilder {
     /// A URL of the form `redis+cluster://[user:password@]host:port,host:port,…` (or
     /// `rediss+cluster://…`) names seed nodes of a Redis Cluster, as
     /// [`redis_cluster`](Self::redis_cluster) does; it lets one `REDIS_URL` setting choose either.
+    #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis = Some(RedisTarget::parse(&url.into()));
         self
@@ -121,6 +146,7 @@ impl CacheBuilder {
     ///     .unwrap();
     /// assert!(cache.is_redis());
     /// ```
+    #[cfg(feature = "redis")]
     pub fn redis_cluster<I>(mut self, nodes: I) -> Self
     where
         I: IntoIterator,
@@ -131,8 +157,10 @@ impl CacheBuilder {
     }
 
     /// Store entries in process memory (the default).
-    pub fn memory(mut self) -> Self {
-        self.redis = None;
+    pub fn memory(self) -> Self {
+        #[cfg(feature = "redis")]
+        return CacheBuilder { redis: None, ..self };
+        #[cfg(not(feature = "redis"))]
         self
     }
 
@@ -151,6 +179,7 @@ impl CacheBuilder {
 
     /// Upper bound on every Redis command, connection included (default 250 ms). A command
     /// that takes longer is abandoned and the read counts as a miss.
+    #[cfg(feature = "redis")]
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
@@ -179,12 +208,14 @@ impl CacheBuilder {
     /// With Redis: keep a bounded process-memory tier (L1, typed values: a hit costs no I/O
     /// and no decoding) in front of Redis, kept coherent across replicas through Redis
     /// pub/sub (default: on).
+    #[cfg(feature = "redis")]
     pub fn l1(mut self, enabled: bool) -> Self {
         self.l1 = enabled;
         self
     }
 
     /// Upper bound on the number of entries in the L1 (default 10,000).
+    #[cfg(feature = "redis")]
     pub fn l1_max_entries(mut self, max: u64) -> Self {
         self.l1_max_entries = max;
         self
@@ -193,6 +224,7 @@ impl CacheBuilder {
     /// Upper bound on the bytes held by the L1 (default [`DEFAULT_L1_MAX_BYTES`], 64 MiB,
     /// beside `l1_max_entries`). An entry weighs its key, its size in Redis and a fixed
     /// overhead per entry.
+    #[cfg(feature = "redis")]
     pub fn l1_max_bytes(mut self, max: u64) -> Self {
         self.l1_max_bytes = Some(max);
         self
@@ -200,6 +232,7 @@ impl CacheBuilder {
 
     /// Longest time an entry stays in the L1, whatever its own ttl (default 30 s): a bound on
     /// staleness should an invalidation message be lost without the channel noticing.
+    #[cfg(feature = "redis")]
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
         self.l1_ttl = ttl;
         self
@@ -211,6 +244,7 @@ impl CacheBuilder {
     /// replica cut off from Redis (Redis paused, a partition that leaves the connection open)
     /// serves a value that another replica's write invalidated for at most this long after
     /// that write returned. Smaller bounds cost more pings (one per quarter bound).
+    #[cfg(feature = "redis")]
     pub fn l1_staleness_bound(mut self, bound: Duration) -> Self {
         self.l1_staleness_bound = bound;
         self
@@ -218,6 +252,7 @@ impl CacheBuilder {
 
     /// How long an invalidation waits for every replica to acknowledge it has dropped the
     /// entry from its L1 (default 100 ms).
+    #[cfg(feature = "redis")]
     pub fn coherence_timeout(mut self, timeout: Duration) -> Self {
         self.coherence_timeout = timeout;
         self
@@ -263,12 +298,17 @@ impl CacheBuilder {
         if self.default_ttl.is_zero() {
             return Err(CacheError::Config("default_ttl must be greater than zero".to_owned()));
         }
+        #[cfg(feature = "redis")]
         if self.command_timeout.is_zero() {
             return Err(CacheError::Config("command_timeout must be greater than zero".to_owned()));
         }
+        #[cfg(feature = "redis")]
         if self.l1_staleness_bound < Duration::from_millis(40) {
             return Err(CacheError::Config("l1_staleness_bound must be at least 40 ms".to_owned()));
         }
+        #[cfg(not(feature = "redis"))]
+        let store = Store::Memory(MemoryStore::new(self.max_entries, self.max_bytes));
+        #[cfg(feature = "redis")]
         let store = match &self.redis {
             None => Store::Memory(MemoryStore::new(self.max_entries, self.max_bytes)),
             Some(target) => {
@@ -338,6 +378,7 @@ impl Cache {
     /// assert!(cache.is_redis());
     /// # }
     /// ```
+    #[cfg(feature = "redis")]
     pub fn redis(url: &str) -> Result<Cache, CacheError> {
         Cache::builder().redis(url).build()
     }

@@ -5,15 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::Format;
+#[cfg(feature = "redis")]
 use crate::coherence::Coherence;
 use crate::entry::Op;
 use crate::envelope::{self};
 use crate::error::CacheError;
 use crate::flight::Flights;
 use crate::key::{self, KeyWriter};
+#[cfg(feature = "redis")]
 use crate::lock::Locks;
 use crate::policy::{CallOpts, Rng};
-use crate::store::{MemoryStore, RedisStore};
+use crate::store::MemoryStore;
+#[cfg(feature = "redis")]
+use crate::store::RedisStore;
 use crate::time::now_ms;
 
 /// The namespace used when none is given (by the plain API or by `#[cached]`).
@@ -22,6 +26,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// The default bound on the bytes the memory store holds ([`CacheBuilder::max_bytes`](crate::CacheBuilder::max_bytes)).
 pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
+#[cfg(feature = "redis")]
 /// The default bound on the bytes the L1 holds ([`CacheBuilder::l1_max_bytes`](crate::CacheBuilder::l1_max_bytes)).
 pub const DEFAULT_L1_MAX_BYTES: u64 = 64 << 20;
 
@@ -73,6 +78,7 @@ pub(crate) struct Inner {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Store {
     Memory(MemoryStore),
+    #[cfg(feature = "redis")]
     Redis {
         redis: Arc<RedisStore>,
         /// The process-memory tier in front of Redis, when enabled (then the same as `channel`).
@@ -166,7 +172,10 @@ impl Cache {
 
     /// Whether entries are stored in Redis.
     pub fn is_redis(&self) -> bool {
-        self.redis_store().is_some()
+        #[cfg(feature = "redis")]
+        return self.redis_store().is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     /// Whether the process-memory tier in front of Redis is in use right now: configured, and
@@ -177,7 +186,10 @@ impl Cache {
     /// assert!(!cache_runtime::Cache::memory().l1_live());
     /// ```
     pub fn l1_live(&self) -> bool {
-        self.live_l1().is_some()
+        #[cfg(feature = "redis")]
+        return self.live_l1().is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     /// The ttl used when none is given.
@@ -199,7 +211,10 @@ impl Cache {
             dropped_fills: c.dropped_fills.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
             oversized: c.oversized.load(Ordering::Relaxed),
+            #[cfg(feature = "redis")]
             circuit_openings: self.redis_store().map_or(0, |redis| redis.breaker_openings()),
+            #[cfg(not(feature = "redis"))]
+            circuit_openings: 0,
             memory_entries,
             memory_bytes,
         }

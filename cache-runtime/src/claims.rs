@@ -7,8 +7,11 @@ use std::time::Duration;
 use crate::cache::{Cache, Call};
 use crate::codec::{Codec, Stored};
 use crate::entry::{Found, Lookup, Times};
+#[cfg(feature = "redis")]
 use crate::lock::Attempt;
+#[cfg(feature = "redis")]
 use crate::policy::duration_ms;
+#[cfg(feature = "redis")]
 use crate::time::now_ms;
 
 impl Cache {
@@ -20,26 +23,39 @@ impl Cache {
             return false;
         }
         tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "refresh");
-        match self.redis_store() {
-            None => true,
-            Some(redis) => {
-                let claimed = redis.claim_token(&refresh_key(key), "1", hold).await;
-                self.count_result(&claimed, "claim refresh");
-                if !matches!(claimed, Ok(true)) {
-                    self.inner.refreshing.invalidate(key);
-                }
-                matches!(claimed, Ok(true))
+        #[cfg(feature = "redis")]
+        if let Some(redis) = self.redis_store() {
+            let claimed = redis.claim_token(&refresh_key(key), "1", hold).await;
+            self.count_result(&claimed, "claim refresh");
+            if !matches!(claimed, Ok(true)) {
+                self.inner.refreshing.invalidate(key);
             }
+            return matches!(claimed, Ok(true));
         }
+        let _ = hold;
+        true
     }
 
     /// `lock`: on Redis, hold the key's cross-replica lock to compute it, or wait for the
     /// holder's value (woken when it lands). In memory, single-flight already is the lock.
     pub(crate) async fn lock_or_wait<V: Stored, C: Codec<V>>(&self, call: &Call<'_>, hold: Duration) -> Locked<V> {
+        #[cfg(feature = "redis")]
+        if let Some((redis, locks)) = self.redis_locks() {
+            return self.lock_on_redis::<V, C>(call, hold, redis, locks).await;
+        }
+        let _ = (call, hold);
+        Locked::Compute { token: None, lookup: None }
+    }
+
+    #[cfg(feature = "redis")]
+    async fn lock_on_redis<V: Stored, C: Codec<V>>(
+        &self,
+        call: &Call<'_>,
+        hold: Duration,
+        redis: &std::sync::Arc<crate::store::RedisStore>,
+        locks: &std::sync::Arc<crate::lock::Locks>,
+    ) -> Locked<V> {
         let key = call.key.as_str();
-        let Some((redis, locks)) = self.redis_locks() else {
-            return Locked::Compute { token: None, lookup: None };
-        };
         let deadline = now_ms().saturating_add(duration_ms(hold));
         let mut waited = false;
         loop {
@@ -77,17 +93,21 @@ impl Cache {
 
     /// Releases a lock taken by `lock_or_wait` and wakes its waiters.
     async fn unlock(&self, key: &str, token: &str) {
+        #[cfg(feature = "redis")]
         if let Some((redis, locks)) = self.redis_locks() {
             locks.release(redis, key, token).await;
         }
+        let _ = (key, token);
     }
 
+    #[cfg(feature = "redis")]
     fn held(&self, key: &str, token: String) -> HeldLock {
         HeldLock { cache: self.clone(), key: key.to_owned(), token: Some(token) }
     }
 
     pub(crate) async fn release_refresh(&self, key: &str) {
         self.inner.refreshing.invalidate(key);
+        #[cfg(feature = "redis")]
         if let Some(redis) = self.redis_store() {
             let _ = redis.unlink(&refresh_key(key)).await;
         }
@@ -128,9 +148,11 @@ pub(crate) enum Locked<V> {
     /// instead of the caller's (its lease is the current one).
     Compute { token: Option<HeldLock>, lookup: Option<Lookup<V>> },
     /// The holder's value.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Ready(Found<V>, Times),
 }
 
+#[cfg(feature = "redis")]
 fn refresh_key(key: &str) -> String {
     format!("{key}:r")
 }

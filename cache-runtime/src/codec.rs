@@ -32,6 +32,7 @@ impl<T: Clone + Send + Sync + 'static> Stored for T {}
 pub(crate) trait Codec<V> {
     fn encode(value: &V, format: Format) -> Result<Vec<u8>, CacheError>;
     /// A failure is described for the log and read as a miss.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn decode(bytes: &[u8], format: Format) -> Result<V, String>;
 
     /// What a value whose encoded form is `encoded_len` bytes costs in process memory, beyond

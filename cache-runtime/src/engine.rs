@@ -5,25 +5,30 @@
 
 use crate::cache::{Cache, Call, Store};
 use crate::codec::{Codec, Stored};
+#[cfg(feature = "redis")]
 use crate::coherence::{Coherence, Message};
 use crate::entry::{Found, Lookup, Times};
 use crate::envelope::{self, Meta};
 use crate::error::CacheError;
 use crate::policy::duration_ms;
-use crate::store::{self, namespace_tag, Lease, MemEntry, MemoryStore, RedisRead, RedisStore};
+use crate::store::{self, Lease, MemEntry, MemoryStore};
+#[cfg(feature = "redis")]
+use crate::store::{namespace_tag, tag_key, RedisRead, RedisStore};
 use crate::time::now_ms;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
 use std::sync::Arc;
 
 use crate::entry::{EntryInfo, Op, Tier};
 use crate::key;
+#[cfg(feature = "redis")]
 use crate::lock::Locks;
-use crate::store::tag_key;
 
 impl Cache {
     /// Redis, when the cache is on Redis.
+    #[cfg(feature = "redis")]
     pub(crate) fn redis_store(&self) -> Option<&Arc<RedisStore>> {
         match &self.inner.store {
             Store::Redis { redis, .. } => Some(redis),
@@ -32,6 +37,7 @@ impl Cache {
     }
 
     /// Redis and the cross-replica locks of `lock`, when the cache is on Redis.
+    #[cfg(feature = "redis")]
     pub(crate) fn redis_locks(&self) -> Option<(&Arc<RedisStore>, &Arc<Locks>)> {
         match &self.inner.store {
             Store::Redis { redis, locks, .. } => Some((redis, locks)),
@@ -40,6 +46,7 @@ impl Cache {
     }
 
     /// The L1, when configured and its channel is live.
+    #[cfg(feature = "redis")]
     pub(crate) fn live_l1(&self) -> Option<&Coherence> {
         match &self.inner.store {
             Store::Redis { l1: Some(c), .. } if c.live() => Some(c),
@@ -51,7 +58,9 @@ impl Cache {
     pub(crate) fn memory_size(&self) -> (u64, u64) {
         match &self.inner.store {
             Store::Memory(mem) => mem.size(),
+            #[cfg(feature = "redis")]
             Store::Redis { l1: Some(l1), .. } => l1.l1.size(),
+            #[cfg(feature = "redis")]
             Store::Redis { l1: None, .. } => (0, 0),
         }
     }
@@ -62,7 +71,9 @@ impl Cache {
     pub(crate) fn local_hit<V: Stored>(&self, key: &str) -> Option<(Found<V>, Times)> {
         let (store, missing) = match &self.inner.store {
             Store::Memory(mem) => (mem, Some(0)),
+            #[cfg(feature = "redis")]
             Store::Redis { l1: Some(c), .. } if c.live() => (&c.l1, None),
+            #[cfg(feature = "redis")]
             Store::Redis { .. } => return None,
         };
         let entry = store.get(key)?;
@@ -92,6 +103,7 @@ impl Cache {
                 }
                 Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
             }
+            #[cfg(feature = "redis")]
             Store::Redis { redis, l1, channel, .. } => {
                 let mut l1_epoch = None;
                 channel.ensure_started(redis);
@@ -158,6 +170,7 @@ impl Cache {
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
     /// `epoch` was read (before the Redis read) or the channel is down.
     /// `size`: what the value costs in memory (`Codec::memory_size`), for its weight.
+    #[cfg(feature = "redis")]
     fn l1_insert<V: Stored>(&self, c: &Coherence, epoch: u64, key: String, meta: Meta, value: Option<&V>, size: usize) {
         if c.live() && c.epoch() == epoch {
             let weight = store::entry_weight(key.len(), size);
@@ -168,6 +181,7 @@ impl Cache {
         }
     }
 
+    #[cfg(feature = "redis")]
     async fn decode_hit<V: Stored, C: Codec<V>>(
         &self,
         redis: &RedisStore,
@@ -221,6 +235,7 @@ impl Cache {
     /// Whether every tag an entry recorded still has the recorded version. The versions of the
     /// caller's tags came with the read; others (an entry read through the plain API) cost one
     /// more round trip.
+    #[cfg(feature = "redis")]
     async fn recorded_tags_current(&self, redis: &RedisStore, recorded: &[(String, u64)], read: &RedisRead) -> bool {
         let mut unknown = Vec::new();
         for (tag, version) in recorded {
@@ -257,6 +272,8 @@ impl Cache {
         recompute: Duration,
     ) -> bool {
         let (opts, namespace, key) = (call.opts, call.namespace, call.key.clone());
+        #[cfg(not(feature = "redis"))]
+        let _ = l1_epoch; // the L1's epoch: no L1 without Redis
         let ttl = call.ttl();
         let (value, ttl) = match found {
             Found::Value(value) => (Some(value), ttl),
@@ -269,6 +286,7 @@ impl Cache {
             Store::Memory(mem) => self.checked_payload::<V, C>(value).map(|payload| {
                 mem.fill(key.clone(), namespace, lease, mem_entry(meta, value, memory_weight::<V, C>(&key, &payload)))
             }),
+            #[cfg(feature = "redis")]
             Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&key, &meta, value) {
                 Ok(bytes) => {
                     let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
@@ -326,6 +344,7 @@ impl Cache {
                 let weight = memory_weight::<V, C>(&key, &payload);
                 mem.insert(key, mem_entry(meta, Some(value), weight));
             }),
+            #[cfg(feature = "redis")]
             Store::Redis { redis, channel, .. } => match self.encode_entry::<V, C>(&key, &meta, Some(value)) {
                 Ok(bytes) => {
                     // Another replica's L1 may hold the previous value: a set is an invalidation
@@ -365,6 +384,7 @@ impl Cache {
                 }
                 Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
             }),
+            #[cfg(feature = "redis")]
             Store::Redis { redis, l1, channel, .. } => {
                 // Also without an L1: the channel must run to hear the acknowledgements.
                 channel.ensure_started(redis);
@@ -414,6 +434,7 @@ impl Cache {
                 let entry = mem.get(full)?;
                 Some(EntryInfo::of(Tier::Memory, &entry.meta, entry.negative, entry.weight as usize, None))
             }
+            #[cfg(feature = "redis")]
             Store::Redis { redis, l1, .. } => {
                 let bytes = redis.get_raw(full).await.ok()??;
                 let decoded = envelope::decode(&bytes).ok().filter(|d| d.key_hash == envelope::key_hash(full))?;
@@ -472,6 +493,7 @@ fn memory_weight<V: Stored, C: Codec<V>>(key: &str, payload: &[u8]) -> u32 {
 impl Cache {
     /// The stored form of a value, unless it is larger than `max_value_bytes` (then it is not
     /// stored: counted in `stats().oversized`, logged once).
+    #[cfg(feature = "redis")]
     fn encode_entry<V: Stored, C: Codec<V>>(
         &self,
         key: &str,

@@ -24,6 +24,10 @@
 //! | 50+n..50+n+t | tags: `(name length u8, name, version u64)*`, the versions they had when the value was computed |
 //! | 50+n+t.. | payload |
 
+// The byte layout is what Redis holds; without the `redis` feature only `Meta` and the
+// fingerprints are used.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
+
 use crate::codec::Format;
 
 const MAGIC: u8 = 0xCA;

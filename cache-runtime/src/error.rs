@@ -9,7 +9,7 @@ use std::fmt;
 /// API returns it where the caller may want to act on it (a failed invalidation, a failed store).
 ///
 /// ```
-/// let err = cache_runtime::Cache::builder().redis("not a url").build().unwrap_err();
+/// let err = cache_runtime::Cache::builder().prefix("not a prefix!").build().unwrap_err();
 /// assert!(matches!(err, cache_runtime::CacheError::Config(_)));
 /// ```
 #[derive(Debug)]
@@ -18,6 +18,7 @@ pub enum CacheError {
     /// The builder was given an invalid setting.
     Config(String),
     /// Redis answered with an error or the connection failed.
+    #[cfg(feature = "redis")]
     Redis(redis::RedisError),
     /// Redis did not answer within the command timeout.
     Timeout,
@@ -33,6 +34,7 @@ impl fmt::Display for CacheError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CacheError::Config(msg) => write!(f, "invalid cache configuration: {msg}"),
+            #[cfg(feature = "redis")]
             CacheError::Redis(err) => write!(f, "redis error: {err}"),
             CacheError::Timeout => f.write_str("redis did not answer within the command timeout"),
             CacheError::Encode(err) => write!(f, "could not encode the value: {err}"),
@@ -45,6 +47,7 @@ impl fmt::Display for CacheError {
 impl std::error::Error for CacheError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            #[cfg(feature = "redis")]
             CacheError::Redis(err) => Some(err),
             CacheError::Encode(err) => Some(err),
             CacheError::Config(_) | CacheError::Timeout | CacheError::Unavailable | CacheError::TooLarge(_) => None,
@@ -52,6 +55,7 @@ impl std::error::Error for CacheError {
     }
 }
 
+#[cfg(feature = "redis")]
 impl From<redis::RedisError> for CacheError {
     fn from(err: redis::RedisError) -> Self {
         CacheError::Redis(err)

@@ -216,6 +216,7 @@ pub(crate) fn recycle(key: String) {
 }
 
 /// The glob pattern matching every stored key of a namespace (for `SCAN MATCH`).
+#[cfg(feature = "redis")]
 pub(crate) fn namespace_pattern(prefix: &str, namespace: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + namespace.len() + 5);
     for part in [prefix, ":{", namespace, ":"] {
@@ -271,6 +272,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis")]
     fn namespace_pattern_escapes_globs() {
         assert_eq!(namespace_pattern("app", "users"), "app:{users:*");
         assert_eq!(namespace_pattern("a*", "n?"), "a\\*:{n\\?:*");

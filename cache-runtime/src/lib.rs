@@ -23,11 +23,28 @@
 //! To use Redis, build a [`Cache`] and install it with [`init`] at start-up:
 //!
 //! ```no_run
+//! # #[cfg(feature = "redis")]
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = cache_runtime::Cache::builder().redis("redis://127.0.0.1:6379").prefix("myapp").build()?;
 //! cache_runtime::init(cache)?;
 //! # Ok(()) }
+//! # #[cfg(not(feature = "redis"))] fn main() {}
 //! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `redis` | on | Redis and Redis Cluster ([`CacheBuilder::redis`], `redis_cluster`), the L1 in front of Redis, cross-replica `lock` |
+//! | `axum` | on | `#[cached]` on axum handlers (ETag, 304, `Cache-Control`, `Vary`), [`CacheLayer`] |
+//! | `metrics` | off | counters and histograms through the `metrics` facade |
+//! | `msgpack` | off | MessagePack payloads in Redis |
+//! | `test-util` | off | throw-away `redis-server` processes for tests (implies `redis`) |
+//!
+//! A service that caches its own functions in process memory needs neither `redis` nor `axum`:
+//! `cache-runtime = { version = "0.1", default-features = false }` compiles neither (the README
+//! gives the build times). Without `axum`, `#[cached]` on a handler is a compile error that
+//! names the feature.
 #![deny(missing_docs)]
 
 mod api;
@@ -35,6 +52,7 @@ mod builder;
 mod cache;
 mod claims;
 mod codec;
+#[cfg(feature = "redis")]
 mod coherence;
 mod engine;
 mod entry;
@@ -47,6 +65,7 @@ mod invalidate;
 pub mod key;
 #[cfg(feature = "axum")]
 mod layer;
+#[cfg(feature = "redis")]
 mod lock;
 mod policy;
 mod read;
@@ -68,7 +87,9 @@ use std::sync::OnceLock;
 
 pub use api::Namespace;
 pub use builder::CacheBuilder;
-pub use cache::{Cache, Stats, DEFAULT_L1_MAX_BYTES, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE};
+#[cfg(feature = "redis")]
+pub use cache::DEFAULT_L1_MAX_BYTES;
+pub use cache::{Cache, Stats, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE};
 pub use codec::Format;
 pub use entry::{EntryInfo, Tier};
 pub use error::{AlreadyInitialized, CacheError};
@@ -190,9 +211,33 @@ impl std::ops::Deref for Current {
     }
 }
 
+/// Starts every cached handler's body: nothing with the `axum` feature, the compile error that
+/// asks for it without.
+#[doc(hidden)]
+#[macro_export]
+#[cfg(feature = "axum")]
+macro_rules! __cache_runtime_handler_support {
+    () => {};
+}
+
+/// Starts every cached handler's body: nothing with the `axum` feature, the compile error that
+/// asks for it without.
+#[doc(hidden)]
+#[macro_export]
+#[cfg(not(feature = "axum"))]
+macro_rules! __cache_runtime_handler_support {
+    () => {
+        ::core::compile_error!(
+            "`#[cached]` on an axum handler needs the `axum` feature of cache-runtime (on by default): \
+             `cache-runtime = { version = \"0.1\", features = [\"axum\"] }`"
+        );
+    };
+}
+
 /// What the macros expand to. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::__cache_runtime_handler_support as handler_support;
     pub use crate::cache::{Call, DEFAULT_NAMESPACE};
     pub use crate::invalidate::Invalidation;
     pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};

@@ -26,9 +26,9 @@ const REFRESH_HOLD: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Served {
     /// Fresh, with its times (a handler's `max-age` is what is left of them).
-    Fresh(Times),
+    Fresh(#[cfg_attr(not(feature = "axum"), allow(dead_code))] Times),
     /// Shared by the single-flight leader that just computed it: fresh for the full ttl.
-    Joined(Duration),
+    Joined(#[cfg_attr(not(feature = "axum"), allow(dead_code))] Duration),
     /// Past its freshness, inside a serve-stale window.
     Stale,
 }
@@ -39,6 +39,7 @@ pub(crate) enum Wants {
     /// The usual: a cached answer when there is one.
     Cached,
     /// `no-cache`: a fresh answer, stored for the next caller.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     Refreshed,
     /// `no-store`: a fresh answer, not stored.
     Uncached,

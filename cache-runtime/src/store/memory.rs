@@ -204,6 +204,7 @@ impl MemoryStore {
     }
 
     /// Records a tag version learned from Redis (versions only grow).
+    #[cfg(feature = "redis")]
     pub(crate) fn learn_tag(&self, tag: &str, version: u64) {
         let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         match versions.tags.get_mut(tag) {
@@ -213,11 +214,13 @@ impl MemoryStore {
     }
 
     /// Forgets what this process knew of a tag's version.
+    #[cfg(feature = "redis")]
     pub(crate) fn forget_tag(&self, tag: &str) {
         self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner).tags.remove(tag);
     }
 
     /// Forgets `key` without bumping its generation (an L1 dropping its copy).
+    #[cfg(feature = "redis")]
     pub(crate) fn remove(&self, key: &str) {
         self.entries.invalidate(key);
     }
@@ -240,6 +243,7 @@ impl MemoryStore {
     }
 
     /// Drops everything, versions included (an L1 that may have missed invalidations).
+    #[cfg(feature = "redis")]
     pub(crate) fn flush(&self) {
         self.entries.invalidate_all();
         *self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Versions::default();

@@ -14,18 +14,26 @@
 //! - a version per namespace, bumped by `clear_namespace` before it removes the entries, so a
 //!   fill that started before the clear cannot store afterwards.
 
+#[cfg(feature = "redis")]
 use std::hash::BuildHasher as _;
 
+#[cfg(feature = "redis")]
 use crate::time::now_ms;
 
+#[cfg(feature = "redis")]
 mod breaker;
 mod memory;
+#[cfg(feature = "redis")]
 mod pubsub;
+#[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
 mod scripts;
 
 pub(crate) use self::memory::{entry_weight, MemEntry, MemoryStore};
+#[cfg(feature = "redis")]
 pub(crate) use self::pubsub::{listen, Listener, Received};
+#[cfg(feature = "redis")]
 pub(crate) use self::redis::{RedisRead, RedisStore, RedisTarget};
 
 /// What a read saw, that its fill must still see to be allowed to store.
@@ -38,10 +46,12 @@ pub(crate) struct Lease {
 }
 
 /// The keys of one entry's bookkeeping in Redis. The generation shares the entry's hash slot.
+#[cfg(feature = "redis")]
 pub(crate) fn generation_key(entry_key: &str) -> String {
     format!("{entry_key}:g")
 }
 
+#[cfg(feature = "redis")]
 pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
     format!("{prefix}:t:{{{tag}}}")
 }
@@ -49,6 +59,7 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
 /// In Redis, a namespace is an implicit tag of every entry in it: its version is recorded in the
 /// entry and checked on read, like a tag's. `%%` can start no rendered tag (a template's text
 /// has no `%`, an escaped value has `%` followed by hex digits), so this never meets a user tag.
+#[cfg(feature = "redis")]
 pub(crate) fn namespace_tag(namespace: &str) -> String {
     format!("%%ns:{namespace}")
 }
@@ -58,6 +69,7 @@ pub(crate) fn namespace_tag(namespace: &str) -> String {
 /// most 1,024 bumps a millisecond later), it grows with time (so an L1, which keeps the highest
 /// version it learned of a tag, accepts a repaired or re-created version), and it stays below
 /// 2^53 (exact in Redis's Lua numbers) until the year 2248.
+#[cfg(feature = "redis")]
 fn fresh_version() -> u64 {
     let random = std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id());
     now_ms().saturating_mul(1024) + (random & 1023)
