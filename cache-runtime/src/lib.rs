@@ -50,6 +50,7 @@
 mod api;
 mod builder;
 mod cache;
+mod capture;
 mod claims;
 mod codec;
 #[cfg(feature = "redis")]
@@ -90,6 +91,7 @@ pub use builder::CacheBuilder;
 #[cfg(feature = "redis")]
 pub use cache::DEFAULT_L1_MAX_BYTES;
 pub use cache::{Cache, Stats, DEFAULT_MAX_BYTES, DEFAULT_NAMESPACE};
+pub use capture::{key_of, CallKey};
 pub use codec::Format;
 pub use entry::{EntryInfo, Tier};
 pub use error::{AlreadyInitialized, CacheError};

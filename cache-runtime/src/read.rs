@@ -157,7 +157,9 @@ where
     F: Future<Output = R::Out> + 'a,
 {
     let Call { cache, key, namespace, tags, opts } = call;
-    let fast = if cache.is_disabled() || reply.wants() != Wants::Cached {
+    // `key_of`: the key is what was asked for; the body never runs.
+    let held = crate::capture::taken(cache, namespace, &key);
+    let fast = if held || cache.is_disabled() || reply.wants() != Wants::Cached {
         Err((key, false))
     } else {
         answer_local_hit(cache, key, opts, &reply)
@@ -165,6 +167,7 @@ where
     async move {
         match fast {
             Ok(answer) => answer,
+            Err(_) if held => std::future::pending().await,
             Err(_) if reply.wants() == Wants::Bypass => reply.bypass(body.await),
             Err((key, _)) if cache.is_disabled() => {
                 // A disabled cache: every call runs its body (no single-flight either).

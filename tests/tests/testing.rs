@@ -132,3 +132,71 @@ async fn what_is_stored_can_be_inspected() {
         assert!(b.cache.inspect("shelf:5").await.is_none(), "{}", b.name);
     }
 }
+
+#[cached(expire = 60, namespace = "catalog", cache = cache, skip = [cache, calls])]
+async fn title(cache: &Cache, calls: &Calls, id: u32, lang: &str) -> String {
+    let _ = calls.hit();
+    format!("{id} in {lang}")
+}
+
+#[cached(expire = 60, vary = ["accept-language"], cache = app.0)]
+async fn greeting(axum::extract::Path(id): axum::extract::Path<u32>, State(app): State<Arc<(Cache, Calls)>>) -> String {
+    format!("hello {id} (run {})", app.1.hit())
+}
+
+/// `key_of`: the key a call renders, without running its body; it is the key the call then
+/// stores under (explicit and default keys, a handler's `vary` included), on every backend.
+#[tokio::test]
+async fn the_key_of_a_call_is_rendered_without_running_it() {
+    for b in support::Backend::all() {
+        let calls = Calls::default();
+        // An explicit key, the global/scoped cache.
+        let call = cache_runtime::scope(b.cache.clone(), cache_runtime::key_of(price(&calls, 7))).await.unwrap();
+        assert_eq!((call.namespace(), call.key(), call.stored()), ("default", "price:7", "t:{default:price:7}"));
+        // A default key: module, fn name and the escaped arguments.
+        let other = cache_runtime::key_of(title(&b.cache, &calls, 3, "pt br")).await.unwrap();
+        assert_eq!(other.namespace(), "catalog");
+        assert!(other.key().starts_with("testing::title:") && other.key().contains("pt%20br"), "{}", other.key());
+        assert_eq!(calls.get(), 0, "{}: key_of ran no body", b.name);
+        assert!(b.cache.inspect_call(&other).await.is_none(), "{}: nothing stored yet", b.name);
+        assert_eq!(b.cache.stats().misses + b.cache.stats().hits, 0, "{}: key_of is not a read", b.name);
+
+        // The real calls store under exactly those keys.
+        cache_runtime::scope(b.cache.clone(), price(&calls, 7)).await;
+        title(&b.cache, &calls, 3, "pt br").await;
+        assert_eq!(calls.get(), 2, "{}", b.name);
+        for key in [&call, &other] {
+            let info = b.cache.inspect_call(key).await.unwrap_or_else(|| panic!("{}: stored under {key}", b.name));
+            assert!(info.fresh_for > std::time::Duration::from_secs(55), "{}: {info:?}", b.name);
+        }
+        // A key_of around a call that would hit still runs nothing and reads nothing.
+        let again = cache_runtime::key_of(title(&b.cache, &calls, 3, "pt br")).await.unwrap();
+        assert_eq!((again, calls.get()), (other, 2), "{}", b.name);
+    }
+}
+
+/// `key_of` around a router: routing and extractors run, the cached handler is held before its
+/// body; the key carries the `vary` header's value and is the one the request then stores under.
+#[tokio::test]
+async fn the_key_of_a_request_is_rendered_without_running_the_handler() {
+    use tower::ServiceExt as _;
+    let app = Arc::new((Cache::memory(), Calls::default()));
+    let router = Router::new().route("/hello/{id}", get(greeting)).with_state(app.clone());
+    let request = |lang: &str| {
+        axum::http::Request::get("/hello/5").header("accept-language", lang).body(axum::body::Body::empty()).unwrap()
+    };
+    let pt = cache_runtime::key_of(router.clone().oneshot(request("pt"))).await.unwrap();
+    let fr = cache_runtime::key_of(router.clone().oneshot(request("fr"))).await.unwrap();
+    assert_ne!(pt, fr, "the vary header is part of the key");
+    assert!(pt.key().starts_with("testing::greeting:"), "{}", pt.key());
+    assert_eq!(app.1.get(), 0, "the handler did not run");
+    assert!(app.0.inspect_call(&pt).await.is_none());
+
+    let response = router.clone().oneshot(request("pt")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    assert_eq!(app.1.get(), 1);
+    assert!(app.0.inspect_call(&pt).await.is_some(), "stored under the key key_of gave");
+    assert!(app.0.inspect_call(&fr).await.is_none());
+    // A future without a cached call: None, and it ran to its end.
+    assert_eq!(cache_runtime::key_of(async { 5 }).await, None);
+}
