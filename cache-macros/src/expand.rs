@@ -155,7 +155,7 @@ fn service_call(
                     #[allow(unused_imports)]
                     use #krate::__private::{ViaOption as _, ViaResult as _, ViaValue as _};
                     (&&#krate::__private::Returns::<#ret_ty>::new()).cached_by_type(
-                        #call_ctx, __cr_body, #spawner,
+                        #call_ctx, #krate::__private::Policy::new(), __cr_body, #spawner,
                     ).await
                 }
             }
@@ -166,7 +166,9 @@ fn service_call(
     let runtime_fn = Ident::new(runtime_fn, value_ty.span());
     // Spanned at the cached type, so "cannot be stored in the cache" points at it.
     quote_spanned! {value_ty.span()=>
-        #krate::__private::#runtime_fn::<#value_ty, #infer>(#call_ctx, __cr_body, #spawner).await
+        #krate::__private::#runtime_fn::<#value_ty, #infer>(
+            #call_ctx, #krate::__private::Policy::new(), __cr_body, #spawner,
+        ).await
     }
 }
 

@@ -7,7 +7,7 @@ use crate::entry::Op;
 use crate::entry::{EntryInfo, Found};
 use crate::error::CacheError;
 use crate::key::{self};
-use crate::policy::CallOpts;
+use crate::policy::{CallOpts, Policy};
 use crate::read::{read, Spawner};
 use crate::returns::{Fallible, Value};
 use crate::time::now_ms;
@@ -77,6 +77,34 @@ impl Cache {
         Fut: Future<Output = T>,
     {
         self.namespace(DEFAULT_NAMESPACE).get_or_fetch(key, ttl, fetch).await
+    }
+
+    /// [`get_or_fetch`](Self::get_or_fetch) with a [`Policy`] (`unless`, `expire_with`). See
+    /// [`Namespace::get_or_fetch_with`].
+    pub async fn get_or_fetch_with<T, F, Fut>(&self, key: &str, ttl: Duration, policy: Policy<T>, fetch: F) -> T
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.namespace(DEFAULT_NAMESPACE).get_or_fetch_with(key, ttl, policy, fetch).await
+    }
+
+    /// [`try_get_or_fetch`](Self::try_get_or_fetch) with a [`Policy`] over the `Ok` value. See
+    /// [`Namespace::try_get_or_fetch_with`].
+    pub async fn try_get_or_fetch_with<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        policy: Policy<T>,
+        fetch: F,
+    ) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.namespace(DEFAULT_NAMESPACE).try_get_or_fetch_with(key, ttl, policy, fetch).await
     }
 
     /// Cache-aside for fallible fetches: only `Ok` is stored, an `Err` is returned as is.
@@ -191,10 +219,35 @@ impl Namespace<'_> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
+        self.get_or_fetch_with(key, ttl, Policy::new(), fetch).await
+    }
+
+    /// [`get_or_fetch`](Self::get_or_fetch) with a [`Policy`]: which values are stored
+    /// (`unless`) and for how long (`expire_with`, at most `ttl` unless the policy has its own
+    /// `at_most`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_runtime::{Cache, Policy};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = Cache::memory();
+    /// let feed = cache.namespace("feeds");
+    /// let skip_empty = Policy::new().unless(|rows: &Vec<u32>| rows.is_empty());
+    /// let rows = feed.get_or_fetch_with("new", Duration::from_secs(60), skip_empty, || async { vec![] }).await;
+    /// assert!(rows.is_empty());
+    /// assert_eq!(feed.get::<Vec<u32>>("new").await, None); // an empty list is not stored
+    /// # }
+    /// ```
+    pub async fn get_or_fetch_with<T, F, Fut>(&self, key: &str, ttl: Duration, policy: Policy<T>, fetch: F) -> T
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
         let (opts, namespace) = (CallOpts::new().expire(ttl), self.escaped());
         let key = self.cache.full_key(self.namespace, key);
         let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts };
-        read(call, Value::<T>(PhantomData), fetch(), Spawner::inline()).await
+        read(call, Value::<T>(policy.bounded_by(ttl)), fetch(), Spawner::inline()).await
     }
 
     /// Cache-aside for fallible fetches: only `Ok` values are stored.
@@ -214,9 +267,40 @@ impl Namespace<'_> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.try_get_or_fetch_with(key, ttl, Policy::new(), fetch).await
+    }
+
+    /// [`try_get_or_fetch`](Self::try_get_or_fetch) with a [`Policy`] over the `Ok` value.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_runtime::{Cache, Policy};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = Cache::memory();
+    /// // A token is kept for as long as it is valid, never longer than the hour given.
+    /// let lifetime = Policy::new().expire_with(|secs_left: &u64| Duration::from_secs(*secs_left));
+    /// let token: Result<u64, String> =
+    ///     cache.try_get_or_fetch_with("token", Duration::from_secs(3600), lifetime, || async { Ok(90) }).await;
+    /// assert_eq!(token, Ok(90));
+    /// let info = cache.inspect("token").await.unwrap();
+    /// assert!(info.fresh_for <= Duration::from_secs(90));
+    /// # }
+    /// ```
+    pub async fn try_get_or_fetch_with<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        policy: Policy<T>,
+        fetch: F,
+    ) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let (opts, namespace) = (CallOpts::new().expire(ttl), self.escaped());
         let key = self.cache.full_key(self.namespace, key);
         let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts };
-        read(call, Fallible::<T, E>(PhantomData), fetch(), Spawner::inline()).await
+        read(call, Fallible::<T, E>(policy.bounded_by(ttl), PhantomData), fetch(), Spawner::inline()).await
     }
 }

@@ -259,7 +259,7 @@ impl Cache {
         }
     }
 
-    /// Stores `value` (a negative entry when `None`) under `key` for `ttl`, unless something
+    /// Stores `value` (a negative entry when `None`) under `key`, fresh for `ttl`, unless something
     /// the lease depends on was invalidated since the read: then the store is dropped (a slow
     /// read of the old data never overwrites a newer invalidation). Returns whether it stored.
     /// A stored `None` is kept only with `cache_none` (for its own ttl when it has one).
@@ -270,11 +270,11 @@ impl Cache {
         l1_epoch: Option<u64>,
         found: &Found<V>,
         recompute: Duration,
+        ttl: Duration,
     ) -> bool {
         let (opts, namespace, key) = (call.opts, call.namespace, call.key.clone());
         #[cfg(not(feature = "redis"))]
         let _ = l1_epoch; // the L1's epoch: no L1 without Redis
-        let ttl = call.ttl();
         let (value, ttl) = match found {
             Found::Value(value) => (Some(value), ttl),
             Found::Negative if opts.cache_none => (None, opts.none_ttl.unwrap_or(ttl)),

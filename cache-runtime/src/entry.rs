@@ -30,6 +30,17 @@ impl Times {
     }
 }
 
+/// How a found entry is being served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Served {
+    /// Fresh, with its times (a handler's `max-age` is what is left of them).
+    Fresh(#[cfg_attr(not(feature = "axum"), allow(dead_code))] Times),
+    /// Shared by the single-flight leader that just computed it: fresh for this long.
+    Joined(#[cfg_attr(not(feature = "axum"), allow(dead_code))] Duration),
+    /// Past its freshness, inside a serve-stale window.
+    Stale,
+}
+
 /// What a lookup found, and what its fill needs.
 pub(crate) struct Lookup<V> {
     pub(crate) hit: Option<(Found<V>, Times)>,

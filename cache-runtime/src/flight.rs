@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::entry::Found;
+use crate::entry::{Found, Served};
 use crate::sync::lock;
 
-/// What a leader shares: `Some(value)` (an `Arc<(Found<V>, bool)>`, the flag set when the
-/// value is stale), or `None` when it has nothing to share (its body failed).
+/// What a leader shares: `Some(value)` (an `Arc<(Found<V>, Served)>`: how the waiters serve
+/// it), or `None` when it has nothing to share (its body failed).
 type Outcome = Option<Arc<dyn Any + Send + Sync>>;
 
 /// A flight in progress: its id (so a finished leader never removes its successor's flight)
@@ -45,8 +45,8 @@ pub(crate) struct Leader<'a> {
 
 pub(crate) enum Joined<'a, V> {
     Leader(Leader<'a>),
-    /// What the leader computed or found, and whether it is stale.
-    Shared(Found<V>, bool),
+    /// What the leader computed or found, and how it is served.
+    Shared(Found<V>, Served),
 }
 
 impl Flights {
@@ -70,8 +70,8 @@ impl Flights {
                 Ok(outcome) => outcome.as_ref().and_then(Clone::clone),
                 Err(_) => None,
             };
-            if let Some((found, stale)) = shared.as_ref().and_then(|any| any.downcast_ref::<(Found<V>, bool)>()) {
-                return Joined::Shared(found.clone(), *stale);
+            if let Some((found, served)) = shared.as_ref().and_then(|any| any.downcast_ref::<(Found<V>, Served)>()) {
+                return Joined::Shared(found.clone(), *served);
             }
             // Nothing to share: wait for the flight to be gone, then try to lead.
             tokio::task::yield_now().await;
@@ -80,18 +80,10 @@ impl Flights {
 }
 
 impl Leader<'_> {
-    /// Hands `found` (or nothing, on failure) to the waiters and ends the flight.
-    pub(crate) fn finish<V: Clone + Send + Sync + 'static>(self, found: Option<Found<V>>) {
-        self.finish_marked(found, false);
-    }
-
-    /// Like `finish`, sharing a value that is stale.
-    pub(crate) fn finish_stale<V: Clone + Send + Sync + 'static>(self, found: Found<V>) {
-        self.finish_marked(Some(found), true);
-    }
-
-    fn finish_marked<V: Clone + Send + Sync + 'static>(self, found: Option<Found<V>>, stale: bool) {
-        let outcome: Outcome = found.map(|f| Arc::new((f, stale)) as Arc<dyn Any + Send + Sync>);
+    /// Hands `found` (or nothing, on failure) to the waiters, to be served as `served`, and
+    /// ends the flight.
+    pub(crate) fn finish<V: Clone + Send + Sync + 'static>(self, found: Option<Found<V>>, served: Served) {
+        let outcome: Outcome = found.map(|f| Arc::new((f, served)) as Arc<dyn Any + Send + Sync>);
         self.remove();
         let _ = self.tx.send(Some(outcome));
     }

@@ -99,6 +99,7 @@ pub use error::{AlreadyInitialized, CacheError};
 pub use http::X_CACHE;
 #[cfg(feature = "axum")]
 pub use layer::{CacheLayer, CacheService};
+pub use policy::Policy;
 
 #[doc = include_str!("../../docs/CACHED.md")]
 pub use cache_macros::cached;
@@ -243,7 +244,7 @@ pub mod __private {
     pub use crate::cache::{Call, DEFAULT_NAMESPACE};
     pub use crate::invalidate::Invalidation;
     pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};
-    pub use crate::policy::CallOpts;
+    pub use crate::policy::{CallOpts, Policy};
     pub use crate::read::Spawner;
     pub use crate::returns::{cached_option, cached_result, cached_value};
     pub use crate::returns::{

@@ -91,6 +91,130 @@ impl CallOpts {
     }
 }
 
+/// Which computed values are stored, and for how long: `#[cached(unless = …, expire_with = …)]`,
+/// and the plain API's [`get_or_fetch_with`](crate::Cache::get_or_fetch_with). `T` is the value
+/// (the `Ok` of a `Result`, the `Some` of an `Option`; an axum `Response` on handlers, seen
+/// before its body is read).
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_runtime::Policy;
+///
+/// #[derive(Clone)]
+/// struct Token { secret: String, expires_in: Duration }
+///
+/// let policy = Policy::new()
+///     .unless(|t: &Token| t.secret.is_empty())    // returned, not stored
+///     .expire_with(|t: &Token| t.expires_in)      // stored for as long as it is valid
+///     .at_most(Duration::from_secs(3600));        // and never longer than an hour
+/// let token = Token { secret: "s".into(), expires_in: Duration::from_secs(90) };
+/// assert_eq!(policy.ttl_for(&token, Duration::from_secs(60)), Some(Duration::from_secs(90)));
+/// let empty = Token { secret: String::new(), expires_in: Duration::from_secs(90) };
+/// assert_eq!(policy.ttl_for(&empty, Duration::from_secs(60)), None);
+/// ```
+pub struct Policy<T: ?Sized> {
+    unless: Option<fn(&T) -> bool>,
+    expire_with: Option<fn(&T) -> Duration>,
+    at_most: Option<Duration>,
+}
+
+impl<T: ?Sized> Policy<T> {
+    /// Every value is stored, for the call's ttl.
+    pub const fn new() -> Self {
+        Policy { unless: None, expire_with: None, at_most: None }
+    }
+
+    /// What `#[cached(unless = …, expire_with = …, expire = …)]` builds: one call whose
+    /// arguments get their types from the value type (so `|v| v.is_empty()` needs no
+    /// annotation).
+    #[doc(hidden)]
+    pub const fn of(
+        unless: Option<fn(&T) -> bool>,
+        expire_with: Option<fn(&T) -> Duration>,
+        at_most: Option<Duration>,
+    ) -> Self {
+        Policy { unless, expire_with, at_most }
+    }
+
+    /// A value for which `predicate` says `true` is returned to its caller but not stored.
+    pub const fn unless(mut self, predicate: fn(&T) -> bool) -> Self {
+        self.unless = Some(predicate);
+        self
+    }
+
+    /// A value is stored fresh for as long as `lifetime` says (then its `stale` windows); a zero
+    /// lifetime means "do not store". Capped by [`at_most`](Self::at_most) when set.
+    pub const fn expire_with(mut self, lifetime: fn(&T) -> Duration) -> Self {
+        self.expire_with = Some(lifetime);
+        self
+    }
+
+    /// The longest lifetime `expire_with` may give (`#[cached]`'s `expire`, when both are set).
+    pub const fn at_most(mut self, max: Duration) -> Self {
+        self.at_most = Some(max);
+        self
+    }
+
+    /// How long `value` is stored fresh: `None` when it is not stored. `ttl`: the call's
+    /// lifetime without `expire_with`.
+    pub fn ttl_for(&self, value: &T, ttl: Duration) -> Option<Duration> {
+        if self.unless.is_some_and(|unless| unless(value)) {
+            return None;
+        }
+        let ttl = match self.expire_with {
+            Some(lifetime) => self.at_most.map_or(lifetime(value), |max| lifetime(value).min(max)),
+            None => ttl,
+        };
+        (!ttl.is_zero()).then_some(ttl)
+    }
+
+    /// This policy, with `at_most` set to `max` unless it has one.
+    pub(crate) fn bounded_by(mut self, max: Duration) -> Self {
+        self.at_most = self.at_most.or(Some(max));
+        self
+    }
+}
+
+impl<T: ?Sized> Clone for Policy<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: ?Sized> Copy for Policy<T> {}
+
+impl<T: ?Sized> PartialEq for Policy<T> {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: Option<fn(&T) -> bool>, b: Option<fn(&T) -> bool>| match (a, b) {
+            (Some(a), Some(b)) => std::ptr::fn_addr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        let same_lifetime = match (self.expire_with, other.expire_with) {
+            (Some(a), Some(b)) => std::ptr::fn_addr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        same(self.unless, other.unless) && same_lifetime && self.at_most == other.at_most
+    }
+}
+
+impl<T: ?Sized> Eq for Policy<T> {}
+
+impl<T: ?Sized> Default for Policy<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for Policy<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("unless", &self.unless.is_some())
+            .field("expire_with", &self.expire_with.is_some())
+            .field("at_most", &self.at_most)
+            .finish()
+    }
+}
+
 /// How a found entry may be used now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Freshness {

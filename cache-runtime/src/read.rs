@@ -14,24 +14,13 @@ use std::time::{Duration, Instant};
 use crate::cache::{Cache, Call};
 use crate::claims::Locked;
 use crate::codec::{Codec, Stored};
-use crate::entry::{Found, Times};
+use crate::entry::{Found, Served};
 use crate::flight::{Joined, Leader};
 use crate::policy::Freshness;
 use crate::store::Lease;
 
 /// Longest a refresh may hold its claim.
 const REFRESH_HOLD: Duration = Duration::from_secs(10);
-
-/// How a found entry is being served.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Served {
-    /// Fresh, with its times (a handler's `max-age` is what is left of them).
-    Fresh(#[cfg_attr(not(feature = "axum"), allow(dead_code))] Times),
-    /// Shared by the single-flight leader that just computed it: fresh for the full ttl.
-    Joined(#[cfg_attr(not(feature = "axum"), allow(dead_code))] Duration),
-    /// Past its freshness, inside a serve-stale window.
-    Stale,
-}
 
 /// What a caller asks of the cache (a handler's client `Cache-Control`, when honoured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +38,21 @@ pub(crate) enum Wants {
 
 /// A body's output, settled.
 pub(crate) struct Settled<V, A> {
-    /// What is stored and shared with the callers waiting on this one; `None`: nothing.
-    pub(crate) stored: Option<Found<V>>,
+    /// What is shared with the callers waiting on this one, and stored for `ttl`; `None`:
+    /// nothing (a failure, a response that may not be stored).
+    pub(crate) shared: Option<Found<V>>,
+    /// How long `shared` is stored fresh; `None`: it is not stored (`unless`, a zero
+    /// `expire_with`).
+    pub(crate) ttl: Option<Duration>,
     /// A failure that `stale_if_error` covers.
     pub(crate) failed: bool,
     /// What the caller gets.
     pub(crate) answer: A,
 }
 
-/// What a background refresh's output stores, settled away from the caller that started it.
-pub(crate) type Detached<V> = Pin<Box<dyn Future<Output = Option<Found<V>>> + Send>>;
+/// What a background refresh's output stores and for how long, settled away from the caller
+/// that started it.
+pub(crate) type Detached<V> = Pin<Box<dyn Future<Output = Option<(Found<V>, Duration)>> + Send>>;
 
 /// What differs between kinds of cached calls: a service fn's return type (`T`, `Option<T>`,
 /// `Result<T, E>`; see `returns.rs`) or an HTTP handler (`http`).
@@ -81,7 +75,8 @@ pub(crate) trait Reply {
     /// read by a fn that returns `T`): then the body runs.
     fn answer(&self, found: Found<Self::Value>, served: Served) -> Option<Self::Answer>;
 
-    /// Settles a body's output; `ttl`: how long it will be fresh if stored.
+    /// Settles a body's output; `ttl`: how long it is fresh if stored, unless the kind's
+    /// `Policy` says otherwise.
     fn settle(&self, out: Self::Out, ttl: Duration) -> impl Future<Output = Settled<Self::Value, Self::Answer>>;
 
     /// The answer of a body that ran without the cache (a disabled cache, [`Wants::Bypass`], a
@@ -91,8 +86,9 @@ pub(crate) trait Reply {
     /// What a refresh running in a task of its own needs to settle its output (owned).
     type Detach: Copy + Send;
     fn detach(&self) -> Self::Detach;
-    /// The settlement of a refresh running in a task of its own: what its output stores.
-    fn detached(with: Self::Detach, out: Self::Out) -> Detached<Self::Value>;
+    /// The settlement of a refresh running in a task of its own: what its output stores, and
+    /// for how long (`ttl` as in `settle`).
+    fn detached(with: Self::Detach, out: Self::Out, ttl: Duration) -> Detached<Self::Value>;
 }
 
 /// A refresh job's last step: given the body's result, store it. Built by the runtime; run
@@ -221,10 +217,9 @@ where
     } else {
         match cache.flights().join::<R::Value>(key).await {
             Joined::Leader(leader) => Some(leader),
-            Joined::Shared(found, stale) => {
-                let served = if stale { Served::Stale } else { Served::Joined(call.ttl()) };
+            Joined::Shared(found, served) => {
                 if let Some(answer) = reply.answer(found, served) {
-                    cache.record_served(key, stale);
+                    cache.record_served(key, matches!(served, Served::Stale));
                     return answer;
                 }
                 // A leader shares what it stored; should this kind not use it, run the body
@@ -246,7 +241,7 @@ where
                         if spawner.0.is_none() {
                             // The body borrows its caller: this caller refreshes, the others are
                             // served the current value at once.
-                            share(leader, found.clone(), stale);
+                            share(leader, found.clone(), served);
                             let answer = refresh(&call, &reply, body, found).await;
                             cache.release_refresh(key).await;
                             return answer;
@@ -254,7 +249,7 @@ where
                         refresh_in_background(&call, &reply, body, spawner).await;
                     }
                     cache.record_served(key, stale);
-                    share(leader, found, stale);
+                    share(leader, found, served);
                     return current;
                 }
             }
@@ -268,7 +263,7 @@ where
             Locked::Ready(found, times) => {
                 if let Some(answer) = reply.answer(found.clone(), Served::Fresh(times)) {
                     cache.record_served(key, false);
-                    share(leader, found, false);
+                    share(leader, found, Served::Fresh(times));
                     return answer;
                 }
             }
@@ -290,11 +285,9 @@ where
 }
 
 /// Hands what was found to the callers waiting on this one.
-fn share<V: Stored>(leader: Option<Leader<'_>>, found: Found<V>, stale: bool) {
-    match leader {
-        Some(leader) if stale => leader.finish_stale(found),
-        Some(leader) => leader.finish(Some(found)),
-        None => {}
+fn share<V: Stored>(leader: Option<Leader<'_>>, found: Found<V>, served: Served) {
+    if let Some(leader) = leader {
+        leader.finish(Some(found), served);
     }
 }
 
@@ -328,15 +321,15 @@ where
     let with = reply.detach();
     let (cache, key, namespace, tags, opts) =
         (cache.clone(), call.key.clone(), call.namespace.to_owned(), call.tags.to_vec(), *call.opts);
-    let started = Instant::now();
+    let (ttl, started) = (call.ttl(), Instant::now());
     spawn(
         body,
         Box::new(move |out| {
-            let stored = R::detached(with, out);
+            let stored = R::detached(with, out, ttl);
             Box::pin(async move {
                 let call = Call { cache: &cache, key, namespace: &namespace, tags: &tags, opts: &opts };
-                if let Some(found) = stored.await {
-                    cache.fill::<R::Value, R::Codec>(&call, &lease, None, &found, started.elapsed()).await;
+                if let Some((found, ttl)) = stored.await {
+                    cache.fill::<R::Value, R::Codec>(&call, &lease, None, &found, started.elapsed(), ttl).await;
                 }
                 cache.release_refresh(&call.key).await;
             })
@@ -360,12 +353,13 @@ async fn compute<R: Reply>(
     let out = body.await;
     cache.record_computed(&call.key, started.elapsed());
     let settled = reply.settle(out, call.ttl()).await;
-    if let (Some(found), Some((lease, l1_epoch))) = (&settled.stored, &lease) {
+    if let (Some(found), Some(ttl), Some((lease, l1_epoch))) = (&settled.shared, settled.ttl, &lease) {
         // A failed or dropped store is logged and counted; the caller still gets the answer.
-        cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed()).await;
+        cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed(), ttl).await;
     }
     if let Some(leader) = leader {
-        leader.finish(settled.stored);
+        // Shared also when it is not stored: the waiters arrived while it was computed.
+        leader.finish(settled.shared, Served::Joined(settled.ttl.unwrap_or_default()));
     }
     if settled.failed {
         if let Some(answer) = fallback.and_then(|stale| reply.answer(stale, Served::Stale)) {

@@ -16,7 +16,9 @@ use std::time::Duration;
 use crate::cache::Call;
 use crate::codec::Json;
 use crate::entry::Found;
-use crate::read::{read, Detached, Reply, Served, Settled, Spawner};
+use crate::entry::Served;
+use crate::policy::Policy;
+use crate::read::{read, Detached, Reply, Settled, Spawner};
 use crate::Cacheable;
 
 /// The return type `R` of a `#[cached]` fn, as a value for method resolution to look at.
@@ -42,6 +44,7 @@ pub trait ViaResult<T, E> {
     fn cached_by_type<'a, F>(
         &self,
         call: Call<'a>,
+        policy: Policy<T>,
         body: F,
         spawner: Spawner<F>,
     ) -> impl Future<Output = Result<T, E>> + 'a
@@ -55,6 +58,7 @@ impl<T, E> ViaResult<T, E> for &Returns<Result<T, E>> {
     fn cached_by_type<'a, F>(
         &self,
         call: Call<'a>,
+        policy: Policy<T>,
         body: F,
         spawner: Spawner<F>,
     ) -> impl Future<Output = Result<T, E>> + 'a
@@ -63,7 +67,7 @@ impl<T, E> ViaResult<T, E> for &Returns<Result<T, E>> {
         E: 'a,
         F: Future<Output = Result<T, E>> + 'a,
     {
-        cached_result::<T, E, F>(call, body, spawner)
+        cached_result::<T, E, F>(call, policy, body, spawner)
     }
 }
 
@@ -73,6 +77,7 @@ pub trait ViaOption<T> {
     fn cached_by_type<'a, F>(
         &self,
         call: Call<'a>,
+        policy: Policy<T>,
         body: F,
         spawner: Spawner<F>,
     ) -> impl Future<Output = Option<T>> + 'a
@@ -85,6 +90,7 @@ impl<T> ViaOption<T> for &Returns<Option<T>> {
     fn cached_by_type<'a, F>(
         &self,
         call: Call<'a>,
+        policy: Policy<T>,
         body: F,
         spawner: Spawner<F>,
     ) -> impl Future<Output = Option<T>> + 'a
@@ -92,26 +98,38 @@ impl<T> ViaOption<T> for &Returns<Option<T>> {
         T: Cacheable,
         F: Future<Output = Option<T>> + 'a,
     {
-        cached_option::<T, F>(call, body, spawner)
+        cached_option::<T, F>(call, policy, body, spawner)
     }
 }
 
 /// Any other `R`: the value itself is stored.
 #[doc(hidden)]
 pub trait ViaValue<R> {
-    fn cached_by_type<'a, F>(&self, call: Call<'a>, body: F, spawner: Spawner<F>) -> impl Future<Output = R> + 'a
+    fn cached_by_type<'a, F>(
+        &self,
+        call: Call<'a>,
+        policy: Policy<R>,
+        body: F,
+        spawner: Spawner<F>,
+    ) -> impl Future<Output = R> + 'a
     where
         R: Cacheable,
         F: Future<Output = R> + 'a;
 }
 
 impl<R> ViaValue<R> for Returns<R> {
-    fn cached_by_type<'a, F>(&self, call: Call<'a>, body: F, spawner: Spawner<F>) -> impl Future<Output = R> + 'a
+    fn cached_by_type<'a, F>(
+        &self,
+        call: Call<'a>,
+        policy: Policy<R>,
+        body: F,
+        spawner: Spawner<F>,
+    ) -> impl Future<Output = R> + 'a
     where
         R: Cacheable,
         F: Future<Output = R> + 'a,
     {
-        cached_value::<R, F>(call, body, spawner)
+        cached_value::<R, F>(call, policy, body, spawner)
     }
 }
 
@@ -162,43 +180,48 @@ impl<R> SucceededValue for Outcome<'_, R> {
 /// `#[cached]` on a fn returning `T`.
 pub fn cached_value<'a, T: Cacheable, F: Future<Output = T> + 'a>(
     call: Call<'a>,
+    policy: Policy<T>,
     body: F,
     spawner: Spawner<F>,
 ) -> impl Future<Output = T> + 'a {
-    read(call, Value::<T>(PhantomData), body, spawner)
+    read(call, Value::<T>(policy), body, spawner)
 }
 
 /// `#[cached]` on a fn returning `Option<T>`.
 pub fn cached_option<'a, T: Cacheable, F: Future<Output = Option<T>> + 'a>(
     call: Call<'a>,
+    policy: Policy<T>,
     body: F,
     spawner: Spawner<F>,
 ) -> impl Future<Output = Option<T>> + 'a {
-    read(call, Optional::<T>(PhantomData), body, spawner)
+    read(call, Optional::<T>(policy), body, spawner)
 }
 
 /// `#[cached]` on a fn returning `Result<T, E>`.
 pub fn cached_result<'a, T: Cacheable, E: 'a, F: Future<Output = Result<T, E>> + 'a>(
     call: Call<'a>,
+    policy: Policy<T>,
     body: F,
     spawner: Spawner<F>,
 ) -> impl Future<Output = Result<T, E>> + 'a {
-    read(call, Fallible::<T, E>(PhantomData), body, spawner)
+    read(call, Fallible::<T, E>(policy, PhantomData), body, spawner)
 }
 
-/// A fn returning `T`: the value is stored.
-pub(crate) struct Value<T>(pub(crate) PhantomData<fn() -> T>);
+/// A fn returning `T`: the value is stored (as its `Policy` says).
+pub(crate) struct Value<T>(pub(crate) Policy<T>);
 
 /// A fn returning `Option<T>`: a `None` is stored as a negative entry (kept with `cache_none`).
-pub(crate) struct Optional<T>(PhantomData<fn() -> T>);
+pub(crate) struct Optional<T>(Policy<T>);
 
 /// A fn returning `Result<T, E>`: only an `Ok` is stored; an `Err` is a failure.
-pub(crate) struct Fallible<T, E>(pub(crate) PhantomData<fn() -> (T, E)>);
+pub(crate) struct Fallible<T, E>(pub(crate) Policy<T>, pub(crate) PhantomData<fn() -> E>);
 
 /// The replies of service fns: what an output stores, and whether it failed.
 pub(crate) trait Returned {
     type Out;
     type Value: Cacheable;
+    /// Which values are stored, and for how long.
+    fn policy(&self) -> Policy<Self::Value>;
     fn stored(out: &Self::Out) -> Option<Found<Self::Value>>;
     fn failed(_: &Self::Out) -> bool {
         false
@@ -209,6 +232,9 @@ pub(crate) trait Returned {
 impl<T: Cacheable> Returned for Value<T> {
     type Out = T;
     type Value = T;
+    fn policy(&self) -> Policy<T> {
+        self.0
+    }
     fn stored(out: &T) -> Option<Found<T>> {
         Some(Found::Value(out.clone()))
     }
@@ -223,6 +249,9 @@ impl<T: Cacheable> Returned for Value<T> {
 impl<T: Cacheable> Returned for Optional<T> {
     type Out = Option<T>;
     type Value = T;
+    fn policy(&self) -> Policy<T> {
+        self.0
+    }
     fn stored(out: &Option<T>) -> Option<Found<T>> {
         Some(out.as_ref().map_or(Found::Negative, |v| Found::Value(v.clone())))
     }
@@ -237,6 +266,9 @@ impl<T: Cacheable> Returned for Optional<T> {
 impl<T: Cacheable, E> Returned for Fallible<T, E> {
     type Out = Result<T, E>;
     type Value = T;
+    fn policy(&self) -> Policy<T> {
+        self.0
+    }
     fn stored(out: &Result<T, E>) -> Option<Found<T>> {
         out.as_ref().ok().map(|v| Found::Value(v.clone()))
     }
@@ -261,17 +293,36 @@ impl<M: Returned> Reply for M {
         M::rebuilt(found)
     }
 
-    fn settle(&self, out: M::Out, _: Duration) -> impl Future<Output = Settled<M::Value, M::Out>> {
-        std::future::ready(Settled { stored: M::stored(&out), failed: M::failed(&out), answer: out })
+    fn settle(&self, out: M::Out, ttl: Duration) -> impl Future<Output = Settled<M::Value, M::Out>> {
+        let (shared, ttl) = settled::<M>(self.policy(), &out, ttl);
+        std::future::ready(Settled { shared, ttl, failed: M::failed(&out), answer: out })
     }
 
     fn bypass(&self, out: M::Out) -> M::Out {
         out
     }
 
-    type Detach = ();
-    fn detach(&self) {}
-    fn detached((): (), out: M::Out) -> Detached<M::Value> {
-        Box::pin(std::future::ready(M::stored(&out)))
+    type Detach = Policy<M::Value>;
+    fn detach(&self) -> Policy<M::Value> {
+        self.policy()
     }
+    fn detached(policy: Policy<M::Value>, out: M::Out, ttl: Duration) -> Detached<M::Value> {
+        let (shared, ttl) = settled::<M>(policy, &out, ttl);
+        Box::pin(std::future::ready(shared.zip(ttl)))
+    }
+}
+
+/// What a service fn's output shares and how long it is stored (`None`: not stored).
+fn settled<M: Returned>(
+    policy: Policy<M::Value>,
+    out: &M::Out,
+    ttl: Duration,
+) -> (Option<Found<M::Value>>, Option<Duration>) {
+    let shared = M::stored(out);
+    let ttl = match &shared {
+        Some(Found::Value(value)) => policy.ttl_for(value, ttl),
+        Some(Found::Negative) => Some(ttl),
+        None => None,
+    };
+    (shared, ttl)
 }

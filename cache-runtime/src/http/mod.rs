@@ -32,9 +32,9 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 
 use crate::cache::Call;
-use crate::entry::{Found, Times};
+use crate::entry::{Found, Served, Times};
 use crate::key::KeyWriter;
-use crate::read::{read, Detached, Reply, Served, Settled, Spawner, Wants};
+use crate::read::{read, Detached, Reply, Settled, Spawner, Wants};
 use crate::time::now_ms;
 
 pub use opts::HttpOpts;
@@ -119,14 +119,14 @@ impl<R> Reply for HttpReply<'_, R> {
     async fn settle(&self, out: R, ttl: Duration) -> Settled<Arc<StoredResponse>, Response> {
         // A response the client asked to be fresh is labelled BYPASS.
         let x_cache = if self.wants == Wants::Cached { "MISS" } else { "BYPASS" };
-        match to_stored((self.into_response)(out), self.http).await {
-            Ok(stored) => {
+        match to_stored((self.into_response)(out), self.http, ttl).await {
+            Ok((stored, ttl)) => {
                 let answer = respond(&stored, ttl.as_secs(), &self.request, self.http, x_cache);
-                Settled { stored: Some(Found::Value(stored)), failed: false, answer }
+                Settled { shared: Some(Found::Value(stored)), ttl: Some(ttl), failed: false, answer }
             }
             Err(mut response) => {
                 set_x_cache(&mut response, x_cache);
-                Settled { stored: None, failed: response.status().is_server_error(), answer: response }
+                Settled { shared: None, ttl: None, failed: response.status().is_server_error(), answer: response }
             }
         }
     }
@@ -141,8 +141,10 @@ impl<R> Reply for HttpReply<'_, R> {
     fn detach(&self) -> Self::Detach {
         (*self.http, self.into_response)
     }
-    fn detached((http, into_response): Self::Detach, out: R) -> Detached<Arc<StoredResponse>> {
+    fn detached((http, into_response): Self::Detach, out: R, ttl: Duration) -> Detached<Arc<StoredResponse>> {
         let response = into_response(out);
-        Box::pin(async move { to_stored(response, &http).await.ok().map(Found::Value) })
+        Box::pin(
+            async move { to_stored(response, &http, ttl).await.ok().map(|(stored, ttl)| (Found::Value(stored), ttl)) },
+        )
     }
 }

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::*;
+use crate::policy::Policy;
 
 /// Where `Last-Modified` comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub struct HttpOpts {
     /// Advertised in `Cache-Control` (RFC 5861).
     pub(super) stale_while_revalidate: Option<u64>,
     pub(super) stale_if_error: Option<u64>,
+    /// `unless` / `expire_with`, over the handler's response before its body is read.
+    pub(super) policy: Policy<Response>,
 }
 
 impl Default for HttpOpts {
@@ -50,7 +53,13 @@ impl HttpOpts {
             honor_no_cache: false,
             stale_while_revalidate: None,
             stale_if_error: None,
+            policy: Policy::new(),
         }
+    }
+    /// `unless = …` / `expire_with = …` (over the response, before its body is read).
+    pub const fn policy(mut self, policy: Policy<Response>) -> Self {
+        self.policy = policy;
+        self
     }
     /// `stale = N`: `stale-while-revalidate=N`.
     pub const fn stale_while_revalidate(mut self, secs: u64) -> Self {

@@ -214,15 +214,21 @@ pub(super) fn respond(
     response
 }
 
-/// Turns a handler's response into what is stored, or gives it back when it must not be
-/// stored (not 2xx, sets a cookie, `no-store`, too large, or its body failed).
-pub(super) async fn to_stored(response: Response, http: &HttpOpts) -> Result<Arc<StoredResponse>, Response> {
+/// Turns a handler's response into what is stored and how long it is fresh (`ttl`, unless
+/// `expire_with` says otherwise), or gives it back when it must not be stored (not 2xx, sets a
+/// cookie, `no-store`, `unless`, a zero `expire_with`, too large, or its body failed).
+pub(super) async fn to_stored(
+    response: Response,
+    http: &HttpOpts,
+    ttl: Duration,
+) -> Result<(Arc<StoredResponse>, Duration), Response> {
     let never_store = response.headers().contains_key(header::SET_COOKIE)
         || response.headers().typed_get::<CacheControl>().is_some_and(|cc| cc.no_store());
     let small_enough = response.body().size_hint().upper().is_some_and(|n| n <= MAX_STORED_BODY);
     if !response.status().is_success() || never_store || !small_enough {
         return Err(response);
     }
+    let Some(ttl) = http.policy.ttl_for(&response, ttl) else { return Err(response) };
     let (parts, body) = response.into_parts();
     let bytes = match axum::body::to_bytes(body, usize::try_from(MAX_STORED_BODY).unwrap_or(usize::MAX)).await {
         Ok(bytes) => bytes,
@@ -240,7 +246,7 @@ pub(super) async fn to_stored(response: Response, http: &HttpOpts) -> Result<Arc
     let headers =
         parts.headers.iter().filter(|(n, _)| !is_unstored_header(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
     match StoredResponse::new(parts.status, headers, bytes, &etag_text, last_modified_ms) {
-        Ok(stored) => Ok(Arc::new(stored)),
+        Ok(stored) => Ok((Arc::new(stored), ttl)),
         Err(_) => unreachable!("a quoted hex string is a valid ETag"),
     }
 }
