@@ -51,6 +51,7 @@ mod lock;
 mod policy;
 mod read;
 mod returns;
+mod secs;
 mod store;
 mod sync;
 mod time;
@@ -202,6 +203,7 @@ pub mod __private {
     pub use crate::returns::{
         Outcome, Returns, SucceededOption, SucceededResult, SucceededValue, ViaOption, ViaResult, ViaValue,
     };
+    pub use crate::secs::{seconds, Seconds, SecondsOther, SecondsType};
     pub use crate::{current, global, Cache, Cacheable};
     pub use core::time::Duration;
 
