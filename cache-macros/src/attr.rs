@@ -53,7 +53,8 @@ pub(crate) struct OptionDef {
 pub(crate) enum Kind {
     /// Written alone, `= true` or `= false` (which sets nothing).
     Flag(fn(&mut Options, Span)),
-    /// A whole number of seconds: a literal of at least 1, or a `u64` constant expression.
+    /// A whole number of seconds: a literal of at least 1, or a constant expression of type `u64`
+    /// (seconds) or `Duration` (whole seconds).
     Secs(fn(&mut Options, Spanned<Secs>)),
     /// A flag, or a number of seconds. `other`: the message for a literal that is neither a
     /// `bool` nor an integer (`None`: the message of [`Kind::Secs`]).
@@ -145,8 +146,9 @@ pub(crate) enum CacheNone {
 }
 
 /// A number of seconds given to an option: a literal (checked here), or a constant expression
-/// (`expire = TTL`, `expire = 5 * 60`: the compiler checks that it is a `u64` constant, and a
-/// constant assertion that it is at least 1).
+/// (`expire = TTL`, `expire = 5 * 60`, `expire = Duration::from_secs(60)`): the compiler checks
+/// that it is a `u64` or a `Duration` constant, and the runtime's `__private::seconds`, evaluated
+/// in a `const`, that it is whole seconds and at least 1.
 #[derive(Debug, Clone)]
 pub(crate) enum Secs {
     Lit(u64),
@@ -341,8 +343,8 @@ fn flag_value(name: &str, lit: &Lit) -> syn::Result<Option<Span>> {
     }
 }
 
-/// A literal, or (`Err`) a constant expression (`TTL`, `5 * 60`, `crate::ttl::USER`) whose
-/// checks are left to the compiler.
+/// A literal, or (`Err`) a constant expression (`TTL`, `5 * 60`, `crate::ttl::USER`,
+/// `Duration::from_secs(60)`) whose checks are left to the compiler.
 fn literal_or_const(option: &'static str, input: ParseStream<'_>) -> syn::Result<Result<Lit, Spanned<Secs>>> {
     Ok(match input.parse::<Expr>()? {
         Expr::Lit(syn::ExprLit { lit, attrs }) if attrs.is_empty() => Ok(lit),
@@ -358,8 +360,8 @@ fn int_secs(name: &str, lit: &Lit) -> syn::Result<Secs> {
         return Err(syn::Error::new(
             lit.span(),
             format!(
-                "`{name}` expects a whole number of seconds: a literal (`{name} = 60`) or a `u64` constant \
-                 (`{name} = TTL`, `{name} = 5 * 60`)"
+                "`{name}` expects a whole number of seconds: a literal (`{name} = 60`), a `u64` constant \
+                 (`{name} = TTL`, `{name} = 5 * 60`) or a `Duration` (`{name} = Duration::from_secs(60)`)"
             ),
         ));
     };
@@ -577,9 +579,10 @@ mod tests {
         assert!(o.http.is_none() && o.public.is_some());
         assert_eq!(o.vary.unwrap().value, ["x-a"]);
         assert_eq!(o.first_handler_option.map(|(name, _)| name), Some("public"));
-        let o = parse_cached("lock = 5, beta = 2, expire = TTL * 2").unwrap();
+        let o = parse_cached("lock = 5, beta = 2, expire = TTL * 2, stale = Duration::from_secs(60)").unwrap();
         assert!(matches!(o.lock, Some(Spanned { value: Secs::Lit(5), .. })));
         assert!(matches!(o.early, Some(Spanned { value, .. }) if value == 2.0));
         assert!(matches!(o.expire, Some(Spanned { value: Secs::Const { option: "expire", .. }, .. })));
+        assert!(matches!(o.stale, Some(Spanned { value: Secs::Const { option: "stale", .. }, .. })));
     }
 }
