@@ -29,4 +29,10 @@ async fn float(id: u64) -> u64 {
     id
 }
 
+// A handler: `stale_if_error` is also advertised in `Cache-Control`, and still one error.
+#[cached(http, stale_if_error = Duration::from_millis(2500))]
+async fn page() -> String {
+    String::new()
+}
+
 fn main() {}
