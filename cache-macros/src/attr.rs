@@ -6,6 +6,8 @@
 //! parsed into a value with the span of the token that set it, so each error lands on the
 //! option that caused it; all errors of one attribute are reported together.
 
+use std::ops::Range;
+
 use proc_macro2::Span;
 use syn::ext::IdentExt as _;
 use syn::parse::{ParseStream, Parser as _};
@@ -62,9 +64,9 @@ pub(crate) enum Kind {
     /// A positive number literal.
     Positive(fn(&mut Options, Spanned<f64>)),
     /// One key template in a string.
-    Template(fn(&mut Options, Spanned<Vec<Segment>>)),
+    Template(fn(&mut Options, TemplateLit)),
     /// A key template, or a list of them.
-    Templates(fn(&mut Options, Vec<Spanned<Vec<Segment>>>)),
+    Templates(fn(&mut Options, Vec<TemplateLit>)),
     /// One key segment in a string (a namespace).
     Segment(fn(&mut Options, Spanned<String>)),
     /// A field name in a string.
@@ -138,6 +140,38 @@ pub(crate) struct Spanned<T> {
     pub(crate) span: Span,
 }
 
+/// A key or tag template, parsed, and the string literal it was written in.
+#[derive(Debug, Clone)]
+pub(crate) struct TemplateLit {
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) lit: LitStr,
+}
+
+impl TemplateLit {
+    /// Where errors about the whole template go: the string literal.
+    pub(crate) fn span(&self) -> Span {
+        self.lit.span()
+    }
+
+    /// The span of the template text at `at` (a byte range of the template), inside the string
+    /// literal. Only a nightly compiler gives spans inside a literal (`Literal::subspan`), and
+    /// only a literal whose text is the template as is (no escapes) maps byte for byte: `None`
+    /// otherwise.
+    pub(crate) fn subspan(&self, at: Range<usize>) -> Option<Span> {
+        let token = self.lit.token();
+        let source = token.to_string();
+        let value = self.lit.value();
+        // `"…"`, `r"…"`, `r#"…"#`: the value, as is, between the opening quote (after any
+        // prefix) and the closing one (before any `#`).
+        let open = source.find('"')? + 1;
+        let close = source.get(open + value.len()..)?;
+        let as_is = source.get(open..open + value.len())? == value
+            && close.starts_with('"')
+            && close[1..].bytes().all(|b| b == b'#');
+        as_is.then(|| token.subspan(open + at.start..open + at.end)).flatten()
+    }
+}
+
 /// `cache_none = true` uses the entry ttl; `cache_none = <secs>` gives negative entries their own.
 #[derive(Debug, Clone)]
 pub(crate) enum CacheNone {
@@ -163,10 +197,10 @@ pub(crate) struct Options {
     pub(crate) span: Span,
     pub(crate) expire: Option<Spanned<Secs>>,
     /// `#[cached]`'s one key template.
-    pub(crate) key: Option<Spanned<Vec<Segment>>>,
+    pub(crate) key: Option<TemplateLit>,
     /// `#[invalidates]`'s keys (`key` and `keys`).
-    pub(crate) keys: Vec<Spanned<Vec<Segment>>>,
-    pub(crate) tags: Vec<Spanned<Vec<Segment>>>,
+    pub(crate) keys: Vec<TemplateLit>,
+    pub(crate) tags: Vec<TemplateLit>,
     pub(crate) namespace: Option<Spanned<String>>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) cache_none: Option<Spanned<CacheNone>>,
@@ -396,13 +430,13 @@ fn lit_str(name: &str, lit: &Lit, example: &str) -> syn::Result<LitStr> {
     }
 }
 
-fn template(s: &LitStr) -> syn::Result<Spanned<Vec<Segment>>> {
+fn template(s: &LitStr) -> syn::Result<TemplateLit> {
     let segments = template::parse(&s.value()).map_err(|msg| syn::Error::new(s.span(), msg))?;
-    Ok(Spanned { value: segments, span: s.span() })
+    Ok(TemplateLit { segments, lit: s.clone() })
 }
 
 /// `"tmpl"` or `["tmpl", ...]`, each parsed as a key template.
-fn templates(name: &str, input: ParseStream<'_>) -> syn::Result<Vec<Spanned<Vec<Segment>>>> {
+fn templates(name: &str, input: ParseStream<'_>) -> syn::Result<Vec<TemplateLit>> {
     let lits: Vec<LitStr> = if input.peek(syn::token::Bracket) {
         let content;
         syn::bracketed!(content in input);
