@@ -6,6 +6,8 @@
 //! parsed into a value with the span of the token that set it, so each error lands on the
 //! option that caused it; all errors of one attribute are reported together.
 
+use std::ops::Range;
+
 use proc_macro2::Span;
 use syn::ext::IdentExt as _;
 use syn::parse::{ParseStream, Parser as _};
@@ -53,7 +55,8 @@ pub(crate) struct OptionDef {
 pub(crate) enum Kind {
     /// Written alone, `= true` or `= false` (which sets nothing).
     Flag(fn(&mut Options, Span)),
-    /// A whole number of seconds: a literal of at least 1, or a `u64` constant expression.
+    /// A whole number of seconds: a literal of at least 1, or a constant expression of type `u64`
+    /// (seconds) or `Duration` (whole seconds).
     Secs(fn(&mut Options, Spanned<Secs>)),
     /// A flag, or a number of seconds. `other`: the message for a literal that is neither a
     /// `bool` nor an integer (`None`: the message of [`Kind::Secs`]).
@@ -61,9 +64,9 @@ pub(crate) enum Kind {
     /// A positive number literal.
     Positive(fn(&mut Options, Spanned<f64>)),
     /// One key template in a string.
-    Template(fn(&mut Options, Spanned<Vec<Segment>>)),
+    Template(fn(&mut Options, TemplateLit)),
     /// A key template, or a list of them.
-    Templates(fn(&mut Options, Vec<Spanned<Vec<Segment>>>)),
+    Templates(fn(&mut Options, Vec<TemplateLit>)),
     /// One key segment in a string (a namespace).
     Segment(fn(&mut Options, Spanned<String>)),
     /// A field name in a string.
@@ -137,6 +140,38 @@ pub(crate) struct Spanned<T> {
     pub(crate) span: Span,
 }
 
+/// A key or tag template, parsed, and the string literal it was written in.
+#[derive(Debug, Clone)]
+pub(crate) struct TemplateLit {
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) lit: LitStr,
+}
+
+impl TemplateLit {
+    /// Where errors about the whole template go: the string literal.
+    pub(crate) fn span(&self) -> Span {
+        self.lit.span()
+    }
+
+    /// The span of the template text at `at` (a byte range of the template), inside the string
+    /// literal. Only a nightly compiler gives spans inside a literal (`Literal::subspan`), and
+    /// only a literal whose text is the template as is (no escapes) maps byte for byte: `None`
+    /// otherwise.
+    pub(crate) fn subspan(&self, at: Range<usize>) -> Option<Span> {
+        let token = self.lit.token();
+        let source = token.to_string();
+        let value = self.lit.value();
+        // `"…"`, `r"…"`, `r#"…"#`: the value, as is, between the opening quote (after any
+        // prefix) and the closing one (before any `#`).
+        let open = source.find('"')? + 1;
+        let close = source.get(open + value.len()..)?;
+        let as_is = source.get(open..open + value.len())? == value
+            && close.starts_with('"')
+            && close[1..].bytes().all(|b| b == b'#');
+        as_is.then(|| token.subspan(open + at.start..open + at.end)).flatten()
+    }
+}
+
 /// `cache_none = true` uses the entry ttl; `cache_none = <secs>` gives negative entries their own.
 #[derive(Debug, Clone)]
 pub(crate) enum CacheNone {
@@ -145,8 +180,9 @@ pub(crate) enum CacheNone {
 }
 
 /// A number of seconds given to an option: a literal (checked here), or a constant expression
-/// (`expire = TTL`, `expire = 5 * 60`: the compiler checks that it is a `u64` constant, and a
-/// constant assertion that it is at least 1).
+/// (`expire = TTL`, `expire = 5 * 60`, `expire = Duration::from_secs(60)`): the compiler checks
+/// that it is a `u64` or a `Duration` constant, and the runtime's `__private::seconds`, evaluated
+/// in a `const`, that it is whole seconds and at least 1.
 #[derive(Debug, Clone)]
 pub(crate) enum Secs {
     Lit(u64),
@@ -161,10 +197,10 @@ pub(crate) struct Options {
     pub(crate) span: Span,
     pub(crate) expire: Option<Spanned<Secs>>,
     /// `#[cached]`'s one key template.
-    pub(crate) key: Option<Spanned<Vec<Segment>>>,
+    pub(crate) key: Option<TemplateLit>,
     /// `#[invalidates]`'s keys (`key` and `keys`).
-    pub(crate) keys: Vec<Spanned<Vec<Segment>>>,
-    pub(crate) tags: Vec<Spanned<Vec<Segment>>>,
+    pub(crate) keys: Vec<TemplateLit>,
+    pub(crate) tags: Vec<TemplateLit>,
     pub(crate) namespace: Option<Spanned<String>>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) cache_none: Option<Spanned<CacheNone>>,
@@ -341,8 +377,8 @@ fn flag_value(name: &str, lit: &Lit) -> syn::Result<Option<Span>> {
     }
 }
 
-/// A literal, or (`Err`) a constant expression (`TTL`, `5 * 60`, `crate::ttl::USER`) whose
-/// checks are left to the compiler.
+/// A literal, or (`Err`) a constant expression (`TTL`, `5 * 60`, `crate::ttl::USER`,
+/// `Duration::from_secs(60)`) whose checks are left to the compiler.
 fn literal_or_const(option: &'static str, input: ParseStream<'_>) -> syn::Result<Result<Lit, Spanned<Secs>>> {
     Ok(match input.parse::<Expr>()? {
         Expr::Lit(syn::ExprLit { lit, attrs }) if attrs.is_empty() => Ok(lit),
@@ -358,8 +394,8 @@ fn int_secs(name: &str, lit: &Lit) -> syn::Result<Secs> {
         return Err(syn::Error::new(
             lit.span(),
             format!(
-                "`{name}` expects a whole number of seconds: a literal (`{name} = 60`) or a `u64` constant \
-                 (`{name} = TTL`, `{name} = 5 * 60`)"
+                "`{name}` expects a whole number of seconds: a literal (`{name} = 60`), a `u64` constant \
+                 (`{name} = TTL`, `{name} = 5 * 60`) or a `Duration` (`{name} = Duration::from_secs(60)`)"
             ),
         ));
     };
@@ -394,13 +430,13 @@ fn lit_str(name: &str, lit: &Lit, example: &str) -> syn::Result<LitStr> {
     }
 }
 
-fn template(s: &LitStr) -> syn::Result<Spanned<Vec<Segment>>> {
+fn template(s: &LitStr) -> syn::Result<TemplateLit> {
     let segments = template::parse(&s.value()).map_err(|msg| syn::Error::new(s.span(), msg))?;
-    Ok(Spanned { value: segments, span: s.span() })
+    Ok(TemplateLit { segments, lit: s.clone() })
 }
 
 /// `"tmpl"` or `["tmpl", ...]`, each parsed as a key template.
-fn templates(name: &str, input: ParseStream<'_>) -> syn::Result<Vec<Spanned<Vec<Segment>>>> {
+fn templates(name: &str, input: ParseStream<'_>) -> syn::Result<Vec<TemplateLit>> {
     let lits: Vec<LitStr> = if input.peek(syn::token::Bracket) {
         let content;
         syn::bracketed!(content in input);
@@ -577,9 +613,10 @@ mod tests {
         assert!(o.http.is_none() && o.public.is_some());
         assert_eq!(o.vary.unwrap().value, ["x-a"]);
         assert_eq!(o.first_handler_option.map(|(name, _)| name), Some("public"));
-        let o = parse_cached("lock = 5, beta = 2, expire = TTL * 2").unwrap();
+        let o = parse_cached("lock = 5, beta = 2, expire = TTL * 2, stale = Duration::from_secs(60)").unwrap();
         assert!(matches!(o.lock, Some(Spanned { value: Secs::Lit(5), .. })));
         assert!(matches!(o.early, Some(Spanned { value, .. }) if value == 2.0));
         assert!(matches!(o.expire, Some(Spanned { value: Secs::Const { option: "expire", .. }, .. })));
+        assert!(matches!(o.stale, Some(Spanned { value: Secs::Const { option: "stale", .. }, .. })));
     }
 }

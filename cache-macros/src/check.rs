@@ -6,7 +6,7 @@ use proc_macro2::Span;
 use syn::spanned::Spanned as _;
 use syn::{Expr, Ident, ItemFn, Member, Path, Type};
 
-use crate::attr::{CacheNone, Errors, Options, Secs, Spanned};
+use crate::attr::{CacheNone, Errors, Options, Secs, TemplateLit};
 use crate::signature::{self, is_handler, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
 use crate::template::Segment;
 
@@ -219,18 +219,28 @@ fn list(names: &[Ident]) -> String {
     }
 }
 
+/// The span of a placeholder's field, for rustc's "no field `genr` on type `Filter`". A
+/// compiler that gives spans inside a string literal (nightly) points at the field itself,
+/// and its "a field with a similar name exists" fix-it then edits the field in the string.
+/// Otherwise the field is spanned at the whole literal, with the macro's hygiene: field names
+/// are not hygienic, so it still resolves, but rustc does not offer to replace the whole
+/// string by a field name (a fix-it that would break the attribute).
+fn field_span(template: &TemplateLit, at: std::ops::Range<usize>) -> Span {
+    template.subspan(at).unwrap_or_else(|| template.span().resolved_at(Span::mixed_site()))
+}
+
 /// Resolves each placeholder of a template to what it names: `self`, a type parameter (with
 /// no fields), or a parameter that is not skipped.
-fn resolve(template: &Spanned<Vec<Segment>>, sig: &Signature, skip: &[Ident], errors: &mut Errors) -> Template {
-    let span = template.span;
+fn resolve(template: &TemplateLit, sig: &Signature, skip: &[Ident], errors: &mut Errors) -> Template {
+    let span = template.span();
     let mut parts = Vec::new();
-    for segment in &template.value {
-        let (root, fields) = match segment {
+    for segment in &template.segments {
+        let (root, fields, field_at) = match segment {
             Segment::Lit(text) => {
                 parts.push(Part::Lit(text.clone()));
                 continue;
             }
-            Segment::Placeholder { root, fields } => (root, fields),
+            Segment::Placeholder { root, fields, field_at } => (root, fields, field_at),
         };
         if root == "self" {
             if !sig.has_self {
@@ -258,9 +268,13 @@ fn resolve(template: &Spanned<Vec<Segment>>, sig: &Signature, skip: &[Ident], er
         }
         let fields = fields
             .iter()
-            .map(|f| match f.parse::<u32>() {
-                Ok(index) => Member::Unnamed(syn::Index { index, span }),
-                Err(_) => Member::Named(Ident::new(f, span)),
+            .zip(field_at)
+            .map(|(f, at)| {
+                let span = field_span(template, at.clone());
+                match f.parse::<u32>() {
+                    Ok(index) => Member::Unnamed(syn::Index { index, span }),
+                    Err(_) => Member::Named(Ident::new(f, span)),
+                }
             })
             .collect();
         parts.push(Part::Value { root: Ident::new(root, span), fields, span });
@@ -324,12 +338,12 @@ fn check_key_types(options: &Options, sig: &Signature, fn_name: &Ident, errors: 
     let Some(template) = &options.key else { return };
     for ty in &sig.returned_types {
         let named = template
-            .value
+            .segments
             .iter()
-            .any(|s| matches!(s, Segment::Placeholder { root, fields } if ty == root && fields.is_empty()));
+            .any(|s| matches!(s, Segment::Placeholder { root, fields, .. } if ty == root && fields.is_empty()));
         if !named {
             errors.push(syn::Error::new(
-                template.span,
+                template.span(),
                 format!(
                     "the key does not name the type parameter `{ty}`, which the return type depends on: \
                      `{fn_name}::<A>` and `{fn_name}::<B>` would share entries; add `<{ty}>` to the key (it renders \
@@ -357,7 +371,7 @@ fn check_handler_params(options: &Options, sig: &Signature, errors: &mut Errors)
     let roots: Vec<&str> = options
         .key
         .iter()
-        .flat_map(|k| k.value.iter())
+        .flat_map(|k| k.segments.iter())
         .filter_map(|segment| match segment {
             Segment::Placeholder { root, .. } => Some(root.as_str()),
             Segment::Lit(_) => None,

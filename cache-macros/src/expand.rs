@@ -2,7 +2,7 @@
 //! hands both to the runtime (`__private::cached_*`); all caching logic lives in cache-runtime.
 //! Nothing here reports an error: `attr` and `check` found them all.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::{AttrStyle, Attribute, Ident, ItemFn, Path, ReturnType, Type};
@@ -11,20 +11,60 @@ use crate::attr::{CacheNone, Secs};
 use crate::check::{CachedPlan, CallOpts, HttpOpts, InvalidatesPlan, Key, Mode, Part, Template};
 use crate::signature::{self, Returns};
 
-impl ToTokens for Secs {
-    fn to_tokens(&self, tokens: &mut TokenStream) {
-        match self {
-            Secs::Lit(secs) => secs.to_tokens(tokens),
-            Secs::Const { expr, option } => {
-                let message = format!("`{option}` must be at least 1 second");
-                tokens.extend(quote_spanned! {expr.span()=> {
-                    const __CR_SECS: u64 = #expr;
-                    const _: () = ::core::assert!(__CR_SECS > 0, #message);
-                    __CR_SECS
-                }});
-            }
+/// A number of seconds: a literal as is (`attr` checked it), or a constant expression (a `u64`
+/// or a `Duration`) checked and converted at compile time by one call into the runtime,
+/// `__private::seconds(<expr>).get("<option>", "<expr>")`, evaluated in the `const` the options
+/// are built in. That call is spanned from the expression's first token to its last, so a
+/// value the runtime refuses (zero, not whole seconds) is reported on the whole expression.
+fn secs(secs: &Secs, krate: &TokenStream) -> TokenStream {
+    match secs {
+        Secs::Lit(secs) => secs.to_token_stream(),
+        Secs::Const { expr, option } => {
+            let mut tokens = expr.to_token_stream().into_iter();
+            let first = tokens.next().map_or_else(Span::call_site, |t| t.span());
+            let last = tokens.last().map_or(first, |t| t.span());
+            let text = expr_text(expr);
+            let head = respan(quote!(#krate::__private::seconds), first);
+            let mut args = Group::new(Delimiter::Parenthesis, quote!(#option, #text));
+            args.set_span(last);
+            let mut value = Group::new(Delimiter::Parenthesis, expr.to_token_stream());
+            value.set_span(last);
+            let get = quote_spanned!(last=> .get #args);
+            quote! {{
+                #[allow(unused_imports)]
+                use #krate::__private::SecondsOther as _;
+                #head #value #get
+            }}
         }
     }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(g) = &tree {
+                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                tree = TokenTree::Group(group);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
+}
+
+/// An expression as the user wrote it, near enough for a message: `Duration::from_millis(1500)`,
+/// `5 * 60` (the token printer's spaces around `::`, `.` and delimiters removed).
+fn expr_text(expr: &syn::Expr) -> String {
+    let mut text = expr.to_token_stream().to_string();
+    for (from, to) in [(" :: ", "::"), (":: ", "::"), (" . ", "."), (" (", "("), ("( ", "("), (" )", ")"), (" ,", ",")]
+    {
+        text = text.replace(from, to);
+    }
+    text
 }
 
 /// The path of cache-runtime: `crate = "…"`, or `::cache_runtime`.
@@ -174,26 +214,35 @@ fn service_call(
 
 fn call_opts(opts: &CallOpts, krate: &TokenStream) -> TokenStream {
     let mut out = quote!(#krate::__private::CallOpts::new());
-    if let Some(secs) = &opts.expire {
-        out.extend(quote!(.expire(#krate::__private::Duration::from_secs(#secs))));
+    let duration = |v: &Secs| {
+        let v = secs(v, krate);
+        quote!(#krate::__private::Duration::from_secs(#v))
+    };
+    if let Some(v) = &opts.expire {
+        let v = duration(v);
+        out.extend(quote!(.expire(#v)));
     }
-    if let Some(secs) = &opts.stale {
-        out.extend(quote!(.stale(#krate::__private::Duration::from_secs(#secs))));
+    if let Some(v) = &opts.stale {
+        let v = duration(v);
+        out.extend(quote!(.stale(#v)));
     }
-    if let Some(secs) = &opts.stale_if_error {
-        out.extend(quote!(.stale_if_error(#krate::__private::Duration::from_secs(#secs))));
+    if let Some(v) = &opts.stale_if_error {
+        let v = duration(v);
+        out.extend(quote!(.stale_if_error(#v)));
     }
     if let Some(beta) = opts.early {
         out.extend(quote!(.early(#beta)));
     }
-    if let Some(secs) = &opts.lock {
-        out.extend(quote!(.lock(#krate::__private::Duration::from_secs(#secs))));
+    if let Some(v) = &opts.lock {
+        let v = duration(v);
+        out.extend(quote!(.lock(#v)));
     }
     if let Some(cn) = &opts.cache_none {
         out.extend(match cn {
             CacheNone::SameTtl => quote!(.cache_none(::core::option::Option::None)),
-            CacheNone::Ttl(secs) => {
-                quote!(.cache_none(::core::option::Option::Some(#krate::__private::Duration::from_secs(#secs))))
+            CacheNone::Ttl(v) => {
+                let v = duration(v);
+                quote!(.cache_none(::core::option::Option::Some(#v)))
             }
         });
     }
@@ -206,9 +255,11 @@ fn http_opts(http: &HttpOpts, opts: &CallOpts, krate: &TokenStream) -> TokenStre
         out.extend(quote!(.public()));
     }
     if let Some(v) = &http.s_maxage {
+        let v = secs(v, krate);
         out.extend(quote!(.s_maxage(#v)));
     }
     if let Some(v) = &http.cdn_max_age {
+        let v = secs(v, krate);
         out.extend(quote!(.cdn_max_age(#v)));
     }
     if let Some(names) = &http.vary {
@@ -221,11 +272,9 @@ fn http_opts(http: &HttpOpts, opts: &CallOpts, krate: &TokenStream) -> TokenStre
     if http.honor_no_cache {
         out.extend(quote!(.honor_no_cache()));
     }
-    if let Some(v) = &opts.stale {
-        out.extend(quote!(.stale_while_revalidate(#v)));
-    }
-    if let Some(v) = &opts.stale_if_error {
-        out.extend(quote!(.stale_if_error(#v)));
+    if opts.stale.is_some() || opts.stale_if_error.is_some() {
+        // Read from the call's options, where they were evaluated (and checked) once.
+        out.extend(quote!(.stale_windows_of(&__CR_OPTS)));
     }
     out
 }

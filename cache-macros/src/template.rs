@@ -1,5 +1,7 @@
 //! Key templates: `"user:<id>"`, `"feed:<user.id>:<q.page>"`.
 
+use std::ops::Range;
+
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Segment {
@@ -8,6 +10,8 @@ pub(crate) enum Segment {
     Placeholder {
         root: String,
         fields: Vec<String>,
+        /// Where each field is in the template's text (byte ranges), for errors about one field.
+        field_at: Vec<Range<usize>>,
     },
 }
 
@@ -58,9 +62,15 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
         if inner.contains('<') {
             return Err(format!("unbalanced `<` in key template {template:?}: placeholders cannot nest"));
         }
-        let mut parts = inner.split('.');
-        let root = parts.next().unwrap_or_default().trim();
-        let fields: Vec<&str> = parts.map(str::trim).collect();
+        // Each dot-separated part, trimmed, with where it is in `template`.
+        let mut at = template.len() - rest.len() + 1;
+        let mut parts = inner.split('.').map(|part| {
+            let start = at + (part.len() - part.trim_start().len());
+            at += part.len() + 1;
+            (part.trim(), start..start + part.trim().len())
+        });
+        let root = parts.next().map(|(root, _)| root).unwrap_or_default();
+        let (fields, field_at): (Vec<&str>, Vec<Range<usize>>) = parts.unzip();
         if !is_ident(root) || fields.iter().any(|f| !is_ident(f) && !is_tuple_index(f)) {
             return Err(format!(
                 "invalid placeholder `<{inner}>` in key template {template:?}: expected a parameter name, \
@@ -76,6 +86,7 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
         segments.push(Segment::Placeholder {
             root: root.to_owned(),
             fields: fields.into_iter().map(str::to_owned).collect(),
+            field_at,
         });
         rest = &rest[close + 1..];
     }
@@ -93,8 +104,13 @@ mod tests {
         Segment::Lit(s.to_owned())
     }
 
-    fn ph(root: &str, fields: &[&str]) -> Segment {
-        Segment::Placeholder { root: root.to_owned(), fields: fields.iter().map(|f| (*f).to_owned()).collect() }
+    /// A placeholder whose fields are at `at` in the template.
+    fn ph(root: &str, fields: &[(&str, Range<usize>)]) -> Segment {
+        Segment::Placeholder {
+            root: root.to_owned(),
+            fields: fields.iter().map(|(f, _)| (*f).to_owned()).collect(),
+            field_at: fields.iter().map(|(_, at)| at.clone()).collect(),
+        }
     }
 
     #[test]
@@ -102,9 +118,11 @@ mod tests {
         assert_eq!(parse("user:<id>").unwrap(), vec![lit("user:"), ph("id", &[])]);
         assert_eq!(
             parse("feed:<user.id>:<q.page>").unwrap(),
-            vec![lit("feed:"), ph("user", &["id"]), lit(":"), ph("q", &["page"])]
+            vec![lit("feed:"), ph("user", &[("id", 11..13)]), lit(":"), ph("q", &[("page", 18..22)])]
         );
-        assert_eq!(parse("<self.tenant>:x").unwrap(), vec![ph("self", &["tenant"]), lit(":x")]);
+        assert_eq!(parse("<self.tenant>:x").unwrap(), vec![ph("self", &[("tenant", 6..12)]), lit(":x")]);
+        // Spaces around a part are not part of it.
+        assert_eq!(parse("l:< f . genre . 0 >").unwrap(), vec![lit("l:"), ph("f", &[("genre", 8..13), ("0", 16..17)])]);
     }
 
     #[test]
@@ -115,7 +133,7 @@ mod tests {
         assert!(parse("user:<>").unwrap_err().contains("invalid placeholder"));
         // Tuple fields: as Rust writes them, and only what a `syn::Index` holds (a larger one
         // made the macro panic instead of reporting an error).
-        assert_eq!(parse("<t.0>").unwrap(), vec![ph("t", &["0"])]);
+        assert_eq!(parse("<t.0>").unwrap(), vec![ph("t", &[("0", 3..4)])]);
         for field in ["99999999999", "+1", "01", "1e3"] {
             assert!(parse(&format!("<t.{field}>")).unwrap_err().contains("invalid placeholder"), "{field}");
         }
@@ -138,6 +156,24 @@ mod proptests {
             let _ = parse(&text);
         }
 
+        /// Each field's range is where the field is in the text.
+        #[test]
+        fn fields_are_where_they_are_written(
+            fields in proptest::collection::vec("[a-z_][a-z0-9_]{0,6}|[0-9]", 1..4),
+            spaces in proptest::collection::vec(" {0,2}", 8),
+        ) {
+            let text = format!("k:<{}root{}.{}>", spaces[0], spaces[1], fields.iter().enumerate()
+                .map(|(i, f)| format!("{}{f}{}", spaces[2 + i], spaces[(5 + i) % 8]))
+                .collect::<Vec<_>>()
+                .join("."));
+            let segments = parse(&text).unwrap();
+            let Segment::Placeholder { fields: parsed, field_at, .. } = &segments[1] else { panic!("{segments:?}") };
+            prop_assert_eq!(parsed, &fields);
+            for (field, at) in fields.iter().zip(field_at) {
+                prop_assert_eq!(&text[at.clone()], field.as_str());
+            }
+        }
+
         /// Templates built from valid pieces parse back to those pieces.
         #[test]
         fn valid_templates_round_trip(
@@ -148,7 +184,10 @@ mod proptests {
             prop_assert_eq!(segments.len(), parts.len() * 2);
             for (i, (lit, name)) in parts.iter().enumerate() {
                 prop_assert_eq!(&segments[2 * i], &Segment::Lit(lit.clone()));
-                prop_assert_eq!(&segments[2 * i + 1], &Segment::Placeholder { root: name.clone(), fields: vec![] });
+                prop_assert_eq!(
+                    &segments[2 * i + 1],
+                    &Segment::Placeholder { root: name.clone(), fields: vec![], field_at: vec![] }
+                );
             }
         }
     }

@@ -71,6 +71,7 @@ mod lock;
 mod policy;
 mod read;
 mod returns;
+mod secs;
 mod store;
 mod sync;
 mod time;
@@ -250,6 +251,7 @@ pub mod __private {
     pub use crate::returns::{
         Outcome, Returns, SucceededOption, SucceededResult, SucceededValue, ViaOption, ViaResult, ViaValue,
     };
+    pub use crate::secs::{seconds, Seconds, SecondsOther, SecondsType};
     pub use crate::{current, global, Cache, Cacheable};
     pub use core::time::Duration;
 

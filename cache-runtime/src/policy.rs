@@ -80,6 +80,11 @@ impl CallOpts {
         self
     }
 
+    /// `stale` and `stale_if_error`, for the handler's `Cache-Control`.
+    pub(crate) const fn stale_windows(&self) -> (Option<Duration>, Option<Duration>) {
+        (self.stale, self.stale_if_error)
+    }
+
     /// How long an entry outlives its freshness (the longer serve-stale window).
     pub(crate) fn keep(&self) -> Duration {
         self.stale.unwrap_or_default().max(self.stale_if_error.unwrap_or_default())

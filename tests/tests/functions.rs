@@ -898,3 +898,50 @@ async fn numeric_options_take_constant_expressions() {
         assert_eq!(calls.get(), 2, "{}: expired after the constant's one second", b.name);
     }
 }
+
+const STALE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Every seconds option also takes a `Duration` of whole seconds: a call, a path to a constant.
+/// Owned parameters: a stale value is answered at once and refreshed in the background.
+#[cached(expire = Duration::from_secs(1), stale = STALE_WINDOW, key = "dur:<id>", cache = cache, skip = [cache, calls])]
+async fn duration_ttls(cache: Cache, calls: Arc<Calls>, id: u32) -> String {
+    let n = calls.hit();
+    format!("{id} v{n}")
+}
+
+/// A `Duration` whose seconds are a constant expression, spelled with its full path.
+#[cached(expire = std::time::Duration::from_secs(5 * 60), lock = Duration::from_secs(2), cache_none = STALE_WINDOW, key = "dur-long:<id>", cache = cache, skip = [cache, calls])]
+async fn long_duration(cache: &Cache, calls: &Calls, id: u32) -> Option<u32> {
+    calls.hit();
+    (id > 0).then_some(id)
+}
+
+/// `expire = Duration::from_secs(1)` expires after one second, and `stale = STALE_WINDOW` (a
+/// `const Duration`) then serves the expired value while one refresh replaces it.
+#[tokio::test]
+async fn seconds_options_take_durations() {
+    for b in Backend::all() {
+        let calls = Arc::new(Calls::default());
+        assert_eq!(duration_ttls(b.cache.clone(), calls.clone(), 1).await, "1 v1");
+        assert_eq!(duration_ttls(b.cache.clone(), calls.clone(), 1).await, "1 v1");
+        assert_eq!(calls.get(), 1, "{}: fresh within the second", b.name);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // Expired, inside `stale`: the stale value at once, and one refresh.
+        assert_eq!(duration_ttls(b.cache.clone(), calls.clone(), 1).await, "1 v1", "{}: served stale", b.name);
+        assert!(b.cache.stats().stale >= 1, "{}", b.name);
+        eventually("the refresh landed", async || b.cache.stats().stores == 2).await;
+        assert_eq!(duration_ttls(b.cache.clone(), calls.clone(), 1).await, "1 v2", "{}: refreshed", b.name);
+        assert_eq!(calls.get(), 2, "{}: exactly one refresh", b.name);
+
+        // Five minutes: still fresh after the wait that expired the one-second entry.
+        let calls = Calls::default();
+        for id in [0, 1] {
+            long_duration(&b.cache, &calls, id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for id in [0, 1] {
+            long_duration(&b.cache, &calls, id).await;
+        }
+        assert_eq!(calls.get(), 2, "{}: a value and a None, each stored once", b.name);
+    }
+}

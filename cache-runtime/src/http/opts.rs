@@ -71,6 +71,18 @@ impl HttpOpts {
         self.stale_if_error = Some(secs);
         self
     }
+    /// `stale` and `stale_if_error` as the call's options hold them: the macro evaluates each
+    /// seconds option once, in the `CallOpts` (a bad value is then one error, not two).
+    pub const fn stale_windows_of(mut self, opts: &crate::policy::CallOpts) -> Self {
+        let (stale, stale_if_error) = opts.stale_windows();
+        if let Some(window) = stale {
+            self.stale_while_revalidate = Some(window.as_secs());
+        }
+        if let Some(window) = stale_if_error {
+            self.stale_if_error = Some(window.as_secs());
+        }
+        self
+    }
     /// `public`.
     pub const fn public(mut self) -> Self {
         self.public = true;

@@ -37,6 +37,14 @@ async fn list(Query(p): Query<Page>) -> impl IntoResponse {
     (StatusCode::OK, format!("page {}", p.page))
 }
 
+const CDN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The HTTP seconds options take a `Duration` too.
+#[cached(key = "list2:<p.page>", public, s_maxage = std::time::Duration::from_secs(2 * 60), cdn_max_age = CDN_AGE, stale = CDN_AGE)]
+async fn list_durations(Query(p): Query<Page>) -> impl IntoResponse {
+    (StatusCode::OK, format!("page {}", p.page))
+}
+
 /// Only a custom extractor: `http` marks it as a handler.
 #[cached(http, key = "me:<user.id>", vary = ["Authorization", "Accept-Language"], honor_no_cache)]
 async fn me(user: User) -> String {
@@ -47,6 +55,7 @@ fn main() {
     let _router: Router = Router::new()
         .route("/users/{id}", get(user))
         .route("/list", get(list))
+        .route("/list2", get(list_durations))
         .route("/me", get(me))
         .with_state(App { cache: Cache::memory() });
 }
