@@ -121,6 +121,8 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     def("early", CACHED, AnyFn, Kind::Flag(|o, span| o.early = Some(Spanned { value: 1.0, span }))),
     def("beta", CACHED, AnyFn, Kind::Positive(|o, v| o.early = Some(v))),
     // `lock` holds the cross-replica lock 10 s at most, `lock = N` N s.
+    def("unless", CACHED, AnyFn, Kind::Expr(|o, v| o.unless = Some(v))),
+    def("expire_with", CACHED, AnyFn, Kind::Expr(|o, v| o.expire_with = Some(v))),
     def("lock", CACHED, AnyFn, Kind::FlagOrSecs {
         flag: |o, span| o.lock = Some(Spanned { value: Secs::Lit(10), span }),
         secs: |o, v| o.lock = Some(v),
@@ -222,6 +224,10 @@ pub(crate) struct Options {
     pub(crate) early: Option<Spanned<f64>>,
     /// `lock` (10 s) or `lock = N`: seconds the cross-replica lock is held at most.
     pub(crate) lock: Option<Spanned<Secs>>,
+    /// `unless = <expr>`: a value for which it says `true` is not stored.
+    pub(crate) unless: Option<Expr>,
+    /// `expire_with = <expr>`: an entry's lifetime, from its value.
+    pub(crate) expire_with: Option<Expr>,
     /// The first handler-only option written, with the span of its name.
     pub(crate) first_handler_option: Option<(&'static str, Span)>,
 }
@@ -252,6 +258,8 @@ impl Options {
             stale_if_error: None,
             early: None,
             lock: None,
+            unless: None,
+            expire_with: None,
             first_handler_option: None,
         }
     }

@@ -25,6 +25,14 @@ pub(crate) struct CachedPlan {
     /// A refresh may run in a background task: the body owns everything it uses.
     pub(crate) background: bool,
     pub(crate) mode: Mode,
+    /// `unless` / `expire_with`: over the value (a service fn) or the response (a handler).
+    pub(crate) policy: Policy,
+}
+
+/// `unless` and `expire_with` (`expire`, when set, caps the second).
+pub(crate) struct Policy {
+    pub(crate) unless: Option<Expr>,
+    pub(crate) expire_with: Option<Expr>,
 }
 
 /// How the fn's outcome is stored and answered.
@@ -158,6 +166,7 @@ pub(crate) fn cached(options: Options, func: ItemFn) -> syn::Result<CachedPlan> 
             lock: options.lock.map(|s| s.value),
             cache_none: options.cache_none.map(|s| s.value),
         },
+        policy: Policy { unless: options.unless, expire_with: options.expire_with },
         func,
         ret_ty,
         key,

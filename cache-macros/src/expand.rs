@@ -8,7 +8,7 @@ use syn::spanned::Spanned as _;
 use syn::{AttrStyle, Attribute, Ident, ItemFn, Path, ReturnType, Type};
 
 use crate::attr::{CacheNone, Secs};
-use crate::check::{CachedPlan, CallOpts, HttpOpts, InvalidatesPlan, Key, Mode, Part, Template};
+use crate::check::{CachedPlan, CallOpts, HttpOpts, InvalidatesPlan, Key, Mode, Part, Policy, Template};
 use crate::signature::{self, Returns};
 
 /// A number of seconds: a literal as is (`attr` checked it), or a constant expression (a `u64`
@@ -118,7 +118,7 @@ pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
     let (sig, head, call) = match &plan.mode {
         Mode::Handler(http) => handler_call(plan, http, &namespace, &spawner, &krate),
         Mode::Service(returns) => {
-            (plan.func.sig.clone(), None, service_call(returns, ret_ty, &namespace, &spawner, &krate))
+            (plan.func.sig.clone(), None, service_call(returns, ret_ty, &plan.policy, &namespace, &spawner, &krate))
         }
     };
     let vis = &plan.func.vis;
@@ -142,7 +142,10 @@ fn handler_call(
     krate: &TokenStream,
 ) -> (syn::Signature, Option<TokenStream>, TokenStream) {
     let ret_ty = &plan.ret_ty;
-    let http_opts = http_opts(http, &plan.opts, krate);
+    let mut http_opts = http_opts(http, &plan.opts, krate);
+    if let Some(policy) = policy(&plan.policy, Some(&quote!(#krate::__private::Response)), krate) {
+        http_opts.extend(quote!(.policy(#policy)));
+    }
     let mut sig = plan.func.sig.clone();
     let at = usize::from(plan.has_self);
     // Only a handler that reads more than the conditional headers copies the header map.
@@ -177,6 +180,7 @@ fn handler_call(
 fn service_call(
     returns: &Returns,
     ret_ty: &Type,
+    policy_plan: &Policy,
     namespace: &TokenStream,
     spawner: &TokenStream,
     krate: &TokenStream,
@@ -186,28 +190,33 @@ fn service_call(
             cache: __cr_cache, key: __cr_w.finish(), namespace: #namespace, tags: &__cr_tags, opts: &__CR_OPTS,
         }
     };
+    let policy_of = |value: Option<&TokenStream>| {
+        policy(policy_plan, value, krate).unwrap_or_else(|| quote!(#krate::__private::Policy::new()))
+    };
     let (runtime_fn, value_ty, infer) = match returns {
         // Not spelled `Result<…>`/`Option<…>`: it may still be one behind an alias
         // (`CatalogResult<T>`). The type decides (see `cache_runtime::returns`).
         Returns::Plain => {
+            let policy = policy_of(None);
             return quote_spanned! {ret_ty.span()=>
                 {
                     #[allow(unused_imports)]
                     use #krate::__private::{ViaOption as _, ViaResult as _, ViaValue as _};
                     (&&#krate::__private::Returns::<#ret_ty>::new()).cached_by_type(
-                        #call_ctx, #krate::__private::Policy::new(), __cr_body, #spawner,
+                        #call_ctx, #policy, __cr_body, #spawner,
                     ).await
                 }
-            }
+            };
         }
         Returns::Option(t) => ("cached_option", t, quote!(_)),
         Returns::Result(t) => ("cached_result", t, quote!(_, _)),
     };
     let runtime_fn = Ident::new(runtime_fn, value_ty.span());
+    let policy = policy_of(Some(&value_ty.to_token_stream()));
     // Spanned at the cached type, so "cannot be stored in the cache" points at it.
     quote_spanned! {value_ty.span()=>
         #krate::__private::#runtime_fn::<#value_ty, #infer>(
-            #call_ctx, #krate::__private::Policy::new(), __cr_body, #spawner,
+            #call_ctx, #policy, __cr_body, #spawner,
         ).await
     }
 }
@@ -247,6 +256,23 @@ fn call_opts(opts: &CallOpts, krate: &TokenStream) -> TokenStream {
         });
     }
     out
+}
+
+/// `unless` / `expire_with` as a `Policy` over `value` (the type the expressions see; inferred
+/// from the runtime fn's signature when `None`), capped by `expire`; `None` when neither is set.
+/// The expressions get their types from where they are passed (`|v| v.is_empty()` needs no
+/// annotation when the value type is known), and a mismatch is reported at the expression.
+fn policy(policy: &Policy, value: Option<&TokenStream>, krate: &TokenStream) -> Option<TokenStream> {
+    if policy.unless.is_none() && policy.expire_with.is_none() {
+        return None;
+    }
+    let some = |e: &Option<syn::Expr>| match e {
+        Some(e) => quote_spanned!(e.span()=> ::core::option::Option::Some(#e)),
+        None => quote!(::core::option::Option::None),
+    };
+    let (unless, expire_with) = (some(&policy.unless), some(&policy.expire_with));
+    let value = value.map(|ty| quote!(::<#ty>));
+    Some(quote!(#krate::__private::Policy #value ::of(#unless, #expire_with, __CR_OPTS.expire_bound())))
 }
 
 fn http_opts(http: &HttpOpts, opts: &CallOpts, krate: &TokenStream) -> TokenStream {

@@ -95,6 +95,29 @@ impl CacheLayer {
         self
     }
 
+    /// Which responses are stored and for how long: a [`Policy`](crate::Policy) over the
+    /// response, seen before its body is read (`unless`, `expire_with`; `expire` caps the
+    /// lifetime `expire_with` gives).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::response::Response;
+    /// use cache_runtime::{Cache, CacheLayer, Policy};
+    ///
+    /// let drafts_stay_out = Policy::new()
+    ///     .unless(|r: &Response| r.headers().contains_key("x-draft"))
+    ///     .expire_with(|r: &Response| {
+    ///         let secs = r.headers().get("x-valid-for").and_then(|v| v.to_str().ok()?.parse().ok());
+    ///         Duration::from_secs(secs.unwrap_or(60))
+    ///     });
+    /// let layer = CacheLayer::new(Cache::memory()).expire(600).policy(drafts_stay_out);
+    /// # drop(layer);
+    /// ```
+    pub fn policy(mut self, policy: crate::Policy<Response>) -> Self {
+        self.http = self.http.policy(policy);
+        self
+    }
+
     /// One request per key across replicas computes a missing response.
     pub fn lock(mut self, hold_secs: u64) -> Self {
         self.opts = self.opts.lock(Duration::from_secs(hold_secs));
@@ -137,6 +160,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
+            // `expire` caps `expire_with`, whichever was set first.
+            let http = layer.http.capped_by(layer.opts.expire_bound());
             let mut key = layer.cache.key_writer(&layer.namespace, 64);
             key.lit("layer:");
             meta.key_uri(&mut key);
@@ -147,7 +172,7 @@ where
                 }
             };
             let call = Call { cache: &layer.cache, key, namespace: &layer.namespace, tags: &[], opts: &layer.opts };
-            let response = cached_handler(call, meta, &layer.http, body, Spawner::background()).await;
+            let response = cached_handler(call, meta, &http, body, Spawner::background()).await;
             Ok(response)
         })
     }

@@ -90,6 +90,11 @@ impl CallOpts {
         self.stale.unwrap_or_default().max(self.stale_if_error.unwrap_or_default())
     }
 
+    /// `expire`, when set: the cap of `expire_with`.
+    pub const fn expire_bound(&self) -> Option<Duration> {
+        self.ttl
+    }
+
     /// `expire`, or the cache's default.
     pub(crate) fn ttl(&self, default: Duration) -> Duration {
         self.ttl.unwrap_or(default)

@@ -198,3 +198,54 @@ async fn a_layer_with_lock_computes_once_across_replicas() {
         assert_eq!(service.calls.get(), 2, "{}: 40 requests on 2 replicas, one body run", b.name);
     }
 }
+
+async fn draft(
+    axum::extract::Path(id): axum::extract::Path<u32>,
+    State(calls): State<Arc<Calls>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let run = calls.hit();
+    let valid_for = (id * 10).to_string();
+    if id == 0 {
+        ([("x-draft", "1")], format!("draft (run {run})")).into_response()
+    } else {
+        ([("x-valid-for", valid_for)], format!("post {id} (run {run})")).into_response()
+    }
+}
+
+/// `CacheLayer::policy`: a draft is answered but never stored; `expire_with` sets each entry's
+/// lifetime (and `max-age`), capped by `expire`.
+#[tokio::test]
+async fn a_layer_takes_a_policy_over_the_response() {
+    use axum::response::Response;
+    for b in [Backend::memory(), Backend::redis()] {
+        let calls = Arc::new(Calls::default());
+        let policy = cache_runtime::Policy::new()
+            .unless(|r: &Response| r.headers().contains_key("x-draft"))
+            .expire_with(|r: &Response| {
+                let secs = r.headers().get("x-valid-for").and_then(|v| v.to_str().ok()?.parse().ok());
+                Duration::from_secs(secs.unwrap_or(0))
+            });
+        let router = Router::new()
+            .route("/posts/{id}", get(draft))
+            .with_state(calls.clone())
+            .layer(CacheLayer::new(b.cache.clone()).expire(100).policy(policy));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let c = reqwest::Client::new();
+        for run in 1..=2 {
+            let r = c.get(format!("{base}/posts/0")).send().await.unwrap();
+            assert_eq!(r.headers()["x-cache"], "MISS", "{}", b.name);
+            assert_eq!(r.text().await.unwrap(), format!("draft (run {run})"), "{}: a draft is never stored", b.name);
+        }
+        let cc = |r: &reqwest::Response| r.headers()["cache-control"].to_str().unwrap().to_owned();
+        let miss = c.get(format!("{base}/posts/3")).send().await.unwrap();
+        assert_eq!(cc(&miss), "private, max-age=30", "{}: expire_with", b.name);
+        let hit = c.get(format!("{base}/posts/3")).send().await.unwrap();
+        assert_eq!(hit.headers()["x-cache"], "HIT", "{}", b.name);
+        let capped = c.get(format!("{base}/posts/50")).send().await.unwrap();
+        assert_eq!(cc(&capped), "private, max-age=100", "{}: capped by expire", b.name);
+        assert_eq!(calls.get(), 4, "{}", b.name);
+    }
+}

@@ -56,6 +56,14 @@ impl HttpOpts {
             policy: Policy::new(),
         }
     }
+    /// These options with `expire_with` capped by `max` (when the policy has no cap).
+    pub(crate) fn capped_by(mut self, max: Option<Duration>) -> Self {
+        if let Some(max) = max {
+            self.policy = self.policy.bounded_by(max);
+        }
+        self
+    }
+
     /// `unless = …` / `expire_with = …` (over the response, before its body is read).
     pub const fn policy(mut self, policy: Policy<Response>) -> Self {
         self.policy = policy;
