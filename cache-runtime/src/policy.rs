@@ -81,6 +81,7 @@ impl CallOpts {
     }
 
     /// `stale` and `stale_if_error`, for the handler's `Cache-Control`.
+    #[cfg(feature = "axum")]
     pub(crate) const fn stale_windows(&self) -> (Option<Duration>, Option<Duration>) {
         (self.stale, self.stale_if_error)
     }
