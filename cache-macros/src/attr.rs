@@ -121,6 +121,7 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     def("early", CACHED, AnyFn, Kind::Flag(|o, span| o.early = Some(Spanned { value: 1.0, span }))),
     def("beta", CACHED, AnyFn, Kind::Positive(|o, v| o.early = Some(v))),
     // `lock` holds the cross-replica lock 10 s at most, `lock = N` N s.
+    def("batch", CACHED, AnyFn, Kind::Flag(|o, span| o.batch = Some(span))),
     def("unless", CACHED, AnyFn, Kind::Expr(|o, v| o.unless = Some(v))),
     def("expire_with", CACHED, AnyFn, Kind::Expr(|o, v| o.expire_with = Some(v))),
     def("lock", CACHED, AnyFn, Kind::FlagOrSecs {
@@ -224,6 +225,8 @@ pub(crate) struct Options {
     pub(crate) early: Option<Spanned<f64>>,
     /// `lock` (10 s) or `lock = N`: seconds the cross-replica lock is held at most.
     pub(crate) lock: Option<Spanned<Secs>>,
+    /// `batch`: the fn loads many elements at once (one parameter is the batch).
+    pub(crate) batch: Option<Span>,
     /// `unless = <expr>`: a value for which it says `true` is not stored.
     pub(crate) unless: Option<Expr>,
     /// `expire_with = <expr>`: an entry's lifetime, from its value.
@@ -258,6 +261,7 @@ impl Options {
             stale_if_error: None,
             early: None,
             lock: None,
+            batch: None,
             unless: None,
             expire_with: None,
             first_handler_option: None,

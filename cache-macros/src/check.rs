@@ -7,7 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::{Expr, Ident, ItemFn, Member, Path, Type};
 
 use crate::attr::{CacheNone, Errors, Options, Secs, TemplateLit};
-use crate::signature::{self, is_handler, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
+use crate::signature::{self, is_handler, Param, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
 use crate::template::Segment;
 
 /// What `#[cached]` generates, validated.
@@ -41,6 +41,20 @@ pub(crate) enum Mode {
     Handler(HttpOpts),
     /// A service fn: the return type says what is stored.
     Service(Returns),
+    /// `batch`: a service fn that loads many elements at once.
+    Batch(Box<BatchPlan>),
+}
+
+/// A batch fn: its batch parameter (one element stands for it in the templates) and what its
+/// map holds.
+pub(crate) struct BatchPlan {
+    pub(crate) param: Ident,
+    pub(crate) param_ty: Type,
+    pub(crate) collection: signature::Collection,
+    /// The return type is spelled `Result<map, E>`.
+    pub(crate) fallible: bool,
+    /// `V` of the map, when the return type spells it.
+    pub(crate) value_ty: Option<Type>,
 }
 
 /// The options of every cached call.
@@ -76,10 +90,12 @@ pub(crate) enum Key {
 }
 
 /// A key or tag template whose placeholders all name something the fn has.
+#[derive(Clone)]
 pub(crate) struct Template(pub(crate) Vec<Part>);
 
 /// One piece of a resolved template; every token made from a placeholder is spanned at its
 /// template, so rustc's errors about it (not `Display`, no such field) land there.
+#[derive(Clone)]
 pub(crate) enum Part {
     Lit(String),
     /// `<T>`: the name of the type a type parameter is instantiated with.
@@ -137,7 +153,10 @@ pub(crate) fn cached(options: Options, func: ItemFn) -> syn::Result<CachedPlan> 
     } else {
         check_service_fn(&options, &sig, &func.sig.generics, &mut errors);
     }
-    check_cache_none(&options, &sig, handler, &mut errors);
+    let batch = options.batch.and_then(|span| check_batch(span, &options, &sig, handler, &mut errors));
+    if options.batch.is_none() {
+        check_cache_none(&options, &sig, handler, &mut errors);
+    }
     check_key_types(&options, &sig, &func.sig.ident, &mut errors);
     let key = match &options.key {
         Some(template) => Key::Template(resolve(template, &sig, &options.skip, &mut errors)),
@@ -151,9 +170,16 @@ pub(crate) fn cached(options: Options, func: ItemFn) -> syn::Result<CachedPlan> 
     let tags = options.tags.iter().map(|tag| resolve(tag, &sig, &options.skip, &mut errors)).collect();
     errors.finish()?;
     let ret_ty = ret_ty?;
-    let mode = if handler { Mode::Handler(http_opts(&options)) } else { Mode::Service(signature::returns(&ret_ty)) };
+    let mode = match batch {
+        Some(batch) => Mode::Batch(Box::new(batch)),
+        None if handler => Mode::Handler(http_opts(&options)),
+        None => Mode::Service(signature::returns(&ret_ty)),
+    };
     Ok(CachedPlan {
-        background: (options.stale.is_some() || options.early.is_some()) && sig.owns_its_parameters,
+        // A batch refreshes its stale elements in its own body run.
+        background: (options.stale.is_some() || options.early.is_some())
+            && sig.owns_its_parameters
+            && options.batch.is_none(),
         has_self: sig.has_self,
         krate: options.krate,
         cache: options.cache,
@@ -332,6 +358,92 @@ fn type_parameter_error(param: &Ident, attribute: &str, decides: &str) -> syn::E
 }
 
 /// `cache_none` stores `None`s: it needs a fn returning `Option`, and no handler.
+/// `batch`: a service fn whose key names exactly one collection parameter (`Vec<K>`, `&[K]`,
+/// `HashSet<K>`, `BTreeSet<K>`: the placeholder stands for one element) and that returns a map.
+fn check_batch(
+    span: Span,
+    options: &Options,
+    sig: &Signature,
+    handler: bool,
+    errors: &mut Errors,
+) -> Option<BatchPlan> {
+    const SHAPES: &str = "`Vec<K>`, `&[K]`, `HashSet<K>` or `BTreeSet<K>`";
+    if handler {
+        errors.push(syn::Error::new(span, "`batch` applies to service fns, not to axum handlers"));
+        return None;
+    }
+    if let Some(lock) = &options.lock {
+        errors.push(syn::Error::new(lock.span, "`lock` is not supported with `batch` yet: leave it out (single-flight still computes each element once per process)"));
+    }
+    let collections: Vec<&Param> = sig.params.iter().filter(|p| signature::collection(&p.ty).is_some()).collect();
+    let Some(template) = &options.key else {
+        errors.push(syn::Error::new(
+            span,
+            format!(
+                "a batch fn needs `key`, with a placeholder for its batch parameter ({SHAPES}) that stands for one \
+                 element: `key = \"user:<ids>\"` gives each element the entry `#[cached(key = \"user:<id>\")]` stores"
+            ),
+        ));
+        return None;
+    };
+    let named: Vec<&Param> = collections
+        .iter()
+        .copied()
+        .filter(|p| {
+            template
+                .segments
+                .iter()
+                .any(|s| matches!(s, Segment::Placeholder { root, .. } if p.names.iter().any(|n| n == root)))
+        })
+        .collect();
+    let param = match named.as_slice() {
+        [one] if one.names.len() == 1 => *one,
+        [] if collections.is_empty() => {
+            errors.push(syn::Error::new(span, format!("a batch fn needs a batch parameter: {SHAPES}")));
+            return None;
+        }
+        [] => {
+            errors.push(syn::Error::new(
+                template.span(),
+                format!("the key names no batch parameter: name the {SHAPES} parameter, which stands for one element"),
+            ));
+            return None;
+        }
+        [_] => {
+            errors.push(syn::Error::new(span, "a batch parameter must be a plain name (`ids: Vec<u64>`)"));
+            return None;
+        }
+        [first, second, ..] => {
+            errors.push(syn::Error::new(
+                second.span,
+                format!(
+                    "a batch has one batch parameter; the key names two: `{}` and `{}`",
+                    first.names[0], second.names[0]
+                ),
+            ));
+            return None;
+        }
+    };
+    let ret_ty = sig.output.as_ref()?;
+    let value_ty = signature::batch_value(ret_ty);
+    let is_map = value_ty.is_some();
+    if !is_map {
+        errors.push(syn::Error::new(
+            ret_ty.span(),
+            "a batch fn returns a map of its elements to their values: `HashMap<K, V>`, `BTreeMap<K, V>` or \
+             `Vec<(K, V)>`, or a `Result` of one (an element missing from it is not found)",
+        ));
+        return None;
+    }
+    Some(BatchPlan {
+        param: param.names[0].clone(),
+        param_ty: param.ty.clone(),
+        collection: signature::collection(&param.ty)?,
+        fallible: matches!(signature::returns(ret_ty), Returns::Result(_)),
+        value_ty,
+    })
+}
+
 fn check_cache_none(options: &Options, sig: &Signature, handler: bool, errors: &mut Errors) {
     let (Some(cn), Some(ty)) = (&options.cache_none, &sig.output) else { return };
     if handler {

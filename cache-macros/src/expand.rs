@@ -8,7 +8,7 @@ use syn::spanned::Spanned as _;
 use syn::{AttrStyle, Attribute, Ident, ItemFn, Path, ReturnType, Type};
 
 use crate::attr::{CacheNone, Secs};
-use crate::check::{CachedPlan, CallOpts, HttpOpts, InvalidatesPlan, Key, Mode, Part, Policy, Template};
+use crate::check::{BatchPlan, CachedPlan, CallOpts, HttpOpts, InvalidatesPlan, Key, Mode, Part, Policy, Template};
 use crate::signature::{self, Returns};
 
 /// A number of seconds: a literal as is (`attr` checked it), or a constant expression (a `u64`
@@ -80,6 +80,9 @@ fn split_attrs(func: &ItemFn) -> (Vec<&Attribute>, Vec<&Attribute>) {
 /// `#[cached(...)]`: bind the cache, build the key, tags and options, wrap the body in a future,
 /// and hand them to the runtime's read-through for the fn's mode.
 pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
+    if let Mode::Batch(batch) = &plan.mode {
+        return cached_batch(plan, batch);
+    }
     let krate = krate(plan.krate.as_ref());
     let ret_ty = &plan.ret_ty;
     let (outer, inner) = split_attrs(&plan.func);
@@ -117,6 +120,7 @@ pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
     };
     let (sig, head, call) = match &plan.mode {
         Mode::Handler(http) => handler_call(plan, http, &namespace, &spawner, &krate),
+        Mode::Batch(_) => unreachable!("expanded by `cached_batch`"),
         Mode::Service(returns) => {
             (plan.func.sig.clone(), None, service_call(returns, ret_ty, &plan.policy, &namespace, &spawner, &krate))
         }
@@ -127,6 +131,91 @@ pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
         #vis #sig {
             #head
             #prologue
+            #call
+        }
+    }
+}
+
+/// `#[cached(batch)]`: each element's key and tags (the templates with the element in place of
+/// the batch parameter), a body that takes the missing elements (rebound to the parameter's
+/// type), and one call into the runtime's batch read-through.
+fn cached_batch(plan: &CachedPlan, batch: &BatchPlan) -> TokenStream {
+    let krate = krate(plan.krate.as_ref());
+    let ret_ty = &plan.ret_ty;
+    let (outer, inner) = split_attrs(&plan.func);
+    // Owned: the body (moved into its closure) may move what the `cache` expression borrows.
+    let cache = cache_binding(plan.cache.as_ref(), &krate, true);
+    let namespace =
+        plan.namespace.as_ref().map_or_else(|| quote!(#krate::__private::DEFAULT_NAMESPACE), |ns| quote!(#ns));
+    let opts = call_opts(&plan.opts, &krate);
+    let element = Ident::new("__cr_el", Span::call_site());
+    let per_element = |template: &Template| {
+        Template(
+            template
+                .0
+                .iter()
+                .map(|part| match part {
+                    Part::Value { root, fields, span } if *root == batch.param => {
+                        Part::Value { root: element.clone(), fields: fields.clone(), span: *span }
+                    }
+                    other => other.clone(),
+                })
+                .collect(),
+        )
+    };
+    let (key_builder, capacity) = match &plan.key {
+        Key::Template(template) => template_key(&per_element(template), &krate),
+        // A batch has a `key` (checked).
+        Key::Request | Key::Args { .. } => return quote!(::core::compile_error!("a batch fn needs `key`");),
+    };
+    let tags = render_tags(&plan.tags.iter().map(per_element).collect::<Vec<_>>(), &krate);
+    let param = &batch.param;
+    let param_ty = &batch.param_ty;
+    let rebind = match batch.collection {
+        signature::Collection::Owned => {
+            quote!(let #param: #param_ty = ::core::iter::FromIterator::from_iter(__cr_missing);)
+        }
+        signature::Collection::Slice => quote! {
+            let __cr_owned: ::std::vec::Vec<_> = __cr_missing;
+            let #param = &__cr_owned[..];
+        },
+    };
+    let stmts = &plan.func.block.stmts;
+    let fake_return = fake_return(ret_ty);
+    let value = batch.value_ty.as_ref().map(ToTokens::to_token_stream);
+    let policy =
+        policy(&plan.policy, value.as_ref(), &krate).unwrap_or_else(|| quote!(#krate::__private::Policy::new()));
+    let runtime_fn = if batch.fallible { quote!(cached_batch_result) } else { quote!(cached_batch) };
+    let call = quote_spanned! {ret_ty.span()=>
+        #krate::__private::#runtime_fn(
+            #krate::__private::Batch { cache: __cr_cache, namespace: #namespace, opts: &__CR_OPTS, elements: __cr_elements },
+            #policy,
+            __cr_body,
+        ).await
+    };
+    let sig = &plan.func.sig;
+    let vis = &plan.func.vis;
+    quote! {
+        #(#outer)*
+        #vis #sig {
+            #(#inner)*
+            #cache
+            const __CR_OPTS: #krate::__private::CallOpts = #opts;
+            let __cr_elements: ::std::vec::Vec<_> = #param
+                .iter()
+                .cloned()
+                .map(|#element| {
+                    let mut __cr_w = #krate::__private::key_writer(__cr_cache, #namespace, #capacity);
+                    #key_builder
+                    let __cr_tags: ::std::vec::Vec<::std::string::String> = ::std::vec![#(#tags),*];
+                    #krate::__private::Element { id: #element, key: __cr_w.finish(), tags: __cr_tags }
+                })
+                .collect();
+            let __cr_body = move |__cr_missing: ::std::vec::Vec<_>| async move {
+                #rebind
+                #fake_return
+                #(#stmts)*
+            };
             #call
         }
     }

@@ -35,6 +35,8 @@ pub(crate) struct Param {
     pub(crate) names: Vec<Ident>,
     /// The last path segment of its type (`Path` for `axum::extract::Path<u64>`), or empty.
     pub(crate) type_name: String,
+    /// Its type.
+    pub(crate) ty: Type,
 }
 
 impl Signature {
@@ -53,7 +55,7 @@ impl Signature {
                         Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default(),
                         _ => String::new(),
                     };
-                    params.push(Param { span: pat.pat.span(), names: bound, type_name });
+                    params.push(Param { span: pat.pat.span(), names: bound, type_name, ty: (*pat.ty).clone() });
                 }
             }
         }
@@ -256,4 +258,55 @@ fn owns_its_parameters(func: &ItemFn) -> bool {
             !b.0
         }
     })
+}
+
+/// How a batch parameter holds its elements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Collection {
+    /// `Vec<K>`, `HashSet<K>`, `BTreeSet<K>`: rebuilt from the missing elements by `collect`.
+    Owned,
+    /// `&[K]`: a slice of the missing elements.
+    Slice,
+}
+
+/// Whether `ty` can be a batch parameter: `Vec<K>`, `HashSet<K>`, `BTreeSet<K>` or `&[K]`.
+pub(crate) fn collection(ty: &Type) -> Option<Collection> {
+    match strip(ty) {
+        Type::Reference(r) if matches!(strip(&r.elem), Type::Slice(_)) => Some(Collection::Slice),
+        Type::Path(p) => {
+            let last = p.path.segments.last()?;
+            let named = ["Vec", "HashSet", "BTreeSet"].iter().any(|n| last.ident == n);
+            (named && first_type_arg(&last.arguments).is_some()).then_some(Collection::Owned)
+        }
+        _ => None,
+    }
+}
+
+/// The value type of a batch fn's map (`V` of `HashMap<K, V>`, `BTreeMap<K, V>`,
+/// `Vec<(K, V)>`), when the return type spells one (inside a `Result` or not).
+pub(crate) fn batch_value(ty: &Type) -> Option<Type> {
+    let map = match returns(ty) {
+        Returns::Result(inner) => inner,
+        Returns::Plain => ty.clone(),
+        Returns::Option(_) => return None,
+    };
+    let Type::Path(p) = strip(&map) else { return None };
+    let last = p.path.segments.last()?;
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let types: Vec<&Type> = args
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            GenericArgument::Type(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    match (last.ident.to_string().as_str(), types.as_slice()) {
+        ("HashMap" | "BTreeMap", [_, value, ..]) => Some((*value).clone()),
+        ("Vec", [pair]) => match strip(pair) {
+            Type::Tuple(t) if t.elems.len() == 2 => t.elems.iter().nth(1).cloned(),
+            _ => None,
+        },
+        _ => None,
+    }
 }

@@ -92,79 +92,142 @@ impl Cache {
     ///
     /// `refresh`: skip the hit, only take the lease (a refresh that must recompute).
     pub(crate) async fn lookup<V: Stored, C: Codec<V>>(&self, call: &Call<'_>, refresh: bool) -> Lookup<V> {
-        let (key, namespace, tags) = (call.key.as_str(), call.namespace, call.tags);
         if self.inner.disabled {
             return Lookup::nothing();
         }
         match &self.inner.store {
-            Store::Memory(mem) => {
-                if let Some(hit) = local_entry::<V>(mem, key, Some(0), now_ms()).filter(|_| !refresh) {
-                    return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
-                }
-                Lookup { hit: None, lease: Some(mem.lease(key, namespace, tags)), l1_epoch: None }
-            }
+            Store::Memory(mem) => memory_lookup(mem, call, refresh),
             #[cfg(feature = "redis")]
-            Store::Redis { redis, l1, channel, .. } => {
-                let mut l1_epoch = None;
-                channel.ensure_started(redis);
-                if let Some(c) = l1 {
-                    if c.live() {
-                        // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
-                        let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
-                        if let Some(hit) = local_entry::<V>(&c.l1, key, None, now_ms()).filter(fresh) {
-                            return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
-                        }
-                        l1_epoch = Some(c.epoch());
-                    }
-                }
+            Store::Redis { redis, .. } => {
+                let l1_epoch = match self.l1_first::<V>(call, refresh) {
+                    Ok(hit) => return hit,
+                    Err(l1_epoch) => l1_epoch,
+                };
                 if !self.flush_pending().await {
                     return Lookup::nothing();
                 }
-                // The namespace is the entry's first, implicit, tag.
-                let mut all_tags = Vec::with_capacity(tags.len() + 1);
-                all_tags.push(namespace_tag(namespace));
-                all_tags.extend_from_slice(tags);
-                let result = redis.read(key, &self.inner.prefix, &all_tags).await;
+                let result = redis.read(&call.key, &self.inner.prefix, &all_tags(call)).await;
                 self.count_result(&result, "get");
-                let Ok(mut read) = result else { return Lookup::nothing() };
-                if let (Some(c), Some(_)) = (l1, l1_epoch) {
-                    for (i, (tag, version)) in read.lease.tags.iter().enumerate() {
-                        if !read.missing_tags.contains(&i) {
-                            c.l1.learn_tag(tag, *version);
-                        }
-                    }
+                match result {
+                    Ok(read) => self.settle_read::<V, C>(call, read, l1_epoch, refresh).await,
+                    Err(_) => Lookup::nothing(),
                 }
-                if let Some(bytes) = read.bytes.as_ref().filter(|_| !refresh) {
-                    let hit = self.decode_hit::<V, C>(redis, key, bytes, &read).await;
-                    // Right after an outage, what was stored before it may be invalidated by a
-                    // write whose invalidation is still queued in its writer: a miss.
-                    if let Some((hit, meta)) = hit.filter(|(_, meta)| channel.trusted(meta.stored_at_ms)) {
-                        if let (Some(c), Some(epoch)) = (l1, l1_epoch) {
-                            let value = match &hit.0 {
-                                Found::Value(v) => Some(v),
-                                Found::Negative => None,
-                            };
-                            self.l1_insert(c, epoch, key.to_owned(), meta, value, C::memory_size(bytes.len()));
-                        }
-                        return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
-                    }
-                }
-                if !read.missing_tags.is_empty() {
-                    let result = redis.init_tags(&self.inner.prefix, &mut read.lease, &read.missing_tags).await;
-                    self.count_result(&result, "init tag versions");
-                    if result.is_err() {
-                        return Lookup::nothing();
-                    }
-                    if let Some(c) = l1 {
-                        for &i in &read.missing_tags {
-                            let (tag, version) = &read.lease.tags[i];
-                            c.l1.learn_tag(tag, *version);
-                        }
-                    }
-                }
-                Lookup { hit: None, lease: Some(read.lease), l1_epoch }
             }
         }
+    }
+
+    /// `lookup` of many keys (a batch): in memory each as `lookup`; on Redis the L1 first, then
+    /// one `MGET` carrying every other entry, its generation and the tag versions.
+    pub(crate) async fn lookup_many<V: Stored, C: Codec<V>>(&self, calls: &[Call<'_>]) -> Vec<Lookup<V>> {
+        if self.inner.disabled {
+            return calls.iter().map(|_| Lookup::nothing()).collect();
+        }
+        match &self.inner.store {
+            Store::Memory(mem) => calls.iter().map(|call| memory_lookup(mem, call, false)).collect(),
+            #[cfg(feature = "redis")]
+            Store::Redis { redis, .. } => {
+                let mut found: Vec<Option<Lookup<V>>> = Vec::with_capacity(calls.len());
+                let mut to_read = Vec::new();
+                for (i, call) in calls.iter().enumerate() {
+                    match self.l1_first::<V>(call, false) {
+                        Ok(hit) => found.push(Some(hit)),
+                        Err(l1_epoch) => {
+                            found.push(None);
+                            to_read.push((i, l1_epoch));
+                        }
+                    }
+                }
+                if !to_read.is_empty() {
+                    let reads = if self.flush_pending().await {
+                        let tags: Vec<Vec<String>> = to_read.iter().map(|&(i, _)| all_tags(&calls[i])).collect();
+                        let keys: Vec<(&str, &[String])> = to_read
+                            .iter()
+                            .zip(&tags)
+                            .map(|(&(i, _), tags)| (calls[i].key.as_str(), &tags[..]))
+                            .collect();
+                        let result = redis.read_many(&self.inner.prefix, &keys).await;
+                        self.count_result(&result, "get");
+                        result.ok()
+                    } else {
+                        None
+                    };
+                    if let Some(reads) = reads {
+                        let settled = to_read
+                            .iter()
+                            .zip(reads)
+                            .map(|(&(i, l1_epoch), read)| self.settle_read::<V, C>(&calls[i], read, l1_epoch, false));
+                        for ((i, _), lookup) in to_read.iter().zip(crate::sync::join_all(settled).await) {
+                            found[*i] = Some(lookup);
+                        }
+                    }
+                }
+                found.into_iter().map(|lookup| lookup.unwrap_or_else(Lookup::nothing)).collect()
+            }
+        }
+    }
+
+    /// A fresh L1 copy (`Ok`), or the L1 epoch to read Redis under (`Err`; `None`: no L1).
+    #[cfg(feature = "redis")]
+    fn l1_first<V: Stored>(&self, call: &Call<'_>, refresh: bool) -> Result<Lookup<V>, Option<u64>> {
+        let Store::Redis { redis, l1, channel, .. } = &self.inner.store else { return Err(None) };
+        channel.ensure_started(redis);
+        let Some(c) = l1.as_ref().filter(|c| c.live()) else { return Err(None) };
+        // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
+        let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
+        match local_entry::<V>(&c.l1, &call.key, None, now_ms()).filter(fresh) {
+            Some(hit) => Ok(Lookup { hit: Some(hit), lease: None, l1_epoch: None }),
+            None => Err(Some(c.epoch())),
+        }
+    }
+
+    /// What a Redis read of `call.key` found: a hit (copied into the L1), or the lease its fill
+    /// needs.
+    #[cfg(feature = "redis")]
+    async fn settle_read<V: Stored, C: Codec<V>>(
+        &self,
+        call: &Call<'_>,
+        mut read: RedisRead,
+        l1_epoch: Option<u64>,
+        refresh: bool,
+    ) -> Lookup<V> {
+        let Store::Redis { redis, l1, channel, .. } = &self.inner.store else { return Lookup::nothing() };
+        let key = call.key.as_str();
+        if let (Some(c), Some(_)) = (l1, l1_epoch) {
+            for (i, (tag, version)) in read.lease.tags.iter().enumerate() {
+                if !read.missing_tags.contains(&i) {
+                    c.l1.learn_tag(tag, *version);
+                }
+            }
+        }
+        if let Some(bytes) = read.bytes.as_ref().filter(|_| !refresh) {
+            let hit = self.decode_hit::<V, C>(redis, key, bytes, &read).await;
+            // Right after an outage, what was stored before it may be invalidated by a
+            // write whose invalidation is still queued in its writer: a miss.
+            if let Some((hit, meta)) = hit.filter(|(_, meta)| channel.trusted(meta.stored_at_ms)) {
+                if let (Some(c), Some(epoch)) = (l1, l1_epoch) {
+                    let value = match &hit.0 {
+                        Found::Value(v) => Some(v),
+                        Found::Negative => None,
+                    };
+                    self.l1_insert(c, epoch, key.to_owned(), meta, value, C::memory_size(bytes.len()));
+                }
+                return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+            }
+        }
+        if !read.missing_tags.is_empty() {
+            let result = redis.init_tags(&self.inner.prefix, &mut read.lease, &read.missing_tags).await;
+            self.count_result(&result, "init tag versions");
+            if result.is_err() {
+                return Lookup::nothing();
+            }
+            if let Some(c) = l1 {
+                for &i in &read.missing_tags {
+                    let (tag, version) = &read.lease.tags[i];
+                    c.l1.learn_tag(tag, *version);
+                }
+            }
+        }
+        Lookup { hit: None, lease: Some(read.lease), l1_epoch }
     }
 
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
@@ -444,6 +507,23 @@ impl Cache {
             }
         }
     }
+}
+
+/// A memory-store lookup: a current entry, or the lease its fill needs.
+fn memory_lookup<V: Stored>(mem: &MemoryStore, call: &Call<'_>, refresh: bool) -> Lookup<V> {
+    if let Some(hit) = local_entry::<V>(mem, &call.key, Some(0), now_ms()).filter(|_| !refresh) {
+        return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+    }
+    Lookup { hit: None, lease: Some(mem.lease(&call.key, call.namespace, call.tags)), l1_epoch: None }
+}
+
+/// An entry's tags in Redis: its namespace (the first, implicit, tag), then its own.
+#[cfg(feature = "redis")]
+fn all_tags(call: &Call<'_>) -> Vec<String> {
+    let mut all = Vec::with_capacity(call.tags.len() + 1);
+    all.push(namespace_tag(call.namespace));
+    all.extend_from_slice(call.tags);
+    all
 }
 
 /// A current, typed entry in process memory (the memory store or the L1), fresh or inside its

@@ -48,6 +48,7 @@
 #![deny(missing_docs)]
 
 mod api;
+mod batch;
 mod builder;
 mod cache;
 mod capture;
@@ -242,6 +243,7 @@ macro_rules! __cache_runtime_handler_support {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__cache_runtime_handler_support as handler_support;
+    pub use crate::batch::{cached_batch, cached_batch_result, Batch, BatchMap, Element};
     pub use crate::cache::{Call, DEFAULT_NAMESPACE};
     pub use crate::invalidate::Invalidation;
     pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};

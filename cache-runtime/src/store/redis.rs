@@ -175,6 +175,32 @@ pub(crate) struct RedisRead {
     pub(crate) missing_tags: Vec<usize>,
 }
 
+impl RedisRead {
+    /// What a read of one entry found: its bytes, its generation, and the version of each of
+    /// `tags` (`version(i)`; `None`: absent, it needs one before a fill).
+    fn of(
+        bytes: Option<Vec<u8>>,
+        generation: Option<&Vec<u8>>,
+        tags: &[String],
+        version: impl Fn(usize) -> Option<u64>,
+    ) -> Self {
+        let mut missing_tags = Vec::new();
+        let tags = tags
+            .iter()
+            .enumerate()
+            .map(|(i, tag)| {
+                let v = version(i);
+                if v.is_none() {
+                    missing_tags.push(i);
+                }
+                (tag.clone(), v.unwrap_or(0))
+            })
+            .collect();
+        let lease = Lease { generation: parse_version(generation), namespace_version: None, tags };
+        RedisRead { bytes, lease, missing_tags }
+    }
+}
+
 fn parse_version(raw: Option<&Vec<u8>>) -> Option<u64> {
     std::str::from_utf8(raw?).ok()?.parse().ok()
 }
@@ -329,24 +355,45 @@ impl RedisStore {
             cmd.arg(tag_key(prefix, tag));
         }
         let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
-        let tag_values = values.split_off(2.min(values.len()));
-        let mut missing_tags = Vec::new();
-        let lease = Lease {
-            generation: parse_version(values.get(1).and_then(Option::as_ref)),
-            namespace_version: None,
-            tags: tags
-                .iter()
-                .zip(tag_values.iter().map(|v| parse_version(v.as_ref())))
-                .enumerate()
-                .map(|(i, (t, v))| {
-                    if v.is_none() {
-                        missing_tags.push(i);
-                    }
-                    (t.clone(), v.unwrap_or(0))
+        let versions: Vec<Option<u64>> =
+            values.split_off(2.min(values.len())).iter().map(|v| parse_version(v.as_ref())).collect();
+        let mut values = values.into_iter();
+        let (bytes, generation) = (values.next().flatten(), values.next().flatten());
+        Ok(RedisRead::of(bytes, generation.as_ref(), tags, |i| versions.get(i).copied().flatten()))
+    }
+
+    /// `read` of many keys (a batch) in one `MGET`: every entry and its generation, then each
+    /// tag version once (a cluster splits it by slot and asks the masters concurrently).
+    pub(crate) async fn read_many(
+        &self,
+        prefix: &str,
+        reads: &[(&str, &[String])],
+    ) -> Result<Vec<RedisRead>, CacheError> {
+        let mut cmd = redis::cmd("MGET");
+        for (key, _) in reads {
+            cmd.arg(*key).arg(generation_key(key));
+        }
+        let mut tag_at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for tag in reads.iter().flat_map(|(_, tags)| tags.iter()) {
+            let next = tag_at.len();
+            if let std::collections::hash_map::Entry::Vacant(slot) = tag_at.entry(tag.as_str()) {
+                slot.insert(next);
+                cmd.arg(tag_key(prefix, tag));
+            }
+        }
+        let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
+        let versions: Vec<Option<u64>> =
+            values.split_off((2 * reads.len()).min(values.len())).iter().map(|v| parse_version(v.as_ref())).collect();
+        let mut values = values.into_iter();
+        Ok(reads
+            .iter()
+            .map(|(_, tags)| {
+                let (bytes, generation) = (values.next().flatten(), values.next().flatten());
+                RedisRead::of(bytes, generation.as_ref(), tags, |i| {
+                    tag_at.get(tags[i].as_str()).and_then(|&at| versions.get(at).copied().flatten())
                 })
-                .collect(),
-        };
-        Ok(RedisRead { bytes: values.into_iter().next().flatten(), lease, missing_tags })
+            })
+            .collect())
     }
 
     /// Current versions of `tags` (one `MGET`; absent ones are `None`).

@@ -1,0 +1,294 @@
+//! Batch reads: `#[cached(batch)]` on a fn that loads many ids at once. Each element has the
+//! key (and tags) the single-key fn with the same template renders, so the two share entries
+//! and every invalidation; the body runs once, with only the elements nothing could answer.
+//!
+//! Per element, as a single call would: a fresh hit in process memory, single-flight, one
+//! lookup, its lease, `stale` / `early` (the refresh joins this batch's body run), `cache_none`,
+//! `unless` / `expire_with`, a lease-checked fill. Flights are joined in key order: a batch
+//! that leads some keys while it waits for another batch's never waits on one that waits for
+//! it, so overlapping batches compute each element once and never deadlock.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::time::Instant;
+
+use crate::cache::{Cache, Call};
+use crate::codec::Json;
+use crate::entry::{Found, Served};
+use crate::flight::{Joined, Leader};
+use crate::policy::{CallOpts, Freshness, Policy};
+use crate::store::Lease;
+use crate::Cacheable;
+
+/// One element of a batch: its id, and the key and tags rendered from the templates with the
+/// element in place of the batch parameter.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Element<K> {
+    pub id: K,
+    pub key: String,
+    pub tags: Vec<String>,
+}
+
+/// A batch call: what `#[cached(batch)]` hands the runtime.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Batch<'a, K> {
+    pub cache: &'a Cache,
+    pub namespace: &'a str,
+    pub opts: &'a CallOpts,
+    /// In the caller's order; duplicates are looked up once.
+    pub elements: Vec<Element<K>>,
+}
+
+/// What a batch fn returns (inside a `Result`, when it is one): a map from each element to its
+/// value. An element missing from it is "not found" (stored only with `cache_none`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a map of a batch's elements to their values",
+    label = "a `#[cached(batch)]` fn returns this",
+    note = "a batch fn returns `HashMap<K, V>`, `BTreeMap<K, V>` or `Vec<(K, V)>` (or a `Result` of one), `K` being the batch parameter's element type"
+)]
+pub trait BatchMap<K, V>: Sized {
+    /// The pairs, in any order.
+    fn into_pairs(self) -> Vec<(K, V)>;
+    /// The map of these pairs (in the caller's order, for a `Vec`).
+    fn from_pairs(pairs: Vec<(K, V)>) -> Self;
+}
+
+impl<K: Eq + Hash, V, S: std::hash::BuildHasher + Default> BatchMap<K, V> for std::collections::HashMap<K, V, S> {
+    fn into_pairs(self) -> Vec<(K, V)> {
+        self.into_iter().collect()
+    }
+    fn from_pairs(pairs: Vec<(K, V)>) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<K: Ord, V> BatchMap<K, V> for BTreeMap<K, V> {
+    fn into_pairs(self) -> Vec<(K, V)> {
+        self.into_iter().collect()
+    }
+    fn from_pairs(pairs: Vec<(K, V)>) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<K, V> BatchMap<K, V> for Vec<(K, V)> {
+    fn into_pairs(self) -> Vec<(K, V)> {
+        self
+    }
+    fn from_pairs(pairs: Vec<(K, V)>) -> Self {
+        pairs
+    }
+}
+
+/// `#[cached(batch)]` on a fn returning a map (see [`BatchMap`]).
+pub async fn cached_batch<K, V, M, F, Fut>(batch: Batch<'_, K>, policy: Policy<V>, body: F) -> M
+where
+    K: Clone + Eq + Hash,
+    V: Cacheable,
+    M: BatchMap<K, V>,
+    F: FnOnce(Vec<K>) -> Fut,
+    Fut: Future<Output = M>,
+{
+    let result =
+        read_many::<K, V, M, std::convert::Infallible, _, _>(batch, policy, |ids| async move { Ok(body(ids).await) });
+    match result.await {
+        Ok(map) => map,
+        Err(never) => match never {},
+    }
+}
+
+/// `#[cached(batch)]` on a fn returning `Result<map, E>`: an `Err` stores nothing.
+pub async fn cached_batch_result<K, V, M, E, F, Fut>(batch: Batch<'_, K>, policy: Policy<V>, body: F) -> Result<M, E>
+where
+    K: Clone + Eq + Hash,
+    V: Cacheable,
+    M: BatchMap<K, V>,
+    F: FnOnce(Vec<K>) -> Fut,
+    Fut: Future<Output = Result<M, E>>,
+{
+    read_many(batch, policy, body).await
+}
+
+/// An element this batch computes: the flight it leads, the lease its fill needs, what to
+/// serve should the body fail (`stale_if_error`, or the value being refreshed), and whether
+/// it holds the key's refresh claim.
+struct Computing<'a, K, V> {
+    at: usize,
+    element: Element<K>,
+    leader: Leader<'a>,
+    lease: Option<(Lease, Option<u64>)>,
+    fallback: Option<Found<V>>,
+    refreshing: bool,
+}
+
+/// The batch read-through.
+async fn read_many<K, V, M, E, F, Fut>(batch: Batch<'_, K>, policy: Policy<V>, body: F) -> Result<M, E>
+where
+    K: Clone + Eq + Hash,
+    V: Cacheable,
+    M: BatchMap<K, V>,
+    F: FnOnce(Vec<K>) -> Fut,
+    Fut: Future<Output = Result<M, E>>,
+{
+    let Batch { cache, namespace, opts, elements } = batch;
+    // `key_of`: the first element's key; the body never runs.
+    if elements.first().is_some_and(|first| crate::capture::taken(cache, namespace, &first.key)) {
+        return std::future::pending().await;
+    }
+    if cache.is_disabled() {
+        for element in &elements {
+            cache.record_miss(&element.key);
+        }
+        return body(elements.into_iter().map(|e| e.id).collect()).await;
+    }
+    // Duplicates once, in key order (the order flights are joined in).
+    let mut unique: BTreeMap<String, (usize, Element<K>)> = BTreeMap::new();
+    for (at, element) in elements.into_iter().enumerate() {
+        unique.entry(element.key.clone()).or_insert((at, element));
+    }
+    let mut answered: Vec<(usize, K, V)> = Vec::with_capacity(unique.len());
+    let mut pending = Vec::new();
+    for (_, (at, element)) in unique {
+        let Some((found, times)) = cache.local_hit::<V>(&element.key) else {
+            pending.push((at, element, false));
+            continue;
+        };
+        // The clock matters only for an early draw (as for a single call).
+        if opts.beta.is_some() && opts.freshness(cache.rng(), &times, crate::time::now_ms()) != Freshness::Fresh {
+            pending.push((at, element, true));
+            continue;
+        }
+        cache.record_hit(&element.key);
+        if let Found::Value(v) = found {
+            answered.push((at, element.id, v));
+        }
+    }
+    // Single-flight per element, joined in key order.
+    let mut led = Vec::new();
+    for (at, element, drawn_early) in pending {
+        match cache.flights().join::<V>(&element.key).await {
+            Joined::Leader(leader) => led.push((at, element, leader, drawn_early)),
+            Joined::Shared(found, served) => {
+                cache.record_served(&element.key, matches!(served, Served::Stale));
+                if let Found::Value(v) = found {
+                    answered.push((at, element.id, v));
+                }
+            }
+        }
+    }
+    let calls: Vec<Call<'_>> =
+        led.iter().map(|(_, element, _, _)| element_call(cache, namespace, opts, element)).collect();
+    let lookups = cache.lookup_many::<V, Json>(&calls).await;
+    drop(calls);
+    let mut computing = Vec::new();
+    for ((at, element, leader, drawn_early), mut lookup) in led.into_iter().zip(lookups) {
+        let mut fallback = None;
+        let mut refreshing = false;
+        if let Some((found, times)) = lookup.hit.take() {
+            match opts.freshness_once(cache.rng(), &times, drawn_early) {
+                Freshness::Fresh => {
+                    cache.record_served(&element.key, false);
+                    if let Found::Value(v) = &found {
+                        answered.push((at, element.id.clone(), v.clone()));
+                    }
+                    leader.finish(Some(found), Served::Fresh(times));
+                    continue;
+                }
+                freshness @ (Freshness::RefreshEarly | Freshness::Stale) => {
+                    let stale = freshness == Freshness::Stale;
+                    if !cache.claim_refresh(&element.key, REFRESH_HOLD).await {
+                        // Another caller refreshes it: serve what there is.
+                        cache.record_served(&element.key, stale);
+                        if let Found::Value(v) = &found {
+                            answered.push((at, element.id.clone(), v.clone()));
+                        }
+                        let served = if stale { Served::Stale } else { Served::Fresh(times) };
+                        leader.finish(Some(found), served);
+                        continue;
+                    }
+                    // This batch refreshes it, in its body run; should the body fail, the
+                    // value being refreshed is served.
+                    refreshing = true;
+                    fallback = Some(found);
+                    lookup = cache.lookup::<V, Json>(&element_call(cache, namespace, opts, &element), true).await;
+                }
+                Freshness::Fallback => fallback = Some(found),
+                Freshness::Gone => {}
+            }
+        }
+        computing.push(Computing { at, element, leader, lease: lookup.fill_lease(), fallback, refreshing });
+    }
+    if !computing.is_empty() {
+        let started = Instant::now();
+        for c in &computing {
+            cache.record_miss(&c.element.key);
+        }
+        let out = body(computing.iter().map(|c| c.element.id.clone()).collect()).await;
+        cache.record_computed(&computing[0].element.key, started.elapsed());
+        match out {
+            Ok(map) => {
+                let recompute = started.elapsed();
+                let mut got: std::collections::HashMap<K, V> = map.into_pairs().into_iter().collect();
+                let fills = computing.into_iter().map(|c| {
+                    let found = got.remove(&c.element.id).map_or(Found::Negative, Found::Value);
+                    if let Found::Value(v) = &found {
+                        answered.push((c.at, c.element.id.clone(), v.clone()));
+                    }
+                    async move {
+                        let call = element_call(cache, namespace, opts, &c.element);
+                        let ttl = match &found {
+                            Found::Value(v) => policy.ttl_for(v, call.ttl()),
+                            Found::Negative => Some(call.ttl()),
+                        };
+                        if let (Some(ttl), Some((lease, l1_epoch))) = (ttl, &c.lease) {
+                            cache.fill::<V, Json>(&call, lease, *l1_epoch, &found, recompute, ttl).await;
+                        }
+                        c.leader.finish(Some(found), Served::Joined(ttl.unwrap_or_default()));
+                        if c.refreshing {
+                            cache.release_refresh(&c.element.key).await;
+                        }
+                    }
+                });
+                crate::sync::join_all(fills).await;
+                // What the body returned beyond the elements asked for is answered, not stored.
+                let extra = got.into_iter().map(|(id, v)| (usize::MAX, id, v));
+                answered.extend(extra);
+            }
+            Err(err) => {
+                // Nothing is stored. With a fallback for every element (`stale_if_error`, a
+                // refresh), the batch is answered from them; otherwise the caller gets the error.
+                let covered =
+                    computing.iter().all(|c| matches!(c.fallback, Some(Found::Value(_)) | Some(Found::Negative)));
+                let mut served = Vec::new();
+                for c in computing {
+                    c.leader.finish::<V>(None, Served::Stale);
+                    if c.refreshing {
+                        cache.release_refresh(&c.element.key).await;
+                    }
+                    served.push((c.at, c.element, c.fallback));
+                }
+                if !covered {
+                    return Err(err);
+                }
+                for (at, element, fallback) in served {
+                    cache.record_served(&element.key, true);
+                    if let Some(Found::Value(v)) = fallback {
+                        answered.push((at, element.id, v));
+                    }
+                }
+            }
+        }
+    }
+    answered.sort_by_key(|(at, _, _)| *at);
+    Ok(M::from_pairs(answered.into_iter().map(|(_, id, v)| (id, v)).collect()))
+}
+
+/// Longest a refresh may hold its claim (as a single call's).
+const REFRESH_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn element_call<'a, K>(cache: &'a Cache, namespace: &'a str, opts: &'a CallOpts, element: &'a Element<K>) -> Call<'a> {
+    Call { cache, key: element.key.clone(), namespace, tags: &element.tags, opts }
+}

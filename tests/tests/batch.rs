@@ -1,0 +1,224 @@
+//! `#[cached(batch)]`: a fn that loads many ids at once shares its entries with the single-key
+//! fn of the same template, runs its body once with only the missing ids, and keeps every
+//! per-key rule (single-flight, leases, tags, invalidation on every replica).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cache_runtime::{cached, invalidates, Cache};
+use serde::{Deserialize, Serialize};
+use support::{Backend, Calls};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+/// What the database saw: each call's ids.
+#[derive(Default)]
+struct Db {
+    queries: Mutex<Vec<Vec<u64>>>,
+    delay_ms: u64,
+}
+
+impl Db {
+    async fn load(&self, ids: &[u64]) -> Result<HashMap<u64, User>, String> {
+        self.queries.lock().unwrap().push(ids.to_vec());
+        if self.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+        }
+        if ids.contains(&666) {
+            return Err("the database is down".to_owned());
+        }
+        // Ids above 1000 do not exist.
+        Ok(ids.iter().filter(|id| **id <= 1000).map(|&id| (id, User { id, name: format!("user {id}") })).collect())
+    }
+
+    fn queries(&self) -> Vec<Vec<u64>> {
+        let mut q = self.queries.lock().unwrap().clone();
+        for ids in &mut q {
+            ids.sort_unstable();
+        }
+        q
+    }
+
+    fn loaded(&self) -> usize {
+        self.queries.lock().unwrap().iter().map(Vec::len).sum()
+    }
+}
+
+#[cached(expire = 60, key = "user:<id>", tags = ["users"], cache = cache, skip = [cache, db])]
+async fn user(cache: &Cache, db: &Db, id: u64) -> Result<User, String> {
+    db.load(&[id]).await?.remove(&id).ok_or_else(|| "no such user".to_owned())
+}
+
+#[cached(expire = 60, key = "user:<ids>", tags = ["users"], batch, cache = cache, skip = [cache, db])]
+async fn users(cache: &Cache, db: &Db, ids: Vec<u64>) -> Result<HashMap<u64, User>, String> {
+    db.load(&ids).await
+}
+
+#[invalidates(key = "user:<id>", cache = cache)]
+async fn rename(cache: &Cache, id: u64) -> Result<(), String> {
+    let _ = id;
+    Ok(())
+}
+
+/// A batch and the single-key fn share entries both ways; the body sees only missing ids,
+/// each duplicate once; an absent id is not found (and not stored).
+#[tokio::test]
+async fn a_batch_shares_entries_with_the_single_key_fn() {
+    for b in Backend::all() {
+        let db = Db::default();
+        assert_eq!(user(&b.cache, &db, 2).await.unwrap().name, "user 2");
+        let got = users(&b.cache, &db, vec![1, 2, 3, 1, 2000]).await.unwrap();
+        assert_eq!(got.len(), 3, "{}: 2000 does not exist", b.name);
+        assert_eq!(got[&3].name, "user 3");
+        assert_eq!(db.queries(), vec![vec![2], vec![1, 3, 2000]], "{}: only the missing ids, once each", b.name);
+        // The single fn reads what the batch stored, and another batch reads everything stored.
+        assert_eq!(user(&b.cache, &db, 3).await.unwrap().name, "user 3");
+        let again = users(&b.cache, &db, vec![3, 2, 1]).await.unwrap();
+        assert_eq!(again.len(), 3);
+        assert_eq!(db.queries().len(), 2, "{}: no query for stored ids", b.name);
+        // 2000 was not stored (no `cache_none`): asked again.
+        users(&b.cache, &db, vec![2000]).await.unwrap();
+        assert_eq!(db.queries().last().unwrap(), &vec![2000], "{}", b.name);
+    }
+}
+
+/// A failing body stores nothing and the caller gets the error; the next call asks again.
+#[tokio::test]
+async fn a_failing_batch_stores_nothing() {
+    for b in Backend::all() {
+        let db = Db::default();
+        assert_eq!(users(&b.cache, &db, vec![10, 666]).await.unwrap_err(), "the database is down");
+        assert!(b.cache.inspect("user:10").await.is_none(), "{}", b.name);
+        assert!(users(&b.cache, &db, vec![10]).await.unwrap().contains_key(&10));
+        assert_eq!(db.queries(), vec![vec![10, 666], vec![10]], "{}", b.name);
+    }
+}
+
+/// Overlapping batches (and single calls) running at the same time compute each id once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_batches_compute_each_element_once() {
+    for b in Backend::all() {
+        let db = Db { delay_ms: 100, ..Db::default() };
+        let (cache, db) = (&b.cache, &db);
+        let runs = futures::future::join_all([
+            Box::pin(async move { users(cache, db, (1..=10).collect()).await.unwrap().len() })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>,
+            Box::pin(async move { users(cache, db, (5..=15).collect()).await.unwrap().len() }),
+            Box::pin(async move { users(cache, db, (12..=20).rev().collect()).await.unwrap().len() }),
+            Box::pin(async move { user(cache, db, 7).await.map(|_| 1).unwrap() }),
+        ])
+        .await;
+        assert_eq!(runs, vec![10, 11, 9, 1], "{}", b.name);
+        let mut loaded: Vec<u64> = db.queries().concat();
+        loaded.sort_unstable();
+        assert_eq!(loaded, (1..=20).collect::<Vec<_>>(), "{}: every id loaded exactly once", b.name);
+    }
+}
+
+/// An invalidation by key or tag on one replica reaches the elements another replica's batch
+/// read (from its L1 too): its next batch asks the database for exactly those.
+#[tokio::test]
+async fn invalidations_reach_batch_elements_on_another_replica() {
+    for b in [Backend::redis(), Backend::redis_cluster()] {
+        let other = Cache::builder().redis(b.url()).prefix("t").build().unwrap();
+        let db = Db::default();
+        users(&b.cache, &db, vec![1, 2, 3]).await.unwrap();
+        users(&b.cache, &db, vec![1, 2, 3]).await.unwrap(); // from the L1
+        assert_eq!(db.queries().len(), 1);
+        // A write returns once every replica's L1 dropped what it invalidates.
+        rename(&other, 2).await.unwrap();
+        users(&b.cache, &db, vec![1, 2, 3]).await.unwrap();
+        assert_eq!(db.queries().last().unwrap(), &vec![2], "{}: only the invalidated element", b.name);
+        other.invalidate_tag("users").await.unwrap();
+        users(&b.cache, &db, vec![1, 2, 3]).await.unwrap();
+        assert_eq!(db.queries().last().unwrap(), &vec![1, 2, 3], "{}: the tag covered all", b.name);
+    }
+}
+
+/// A fill racing an invalidation of its key is never stored (the element's lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_racing_an_invalidation_is_not_stored() {
+    for b in Backend::all() {
+        let db = Db { delay_ms: 200, ..Db::default() };
+        let (cache, db) = (&b.cache, &db);
+        let read = users(cache, db, vec![41, 42]);
+        let write = async {
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            rename(cache, 42).await.unwrap();
+        };
+        let (got, ()) = tokio::join!(read, write);
+        assert_eq!(got.unwrap().len(), 2, "{}: the caller still gets its values", b.name);
+        assert!(b.cache.inspect("user:41").await.is_some(), "{}: the other element is stored", b.name);
+        assert!(b.cache.inspect("user:42").await.is_none(), "{}: the invalidated one is not", b.name);
+    }
+}
+
+/// With every element in this process's L1, a batch costs no Redis command.
+#[tokio::test]
+async fn a_batch_answered_by_the_l1_costs_no_io() {
+    let b = Backend::redis();
+    let db = Db::default();
+    let ids: Vec<u64> = (1..=50).collect();
+    users(&b.cache, &db, ids.clone()).await.unwrap();
+    users(&b.cache, &db, ids.clone()).await.unwrap();
+    let before = b.command_calls().await;
+    let got = users(&b.cache, &db, ids).await.unwrap();
+    let after = b.command_calls().await;
+    assert_eq!(got.len(), 50);
+    let sent: u64 = after.iter().map(|(cmd, n)| n - before.get(cmd).copied().unwrap_or(0)).sum();
+    // `INFO` itself is the only command between the two snapshots.
+    assert_eq!(sent, 1, "{after:?} vs {before:?}");
+    assert_eq!(db.loaded(), 50);
+}
+
+#[cached(expire = 60, key = "name:<ids>", batch, cache_none, cache = cache, skip = [cache, db])]
+async fn names(cache: &Cache, db: &Db, ids: &[u64]) -> Vec<(u64, String)> {
+    let found = db.load(ids).await.unwrap_or_default();
+    ids.iter().filter_map(|id| found.get(id).map(|u| (*id, u.name.clone()))).collect()
+}
+
+#[cached(expire = 60, key = "score:<ids>", batch, unless = |s: &u32| *s == 0, cache = cache, skip = [cache, calls])]
+async fn scores(cache: &Cache, calls: &Calls, ids: HashSet<u64>) -> BTreeMap<u64, u32> {
+    let _ = calls.hit();
+    ids.into_iter().map(|id| (id, (id % 3) as u32)).collect()
+}
+
+#[cached(expire = 60, key = "tagged:<ids>", batch, cache = cache, skip = [cache, calls])]
+async fn tagged(cache: &Cache, calls: &Calls, ids: BTreeSet<String>) -> HashMap<String, usize> {
+    let _ = calls.hit();
+    ids.into_iter().map(|id| (id.clone(), id.len())).collect()
+}
+
+/// The other shapes: a slice parameter and a `Vec<(K, V)>` answer in the caller's order,
+/// `cache_none` storing absent ids, sets, `BTreeMap`, `unless` per element, text ids escaped
+/// like a single key's.
+#[tokio::test]
+async fn every_batch_shape_works() {
+    for b in Backend::all() {
+        let db = Db::default();
+        let got = names(&b.cache, &db, &[3, 2000, 1]).await;
+        assert_eq!(got, vec![(3, "user 3".to_owned()), (1, "user 1".to_owned())], "{}", b.name);
+        names(&b.cache, &db, &[1, 2000, 3]).await;
+        assert_eq!(db.queries().len(), 1, "{}: 2000 stored as not found (cache_none)", b.name);
+        assert!(b.cache.inspect("name:2000").await.unwrap().negative);
+
+        let calls = Calls::default();
+        let s = scores(&b.cache, &calls, HashSet::from([3, 4, 5])).await;
+        assert_eq!(s, BTreeMap::from([(3, 0), (4, 1), (5, 2)]));
+        scores(&b.cache, &calls, HashSet::from([3, 4, 5])).await;
+        assert_eq!(calls.get(), 2, "{}: 3 scores 0, so it is not stored", b.name);
+        assert!(b.cache.inspect("score:4").await.is_some());
+
+        let calls = Calls::default();
+        let t = tagged(&b.cache, &calls, BTreeSet::from(["a b".to_owned(), "c".to_owned()])).await;
+        assert_eq!(t["a b"], 3);
+        assert!(b.cache.inspect("tagged:a b").await.is_some(), "{}: the plain API reaches it", b.name);
+    }
+}
