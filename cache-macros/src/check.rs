@@ -372,9 +372,6 @@ fn check_batch(
         errors.push(syn::Error::new(span, "`batch` applies to service fns, not to axum handlers"));
         return None;
     }
-    if let Some(lock) = &options.lock {
-        errors.push(syn::Error::new(lock.span, "`lock` is not supported with `batch` yet: leave it out (single-flight still computes each element once per process)"));
-    }
     let collections: Vec<&Param> = sig.params.iter().filter(|p| signature::collection(&p.ty).is_some()).collect();
     let Some(template) = &options.key else {
         errors.push(syn::Error::new(

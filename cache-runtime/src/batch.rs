@@ -6,7 +6,9 @@
 //! lookup, its lease, `stale` / `early` (the refresh joins this batch's body run), `cache_none`,
 //! `unless` / `expire_with`, a lease-checked fill. Flights are joined in key order: a batch
 //! that leads some keys while it waits for another batch's never waits on one that waits for
-//! it, so overlapping batches compute each element once and never deadlock.
+//! it, so overlapping batches compute each element once and never deadlock. With `lock`, each
+//! element's cross-replica lock is taken in the same order, after the lookup: across replicas
+//! too, each element is computed once.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::hash::Hash;
 use std::time::Instant;
 
 use crate::cache::{Cache, Call};
+use crate::claims::{HeldLock, Locked};
 use crate::codec::Json;
 use crate::entry::{Found, Served};
 use crate::flight::{Joined, Leader};
@@ -122,6 +125,8 @@ struct Computing<'a, K, V> {
     lease: Option<(Lease, Option<u64>)>,
     fallback: Option<Found<V>>,
     refreshing: bool,
+    /// The element's cross-replica lock (`lock`), released once its fill is done.
+    held: Option<HeldLock>,
 }
 
 /// The batch read-through.
@@ -219,7 +224,69 @@ where
                 Freshness::Gone => {}
             }
         }
-        computing.push(Computing { at, element, leader, lease: lookup.fill_lease(), fallback, refreshing });
+        computing.push(Computing { at, element, leader, lease: lookup.fill_lease(), fallback, refreshing, held: None });
+    }
+    // `lock`: each element's cross-replica lock, taken in key order (as flights are joined: two
+    // batches never hold what the other waits for); a holder's value is taken, not computed.
+    if let Some(hold) = opts.lock {
+        let mut still = Vec::with_capacity(computing.len());
+        let mut waited = false;
+        for mut c in computing {
+            if c.refreshing {
+                still.push(c);
+                continue;
+            }
+            match cache.lock_or_wait::<V, Json>(&element_call(cache, namespace, opts, &c.element), hold).await {
+                Locked::Ready(found, times) => {
+                    waited = true;
+                    cache.record_served(&c.element.key, false);
+                    if let Found::Value(v) = &found {
+                        answered.push((c.at, c.element.id.clone(), v.clone()));
+                    }
+                    c.leader.finish(Some(found), Served::Fresh(times));
+                }
+                Locked::Compute { token, lookup } => {
+                    c.held = token;
+                    if let Some(newer) = lookup {
+                        waited = true;
+                        c.lease = newer.fill_lease();
+                    }
+                    still.push(c);
+                }
+            }
+        }
+        computing = still;
+        // While this batch waited for one element's holder, the holders of the next ones may
+        // have stored them and let go: what is held now is read again (one more lookup), and
+        // what landed is taken instead of computed.
+        if waited && !computing.is_empty() {
+            let calls: Vec<Call<'_>> =
+                computing.iter().map(|c| element_call(cache, namespace, opts, &c.element)).collect();
+            let lookups = cache.lookup_many::<V, Json>(&calls).await;
+            drop(calls);
+            let mut still = Vec::with_capacity(computing.len());
+            for (mut c, mut lookup) in computing.into_iter().zip(lookups) {
+                match lookup.hit.take() {
+                    Some((found, times)) if !c.refreshing && times.fresh_until_ms > crate::time::now_ms() => {
+                        cache.record_served(&c.element.key, false);
+                        if let Found::Value(v) = &found {
+                            answered.push((c.at, c.element.id.clone(), v.clone()));
+                        }
+                        c.leader.finish(Some(found), Served::Fresh(times));
+                        if let Some(held) = c.held {
+                            held.release().await;
+                        }
+                    }
+                    _ => {
+                        if !c.refreshing {
+                            c.lease = lookup.fill_lease();
+                        }
+                        still.push(c);
+                    }
+                }
+            }
+            computing = still;
+        }
     }
     if !computing.is_empty() {
         let started = Instant::now();
@@ -250,6 +317,9 @@ where
                         if c.refreshing {
                             cache.release_refresh(&c.element.key).await;
                         }
+                        if let Some(held) = c.held {
+                            held.release().await;
+                        }
                     }
                 });
                 crate::sync::join_all(fills).await;
@@ -267,6 +337,9 @@ where
                     c.leader.finish::<V>(None, Served::Stale);
                     if c.refreshing {
                         cache.release_refresh(&c.element.key).await;
+                    }
+                    if let Some(held) = c.held {
+                        held.release().await;
                     }
                     served.push((c.at, c.element, c.fallback));
                 }

@@ -222,3 +222,28 @@ async fn every_batch_shape_works() {
         assert!(b.cache.inspect("tagged:a b").await.is_some(), "{}: the plain API reaches it", b.name);
     }
 }
+
+#[cached(expire = 60, key = "locked:<ids>", batch, lock = 5, cache = cache, skip = [cache, db])]
+async fn locked(cache: &Cache, db: &Db, ids: Vec<u64>) -> Result<HashMap<u64, User>, String> {
+    db.load(&ids).await
+}
+
+/// `lock`: overlapping batches on two replicas (and a third process's batch) compute each
+/// element once across all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_lock_each_element_is_computed_once_across_replicas() {
+    for b in [Backend::redis(), Backend::redis_cluster()] {
+        let replicas = [b.cache.clone(), Cache::builder().redis(b.url()).prefix("t").build().unwrap()];
+        let db = Db { delay_ms: 150, ..Db::default() };
+        let (a, c, db) = (&replicas[0], &replicas[1], &db);
+        let sizes = tokio::join!(
+            async move { locked(a, db, (1..=8).collect()).await.unwrap().len() },
+            async move { locked(c, db, (4..=12).collect()).await.unwrap().len() },
+            async move { locked(c, db, (10..=16).rev().collect()).await.unwrap().len() },
+        );
+        assert_eq!(sizes, (8, 9, 7), "{}", b.name);
+        let mut loaded: Vec<u64> = db.queries().concat();
+        loaded.sort_unstable();
+        assert_eq!(loaded, (1..=16).collect::<Vec<_>>(), "{}: every id loaded once across the replicas", b.name);
+    }
+}

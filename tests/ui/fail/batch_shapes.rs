@@ -32,10 +32,4 @@ async fn other_key(ids: Vec<u64>) -> HashMap<String, String> {
     ids.into_iter().map(|id| (id.to_string(), id.to_string())).collect()
 }
 
-// `lock` is not supported with `batch` yet.
-#[cached(key = "user:<ids>", batch, lock)]
-async fn locked(ids: Vec<u64>) -> HashMap<u64, String> {
-    ids.into_iter().map(|id| (id, id.to_string())).collect()
-}
-
 fn main() {}
