@@ -80,9 +80,6 @@ fn split_attrs(func: &ItemFn) -> (Vec<&Attribute>, Vec<&Attribute>) {
 /// `#[cached(...)]`: bind the cache, build the key, tags and options, wrap the body in a future,
 /// and hand them to the runtime's read-through for the fn's mode.
 pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
-    if let Mode::Batch(batch) = &plan.mode {
-        return cached_batch(plan, batch);
-    }
     let krate = krate(plan.krate.as_ref());
     let ret_ty = &plan.ret_ty;
     let (outer, inner) = split_attrs(&plan.func);
@@ -120,7 +117,8 @@ pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
     };
     let (sig, head, call) = match &plan.mode {
         Mode::Handler(http) => handler_call(plan, http, &namespace, &spawner, &krate),
-        Mode::Batch(_) => unreachable!("expanded by `cached_batch`"),
+        // A batch renders a key per element and takes the missing elements: its own expansion.
+        Mode::Batch(batch) => return cached_batch(plan, batch),
         Mode::Service(returns) => {
             (plan.func.sig.clone(), None, service_call(returns, ret_ty, &plan.policy, &namespace, &spawner, &krate))
         }
