@@ -196,10 +196,10 @@ where
             match opts.freshness_once(cache.rng(), &times, drawn_early) {
                 Freshness::Fresh => {
                     cache.record_served(&element.key, false);
-                    if let Found::Value(v) = &found {
-                        answered.push((at, element.id.clone(), v.clone()));
+                    leader.finish(Some(&found), Served::Fresh(times));
+                    if let Found::Value(v) = found {
+                        answered.push((at, element.id, v));
                     }
-                    leader.finish(Some(found), Served::Fresh(times));
                     continue;
                 }
                 freshness @ (Freshness::RefreshEarly | Freshness::Stale) => {
@@ -207,11 +207,11 @@ where
                     if !cache.claim_refresh(&element.key, REFRESH_HOLD).await {
                         // Another caller refreshes it: serve what there is.
                         cache.record_served(&element.key, stale);
-                        if let Found::Value(v) = &found {
-                            answered.push((at, element.id.clone(), v.clone()));
-                        }
                         let served = if stale { Served::Stale } else { Served::Fresh(times) };
-                        leader.finish(Some(found), served);
+                        leader.finish(Some(&found), served);
+                        if let Found::Value(v) = found {
+                            answered.push((at, element.id, v));
+                        }
                         continue;
                     }
                     // This batch refreshes it, in its body run; should the body fail, the
@@ -240,10 +240,10 @@ where
                 Locked::Ready(found, times) => {
                     waited = true;
                     cache.record_served(&c.element.key, false);
-                    if let Found::Value(v) = &found {
-                        answered.push((c.at, c.element.id.clone(), v.clone()));
+                    c.leader.finish(Some(&found), Served::Fresh(times));
+                    if let Found::Value(v) = found {
+                        answered.push((c.at, c.element.id, v));
                     }
-                    c.leader.finish(Some(found), Served::Fresh(times));
                 }
                 Locked::Compute { token, lookup } => {
                     c.held = token;
@@ -269,12 +269,12 @@ where
                 match lookup.hit.take() {
                     Some((found, times)) if !c.refreshing && times.fresh_until_ms > crate::time::now_ms() => {
                         cache.record_served(&c.element.key, false);
-                        if let Found::Value(v) = &found {
-                            answered.push((c.at, c.element.id.clone(), v.clone()));
-                        }
-                        c.leader.finish(Some(found), Served::Fresh(times));
+                        c.leader.finish(Some(&found), Served::Fresh(times));
                         if let Some(held) = c.held {
                             held.release().await;
+                        }
+                        if let Found::Value(v) = found {
+                            answered.push((c.at, c.element.id, v));
                         }
                     }
                     _ => {
@@ -301,9 +301,6 @@ where
                 let mut got: std::collections::HashMap<K, V> = map.into_pairs().into_iter().collect();
                 let fills = computing.into_iter().map(|c| {
                     let found = got.remove(&c.element.id).map_or(Found::Negative, Found::Value);
-                    if let Found::Value(v) = &found {
-                        answered.push((c.at, c.element.id.clone(), v.clone()));
-                    }
                     async move {
                         let call = element_call(cache, namespace, opts, &c.element);
                         let ttl = match &found {
@@ -313,16 +310,21 @@ where
                         if let (Some(ttl), Some((lease, l1_epoch))) = (ttl, &c.lease) {
                             cache.fill::<V, Json>(&call, lease, *l1_epoch, &found, recompute, ttl).await;
                         }
-                        c.leader.finish(Some(found), Served::Joined(ttl.unwrap_or_default()));
+                        c.leader.finish(Some(&found), Served::Joined(ttl.unwrap_or_default()));
                         if c.refreshing {
                             cache.release_refresh(&c.element.key).await;
                         }
                         if let Some(held) = c.held {
                             held.release().await;
                         }
+                        (c.at, c.element.id, found)
                     }
                 });
-                crate::sync::join_all(fills).await;
+                for (at, id, found) in crate::sync::join_all(fills).await {
+                    if let Found::Value(v) = found {
+                        answered.push((at, id, v));
+                    }
+                }
                 // What the body returned beyond the elements asked for is answered, not stored.
                 let extra = got.into_iter().map(|(id, v)| (usize::MAX, id, v));
                 answered.extend(extra);

@@ -82,9 +82,15 @@ impl Flights {
 impl Leader<'_> {
     /// Hands `found` (or nothing, on failure) to the waiters, to be served as `served`, and
     /// ends the flight.
-    pub(crate) fn finish<V: Clone + Send + Sync + 'static>(self, found: Option<Found<V>>, served: Served) {
-        let outcome: Outcome = found.map(|f| Arc::new((f, served)) as Arc<dyn Any + Send + Sync>);
+    /// `found` is copied only when some caller waits (most flights have no waiter).
+    pub(crate) fn finish<V: Clone + Send + Sync + 'static>(self, found: Option<&Found<V>>, served: Served) {
+        // Out of the map first: no caller can join after this, so the receivers counted below
+        // are every waiter there will be.
         self.remove();
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let outcome: Outcome = found.map(|f| Arc::new((f.clone(), served)) as Arc<dyn Any + Send + Sync>);
         let _ = self.tx.send(Some(outcome));
     }
 

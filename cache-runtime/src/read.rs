@@ -241,7 +241,7 @@ where
                         if spawner.0.is_none() {
                             // The body borrows its caller: this caller refreshes, the others are
                             // served the current value at once.
-                            share(leader, found.clone(), served);
+                            share(leader, &found, served);
                             let answer = refresh(&call, &reply, body, found).await;
                             cache.release_refresh(key).await;
                             return answer;
@@ -249,7 +249,7 @@ where
                         refresh_in_background(&call, &reply, body, spawner).await;
                     }
                     cache.record_served(key, stale);
-                    share(leader, found, served);
+                    share(leader, &found, served);
                     return current;
                 }
             }
@@ -263,7 +263,7 @@ where
             Locked::Ready(found, times) => {
                 if let Some(answer) = reply.answer(found.clone(), Served::Fresh(times)) {
                     cache.record_served(key, false);
-                    share(leader, found, Served::Fresh(times));
+                    share(leader, &found, Served::Fresh(times));
                     return answer;
                 }
             }
@@ -285,7 +285,7 @@ where
 }
 
 /// Hands what was found to the callers waiting on this one.
-fn share<V: Stored>(leader: Option<Leader<'_>>, found: Found<V>, served: Served) {
+fn share<V: Stored>(leader: Option<Leader<'_>>, found: &Found<V>, served: Served) {
     if let Some(leader) = leader {
         leader.finish(Some(found), served);
     }
@@ -359,7 +359,7 @@ async fn compute<R: Reply>(
     }
     if let Some(leader) = leader {
         // Shared also when it is not stored: the waiters arrived while it was computed.
-        leader.finish(settled.shared, Served::Joined(settled.ttl.unwrap_or_default()));
+        leader.finish(settled.shared.as_ref(), Served::Joined(settled.ttl.unwrap_or_default()));
     }
     if settled.failed {
         if let Some(answer) = fallback.and_then(|stale| reply.answer(stale, Served::Stale)) {
