@@ -115,6 +115,7 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     def("vary", CACHED, Handlers, Kind::Headers(|o, v| o.vary = Some(v))),
     def("last_modified", CACHED, Handlers, Kind::Field(|o, v| o.last_modified = Some(v))),
     def("honor_no_cache", CACHED, Handlers, Kind::Flag(|o, span| o.honor_no_cache = Some(span))),
+    def("cdn_tags", CACHED, Handlers, Kind::Flag(|o, span| o.cdn_tags = Some(span))),
     def("stale", CACHED, AnyFn, Kind::Secs(|o, v| o.stale = Some(v))),
     def("stale_if_error", CACHED, AnyFn, Kind::Secs(|o, v| o.stale_if_error = Some(v))),
     // `early` is β = 1; `beta = f` sets β.
@@ -219,6 +220,8 @@ pub(crate) struct Options {
     pub(crate) vary: Option<Spanned<Vec<String>>>,
     pub(crate) last_modified: Option<Spanned<String>>,
     pub(crate) honor_no_cache: Option<Span>,
+    /// `cdn_tags`: the entry's tags go out as `Surrogate-Key` / `Cache-Tag`.
+    pub(crate) cdn_tags: Option<Span>,
     pub(crate) stale: Option<Spanned<Secs>>,
     pub(crate) stale_if_error: Option<Spanned<Secs>>,
     /// `early` (β = 1) or `beta = f`.
@@ -257,6 +260,7 @@ impl Options {
             vary: None,
             last_modified: None,
             honor_no_cache: None,
+            cdn_tags: None,
             stale: None,
             stale_if_error: None,
             early: None,

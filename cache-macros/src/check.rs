@@ -77,6 +77,7 @@ pub(crate) struct HttpOpts {
     pub(crate) vary: Option<Vec<String>>,
     pub(crate) last_modified: Option<String>,
     pub(crate) honor_no_cache: bool,
+    pub(crate) cdn_tags: bool,
 }
 
 /// Where the key comes from.
@@ -209,6 +210,7 @@ fn http_opts(options: &Options) -> HttpOpts {
         vary: options.vary.as_ref().map(|v| v.value.clone()),
         last_modified: options.last_modified.as_ref().map(|f| f.value.clone()),
         honor_no_cache: options.honor_no_cache.is_some(),
+        cdn_tags: options.cdn_tags.is_some(),
     }
 }
 

@@ -385,6 +385,9 @@ fn http_opts(http: &HttpOpts, opts: &CallOpts, krate: &TokenStream) -> TokenStre
     if http.honor_no_cache {
         out.extend(quote!(.honor_no_cache()));
     }
+    if http.cdn_tags {
+        out.extend(quote!(.cdn_tags()));
+    }
     if opts.stale.is_some() || opts.stale_if_error.is_some() {
         // Read from the call's options, where they were evaluated (and checked) once.
         out.extend(quote!(.stale_windows_of(&__CR_OPTS)));

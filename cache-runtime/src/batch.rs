@@ -223,6 +223,10 @@ where
                 Freshness::Fallback => fallback = Some(found),
                 Freshness::Gone => {}
             }
+            if !refreshing {
+                // A found entry that is not served leaves no lease: take one.
+                lookup = cache.lookup::<V, Json>(&element_call(cache, namespace, opts, &element), true).await;
+            }
         }
         computing.push(Computing { at, element, leader, lease: lookup.fill_lease(), fallback, refreshing, held: None });
     }

@@ -86,6 +86,7 @@ pub struct CacheBuilder {
     redact_keys: bool,
     format: Format,
     max_value_bytes: usize,
+    cache_status_name: Option<String>,
 }
 
 impl Default for CacheBuilder {
@@ -115,6 +116,7 @@ impl Default for CacheBuilder {
             redact_keys: false,
             format: Format::Json,
             max_value_bytes: 4 * 1024 * 1024,
+            cache_status_name: None,
         }
     }
 }
@@ -273,6 +275,18 @@ impl CacheBuilder {
         self
     }
 
+    /// The name cached handlers give this cache in `Cache-Status` (RFC 9211; default: the
+    /// prefix). Printable ASCII; written as a token when it is one, else as a quoted string.
+    ///
+    /// ```
+    /// let cache = cache_runtime::Cache::builder().cache_status_name("api-edge").build().unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn cache_status_name(mut self, name: impl Into<String>) -> Self {
+        self.cache_status_name = Some(name.into());
+        self
+    }
+
     /// Logs keys and tags as a short hash instead of their text (keys may carry user ids or
     /// other personal data). Off by default.
     pub fn redact_keys(mut self, redact: bool) -> Self {
@@ -295,6 +309,13 @@ impl CacheBuilder {
                 self.prefix
             )));
         }
+        let status_name = self.cache_status_name.as_deref().unwrap_or(&self.prefix);
+        if status_name.is_empty() || !status_name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(CacheError::Config(format!(
+                "cache_status_name {status_name:?} must be non-empty printable ASCII"
+            )));
+        }
+        let status_name = sf_item(status_name).into_boxed_str();
         if self.default_ttl.is_zero() {
             return Err(CacheError::Config("default_ttl must be greater than zero".to_owned()));
         }
@@ -345,6 +366,7 @@ impl CacheBuilder {
                 format: self.format,
                 max_value_bytes: self.max_value_bytes,
                 oversized_logged: std::sync::atomic::AtomicBool::new(false),
+                status_name,
                 rng: Rng::new(self.random_seed),
             }),
         })
@@ -404,4 +426,23 @@ impl Cache {
         }
         cache
     }
+}
+
+/// `name` as an RFC 8941 item: a token when it is one, else a string (`"` and `\\` escaped).
+fn sf_item(name: &str) -> String {
+    let token = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'*')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b));
+    if token {
+        return name.to_owned();
+    }
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }

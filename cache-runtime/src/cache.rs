@@ -71,6 +71,10 @@ pub(crate) struct Inner {
     pub(crate) oversized_logged: std::sync::atomic::AtomicBool,
     /// [`Cache::disabled`]: nothing is read or stored.
     pub(crate) disabled: bool,
+    /// The cache's name in `Cache-Status` (RFC 9211), rendered as a structured-field item
+    /// (cached handlers: feature `axum`).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) status_name: Box<str>,
 }
 
 #[derive(Debug)]

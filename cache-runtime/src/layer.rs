@@ -34,12 +34,20 @@ pub struct CacheLayer {
     namespace: String,
     opts: CallOpts,
     http: HttpOpts,
+    /// As given (as `Cache::invalidate_tag` takes them).
+    tags: std::sync::Arc<[String]>,
 }
 
 impl CacheLayer {
     /// Caches into `cache`, in the default namespace, for the cache's default ttl, `private`.
     pub fn new(cache: Cache) -> Self {
-        CacheLayer { cache, namespace: DEFAULT_NAMESPACE.to_owned(), opts: CallOpts::new(), http: HttpOpts::new() }
+        CacheLayer {
+            cache,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            opts: CallOpts::new(),
+            http: HttpOpts::new(),
+            tags: std::sync::Arc::new([]),
+        }
     }
 
     /// Seconds a response stays fresh (`expire`).
@@ -118,6 +126,29 @@ impl CacheLayer {
         self
     }
 
+    /// Tags of every entry this layer stores (`Cache::invalidate_tag` drops them; with
+    /// [`cdn_tags`](Self::cdn_tags) they also go to the CDN).
+    pub fn tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.tags = tags.into_iter().map(|t| t.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// The entries' tags go out as `Surrogate-Key` (space-separated) and `Cache-Tag`
+    /// (comma-separated), for a CDN to purge by.
+    ///
+    /// ```
+    /// let layer = cache_runtime::CacheLayer::new(cache_runtime::Cache::memory()).tags(["posts"]).cdn_tags();
+    /// # drop(layer);
+    /// ```
+    pub fn cdn_tags(mut self) -> Self {
+        self.http = self.http.cdn_tags();
+        self
+    }
+
     /// One request per key across replicas computes a missing response.
     pub fn lock(mut self, hold_secs: u64) -> Self {
         self.opts = self.opts.lock(Duration::from_secs(hold_secs));
@@ -171,7 +202,8 @@ where
                     Err(never) => match never {},
                 }
             };
-            let call = Call { cache: &layer.cache, key, namespace: &layer.namespace, tags: &[], opts: &layer.opts };
+            let call =
+                Call { cache: &layer.cache, key, namespace: &layer.namespace, tags: &layer.tags, opts: &layer.opts };
             let response = cached_handler(call, meta, &http, body, Spawner::background()).await;
             Ok(response)
         })

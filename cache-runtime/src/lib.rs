@@ -98,7 +98,7 @@ pub use codec::Format;
 pub use entry::{EntryInfo, Tier};
 pub use error::{AlreadyInitialized, CacheError};
 #[cfg(feature = "axum")]
-pub use http::X_CACHE;
+pub use http::{CACHE_STATUS, X_CACHE};
 #[cfg(feature = "axum")]
 pub use layer::{CacheLayer, CacheService};
 pub use policy::Policy;

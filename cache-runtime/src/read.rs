@@ -36,6 +36,19 @@ pub(crate) enum Wants {
     Bypass,
 }
 
+/// Why a body ran instead of a stored answer (RFC 9211's `fwd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forward {
+    /// Nothing was stored under the key.
+    UriMiss,
+    /// Something was, that could not be used (expired, an invalidated tag, another type).
+    Miss,
+    /// A stale entry, refreshed by this caller.
+    Stale,
+    /// The caller asked for a fresh answer (a client's `no-cache` / `no-store`).
+    Request,
+}
+
 /// A body's output, settled.
 pub(crate) struct Settled<V, A> {
     /// What is shared with the callers waiting on this one, and stored for `ttl`; `None`:
@@ -82,6 +95,10 @@ pub(crate) trait Reply {
     /// The answer of a body that ran without the cache (a disabled cache, [`Wants::Bypass`], a
     /// shared entry this kind cannot use).
     fn bypass(&self, out: Self::Out) -> Self::Answer;
+
+    /// Marks the answer of a body that ran: why it ran, and whether what it returned was
+    /// stored (a handler's `Cache-Status`).
+    fn forwarded(&self, _answer: &mut Self::Answer, _why: Forward, _stored: bool) {}
 
     /// What a refresh running in a task of its own needs to settle its output (owned).
     type Detach: Copy + Send;
@@ -230,6 +247,7 @@ where
     };
     let mut lookup = cache.lookup::<R::Value, R::Codec>(&call, forced).await;
     let mut fallback = None;
+    let found_any = lookup.hit.is_some();
     if let Some((found, times)) = lookup.hit.take() {
         let freshness = opts.freshness_once(cache.rng(), &times, drawn_early);
         let stale = freshness == Freshness::Stale;
@@ -256,6 +274,9 @@ where
             Freshness::Fallback => fallback = Some(found),
             Freshness::Gone => {}
         }
+        // A found entry that is not served leaves no lease (a hit needs none): take one, or
+        // what the body computes could not be stored until the entry is gone.
+        lookup = cache.lookup::<R::Value, R::Codec>(&call, true).await;
     }
     let mut held = None;
     if let (Some(hold), false) = (opts.lock, forced) {
@@ -277,7 +298,14 @@ where
     }
     // A client's `no-store`: computed, not stored.
     let lease = lookup.fill_lease().filter(|_| reply.wants() != Wants::Uncached);
-    let answer = compute(&call, &reply, body, lease, fallback, leader).await;
+    let why = if forced {
+        Forward::Request
+    } else if fallback.is_some() || found_any {
+        Forward::Miss
+    } else {
+        Forward::UriMiss
+    };
+    let answer = compute(&call, &reply, body, lease, fallback, leader, why).await;
     if let Some(held) = held {
         held.release().await;
     }
@@ -300,7 +328,7 @@ async fn refresh<R: Reply>(
     current: Found<R::Value>,
 ) -> R::Answer {
     let lease = call.cache.lookup::<R::Value, R::Codec>(call, true).await.fill_lease();
-    compute(call, reply, body, lease, Some(current), None).await
+    compute(call, reply, body, lease, Some(current), None, Forward::Stale).await
 }
 
 /// Starts the refresh in a task of its own, under a lease taken before the body starts (so a
@@ -346,16 +374,18 @@ async fn compute<R: Reply>(
     lease: Option<(Lease, Option<u64>)>,
     fallback: Option<Found<R::Value>>,
     leader: Option<Leader<'_>>,
+    why: Forward,
 ) -> R::Answer {
     let cache = call.cache;
     cache.record_miss(&call.key);
     let started = Instant::now();
     let out = body.await;
     cache.record_computed(&call.key, started.elapsed());
-    let settled = reply.settle(out, call.ttl()).await;
+    let mut settled = reply.settle(out, call.ttl()).await;
+    let mut stored = false;
     if let (Some(found), Some(ttl), Some((lease, l1_epoch))) = (&settled.shared, settled.ttl, &lease) {
         // A failed or dropped store is logged and counted; the caller still gets the answer.
-        cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed(), ttl).await;
+        stored = cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed(), ttl).await;
     }
     if let Some(leader) = leader {
         // Shared also when it is not stored: the waiters arrived while it was computed.
@@ -367,5 +397,6 @@ async fn compute<R: Reply>(
             return answer;
         }
     }
+    reply.forwarded(&mut settled.answer, why, stored);
     settled.answer
 }

@@ -157,6 +157,26 @@ async fn a_failing_body_falls_back_to_the_stale_value() {
     }
 }
 
+#[cached(expire = 1, stale_if_error = 30, key = "sie-store:<id>", cache = cache, skip = [cache, calls])]
+async fn recovered(cache: &Cache, calls: &Calls, id: u32) -> Result<u32, String> {
+    Ok(id * 100 + calls.hit() as u32)
+}
+
+/// Past its freshness, inside only a `stale_if_error` window, a successful recompute replaces
+/// the entry (before: the found entry left no lease, so nothing was stored until the window
+/// ended and every call ran the body).
+#[tokio::test]
+async fn a_recompute_inside_the_stale_if_error_window_is_stored() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        assert_eq!(recovered(&b.cache, &calls, 1).await, Ok(101));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(recovered(&b.cache, &calls, 1).await, Ok(102), "{}: recomputed", b.name);
+        assert_eq!(recovered(&b.cache, &calls, 1).await, Ok(102), "{}: and stored", b.name);
+        assert_eq!(calls.get(), 2, "{}", b.name);
+    }
+}
+
 const KEYS: usize = 1000;
 
 /// Each key notes when its first run began: its entry is stored after that, so it expires no

@@ -20,6 +20,7 @@
 mod opts;
 mod request;
 mod response;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use crate::cache::Call;
 use crate::entry::{Found, Served, Times};
 use crate::key::KeyWriter;
-use crate::read::{read, Detached, Reply, Settled, Spawner, Wants};
+use crate::read::{read, Detached, Forward, Reply, Settled, Spawner, Wants};
 use crate::time::now_ms;
 
 pub use opts::HttpOpts;
@@ -42,6 +43,8 @@ pub(crate) use opts::*;
 pub use request::HttpRequest;
 pub(crate) use request::*;
 pub(crate) use response::*;
+pub use status::CACHE_STATUS;
+use status::{add_cdn_tags, Status};
 
 /// The cache status header.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -81,7 +84,8 @@ where
     }
     let call = Call { cache, key: key.finish(), namespace, tags, opts };
     let into_response = R::into_response as fn(R) -> Response;
-    read(call, HttpReply { request, http, wants, into_response }, body, spawner)
+    let name = &cache.inner.status_name;
+    read(call, HttpReply { request, http, wants, into_response, name, tags }, body, spawner)
 }
 
 /// How a handler's response is stored and answered (see `read.rs`).
@@ -94,6 +98,10 @@ pub(crate) struct HttpReply<'a, R> {
     http: &'a HttpOpts,
     wants: Wants,
     into_response: fn(R) -> Response,
+    /// The cache's name in `Cache-Status`.
+    name: &'a str,
+    /// The entry's tags (`cdn_tags` sends them to the CDN).
+    tags: &'a [String],
 }
 
 impl<R> Reply for HttpReply<'_, R> {
@@ -108,12 +116,19 @@ impl<R> Reply for HttpReply<'_, R> {
 
     fn answer(&self, found: Found<Arc<StoredResponse>>, served: Served) -> Option<Response> {
         let Found::Value(stored) = found else { return None };
-        let (max_age, x_cache) = match served {
-            Served::Fresh(times) => (remaining_secs(&times), "HIT"),
-            Served::Joined(ttl) => (ttl.as_secs(), "HIT"),
-            Served::Stale => (0, "STALE"),
+        let (max_age, x_cache, status) = match served {
+            Served::Fresh(times) => {
+                let max_age = remaining_secs(&times);
+                (max_age, "HIT", Status::Hit { ttl: max_age })
+            }
+            Served::Joined(ttl) => {
+                (ttl.as_secs(), "HIT", Status::Collapsed { ttl: ttl.as_secs(), origin: stored.status })
+            }
+            Served::Stale => (0, "STALE", Status::Stale),
         };
-        Some(respond(&stored, max_age, &self.request, self.http, x_cache))
+        let mut response = respond(&stored, max_age, &self.request, self.http, x_cache);
+        self.mark(&mut response, status);
+        Some(response)
     }
 
     async fn settle(&self, out: R, ttl: Duration) -> Settled<Arc<StoredResponse>, Response> {
@@ -121,7 +136,9 @@ impl<R> Reply for HttpReply<'_, R> {
         let x_cache = if self.wants == Wants::Cached { "MISS" } else { "BYPASS" };
         match to_stored((self.into_response)(out), self.http, ttl).await {
             Ok((stored, ttl)) => {
-                let answer = respond(&stored, ttl.as_secs(), &self.request, self.http, x_cache);
+                let mut answer = respond(&stored, ttl.as_secs(), &self.request, self.http, x_cache);
+                // The origin's status, also when the answer is a `304` to a conditional request.
+                answer.extensions_mut().insert(OriginStatus(stored.status));
                 Settled { shared: Some(Found::Value(stored)), ttl: Some(ttl), failed: false, answer }
             }
             Err(mut response) => {
@@ -134,7 +151,24 @@ impl<R> Reply for HttpReply<'_, R> {
     fn bypass(&self, out: R) -> Response {
         let mut response = (self.into_response)(out);
         set_x_cache(&mut response, "BYPASS");
+        let cacheable = self.request.method == Method::GET || self.request.method == Method::HEAD;
+        let origin = response.status();
+        self.mark(
+            &mut response,
+            Status::Forward { why: if cacheable { "bypass" } else { "method" }, origin, stored: false },
+        );
         response
+    }
+
+    fn forwarded(&self, answer: &mut Response, why: Forward, stored: bool) {
+        let why = match why {
+            Forward::UriMiss => "uri-miss",
+            Forward::Miss => "miss",
+            Forward::Stale => "stale",
+            Forward::Request => "request",
+        };
+        let origin = answer.extensions_mut().remove::<OriginStatus>().map_or(answer.status(), |s| s.0);
+        self.mark(answer, Status::Forward { why, origin, stored });
     }
 
     type Detach = (HttpOpts, fn(R) -> Response);
@@ -146,5 +180,21 @@ impl<R> Reply for HttpReply<'_, R> {
         Box::pin(
             async move { to_stored(response, &http, ttl).await.ok().map(|(stored, ttl)| (Found::Value(stored), ttl)) },
         )
+    }
+}
+
+/// The handler's own status, kept on an answer that may be a `304` (for `fwd-status`).
+#[derive(Clone, Copy)]
+struct OriginStatus(axum::http::StatusCode);
+
+impl<R> HttpReply<'_, R> {
+    /// Adds `Cache-Status` (RFC 9211) and, with `cdn_tags`, the entry's tags for the CDN.
+    fn mark(&self, response: &mut Response, status: Status) {
+        if let Some(value) = status.render(self.name) {
+            response.headers_mut().insert(CACHE_STATUS, value);
+        }
+        if self.http.cdn_tags && !self.tags.is_empty() && response.status().is_success() {
+            add_cdn_tags(response.headers_mut(), self.tags);
+        }
     }
 }

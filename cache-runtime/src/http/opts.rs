@@ -32,6 +32,8 @@ pub struct HttpOpts {
     pub(super) stale_if_error: Option<u64>,
     /// `unless` / `expire_with`, over the handler's response before its body is read.
     pub(super) policy: Policy<Response>,
+    /// `cdn_tags`: the entry's tags go out as `Surrogate-Key` and `Cache-Tag`.
+    pub(super) cdn_tags: bool,
 }
 
 impl Default for HttpOpts {
@@ -54,7 +56,13 @@ impl HttpOpts {
             stale_while_revalidate: None,
             stale_if_error: None,
             policy: Policy::new(),
+            cdn_tags: false,
         }
+    }
+    /// `cdn_tags`.
+    pub const fn cdn_tags(mut self) -> Self {
+        self.cdn_tags = true;
+        self
     }
     /// These options with `expire_with` capped by `max` (when the policy has no cap).
     pub(crate) fn capped_by(mut self, max: Option<Duration>) -> Self {
