@@ -92,6 +92,7 @@ pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
     let namespace =
         plan.namespace.as_ref().map_or_else(|| quote!(#krate::__private::DEFAULT_NAMESPACE), |ns| quote!(#ns));
     let opts = call_opts(&plan.opts, &krate);
+    let site = function_site(&plan.func, &krate);
     let (key_builder, capacity) = match &plan.key {
         Key::Template(template) => template_key(template, &krate),
         Key::Request => default_handler_key(&plan.func),
@@ -109,6 +110,7 @@ pub(crate) fn cached(plan: &CachedPlan) -> TokenStream {
         let mut __cr_w = #krate::__private::key_writer(__cr_cache, #namespace, #capacity);
         #key_builder
         const __CR_OPTS: #krate::__private::CallOpts = #opts;
+        #site
         let __cr_tags: [::std::string::String; #tag_count] = [#(#tags),*];
         let __cr_body = #body_kw {
             #fake_return
@@ -146,6 +148,7 @@ fn cached_batch(plan: &CachedPlan, batch: &BatchPlan) -> TokenStream {
     let namespace =
         plan.namespace.as_ref().map_or_else(|| quote!(#krate::__private::DEFAULT_NAMESPACE), |ns| quote!(#ns));
     let opts = call_opts(&plan.opts, &krate);
+    let site = function_site(&plan.func, &krate);
     let element = Ident::new("__cr_el", Span::call_site());
     let per_element = |template: &Template| {
         Template(
@@ -186,7 +189,10 @@ fn cached_batch(plan: &CachedPlan, batch: &BatchPlan) -> TokenStream {
     let runtime_fn = if batch.fallible { quote!(cached_batch_result) } else { quote!(cached_batch) };
     let call = quote_spanned! {ret_ty.span()=>
         #krate::__private::#runtime_fn(
-            #krate::__private::Batch { cache: __cr_cache, namespace: #namespace, opts: &__CR_OPTS, elements: __cr_elements },
+            #krate::__private::Batch {
+                cache: __cr_cache, namespace: #namespace, opts: &__CR_OPTS, site: ::core::option::Option::Some(&__CR_FN),
+                elements: __cr_elements,
+            },
             #policy,
             __cr_body,
         ).await
@@ -199,6 +205,7 @@ fn cached_batch(plan: &CachedPlan, batch: &BatchPlan) -> TokenStream {
             #(#inner)*
             #cache
             const __CR_OPTS: #krate::__private::CallOpts = #opts;
+            #site
             let __cr_elements: ::std::vec::Vec<_> = #param
                 .iter()
                 .cloned()
@@ -248,6 +255,7 @@ fn handler_call(
         #krate::__private::cached_handler::<#response_ty, _, #all_headers, #keep_uri>(
             #krate::__private::Call {
                 cache: __cr_cache, key: __cr_w, namespace: #namespace, tags: &__cr_tags, opts: &__CR_OPTS,
+                site: ::core::option::Option::Some(&__CR_FN),
             },
             __cr_http, &__CR_HTTP, __cr_body, #spawner,
         ).await
@@ -275,6 +283,7 @@ fn service_call(
     let call_ctx = quote! {
         #krate::__private::Call {
             cache: __cr_cache, key: __cr_w.finish(), namespace: #namespace, tags: &__cr_tags, opts: &__CR_OPTS,
+            site: ::core::option::Option::Some(&__CR_FN),
         }
     };
     let policy_of = |value: Option<&TokenStream>| {
@@ -343,6 +352,15 @@ fn call_opts(opts: &CallOpts, krate: &TokenStream) -> TokenStream {
         });
     }
     out
+}
+
+/// The fn's row in `function_stats`: a `static` named by its module path and name.
+fn function_site(func: &ItemFn, krate: &TokenStream) -> TokenStream {
+    let name = format!("::{}", func.sig.ident);
+    quote! {
+        static __CR_FN: #krate::__private::Function =
+            #krate::__private::Function::new(::core::concat!(::core::module_path!(), #name));
+    }
 }
 
 /// `unless` / `expire_with` as a `Policy` over `value` (the type the expressions see; inferred

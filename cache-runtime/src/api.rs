@@ -179,7 +179,7 @@ impl Namespace<'_> {
     /// Reads `key`; see [`Cache::get`].
     pub async fn get<T: Cacheable>(&self, key: &str) -> Option<T> {
         let (key, namespace) = (self.cache.full_key(self.namespace, key), self.escaped());
-        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &PLAIN };
+        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &PLAIN, site: None };
         match self.cache.lookup::<T, Json>(&call, false).await.hit {
             Some((Found::Value(v), times)) if times.fresh_until_ms > now_ms() => Some(v),
             Some(_) | None => None,
@@ -246,7 +246,7 @@ impl Namespace<'_> {
     {
         let (opts, namespace) = (CallOpts::new().expire(ttl), self.escaped());
         let key = self.cache.full_key(self.namespace, key);
-        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts };
+        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts, site: None };
         read(call, Value::<T>(policy.bounded_by(ttl)), fetch(), Spawner::inline()).await
     }
 
@@ -300,7 +300,7 @@ impl Namespace<'_> {
     {
         let (opts, namespace) = (CallOpts::new().expire(ttl), self.escaped());
         let key = self.cache.full_key(self.namespace, key);
-        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts };
+        let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts, site: None };
         read(call, Fallible::<T, E>(policy.bounded_by(ttl), PhantomData), fetch(), Spawner::inline()).await
     }
 }

@@ -41,6 +41,8 @@ pub struct Batch<'a, K> {
     pub cache: &'a Cache,
     pub namespace: &'a str,
     pub opts: &'a CallOpts,
+    /// The fn's counters.
+    pub site: Option<&'static crate::functions::Function>,
     /// In the caller's order; duplicates are looked up once.
     pub elements: Vec<Element<K>>,
 }
@@ -138,14 +140,14 @@ where
     F: FnOnce(Vec<K>) -> Fut,
     Fut: Future<Output = Result<M, E>>,
 {
-    let Batch { cache, namespace, opts, elements } = batch;
+    let Batch { cache, namespace, opts, site, elements } = batch;
     // `key_of`: the first element's key; the body never runs.
     if elements.first().is_some_and(|first| crate::capture::taken(cache, namespace, &first.key)) {
         return std::future::pending().await;
     }
     if cache.is_disabled() {
         for element in &elements {
-            cache.record_miss(&element.key);
+            cache.record_miss(site, &element.key);
         }
         return body(elements.into_iter().map(|e| e.id).collect()).await;
     }
@@ -166,7 +168,7 @@ where
             pending.push((at, element, true));
             continue;
         }
-        cache.record_hit(&element.key);
+        cache.record_hit(site, &element.key);
         if let Found::Value(v) = found {
             answered.push((at, element.id, v));
         }
@@ -177,7 +179,7 @@ where
         match cache.flights().join::<V>(&element.key).await {
             Joined::Leader(leader) => led.push((at, element, leader, drawn_early)),
             Joined::Shared(found, served) => {
-                cache.record_served(&element.key, matches!(served, Served::Stale));
+                cache.record_collapsed(site, &element.key, matches!(served, Served::Stale));
                 if let Found::Value(v) = found {
                     answered.push((at, element.id, v));
                 }
@@ -195,7 +197,7 @@ where
         if let Some((found, times)) = lookup.hit.take() {
             match opts.freshness_once(cache.rng(), &times, drawn_early) {
                 Freshness::Fresh => {
-                    cache.record_served(&element.key, false);
+                    cache.record_served(site, &element.key, false);
                     leader.finish(Some(&found), Served::Fresh(times));
                     if let Found::Value(v) = found {
                         answered.push((at, element.id, v));
@@ -206,7 +208,7 @@ where
                     let stale = freshness == Freshness::Stale;
                     if !cache.claim_refresh(&element.key, REFRESH_HOLD).await {
                         // Another caller refreshes it: serve what there is.
-                        cache.record_served(&element.key, stale);
+                        cache.record_served(site, &element.key, stale);
                         let served = if stale { Served::Stale } else { Served::Fresh(times) };
                         leader.finish(Some(&found), served);
                         if let Found::Value(v) = found {
@@ -243,7 +245,7 @@ where
             match cache.lock_or_wait::<V, Json>(&element_call(cache, namespace, opts, &c.element), hold).await {
                 Locked::Ready(found, times) => {
                     waited = true;
-                    cache.record_served(&c.element.key, false);
+                    cache.record_collapsed(site, &c.element.key, false);
                     c.leader.finish(Some(&found), Served::Fresh(times));
                     if let Found::Value(v) = found {
                         answered.push((c.at, c.element.id, v));
@@ -272,7 +274,7 @@ where
             for (mut c, mut lookup) in computing.into_iter().zip(lookups) {
                 match lookup.hit.take() {
                     Some((found, times)) if !c.refreshing && times.fresh_until_ms > crate::time::now_ms() => {
-                        cache.record_served(&c.element.key, false);
+                        cache.record_served(site, &c.element.key, false);
                         c.leader.finish(Some(&found), Served::Fresh(times));
                         if let Some(held) = c.held {
                             held.release().await;
@@ -295,10 +297,10 @@ where
     if !computing.is_empty() {
         let started = Instant::now();
         for c in &computing {
-            cache.record_miss(&c.element.key);
+            cache.record_miss(site, &c.element.key);
         }
         let out = body(computing.iter().map(|c| c.element.id.clone()).collect()).await;
-        cache.record_computed(&computing[0].element.key, started.elapsed());
+        cache.record_computed(site, &computing[0].element.key, started.elapsed());
         match out {
             Ok(map) => {
                 let recompute = started.elapsed();
@@ -312,7 +314,10 @@ where
                             Found::Negative => Some(call.ttl()),
                         };
                         if let (Some(ttl), Some((lease, l1_epoch))) = (ttl, &c.lease) {
-                            cache.fill::<V, Json>(&call, lease, *l1_epoch, &found, recompute, ttl).await;
+                            let bytes = cache.fill::<V, Json>(&call, lease, *l1_epoch, &found, recompute, ttl).await;
+                            if let (Some(bytes), Some(site)) = (bytes, site) {
+                                site.stored(bytes);
+                            }
                         }
                         c.leader.finish(Some(&found), Served::Joined(ttl.unwrap_or_default()));
                         if c.refreshing {
@@ -334,6 +339,9 @@ where
                 answered.extend(extra);
             }
             Err(err) => {
+                if let Some(site) = site {
+                    site.failed();
+                }
                 // Nothing is stored. With a fallback for every element (`stale_if_error`, a
                 // refresh), the batch is answered from them; otherwise the caller gets the error.
                 let covered =
@@ -353,7 +361,7 @@ where
                     return Err(err);
                 }
                 for (at, element, fallback) in served {
-                    cache.record_served(&element.key, true);
+                    cache.record_served(site, &element.key, true);
                     if let Some(Found::Value(v)) = fallback {
                         answered.push((at, element.id, v));
                     }
@@ -369,5 +377,6 @@ where
 const REFRESH_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn element_call<'a, K>(cache: &'a Cache, namespace: &'a str, opts: &'a CallOpts, element: &'a Element<K>) -> Call<'a> {
-    Call { cache, key: element.key.clone(), namespace, tags: &element.tags, opts }
+    // Counted per batch by `read_many`, not per element read.
+    Call { cache, key: element.key.clone(), namespace, tags: &element.tags, opts, site: None }
 }

@@ -11,6 +11,7 @@ use crate::entry::Op;
 use crate::envelope::{self};
 use crate::error::CacheError;
 use crate::flight::Flights;
+use crate::functions::Function;
 use crate::key::{self, KeyWriter};
 #[cfg(feature = "redis")]
 use crate::lock::Locks;
@@ -152,6 +153,8 @@ pub struct Call<'a, K = String> {
     pub namespace: &'a str,
     pub tags: &'a [String],
     pub opts: &'a CallOpts,
+    /// The call site's counters (`None`: the plain API).
+    pub site: Option<&'static Function>,
 }
 
 impl<K> Call<'_, K> {
@@ -241,22 +244,31 @@ impl Cache {
         LogKey { key, redact: self.inner.redact_keys }
     }
 
-    pub(crate) fn record_hit(&self, key: &str) {
+    pub(crate) fn record_hit(&self, site: Option<&'static Function>, key: &str) {
         self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(site) = site {
+            site.hit();
+        }
         #[cfg(feature = "metrics")]
         metrics::counter!("cache_hits_total").increment(1);
         tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "hit");
     }
 
-    pub(crate) fn record_miss(&self, key: &str) {
+    pub(crate) fn record_miss(&self, site: Option<&'static Function>, key: &str) {
         self.inner.stats.misses.fetch_add(1, Ordering::Relaxed);
+        if let Some(site) = site {
+            site.miss();
+        }
         #[cfg(feature = "metrics")]
         metrics::counter!("cache_misses_total").increment(1);
         tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "miss");
     }
 
     /// A body (or handler) ran for a miss or a refresh and took `took`.
-    pub(crate) fn record_computed(&self, key: &str, took: Duration) {
+    pub(crate) fn record_computed(&self, site: Option<&'static Function>, key: &str, took: Duration) {
+        if let Some(site) = site {
+            site.ran(took);
+        }
         #[cfg(feature = "metrics")]
         metrics::histogram!("cache_compute_seconds").record(took.as_secs_f64());
         tracing::debug!(target: "cache_runtime", key = %self.log_key(key), took_ms = took.as_secs_f64() * 1e3, "computed");
@@ -294,16 +306,27 @@ impl Cache {
     }
 
     /// A found entry was served: fresh, or `stale`.
-    pub(crate) fn record_served(&self, key: &str, stale: bool) {
+    pub(crate) fn record_served(&self, site: Option<&'static Function>, key: &str, stale: bool) {
         if stale {
-            self.record_stale(key);
+            self.record_stale(site, key);
         } else {
-            self.record_hit(key);
+            self.record_hit(site, key);
         }
     }
 
-    pub(crate) fn record_stale(&self, key: &str) {
+    /// Served with what another caller computed or found (single-flight, a `lock` holder).
+    pub(crate) fn record_collapsed(&self, site: Option<&'static Function>, key: &str, stale: bool) {
+        if let Some(site) = site {
+            site.collapsed();
+        }
+        self.record_served(site, key, stale);
+    }
+
+    pub(crate) fn record_stale(&self, site: Option<&'static Function>, key: &str) {
         self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+        if let Some(site) = site {
+            site.stale();
+        }
         #[cfg(feature = "metrics")]
         metrics::counter!("cache_stale_total").increment(1);
         tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "stale");

@@ -334,20 +334,27 @@ impl Cache {
         found: &Found<V>,
         recompute: Duration,
         ttl: Duration,
-    ) -> bool {
+    ) -> Option<usize> {
         let (opts, namespace, key) = (call.opts, call.namespace, call.key.clone());
         #[cfg(not(feature = "redis"))]
         let _ = l1_epoch; // the L1's epoch: no L1 without Redis
         let (value, ttl) = match found {
             Found::Value(value) => (Some(value), ttl),
             Found::Negative if opts.cache_none => (None, opts.none_ttl.unwrap_or(ttl)),
-            Found::Negative => return false,
+            Found::Negative => return None,
         };
         let keep = opts.keep();
         let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
         let result = match &self.inner.store {
             Store::Memory(mem) => self.checked_payload::<V, C>(value).map(|payload| {
-                mem.fill(key.clone(), namespace, lease, mem_entry(meta, value, memory_weight::<V, C>(&key, &payload)))
+                let size = payload.len();
+                let stored = mem.fill(
+                    key.clone(),
+                    namespace,
+                    lease,
+                    mem_entry(meta, value, memory_weight::<V, C>(&key, &payload)),
+                );
+                (stored, size)
             }),
             #[cfg(feature = "redis")]
             Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&key, &meta, value) {
@@ -356,23 +363,23 @@ impl Cache {
                     if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
                         self.l1_insert(c, epoch, key, meta, value, C::memory_size(bytes.len()));
                     }
-                    stored
+                    stored.map(|stored| (stored, bytes.len()))
                 }
                 Err(err) => Err(err),
             },
         };
         self.count_result(&result, "set");
         match result {
-            Ok(true) => {
+            Ok((true, size)) => {
                 self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
-                true
+                Some(size)
             }
-            Ok(false) => {
+            Ok((false, _)) => {
                 self.inner.stats.dropped_fills.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(target: "cache_runtime", namespace, "fill dropped: invalidated while it was computed");
-                false
+                None
             }
-            Err(_) => false,
+            Err(_) => None,
         }
     }
 

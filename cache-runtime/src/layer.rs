@@ -36,6 +36,8 @@ pub struct CacheLayer {
     http: HttpOpts,
     /// As given (as `Cache::invalidate_tag` takes them).
     tags: std::sync::Arc<[String]>,
+    /// Its row in `function_stats` (`layer:<namespace>`).
+    site: &'static crate::functions::Function,
 }
 
 impl CacheLayer {
@@ -47,6 +49,7 @@ impl CacheLayer {
             opts: CallOpts::new(),
             http: HttpOpts::new(),
             tags: std::sync::Arc::new([]),
+            site: crate::functions::Function::leaked(format!("layer:{DEFAULT_NAMESPACE}")),
         }
     }
 
@@ -60,6 +63,7 @@ impl CacheLayer {
     pub fn namespace(mut self, namespace: &str) -> Self {
         self.namespace.clear();
         crate::key::escape_into(&mut self.namespace, namespace);
+        self.site = crate::functions::Function::leaked(format!("layer:{namespace}"));
         self
     }
 
@@ -202,8 +206,14 @@ where
                     Err(never) => match never {},
                 }
             };
-            let call =
-                Call { cache: &layer.cache, key, namespace: &layer.namespace, tags: &layer.tags, opts: &layer.opts };
+            let call = Call {
+                cache: &layer.cache,
+                key,
+                namespace: &layer.namespace,
+                tags: &layer.tags,
+                opts: &layer.opts,
+                site: Some(layer.site),
+            };
             let response = cached_handler(call, meta, &http, body, Spawner::background()).await;
             Ok(response)
         })

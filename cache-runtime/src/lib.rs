@@ -61,6 +61,7 @@ mod entry;
 mod envelope;
 mod error;
 mod flight;
+mod functions;
 #[cfg(feature = "axum")]
 mod http;
 mod invalidate;
@@ -97,6 +98,7 @@ pub use capture::{key_of, CallKey};
 pub use codec::Format;
 pub use entry::{EntryInfo, Tier};
 pub use error::{AlreadyInitialized, CacheError};
+pub use functions::{function_stats, FunctionStats};
 #[cfg(feature = "axum")]
 pub use http::{CACHE_STATUS, X_CACHE};
 #[cfg(feature = "axum")]
@@ -245,6 +247,7 @@ pub mod __private {
     pub use crate::__cache_runtime_handler_support as handler_support;
     pub use crate::batch::{cached_batch, cached_batch_result, Batch, BatchMap, Element};
     pub use crate::cache::{Call, DEFAULT_NAMESPACE};
+    pub use crate::functions::Function;
     pub use crate::invalidate::Invalidation;
     pub use crate::key::{KeyWriter, Part, PartDisplay, PartInt, PartText};
     pub use crate::policy::{CallOpts, Policy};

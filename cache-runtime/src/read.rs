@@ -169,13 +169,13 @@ where
     R::Detach: 'static,
     F: Future<Output = R::Out> + 'a,
 {
-    let Call { cache, key, namespace, tags, opts } = call;
+    let Call { cache, key, namespace, tags, opts, site } = call;
     // `key_of`: the key is what was asked for; the body never runs.
     let held = crate::capture::taken(cache, namespace, &key);
     let fast = if held || cache.is_disabled() || reply.wants() != Wants::Cached {
         Err((key, false))
     } else {
-        answer_local_hit(cache, key, opts, &reply)
+        answer_local_hit(cache, key, opts, site, &reply)
     };
     async move {
         match fast {
@@ -184,11 +184,11 @@ where
             Err(_) if reply.wants() == Wants::Bypass => reply.bypass(body.await),
             Err((key, _)) if cache.is_disabled() => {
                 // A disabled cache: every call runs its body (no single-flight either).
-                cache.record_miss(&key);
+                cache.record_miss(site, &key);
                 reply.bypass(body.await)
             }
             Err((key, drawn_early)) => {
-                let call = Call { cache, key, namespace, tags, opts };
+                let call = Call { cache, key, namespace, tags, opts, site };
                 Box::pin(read_through(call, drawn_early, reply, body, spawner)).await
             }
         }
@@ -201,6 +201,7 @@ fn answer_local_hit<R: Reply>(
     cache: &Cache,
     key: String,
     opts: &crate::policy::CallOpts,
+    site: Option<&'static crate::functions::Function>,
     reply: &R,
 ) -> Result<R::Answer, (String, bool)> {
     let Some((found, times)) = cache.local_hit::<R::Value>(&key) else { return Err((key, false)) };
@@ -210,7 +211,7 @@ fn answer_local_hit<R: Reply>(
     }
     match reply.answer(found, Served::Fresh(times)) {
         Some(answer) => {
-            cache.record_hit(&key);
+            cache.record_hit(site, &key);
             crate::key::recycle(key);
             Ok(answer)
         }
@@ -236,7 +237,7 @@ where
             Joined::Leader(leader) => Some(leader),
             Joined::Shared(found, served) => {
                 if let Some(answer) = reply.answer(found, served) {
-                    cache.record_served(key, matches!(served, Served::Stale));
+                    cache.record_collapsed(call.site, key, matches!(served, Served::Stale));
                     return answer;
                 }
                 // A leader shares what it stored; should this kind not use it, run the body
@@ -266,7 +267,7 @@ where
                         }
                         refresh_in_background(&call, &reply, body, spawner).await;
                     }
-                    cache.record_served(key, stale);
+                    cache.record_served(call.site, key, stale);
                     share(leader, &found, served);
                     return current;
                 }
@@ -283,7 +284,7 @@ where
         match cache.lock_or_wait::<R::Value, R::Codec>(&call, hold).await {
             Locked::Ready(found, times) => {
                 if let Some(answer) = reply.answer(found.clone(), Served::Fresh(times)) {
-                    cache.record_served(key, false);
+                    cache.record_collapsed(call.site, key, false);
                     share(leader, &found, Served::Fresh(times));
                     return answer;
                 }
@@ -347,17 +348,24 @@ where
         return;
     };
     let with = reply.detach();
-    let (cache, key, namespace, tags, opts) =
-        (cache.clone(), call.key.clone(), call.namespace.to_owned(), call.tags.to_vec(), *call.opts);
+    let (cache, key, namespace, tags, opts, site) =
+        (cache.clone(), call.key.clone(), call.namespace.to_owned(), call.tags.to_vec(), *call.opts, call.site);
     let (ttl, started) = (call.ttl(), Instant::now());
     spawn(
         body,
         Box::new(move |out| {
             let stored = R::detached(with, out, ttl);
             Box::pin(async move {
-                let call = Call { cache: &cache, key, namespace: &namespace, tags: &tags, opts: &opts };
+                let call = Call { cache: &cache, key, namespace: &namespace, tags: &tags, opts: &opts, site };
+                if let Some(site) = site {
+                    site.ran(started.elapsed());
+                }
                 if let Some((found, ttl)) = stored.await {
-                    cache.fill::<R::Value, R::Codec>(&call, &lease, None, &found, started.elapsed(), ttl).await;
+                    let bytes =
+                        cache.fill::<R::Value, R::Codec>(&call, &lease, None, &found, started.elapsed(), ttl).await;
+                    if let (Some(bytes), Some(site)) = (bytes, site) {
+                        site.stored(bytes);
+                    }
                 }
                 cache.release_refresh(&call.key).await;
             })
@@ -377,15 +385,22 @@ async fn compute<R: Reply>(
     why: Forward,
 ) -> R::Answer {
     let cache = call.cache;
-    cache.record_miss(&call.key);
+    cache.record_miss(call.site, &call.key);
     let started = Instant::now();
     let out = body.await;
-    cache.record_computed(&call.key, started.elapsed());
+    cache.record_computed(call.site, &call.key, started.elapsed());
     let mut settled = reply.settle(out, call.ttl()).await;
     let mut stored = false;
     if let (Some(found), Some(ttl), Some((lease, l1_epoch))) = (&settled.shared, settled.ttl, &lease) {
         // A failed or dropped store is logged and counted; the caller still gets the answer.
-        stored = cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed(), ttl).await;
+        let bytes = cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed(), ttl).await;
+        if let (Some(bytes), Some(site)) = (bytes, call.site) {
+            site.stored(bytes);
+        }
+        stored = bytes.is_some();
+    }
+    if let (true, Some(site)) = (settled.failed, call.site) {
+        site.failed();
     }
     if let Some(leader) = leader {
         // Shared also when it is not stored: the waiters arrived while it was computed.
@@ -393,7 +408,7 @@ async fn compute<R: Reply>(
     }
     if settled.failed {
         if let Some(answer) = fallback.and_then(|stale| reply.answer(stale, Served::Stale)) {
-            cache.record_served(&call.key, true);
+            cache.record_served(call.site, &call.key, true);
             return answer;
         }
     }

@@ -39,16 +39,56 @@ impl metrics::Recorder for Recorded {
     fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
     fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
     fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let cell = self.counters.lock().unwrap().entry(key.name().to_owned()).or_default().clone();
+        let cell = self.counters.lock().unwrap().entry(labelled(key)).or_default().clone();
         metrics::Counter::from_arc(Arc::new(Count(cell)))
     }
     fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
         metrics::Gauge::noop()
     }
     fn register_histogram(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
-        let cell = self.samples.lock().unwrap().entry(key.name().to_owned()).or_default().clone();
+        let cell = self.samples.lock().unwrap().entry(labelled(key)).or_default().clone();
         metrics::Histogram::from_arc(Arc::new(Count(cell)))
     }
+}
+
+/// `name` or `name{label=value,…}`.
+fn labelled(key: &metrics::Key) -> String {
+    let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+    if labels.is_empty() {
+        key.name().to_owned()
+    } else {
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+}
+
+#[cache_runtime::cached(expire = 60, key = "triple:<n>")]
+async fn triple(n: u64) -> u64 {
+    n * 3
+}
+
+/// Per-function series: labelled by the fn's module path and name.
+#[test]
+fn each_function_has_its_own_series() {
+    let recorded = Recorded::default();
+    metrics::with_local_recorder(&recorded, || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            cache_runtime::scope(Cache::memory(), async {
+                for _ in 0..3 {
+                    triple(2).await;
+                }
+            })
+            .await;
+        });
+    });
+    let counter = |name: &str| recorded.counters.lock().unwrap().get(name).map_or(0, |c| c.load(Ordering::Relaxed));
+    assert_eq!(counter("cache_function_hits_total{function=observability::triple}"), 2);
+    assert_eq!(counter("cache_function_misses_total{function=observability::triple}"), 1);
+    assert!(counter("cache_function_stored_bytes_total{function=observability::triple}") > 0);
+    let samples = recorded.samples.lock().unwrap();
+    let runs =
+        samples.get("cache_function_body_seconds{function=observability::triple}").map(|c| c.load(Ordering::Relaxed));
+    assert_eq!(runs, Some(1));
 }
 
 #[test]

@@ -266,5 +266,27 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     ] {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
     }
+    // Per cached handler (and fn): the same, labelled by its name.
+    let functions = cache_runtime::function_stats();
+    for (name, help, value) in [
+        (
+            "cache_function_hits_total",
+            "Reads of one handler answered from the cache.",
+            (|f: &cache_runtime::FunctionStats| f.hits) as fn(&cache_runtime::FunctionStats) -> u64,
+        ),
+        ("cache_function_misses_total", "Reads of one handler that ran it.", |f| f.misses),
+        ("cache_function_stale_total", "Reads of one handler answered with a stale entry.", |f| f.stale),
+        (
+            "cache_function_collapsed_total",
+            "Reads of one handler answered with what a concurrent read computed.",
+            |f| f.collapsed,
+        ),
+        ("cache_function_stored_bytes_total", "Bytes one handler's responses stored.", |f| f.bytes_stored),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for f in &functions {
+            out.push_str(&format!("{name}{{function=\"{}\"}} {}\n", f.name, value(f)));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

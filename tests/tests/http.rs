@@ -356,6 +356,15 @@ async fn metrics_count_hits_misses_and_database_reads() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
+    // Per handler: the counters are process-wide (other tests of this binary call it too).
+    let per_handler = |series: &str| -> u64 {
+        let prefix = format!("{series}{{function=\"examples::app::get_user\"}} ");
+        let line = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+        line.unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}")).parse().unwrap()
+    };
+    assert!(per_handler("cache_function_hits_total") >= 2);
+    assert!(per_handler("cache_function_misses_total") >= 1);
+    assert!(per_handler("cache_function_stored_bytes_total") > 0);
 }
 
 // ----- handlers written here, for what the example app does not exercise -----

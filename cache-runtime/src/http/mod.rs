@@ -44,7 +44,7 @@ pub use request::HttpRequest;
 pub(crate) use request::*;
 pub(crate) use response::*;
 pub use status::CACHE_STATUS;
-use status::{add_cdn_tags, Status};
+use status::{add_cdn_tags, Label, Status};
 
 /// The cache status header.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -69,7 +69,7 @@ where
     R: IntoResponse + 'static,
     F: Future<Output = R> + 'a,
 {
-    let Call { cache, mut key, namespace, tags, opts } = call;
+    let Call { cache, mut key, namespace, tags, opts, site } = call;
     let request = request.0;
     let cacheable = !cache.is_disabled() && (request.method == Method::GET || request.method == Method::HEAD);
     let wants = if !cacheable {
@@ -82,7 +82,7 @@ where
     if cacheable {
         add_vary(&mut key, &request.headers, http.vary);
     }
-    let call = Call { cache, key: key.finish(), namespace, tags, opts };
+    let call = Call { cache, key: key.finish(), namespace, tags, opts, site };
     let into_response = R::into_response as fn(R) -> Response;
     let name = &cache.inner.status_name;
     read(call, HttpReply { request, http, wants, into_response, name, tags }, body, spawner)
@@ -126,8 +126,9 @@ impl<R> Reply for HttpReply<'_, R> {
             }
             Served::Stale => (0, "STALE", Status::Stale),
         };
-        let mut response = respond(&stored, max_age, &self.request, self.http, x_cache);
-        self.mark(&mut response, status);
+        let label = Label { x_cache, status: Some((self.name, status)) };
+        let mut response = respond(&stored, max_age, &self.request, self.http, label);
+        self.add_tags(&mut response);
         Some(response)
     }
 
@@ -136,7 +137,7 @@ impl<R> Reply for HttpReply<'_, R> {
         let x_cache = if self.wants == Wants::Cached { "MISS" } else { "BYPASS" };
         match to_stored((self.into_response)(out), self.http, ttl).await {
             Ok((stored, ttl)) => {
-                let mut answer = respond(&stored, ttl.as_secs(), &self.request, self.http, x_cache);
+                let mut answer = respond(&stored, ttl.as_secs(), &self.request, self.http, Label::x_cache(x_cache));
                 // The origin's status, also when the answer is a `304` to a conditional request.
                 answer.extensions_mut().insert(OriginStatus(stored.status));
                 Settled { shared: Some(Found::Value(stored)), ttl: Some(ttl), failed: false, answer }
@@ -193,6 +194,11 @@ impl<R> HttpReply<'_, R> {
         if let Some(value) = status.render(self.name) {
             response.headers_mut().insert(CACHE_STATUS, value);
         }
+        self.add_tags(response);
+    }
+
+    /// With `cdn_tags`, the entry's tags for the CDN.
+    fn add_tags(&self, response: &mut Response) {
         if self.http.cdn_tags && !self.tags.is_empty() && response.status().is_success() {
             add_cdn_tags(response.headers_mut(), self.tags);
         }

@@ -156,11 +156,11 @@ impl HttpOpts {
     }
 
     /// Every header of a 200 answer from `stored`.
-    pub(super) fn answer_headers(&self, stored: &StoredResponse, max_age: u64, x_cache: &'static str) -> HeaderMap {
+    pub(super) fn answer_headers(&self, stored: &StoredResponse, max_age: u64, label: Label<'_>) -> HeaderMap {
         // `try_lock`: under contention, build rather than wait.
         let mut memo = stored.rendered.answer.try_lock().ok();
-        if let Some(Some((age, opts, status, headers))) = memo.as_deref() {
-            if *age == max_age && opts == self && *status == x_cache {
+        if let Some(Some((age, opts, made_for, headers))) = memo.as_deref() {
+            if *age == max_age && opts == self && *made_for == label.memo_key() {
                 return headers.clone();
             }
         }
@@ -169,22 +169,16 @@ impl HttpOpts {
             headers.append(name.clone(), value.clone());
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
-        self.add_headers(&mut headers, stored, max_age, x_cache);
+        self.add_headers(&mut headers, stored, max_age, label);
         if let Some(memo) = memo.as_deref_mut() {
-            *memo = Some((max_age, *self, x_cache, headers.clone()));
+            *memo = Some((max_age, *self, label.memo_key(), headers.clone()));
         }
         headers
     }
 
     /// Adds the caching headers shared by 200 and 304 answers.
-    pub(super) fn add_headers(
-        &self,
-        headers: &mut HeaderMap,
-        stored: &StoredResponse,
-        max_age: u64,
-        x_cache: &'static str,
-    ) {
-        headers.reserve(7);
+    pub(super) fn add_headers(&self, headers: &mut HeaderMap, stored: &StoredResponse, max_age: u64, label: Label<'_>) {
+        headers.reserve(8);
         headers.insert(header::ETAG, stored.rendered.etag.clone());
         headers.insert(header::LAST_MODIFIED, stored.rendered.last_modified.clone());
         headers.insert(header::CACHE_CONTROL, self.cache_control(max_age));
@@ -200,7 +194,10 @@ impl HttpOpts {
                 headers.insert(CLOUDFLARE_CDN_CACHE_CONTROL, v);
             }
         }
-        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+        headers.insert(X_CACHE, HeaderValue::from_static(label.x_cache));
+        if let Some(value) = label.status.and_then(|(name, status)| status.render(name)) {
+            headers.insert(CACHE_STATUS, value);
+        }
     }
 }
 

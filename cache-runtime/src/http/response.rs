@@ -34,13 +34,16 @@ pub(crate) struct StoredResponse {
     pub(super) rendered: Rendered,
 }
 
+/// What a memoized answer's headers were made for (see `Label::memo_key`).
+pub(super) type MemoKey = (&'static str, Option<(usize, usize, Status)>);
+
 #[derive(Debug)]
 pub(super) struct Rendered {
     pub(super) etag: HeaderValue,
     pub(super) last_modified: HeaderValue,
     /// The last complete header map of a 200 answer, for one (max-age, options, X-Cache):
     /// hits within the same second clone it and insert nothing.
-    pub(super) answer: std::sync::Mutex<Option<(u64, HttpOpts, &'static str, HeaderMap)>>,
+    pub(super) answer: std::sync::Mutex<Option<(u64, HttpOpts, MemoKey, HeaderMap)>>,
 }
 
 impl StoredResponse {
@@ -200,17 +203,17 @@ pub(super) fn respond(
     max_age: u64,
     request: &RequestParts,
     opts: &HttpOpts,
-    x_cache: &'static str,
+    label: Label<'_>,
 ) -> Response {
     if not_modified(request, stored) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
-        opts.add_headers(response.headers_mut(), stored, max_age, x_cache);
+        opts.add_headers(response.headers_mut(), stored, max_age, label);
         return response;
     }
     let body = if request.method == Method::HEAD { Body::empty() } else { Body::from(stored.body.clone()) };
     let mut response = Response::new(body);
     *response.status_mut() = stored.status;
-    *response.headers_mut() = opts.answer_headers(stored, max_age, x_cache);
+    *response.headers_mut() = opts.answer_headers(stored, max_age, label);
     response
 }
 

@@ -15,7 +15,7 @@ pub(super) const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-
 pub(super) const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
 /// What `Cache-Status` says of one response.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Status {
     /// Answered from the cache; `ttl`: freshness left, in seconds.
     Hit { ttl: u64 },
@@ -56,6 +56,27 @@ impl Status {
             }
         }
         HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+    }
+}
+
+/// What a cached answer says of itself: `X-Cache`, and `Cache-Status` when known (a miss adds
+/// it once its fill is done).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Label<'a> {
+    pub(super) x_cache: &'static str,
+    /// The cache's name and the status.
+    pub(super) status: Option<(&'a str, Status)>,
+}
+
+impl<'a> Label<'a> {
+    /// `X-Cache` only.
+    pub(super) const fn x_cache(x_cache: &'static str) -> Self {
+        Label { x_cache, status: None }
+    }
+
+    /// What a memoized header map was made for (the name by address: it is the cache's own).
+    pub(super) fn memo_key(&self) -> (&'static str, Option<(usize, usize, Status)>) {
+        (self.x_cache, self.status.map(|(name, status)| (name.as_ptr() as usize, name.len(), status)))
     }
 }
 

@@ -112,13 +112,15 @@ fn answers_are_rendered_per_second_per_options_and_per_status() {
     let stored = stored();
     let private = HttpOpts::new().stale_while_revalidate(30);
     let public = HttpOpts::new().public().s_maxage(120);
-    let cc = |opts: &HttpOpts, age, status| opts.answer_headers(&stored, age, status)[header::CACHE_CONTROL].clone();
+    let cc = |opts: &HttpOpts, age, status| {
+        opts.answer_headers(&stored, age, Label::x_cache(status))[header::CACHE_CONTROL].clone()
+    };
     assert_eq!(cc(&private, 60, "HIT"), "private, max-age=60, stale-while-revalidate=30");
     assert_eq!(cc(&private, 60, "HIT"), "private, max-age=60, stale-while-revalidate=30");
     assert_eq!(cc(&private, 59, "HIT"), "private, max-age=59, stale-while-revalidate=30");
     assert_eq!(cc(&public, 59, "HIT"), "public, max-age=59, s-maxage=120");
-    assert_eq!(private.answer_headers(&stored, 59, "STALE")[X_CACHE], "STALE");
-    assert_eq!(private.answer_headers(&stored, 59, "HIT")[header::CONTENT_LENGTH], "2");
+    assert_eq!(private.answer_headers(&stored, 59, Label::x_cache("STALE"))[X_CACHE], "STALE");
+    assert_eq!(private.answer_headers(&stored, 59, Label::x_cache("HIT"))[header::CONTENT_LENGTH], "2");
     assert_eq!(HttpOpts::new().cache_control(0), "private, max-age=0");
     assert_eq!(HttpOpts::new().cache_control(u64::MAX), "private, max-age=18446744073709551615");
 }
