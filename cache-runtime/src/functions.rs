@@ -54,6 +54,7 @@ impl Function {
     }
 
     /// A layer's counters: made once per layer (kept for the life of the process, as a fn's).
+    #[cfg(feature = "axum")]
     pub(crate) fn leaked(name: String) -> &'static Function {
         Box::leak(Box::new(Function::new(Box::leak(name.into_boxed_str()))))
     }
