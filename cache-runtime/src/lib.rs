@@ -47,6 +47,8 @@
 //! names the feature.
 #![deny(missing_docs)]
 
+#[cfg(feature = "axum")]
+pub mod admin;
 mod api;
 mod batch;
 mod builder;

@@ -29,11 +29,13 @@ pub struct Config {
     pub l1: bool,
     /// How long a client may take to send a request's headers (`HEADER_READ_TIMEOUT_MS`, 10 s).
     pub header_read_timeout: Duration,
+    /// `ADMIN_TOKEN`: set, the cache's admin surface is served at `/admin` behind it.
+    pub admin_token: Option<String>,
 }
 
 impl Config {
     /// `PORT` (3000), `REDIS_URL`, `DATABASE_PATH`, `DB_LATENCY_MS` (5), `CACHE_L1` (1),
-    /// `HEADER_READ_TIMEOUT_MS` (10000).
+    /// `HEADER_READ_TIMEOUT_MS` (10000), `ADMIN_TOKEN` (unset: no `/admin`).
     pub fn from_env() -> Result<Config, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let port =
@@ -53,6 +55,7 @@ impl Config {
             db_latency: Duration::from_millis(latency_ms),
             l1: var("CACHE_L1").is_none_or(|v| v != "0" && v != "false"),
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            admin_token: var("ADMIN_TOKEN"),
         })
     }
 }

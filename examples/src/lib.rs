@@ -33,7 +33,12 @@ pub async fn serve_from_env() -> Result<(), Box<dyn std::error::Error + Send + S
         .as_ref()
         .map_or_else(|| "sqlite in memory".to_owned(), |p| format!("sqlite {}", p.display()));
     println!("listening on http://{} (cache: {cache}, database: {db})", listener.local_addr()?);
-    serve(listener, router(app), config.header_read_timeout, shutdown()).await;
+    let mut routes = router(app.clone());
+    if let Some(token) = &config.admin_token {
+        // The cache's admin surface (statistics, entries, purges), behind the token.
+        routes = routes.nest("/admin", cache_runtime::admin::router(app.cache.clone(), token.clone()));
+    }
+    serve(listener, routes, config.header_read_timeout, shutdown()).await;
     println!("shut down");
     Ok(())
 }

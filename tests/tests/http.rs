@@ -48,6 +48,7 @@ impl TestApp {
             db_latency: Duration::ZERO,
             l1,
             header_read_timeout: Duration::from_secs(10),
+            admin_token: None,
         };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;
@@ -64,6 +65,7 @@ impl TestApp {
             db_latency: Duration::ZERO,
             l1: true,
             header_read_timeout: Duration::from_secs(10),
+            admin_token: None,
         };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;

@@ -1,0 +1,125 @@
+//! `cache_runtime::admin`: the operator's JSON surface, over real HTTP: its token, its answers,
+//! purges through the normal invalidation path; the example app serves it at `/admin` only
+//! with `ADMIN_TOKEN`.
+
+mod support;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::Router;
+use cache_runtime::{admin, cached, Cache};
+use serde_json::Value;
+use support::{Backend, Calls, Replica};
+
+const TOKEN: &str = "s3cret-admin-token";
+
+#[cached(expire = 60, key = "post:<id>", tags = ["posts"], namespace = "blog", cache = app.0)]
+async fn admin_post(Path(id): Path<String>, State(app): State<Arc<(Cache, Calls)>>) -> String {
+    format!("post {id} (run {})", app.1.hit())
+}
+
+async fn serve(cache: Cache) -> (String, Arc<(Cache, Calls)>) {
+    let app = Arc::new((cache.clone(), Calls::default()));
+    let router = Router::new()
+        .route("/posts/{id}", get(admin_post))
+        .with_state(app.clone())
+        .nest("/admin", admin::router(cache, TOKEN));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (base, app)
+}
+
+#[tokio::test]
+async fn every_request_needs_the_token() {
+    let (base, _) = serve(Cache::memory()).await;
+    let c = reqwest::Client::new();
+    for auth in [None, Some("Bearer wrong"), Some("Bearer s3cret-admin-toke"), Some(TOKEN)] {
+        let mut request = c.get(format!("{base}/admin/stats"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"cache admin\"");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
+    // A purge posted without the header (as a form from another site would be) is refused.
+    let r = c.post(format!("{base}/admin/purge/tag?tag=posts")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c.get(format!("{base}/admin/stats")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    // Purges are POST only.
+    let r = c.get(format!("{base}/admin/purge/tag?tag=posts")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+/// Statistics, an entry, and purges by key, tag and namespace that the next request sees, on
+/// memory and Redis.
+#[tokio::test]
+async fn stats_entries_and_purges() {
+    for b in [Backend::memory(), Backend::redis()] {
+        let (base, app) = serve(b.cache.clone()).await;
+        let c = reqwest::Client::new();
+        let get = |path: String| c.get(path).bearer_auth(TOKEN).send();
+        let post = |path: String| c.post(path).bearer_auth(TOKEN).send();
+        let page = |id: &'static str| reqwest::get(format!("{base}/posts/{id}"));
+        for id in ["1", "1", "2", "%3Cscript%3Ealert(1)%3C%2Fscript%3E"] {
+            page(id).await.unwrap().text().await.unwrap();
+        }
+        assert_eq!(app.1.get(), 3);
+
+        let stats: Value = get(format!("{base}/admin/stats")).await.unwrap().json().await.unwrap();
+        assert_eq!(stats["totals"]["hits"], 1, "{}: {stats}", b.name);
+        let row = stats["functions"].as_array().unwrap().iter().find(|f| f["name"] == "admin::admin_post").cloned();
+        let row = row.unwrap_or_else(|| panic!("{}: no row in {stats}", b.name));
+        assert!(row["hits"].as_u64().unwrap() >= 1 && row["bytes_stored"].as_u64().unwrap() > 0, "{row}");
+
+        // A key carrying markup comes back as a JSON string, never as a page a browser renders.
+        let ttl = std::time::Duration::from_secs(60);
+        b.cache.namespace("blog").set("<script>alert(1)</script>", &1u8, ttl).await.unwrap();
+        let url = format!("{base}/admin/entry?namespace=blog&key=%3Cscript%3Ealert(1)%3C%2Fscript%3E");
+        let r = get(url).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", b.name);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let entry: Value = r.json().await.unwrap();
+        assert_eq!(entry["key"], "<script>alert(1)</script>");
+        let entry: Value =
+            get(format!("{base}/admin/entry?namespace=blog&key=post:1")).await.unwrap().json().await.unwrap();
+        assert_eq!(entry["tags"][0]["tag"], "posts", "{}: {entry}", b.name);
+        assert!(entry["fresh_for_ms"].as_u64().unwrap() > 55_000, "{entry}");
+        assert_eq!(get(format!("{base}/admin/entry?key=nothing")).await.unwrap().status(), 404);
+
+        let r = post(format!("{base}/admin/purge/key?namespace=blog&key=post:1")).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", b.name);
+        assert_eq!(page("1").await.unwrap().headers()["x-cache"], "MISS", "{}: the key was purged", b.name);
+        assert_eq!(page("2").await.unwrap().headers()["x-cache"], "HIT");
+        post(format!("{base}/admin/purge/tag?tag=posts")).await.unwrap();
+        assert_eq!(page("2").await.unwrap().headers()["x-cache"], "MISS", "{}: the tag was purged", b.name);
+        let cleared: Value =
+            post(format!("{base}/admin/purge/namespace?namespace=blog")).await.unwrap().json().await.unwrap();
+        assert_eq!(cleared["purged"], "namespace");
+        assert_eq!(page("2").await.unwrap().headers()["x-cache"], "MISS", "{}: the namespace was cleared", b.name);
+    }
+}
+
+/// The example app: `/admin` exists only with `ADMIN_TOKEN`, and answers behind it.
+#[tokio::test]
+async fn the_example_mounts_admin_only_with_a_token() {
+    let without = Replica::start_in_memory(&[]);
+    let r =
+        reqwest::Client::new().get(format!("{}/admin/stats", without.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let with = Replica::start_in_memory(&[("ADMIN_TOKEN", TOKEN)]);
+    reqwest::get(format!("{}/users/1", with.base)).await.unwrap();
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(format!("{}/admin/stats", with.base)).send().await.unwrap().status(), 401);
+    let stats: Value =
+        c.get(format!("{}/admin/stats", with.base)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["totals"]["misses"], 1, "{stats}");
+    assert!(stats["functions"].as_array().unwrap().iter().any(|f| f["name"] == "examples::app::get_user"), "{stats}");
+}
