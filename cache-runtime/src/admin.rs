@@ -14,6 +14,7 @@
 //! |---|---|
 //! | `GET /stats` | `{"totals": {hits, misses, …}, "functions": [{name, hits, misses, stale, collapsed, failed, body_runs, body_p50_ms, body_p99_ms, bytes_stored}]}` |
 //! | `GET /entry?key=user:7&namespace=users` | what is stored under the key (`Cache::inspect`), or `404` |
+//! | `GET /keys?namespace=users&cursor=…&count=100` | one page of a namespace's keys: `{"keys": […], "next": cursor or null}` (`SCAN`, never `KEYS`; at most 1,000 a page) |
 //! | `POST /purge/key?key=user:7&namespace=users` | invalidates the key |
 //! | `POST /purge/tag?tag=users` | invalidates the tag |
 //! | `POST /purge/namespace?namespace=users` | clears the namespace: `{"removed": n}` |
@@ -50,6 +51,7 @@ pub fn router(cache: Cache, token: impl Into<String>) -> Router {
     Router::new()
         .route("/stats", get(stats))
         .route("/entry", get(entry))
+        .route("/keys", get(keys))
         .route("/purge/key", post(purge_key))
         .route("/purge/tag", post(purge_tag))
         .route("/purge/namespace", post(purge_namespace))
@@ -155,6 +157,25 @@ async fn entry(State(admin): State<Arc<Admin>>, Query(q): Query<KeyQuery>) -> Re
         "etag": info.etag,
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct KeysQuery {
+    namespace: Option<String>,
+    cursor: Option<String>,
+    count: Option<usize>,
+}
+
+/// The largest page `GET /keys` answers.
+const MAX_PAGE: usize = 1000;
+
+async fn keys(State(admin): State<Arc<Admin>>, Query(q): Query<KeysQuery>) -> Response {
+    let namespace = q.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let count = q.count.unwrap_or(100).clamp(1, MAX_PAGE);
+    match admin.cache.namespace(namespace).keys(q.cursor.as_deref().unwrap_or(""), count).await {
+        Ok(page) => Json(json!({"namespace": namespace, "keys": page.keys, "next": page.next})).into_response(),
+        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": err.to_string()}))).into_response(),
+    }
 }
 
 /// A purge's answer: `200` with what it did, or `503` when the store refused it (it is queued

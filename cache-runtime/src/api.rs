@@ -165,6 +165,29 @@ pub struct Namespace<'a> {
 }
 
 impl Namespace<'_> {
+    /// One page of this namespace's keys (at most about `count`, as the plain API takes them),
+    /// from `cursor` (`""` for the first page; then the page's `next`). In memory, in key
+    /// order; on Redis, `SCAN` (each master of a cluster in turn, never `KEYS`), so a page may
+    /// hold fewer keys than asked and a key written meanwhile may or may not appear.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_runtime::Cache::memory();
+    /// let users = cache.namespace("users");
+    /// for id in 1..=3 {
+    ///     users.set(&format!("user:{id}"), &id, std::time::Duration::from_secs(60)).await.unwrap();
+    /// }
+    /// let first = users.keys("", 2).await.unwrap();
+    /// assert_eq!(first.keys, ["user:1", "user:2"]);
+    /// let rest = users.keys(first.next.as_deref().unwrap(), 2).await.unwrap();
+    /// assert_eq!((rest.keys, rest.next), (vec!["user:3".to_owned()], None));
+    /// # }
+    /// ```
+    pub async fn keys(&self, cursor: &str, count: usize) -> Result<KeysPage, CacheError> {
+        let (keys, next) = self.cache.keys_page(&self.escaped(), cursor, count.max(1)).await?;
+        Ok(KeysPage { keys, next })
+    }
+
     /// What is stored under `key` in this namespace (see [`Cache::inspect`]).
     pub async fn inspect(&self, key: &str) -> Option<EntryInfo> {
         self.cache.inspect_entry(&self.cache.full_key(self.namespace, key)).await
@@ -303,4 +326,14 @@ impl Namespace<'_> {
         let call = Call { cache: self.cache, key, namespace: &namespace, tags: &[], opts: &opts, site: None };
         read(call, Fallible::<T, E>(policy.bounded_by(ttl), PhantomData), fetch(), Spawner::inline()).await
     }
+}
+
+/// One page of a namespace's keys, from [`Namespace::keys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeysPage {
+    /// Keys as the plain API takes them (what a template rendered, values escaped).
+    pub keys: Vec<String>,
+    /// The cursor of the next page; `None` at the end.
+    pub next: Option<String>,
 }

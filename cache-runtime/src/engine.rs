@@ -497,6 +497,40 @@ impl Cache {
         }
     }
 
+    /// One page of a namespace's keys (as the plain API takes them), after `cursor` (`""` for
+    /// the first page); the next page's cursor, or `None` at the end. Redis: `SCAN` (each
+    /// master of a cluster in turn), never `KEYS`; a page may hold fewer than `count` keys.
+    pub(crate) async fn keys_page(
+        &self,
+        namespace: &str,
+        cursor: &str,
+        count: usize,
+    ) -> Result<(Vec<String>, Option<String>), CacheError> {
+        let start = key::namespace_start(&self.inner.prefix, namespace);
+        let user_key =
+            |full: &str| full.strip_prefix(start.as_str()).and_then(|k| k.strip_suffix('}')).map(str::to_owned);
+        match &self.inner.store {
+            Store::Memory(mem) => {
+                let after = if cursor.is_empty() { String::new() } else { format!("{start}{cursor}}}") };
+                let full = mem.keys_page(&start, &after, count);
+                let next = (full.len() == count).then(|| full.last().and_then(|k| user_key(k))).flatten();
+                Ok((full.iter().filter_map(|k| user_key(k)).collect(), next))
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis { redis, .. } => {
+                let at = match cursor.split_once(':') {
+                    Some((node, at)) => (node.parse().unwrap_or(0), at.parse().unwrap_or(0)),
+                    None => (0, 0),
+                };
+                let pattern = key::namespace_pattern(&self.inner.prefix, namespace);
+                let (full, next) = redis.scan_page(&pattern, at, count).await?;
+                // Entries end with `}`; their generation (`…}:g`) and claim keys do not.
+                let keys = full.iter().filter_map(|k| user_key(k)).collect();
+                Ok((keys, next.map(|(node, at)| format!("{node}:{at}"))))
+            }
+        }
+    }
+
     /// What is stored under a full key, without decoding it (`Cache::inspect`).
     pub(crate) async fn inspect_entry(&self, full: &str) -> Option<EntryInfo> {
         match &self.inner.store {

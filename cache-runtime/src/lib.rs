@@ -91,7 +91,7 @@ pub mod cookbook {}
 
 use std::sync::OnceLock;
 
-pub use api::Namespace;
+pub use api::{KeysPage, Namespace};
 pub use builder::CacheBuilder;
 #[cfg(feature = "redis")]
 pub use cache::DEFAULT_L1_MAX_BYTES;

@@ -123,3 +123,37 @@ async fn the_example_mounts_admin_only_with_a_token() {
     assert_eq!(stats["totals"]["misses"], 1, "{stats}");
     assert!(stats["functions"].as_array().unwrap().iter().any(|f| f["name"] == "examples::app::get_user"), "{stats}");
 }
+
+/// `GET /keys`: a namespace's keys, page by page (cursors), on every backend (each master of
+/// the cluster in turn); other namespaces' keys and the bookkeeping keys never appear.
+#[tokio::test]
+async fn keys_are_listed_page_by_page() {
+    for b in Backend::all() {
+        let (base, _) = serve(b.cache.clone()).await;
+        let ttl = std::time::Duration::from_secs(60);
+        let mut expected = Vec::new();
+        for id in 0..57 {
+            b.cache.namespace("listed").set(&format!("item:{id}"), &id, ttl).await.unwrap();
+            expected.push(format!("item:{id}"));
+        }
+        b.cache.namespace("other").set("item:x", &1, ttl).await.unwrap();
+        let c = reqwest::Client::new();
+        let (mut seen, mut cursor, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let url = format!("{base}/admin/keys?namespace=listed&count=10&cursor={cursor}");
+            let page: Value = c.get(url).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+            seen.extend(page["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_owned()));
+            pages += 1;
+            assert!(pages < 200, "{}: no end", b.name);
+            match page["next"].as_str() {
+                Some(next) => cursor = next.to_owned(),
+                None => break,
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        expected.sort();
+        assert_eq!(seen, expected, "{}", b.name);
+        assert!(pages > 1, "{}: paged", b.name);
+    }
+}

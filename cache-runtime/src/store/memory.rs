@@ -242,6 +242,19 @@ impl MemoryStore {
         removed
     }
 
+    /// Up to `count` stored keys starting with `start`, in order, after `after` (a page).
+    pub(crate) fn keys_page(&self, start: &str, after: &str, count: usize) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| key.starts_with(start) && key.as_str() > after)
+            .map(|(key, _)| key.as_str().to_owned())
+            .collect();
+        keys.sort_unstable();
+        keys.truncate(count);
+        keys
+    }
+
     /// Drops everything, versions included (an L1 that may have missed invalidations).
     #[cfg(feature = "redis")]
     pub(crate) fn flush(&self) {

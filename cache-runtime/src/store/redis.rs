@@ -535,6 +535,40 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// One page of the keys matching `pattern`: `SCAN` with `cursor` (on a cluster, on the
+    /// `node`-th master, then the next), at most about `count`. The next page's `(node,
+    /// cursor)`, or `None` at the end. Never `KEYS`.
+    pub(crate) async fn scan_page(
+        &self,
+        pattern: &str,
+        (node, cursor): (usize, u64),
+        count: usize,
+    ) -> Result<(Vec<String>, Option<(usize, u64)>), CacheError> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
+        let Target::Cluster { .. } = &self.target else {
+            let (next, keys): (u64, Vec<String>) = self.run(&scan).await?;
+            return Ok((keys, (next != 0).then_some((0, next))));
+        };
+        let mut cluster_slots = redis::cmd("CLUSTER");
+        cluster_slots.arg("SLOTS");
+        let slots: redis::Value = self.route(cluster_slots, SingleNodeRoutingInfo::Random).await?;
+        let masters = one_slot_per_master(&slots);
+        let Some(&slot) = masters.get(node) else { return Ok((Vec::new(), None)) };
+        let route = redis::cluster_routing::Route::new(slot, redis::cluster_routing::SlotAddr::Master);
+        let (next, keys): (u64, Vec<String>) = self.route(scan, SingleNodeRoutingInfo::SpecificNode(route)).await?;
+        let following = if next != 0 {
+            Some((node, next))
+        } else if node + 1 < masters.len() {
+            Some((node + 1, 0))
+        } else {
+            None
+        };
+        Ok((keys, following))
+    }
+}
+
 pub(super) fn cluster_client(
     nodes: &[String],
     timeout: Duration,
