@@ -35,6 +35,12 @@ pub(crate) trait Codec<V> {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn decode(bytes: &[u8], format: Format) -> Result<V, String>;
 
+    /// The `ETag` a stored value answers with (a handler's response), kept in its metadata for
+    /// `Cache::inspect`.
+    fn etag(_value: &V) -> Option<Box<str>> {
+        None
+    }
+
     /// What a value whose encoded form is `encoded_len` bytes costs in process memory, beyond
     /// its key and the fixed per-entry overhead (its weight against `max_bytes`).
     fn memory_size(encoded_len: usize) -> usize {

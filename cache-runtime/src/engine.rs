@@ -344,7 +344,8 @@ impl Cache {
             Found::Negative => return None,
         };
         let keep = opts.keep();
-        let meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
+        let mut meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
+        meta.etag = value.and_then(C::etag);
         let result = match &self.inner.store {
             Store::Memory(mem) => self.checked_payload::<V, C>(value).map(|payload| {
                 let size = payload.len();

@@ -79,6 +79,9 @@ async fn every_answer_says_what_the_cache_did() {
         let r = get("/page/1").await.unwrap();
         let s = status(&r);
         assert!(s == "t; hit; ttl=60" || s == "t; hit; ttl=59", "{}: {s}", b.name);
+        // What is stored says which ETag it answers with.
+        let info = b.cache.inspect("page:1").await.expect("stored");
+        assert_eq!(info.etag.as_deref(), Some(r.headers()["etag"].to_str().unwrap()), "{}", b.name);
 
         // Not 2xx: forwarded, with the handler's status, not stored.
         let r = get("/page/404").await.unwrap();

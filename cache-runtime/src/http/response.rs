@@ -99,6 +99,10 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
         encoded_len + 2048
     }
 
+    fn etag(value: &Arc<StoredResponse>) -> Option<Box<str>> {
+        Some(value.etag_text.clone())
+    }
+
     fn encode(value: &Arc<StoredResponse>, _: Format) -> Result<Vec<u8>, CacheError> {
         let mut out = Vec::with_capacity(64 + value.body.len());
         out.extend_from_slice(&value.status.as_u16().to_le_bytes());
