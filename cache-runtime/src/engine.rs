@@ -175,7 +175,7 @@ impl Cache {
         // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
         let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
         match local_entry::<V>(&c.l1, &call.key, None, now_ms()).filter(fresh) {
-            Some(hit) => Ok(Lookup { hit: Some(hit), lease: None, l1_epoch: None }),
+            Some(hit) => Ok(Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true }),
             None => Err(Some(c.epoch())),
         }
     }
@@ -211,7 +211,7 @@ impl Cache {
                     };
                     self.l1_insert(c, epoch, key.to_owned(), meta, value, C::memory_size(bytes.len()));
                 }
-                return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+                return Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true };
             }
         }
         if !read.missing_tags.is_empty() {
@@ -227,7 +227,7 @@ impl Cache {
                 }
             }
         }
-        Lookup { hit: None, lease: Some(read.lease), l1_epoch }
+        Lookup { hit: None, seen: read.bytes.is_some(), lease: Some(read.lease), l1_epoch }
     }
 
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
@@ -554,9 +554,10 @@ impl Cache {
 /// A memory-store lookup: a current entry, or the lease its fill needs.
 fn memory_lookup<V: Stored>(mem: &MemoryStore, call: &Call<'_>, refresh: bool) -> Lookup<V> {
     if let Some(hit) = local_entry::<V>(mem, &call.key, Some(0), now_ms()).filter(|_| !refresh) {
-        return Lookup { hit: Some(hit), lease: None, l1_epoch: None };
+        return Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true };
     }
-    Lookup { hit: None, lease: Some(mem.lease(&call.key, call.namespace, call.tags)), l1_epoch: None }
+    let seen = mem.get(&call.key).is_some();
+    Lookup { hit: None, lease: Some(mem.lease(&call.key, call.namespace, call.tags)), l1_epoch: None, seen }
 }
 
 /// An entry's tags in Redis: its namespace (the first, implicit, tag), then its own.

@@ -49,12 +49,15 @@ pub(crate) struct Lookup<V> {
     pub(crate) lease: Option<Lease>,
     /// The L1 epoch before the Redis read, when the L1 is in use.
     pub(crate) l1_epoch: Option<u64>,
+    /// On a miss: something was stored under the key that could not be used (an invalidated
+    /// tag, another type, an unreadable entry), as opposed to nothing at all.
+    pub(crate) seen: bool,
 }
 
 impl<V> Lookup<V> {
     /// Nothing found, nothing may be stored.
     pub(crate) fn nothing() -> Self {
-        Lookup { hit: None, lease: None, l1_epoch: None }
+        Lookup { hit: None, lease: None, l1_epoch: None, seen: false }
     }
 
     /// What a fill under this lookup needs: its lease and the L1 epoch read before it.

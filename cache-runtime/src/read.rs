@@ -248,7 +248,7 @@ where
     };
     let mut lookup = cache.lookup::<R::Value, R::Codec>(&call, forced).await;
     let mut fallback = None;
-    let found_any = lookup.hit.is_some();
+    let found_any = lookup.hit.is_some() || lookup.seen;
     if let Some((found, times)) = lookup.hit.take() {
         let freshness = opts.freshness_once(cache.rng(), &times, drawn_early);
         let stale = freshness == Freshness::Stale;

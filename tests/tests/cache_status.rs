@@ -83,6 +83,12 @@ async fn every_answer_says_what_the_cache_did() {
         let info = b.cache.inspect("page:1").await.expect("stored");
         assert_eq!(info.etag.as_deref(), Some(r.headers()["etag"].to_str().unwrap()), "{}", b.name);
 
+        // An entry whose tag was invalidated: there was something, it could not be used.
+        get("/post/tagged").await.unwrap();
+        b.cache.invalidate_tag("posts").await.unwrap();
+        let r = get("/post/tagged").await.unwrap();
+        assert_eq!(status(&r), "t; fwd=miss; fwd-status=200; stored", "{}", b.name);
+
         // Not 2xx: forwarded, with the handler's status, not stored.
         let r = get("/page/404").await.unwrap();
         assert_eq!(status(&r), "t; fwd=uri-miss; fwd-status=404", "{}", b.name);
