@@ -97,24 +97,13 @@ where
     F: FnOnce(Vec<K>) -> Fut,
     Fut: Future<Output = M>,
 {
-    let result =
-        read_many::<K, V, M, std::convert::Infallible, _, _>(batch, policy, |ids| async move { Ok(body(ids).await) });
+    let result = cached_batch_result::<K, V, M, std::convert::Infallible, _, _>(batch, policy, |ids| async move {
+        Ok(body(ids).await)
+    });
     match result.await {
         Ok(map) => map,
         Err(never) => match never {},
     }
-}
-
-/// `#[cached(batch)]` on a fn returning `Result<map, E>`: an `Err` stores nothing.
-pub async fn cached_batch_result<K, V, M, E, F, Fut>(batch: Batch<'_, K>, policy: Policy<V>, body: F) -> Result<M, E>
-where
-    K: Clone + Eq + Hash,
-    V: Cacheable,
-    M: BatchMap<K, V>,
-    F: FnOnce(Vec<K>) -> Fut,
-    Fut: Future<Output = Result<M, E>>,
-{
-    read_many(batch, policy, body).await
 }
 
 /// An element this batch computes: the flight it leads, the lease its fill needs, what to
@@ -131,8 +120,9 @@ struct Computing<'a, K, V> {
     held: Option<HeldLock>,
 }
 
-/// The batch read-through.
-async fn read_many<K, V, M, E, F, Fut>(batch: Batch<'_, K>, policy: Policy<V>, body: F) -> Result<M, E>
+/// `#[cached(batch)]` on a fn returning `Result<map, E>` (an `Err` stores nothing): the batch
+/// read-through.
+pub async fn cached_batch_result<K, V, M, E, F, Fut>(batch: Batch<'_, K>, policy: Policy<V>, body: F) -> Result<M, E>
 where
     K: Clone + Eq + Hash,
     V: Cacheable,
@@ -169,9 +159,7 @@ where
             continue;
         }
         cache.record_hit(site, &element.key);
-        if let Found::Value(v) = found {
-            answered.push((at, element.id, v));
-        }
+        answer(&mut answered, at, element.id, found);
     }
     // Single-flight per element, joined in key order.
     let mut led = Vec::new();
@@ -180,14 +168,12 @@ where
             Joined::Leader(leader) => led.push((at, element, leader, drawn_early)),
             Joined::Shared(found, served) => {
                 cache.record_collapsed(site, &element.key, matches!(served, Served::Stale));
-                if let Found::Value(v) = found {
-                    answered.push((at, element.id, v));
-                }
+                answer(&mut answered, at, element.id, found);
             }
         }
     }
     let calls: Vec<Call<'_>> =
-        led.iter().map(|(_, element, _, _)| element_call(cache, namespace, opts, element)).collect();
+        led.iter().map(|(_, element, _, _)| element_call((cache, namespace, opts, site), element)).collect();
     let lookups = cache.lookup_many::<V, Json>(&calls).await;
     drop(calls);
     let mut computing = Vec::new();
@@ -199,9 +185,7 @@ where
                 Freshness::Fresh => {
                     cache.record_served(site, &element.key, false);
                     leader.finish(Some(&found), Served::Fresh(times));
-                    if let Found::Value(v) = found {
-                        answered.push((at, element.id, v));
-                    }
+                    answer(&mut answered, at, element.id, found);
                     continue;
                 }
                 freshness @ (Freshness::RefreshEarly | Freshness::Stale) => {
@@ -211,23 +195,22 @@ where
                         cache.record_served(site, &element.key, stale);
                         let served = if stale { Served::Stale } else { Served::Fresh(times) };
                         leader.finish(Some(&found), served);
-                        if let Found::Value(v) = found {
-                            answered.push((at, element.id, v));
-                        }
+                        answer(&mut answered, at, element.id, found);
                         continue;
                     }
                     // This batch refreshes it, in its body run; should the body fail, the
                     // value being refreshed is served.
                     refreshing = true;
                     fallback = Some(found);
-                    lookup = cache.lookup::<V, Json>(&element_call(cache, namespace, opts, &element), true).await;
+                    lookup =
+                        cache.lookup::<V, Json>(&element_call((cache, namespace, opts, site), &element), true).await;
                 }
                 Freshness::Fallback => fallback = Some(found),
                 Freshness::Gone => {}
             }
             if !refreshing {
                 // A found entry that is not served leaves no lease: take one.
-                lookup = cache.lookup::<V, Json>(&element_call(cache, namespace, opts, &element), true).await;
+                lookup = cache.lookup::<V, Json>(&element_call((cache, namespace, opts, site), &element), true).await;
             }
         }
         computing.push(Computing { at, element, leader, lease: lookup.fill_lease(), fallback, refreshing, held: None });
@@ -242,14 +225,12 @@ where
                 still.push(c);
                 continue;
             }
-            match cache.lock_or_wait::<V, Json>(&element_call(cache, namespace, opts, &c.element), hold).await {
+            match cache.lock_or_wait::<V, Json>(&element_call((cache, namespace, opts, site), &c.element), hold).await {
                 Locked::Ready(found, times) => {
                     waited = true;
                     cache.record_collapsed(site, &c.element.key, false);
                     c.leader.finish(Some(&found), Served::Fresh(times));
-                    if let Found::Value(v) = found {
-                        answered.push((c.at, c.element.id, v));
-                    }
+                    answer(&mut answered, c.at, c.element.id, found);
                 }
                 Locked::Compute { token, lookup } => {
                     c.held = token;
@@ -267,7 +248,7 @@ where
         // what landed is taken instead of computed.
         if waited && !computing.is_empty() {
             let calls: Vec<Call<'_>> =
-                computing.iter().map(|c| element_call(cache, namespace, opts, &c.element)).collect();
+                computing.iter().map(|c| element_call((cache, namespace, opts, site), &c.element)).collect();
             let lookups = cache.lookup_many::<V, Json>(&calls).await;
             drop(calls);
             let mut still = Vec::with_capacity(computing.len());
@@ -279,9 +260,7 @@ where
                         if let Some(held) = c.held {
                             held.release().await;
                         }
-                        if let Found::Value(v) = found {
-                            answered.push((c.at, c.element.id, v));
-                        }
+                        answer(&mut answered, c.at, c.element.id, found);
                     }
                     _ => {
                         if !c.refreshing {
@@ -308,16 +287,10 @@ where
                 let fills = computing.into_iter().map(|c| {
                     let found = got.remove(&c.element.id).map_or(Found::Negative, Found::Value);
                     async move {
-                        let call = element_call(cache, namespace, opts, &c.element);
-                        let ttl = match &found {
-                            Found::Value(v) => policy.ttl_for(v, call.ttl()),
-                            Found::Negative => Some(call.ttl()),
-                        };
+                        let call = element_call((cache, namespace, opts, site), &c.element);
+                        let ttl = policy.ttl_of(&found, call.ttl());
                         if let (Some(ttl), Some((lease, l1_epoch))) = (ttl, &c.lease) {
-                            let bytes = cache.fill::<V, Json>(&call, lease, *l1_epoch, &found, recompute, ttl).await;
-                            if let (Some(bytes), Some(site)) = (bytes, site) {
-                                site.stored(bytes);
-                            }
+                            cache.fill::<V, Json>(&call, lease, *l1_epoch, &found, recompute, ttl).await;
                         }
                         c.leader.finish(Some(&found), Served::Joined(ttl.unwrap_or_default()));
                         if c.refreshing {
@@ -330,9 +303,7 @@ where
                     }
                 });
                 for (at, id, found) in crate::sync::join_all(fills).await {
-                    if let Found::Value(v) = found {
-                        answered.push((at, id, v));
-                    }
+                    answer(&mut answered, at, id, found);
                 }
                 // What the body returned beyond the elements asked for is answered, not stored.
                 let extra = got.into_iter().map(|(id, v)| (usize::MAX, id, v));
@@ -362,8 +333,8 @@ where
                 }
                 for (at, element, fallback) in served {
                     cache.record_served(site, &element.key, true);
-                    if let Some(Found::Value(v)) = fallback {
-                        answered.push((at, element.id, v));
+                    if let Some(found) = fallback {
+                        answer(&mut answered, at, element.id, found);
                     }
                 }
             }
@@ -373,10 +344,20 @@ where
     Ok(M::from_pairs(answered.into_iter().map(|(_, id, v)| (id, v)).collect()))
 }
 
+/// Adds an element's value to the batch's answer (a not-found element has none).
+fn answer<K, V>(answered: &mut Vec<(usize, K, V)>, at: usize, id: K, found: Found<V>) {
+    if let Found::Value(v) = found {
+        answered.push((at, id, v));
+    }
+}
+
 /// Longest a refresh may hold its claim (as a single call's).
 const REFRESH_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn element_call<'a, K>(cache: &'a Cache, namespace: &'a str, opts: &'a CallOpts, element: &'a Element<K>) -> Call<'a> {
-    // Counted per batch by `read_many`, not per element read.
-    Call { cache, key: element.key.clone(), namespace, tags: &element.tags, opts, site: None }
+fn element_call<'a, K>(batch: (&'a Cache, &'a str, &'a CallOpts, Site), element: &'a Element<K>) -> Call<'a> {
+    let (cache, namespace, opts, site) = batch;
+    Call { cache, key: element.key.clone(), namespace, tags: &element.tags, opts, site }
 }
+
+/// A batch fn's row in `function_stats`.
+type Site = Option<&'static crate::functions::Function>;

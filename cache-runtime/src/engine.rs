@@ -334,14 +334,14 @@ impl Cache {
         found: &Found<V>,
         recompute: Duration,
         ttl: Duration,
-    ) -> Option<usize> {
+    ) -> bool {
         let (opts, namespace, key) = (call.opts, call.namespace, call.key.clone());
         #[cfg(not(feature = "redis"))]
         let _ = l1_epoch; // the L1's epoch: no L1 without Redis
         let (value, ttl) = match found {
             Found::Value(value) => (Some(value), ttl),
             Found::Negative if opts.cache_none => (None, opts.none_ttl.unwrap_or(ttl)),
-            Found::Negative => return None,
+            Found::Negative => return false,
         };
         let keep = opts.keep();
         let mut meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
@@ -373,14 +373,17 @@ impl Cache {
         match result {
             Ok((true, size)) => {
                 self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
-                Some(size)
+                if let Some(site) = call.site {
+                    site.stored(size);
+                }
+                true
             }
             Ok((false, _)) => {
                 self.inner.stats.dropped_fills.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(target: "cache_runtime", namespace, "fill dropped: invalidated while it was computed");
-                None
+                false
             }
-            Err(_) => None,
+            Err(_) => false,
         }
     }
 

@@ -36,8 +36,9 @@ pub struct CacheLayer {
     http: HttpOpts,
     /// As given (as `Cache::invalidate_tag` takes them).
     tags: std::sync::Arc<[String]>,
-    /// Its row in `function_stats` (`layer:<namespace>`).
-    site: &'static crate::functions::Function,
+    /// Its row in `function_stats` (`layer:<namespace>`), made when it first wraps a service
+    /// and shared by every route it wraps.
+    site: std::sync::Arc<std::sync::OnceLock<&'static crate::functions::Function>>,
 }
 
 impl CacheLayer {
@@ -49,7 +50,7 @@ impl CacheLayer {
             opts: CallOpts::new(),
             http: HttpOpts::new(),
             tags: std::sync::Arc::new([]),
-            site: crate::functions::Function::leaked(format!("layer:{DEFAULT_NAMESPACE}")),
+            site: std::sync::Arc::default(),
         }
     }
 
@@ -63,7 +64,7 @@ impl CacheLayer {
     pub fn namespace(mut self, namespace: &str) -> Self {
         self.namespace.clear();
         crate::key::escape_into(&mut self.namespace, namespace);
-        self.site = crate::functions::Function::leaked(format!("layer:{namespace}"));
+        self.site = std::sync::Arc::default();
         self
     }
 
@@ -163,8 +164,13 @@ impl CacheLayer {
 impl<S> tower::Layer<S> for CacheLayer {
     type Service = CacheService<S>;
 
+    /// Settles what every request of the service shares, once: `expire` caps `expire_with`
+    /// (whichever was set first), and the service's row in `function_stats`.
     fn layer(&self, inner: S) -> Self::Service {
-        CacheService { inner, layer: self.clone() }
+        let mut layer = self.clone();
+        layer.http = layer.http.capped_by(layer.opts.expire_bound());
+        let site = *self.site.get_or_init(|| crate::functions::Function::leaked(format!("layer:{}", self.namespace)));
+        CacheService { inner, layer, site }
     }
 }
 
@@ -173,6 +179,8 @@ impl<S> tower::Layer<S> for CacheLayer {
 pub struct CacheService<S> {
     inner: S,
     layer: CacheLayer,
+    /// Its row in `function_stats` (`layer:<namespace>`).
+    site: &'static crate::functions::Function,
 }
 
 impl<S> tower::Service<Request> for CacheService<S>
@@ -193,10 +201,8 @@ where
         // The service that was polled ready handles this request; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+        let (layer, site) = (self.layer.clone(), self.site);
         Box::pin(async move {
-            // `expire` caps `expire_with`, whichever was set first.
-            let http = layer.http.capped_by(layer.opts.expire_bound());
             let mut key = layer.cache.key_writer(&layer.namespace, 64);
             key.lit("layer:");
             meta.key_uri(&mut key);
@@ -212,9 +218,9 @@ where
                 namespace: &layer.namespace,
                 tags: &layer.tags,
                 opts: &layer.opts,
-                site: Some(layer.site),
+                site: Some(site),
             };
-            let response = cached_handler(call, meta, &http, body, Spawner::background()).await;
+            let response = cached_handler(call, meta, &layer.http, body, Spawner::background()).await;
             Ok(response)
         })
     }

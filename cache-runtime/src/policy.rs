@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::entry::Times;
+use crate::entry::{Found, Times};
 use crate::time::now_ms;
 
 /// Per-call options, built in a `const` by the code `#[cached]` generates.
@@ -177,6 +177,18 @@ impl<T: ?Sized> Policy<T> {
             None => ttl,
         };
         (!ttl.is_zero()).then_some(ttl)
+    }
+
+    /// How long what a body produced is stored: a value as [`ttl_for`](Self::ttl_for) says, a
+    /// `None` (a negative entry) for `ttl` (`cache_none` decides whether it is kept at all).
+    pub(crate) fn ttl_of(&self, found: &Found<T>, ttl: Duration) -> Option<Duration>
+    where
+        T: Sized,
+    {
+        match found {
+            Found::Value(value) => self.ttl_for(value, ttl),
+            Found::Negative => Some(ttl),
+        }
     }
 
     /// This policy, with `at_most` set to `max` unless it has one.

@@ -357,15 +357,9 @@ where
             let stored = R::detached(with, out, ttl);
             Box::pin(async move {
                 let call = Call { cache: &cache, key, namespace: &namespace, tags: &tags, opts: &opts, site };
-                if let Some(site) = site {
-                    site.ran(started.elapsed());
-                }
+                cache.record_computed(site, &call.key, started.elapsed());
                 if let Some((found, ttl)) = stored.await {
-                    let bytes =
-                        cache.fill::<R::Value, R::Codec>(&call, &lease, None, &found, started.elapsed(), ttl).await;
-                    if let (Some(bytes), Some(site)) = (bytes, site) {
-                        site.stored(bytes);
-                    }
+                    cache.fill::<R::Value, R::Codec>(&call, &lease, None, &found, started.elapsed(), ttl).await;
                 }
                 cache.release_refresh(&call.key).await;
             })
@@ -393,11 +387,7 @@ async fn compute<R: Reply>(
     let mut stored = false;
     if let (Some(found), Some(ttl), Some((lease, l1_epoch))) = (&settled.shared, settled.ttl, &lease) {
         // A failed or dropped store is logged and counted; the caller still gets the answer.
-        let bytes = cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed(), ttl).await;
-        if let (Some(bytes), Some(site)) = (bytes, call.site) {
-            site.stored(bytes);
-        }
-        stored = bytes.is_some();
+        stored = cache.fill::<R::Value, R::Codec>(call, lease, *l1_epoch, found, started.elapsed(), ttl).await;
     }
     if let (true, Some(site)) = (settled.failed, call.site) {
         site.failed();

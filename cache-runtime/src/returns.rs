@@ -319,10 +319,6 @@ fn settled<M: Returned>(
     ttl: Duration,
 ) -> (Option<Found<M::Value>>, Option<Duration>) {
     let shared = M::stored(out);
-    let ttl = match &shared {
-        Some(Found::Value(value)) => policy.ttl_for(value, ttl),
-        Some(Found::Negative) => Some(ttl),
-        None => None,
-    };
+    let ttl = shared.as_ref().and_then(|found| policy.ttl_of(found, ttl));
     (shared, ttl)
 }
