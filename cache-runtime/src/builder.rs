@@ -4,6 +4,7 @@
 #[cfg(feature = "redis")]
 use crate::cache::DEFAULT_L1_MAX_BYTES;
 use crate::cache::{Cache, Counters, Inner, Store, DEFAULT_MAX_BYTES};
+use crate::cdn::{PurgeQueue, PurgeSettings, Purger};
 use crate::codec::Format;
 #[cfg(feature = "redis")]
 use crate::coherence::Coherence;
@@ -87,6 +88,7 @@ pub struct CacheBuilder {
     format: Format,
     max_value_bytes: usize,
     cache_status_name: Option<String>,
+    purge: PurgeSettings,
 }
 
 impl Default for CacheBuilder {
@@ -117,6 +119,7 @@ impl Default for CacheBuilder {
             format: Format::Json,
             max_value_bytes: 4 * 1024 * 1024,
             cache_status_name: None,
+            purge: PurgeSettings::default(),
         }
     }
 }
@@ -287,6 +290,70 @@ impl CacheBuilder {
         self
     }
 
+    /// Sends every applied invalidation to `purger` too (a CDN in front of the cached
+    /// handlers): a tag as its CDN tag, a namespace as `ns:<namespace>` (both as `cdn_tags`
+    /// handlers send them), a key as its URL with [`purge_urls`](Self::purge_urls). See
+    /// [`cdn`](crate::cdn) for the retries and the ready `Fastly` and `Cloudflare`
+    /// purgers (feature `cdn`).
+    ///
+    /// ```
+    /// use cache_runtime::cdn::{Purge, PurgeFuture, Purger};
+    ///
+    /// struct Mine;
+    /// impl Purger for Mine {
+    ///     fn purge<'a>(&'a self, _purge: &'a Purge) -> PurgeFuture<'a> {
+    ///         Box::pin(async { Ok(()) })
+    ///     }
+    /// }
+    /// let cache = cache_runtime::Cache::builder().purger(Mine).build().unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn purger(mut self, purger: impl Purger) -> Self {
+        self.purge.purger = Some(Arc::new(purger));
+        self
+    }
+
+    /// How long an invalidation waits for its CDN purge before it returns (default 1 s; zero:
+    /// it does not wait). A purge not done by then goes on in the background.
+    ///
+    /// ```
+    /// let builder = cache_runtime::Cache::builder().purge_wait(std::time::Duration::from_millis(300));
+    /// # drop(builder);
+    /// ```
+    pub fn purge_wait(mut self, wait: Duration) -> Self {
+        self.purge.wait = wait;
+        self
+    }
+
+    /// How long a failing CDN purge is retried (with backoff, 100 ms doubling to 10 s) before
+    /// it is given up on, counted in [`Stats::purges_dropped`](crate::Stats::purges_dropped)
+    /// and logged as an error (default 5 minutes).
+    ///
+    /// ```
+    /// let builder = cache_runtime::Cache::builder().purge_retry_for(std::time::Duration::from_secs(60));
+    /// # drop(builder);
+    /// ```
+    pub fn purge_retry_for(mut self, retry_for: Duration) -> Self {
+        self.purge.retry_for = retry_for;
+        self
+    }
+
+    /// The URL the CDN caches an invalidated key under: `url_of(namespace, key)` (the key as
+    /// its template rendered it, placeholders escaped; `None`: no URL). Without it, key
+    /// invalidations purge nothing at the CDN (tags and namespaces do).
+    ///
+    /// ```
+    /// let builder = cache_runtime::Cache::builder().purge_urls(|namespace, key| {
+    ///     let id = key.strip_prefix("user:")?;
+    ///     (namespace == "default").then(|| format!("https://api.example.com/users/{id}"))
+    /// });
+    /// # drop(builder);
+    /// ```
+    pub fn purge_urls(mut self, url_of: impl Fn(&str, &str) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.purge.url_of = Some(Arc::new(url_of));
+        self
+    }
+
     /// Logs keys and tags as a short hash instead of their text (keys may carry user ids or
     /// other personal data). Off by default.
     pub fn redact_keys(mut self, redact: bool) -> Self {
@@ -367,6 +434,7 @@ impl CacheBuilder {
                 max_value_bytes: self.max_value_bytes,
                 oversized_logged: std::sync::atomic::AtomicBool::new(false),
                 status_name,
+                purge: PurgeQueue::new(self.purge),
                 rng: Rng::new(self.random_seed),
             }),
         })

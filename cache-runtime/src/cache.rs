@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cdn::PurgeQueue;
 use crate::codec::Format;
 #[cfg(feature = "redis")]
 use crate::coherence::Coherence;
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     /// (cached handlers: feature `axum`).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) status_name: Box<str>,
+    /// The CDN purger's queue (`CacheBuilder::purger`).
+    pub(crate) purge: Option<Arc<PurgeQueue>>,
 }
 
 #[derive(Debug)]
@@ -139,6 +142,12 @@ pub struct Stats {
     pub memory_entries: u64,
     /// Their weight in bytes (see `CacheBuilder::max_bytes`); 0 unless bounded by bytes.
     pub memory_bytes: u64,
+    /// CDN purges the purger accepted (several invalidations queued together are one).
+    pub purges: u64,
+    /// CDN purge attempts that failed (each is retried, see [`cdn`](crate::cdn)).
+    pub purge_failures: u64,
+    /// CDN purges given up on (failing for `purge_retry_for`, or queued outside a runtime).
+    pub purges_dropped: u64,
 }
 
 /// One cached call: the cache, the rendered key, and how the entry is stored (its namespace,
@@ -224,6 +233,9 @@ impl Cache {
             circuit_openings: 0,
             memory_entries,
             memory_bytes,
+            purges: self.inner.purge.as_ref().map_or(0, |q| q.sent.load(Ordering::Relaxed)),
+            purge_failures: self.inner.purge.as_ref().map_or(0, |q| q.failures.load(Ordering::Relaxed)),
+            purges_dropped: self.inner.purge.as_ref().map_or(0, |q| q.dropped.load(Ordering::Relaxed)),
         }
     }
 
@@ -237,6 +249,13 @@ impl Cache {
         let mut writer = self.key_writer(&ns, key.len());
         writer.raw(key);
         writer.finish()
+    }
+
+    /// A stored key's escaped namespace and key (`prefix:{namespace:key}`), the inverse of
+    /// [`full_key`](Self::full_key) (a handler's key keeps its `vary` segments).
+    pub(crate) fn split_key<'a>(&self, stored: &'a str) -> Option<(&'a str, &'a str)> {
+        let inner = stored.strip_prefix(&*self.inner.prefix)?.strip_prefix(":{")?.strip_suffix('}')?;
+        inner.split_once(':')
     }
 
     /// How a key appears in logs: as is, or as a short hash with `redact_keys`.

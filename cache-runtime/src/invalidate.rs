@@ -1,8 +1,10 @@
 //! Invalidation: the only way an invalidation leaves the process. Applied to the writer's L1,
 //! then the store, then published to every replica; one that fails is queued and retried
-//! (before this cache reads Redis again, and in the background) so it is never lost.
+//! (before this cache reads Redis again, and in the background) so it is never lost. Once
+//! applied, it goes to the CDN purger, if there is one (`cdn.rs`).
 
 use crate::cache::Cache;
+use crate::cdn::{cdn_tag, namespace_tag, Purge};
 use crate::entry::Op;
 use crate::error::CacheError;
 use crate::sync::lock;
@@ -12,8 +14,17 @@ use std::time::Duration;
 impl Cache {
     /// Applies one invalidation; one that fails on Redis is queued and retried before this
     /// cache reads from Redis again (so it is never silently lost), and the error returned.
-    /// Returns how many entries a namespace clear removed (0 for keys and tags).
+    /// Returns how many entries a namespace clear removed (0 for keys and tags). Waits for the
+    /// CDN purge it causes at most `purge_wait`.
     pub(crate) async fn apply(&self, op: Op) -> Result<u64, CacheError> {
+        let (result, purge) = self.apply_stored(op).await;
+        self.purge_settled(purge).await;
+        result
+    }
+
+    /// [`apply`](Self::apply) without waiting for the CDN: the result, and the ticket of the
+    /// CDN purge it queued.
+    async fn apply_stored(&self, op: Op) -> (Result<u64, CacheError>, Option<u64>) {
         let started = std::time::Instant::now();
         let mut result = self.invalidate_stored(&op).await;
         // A failure while Redis answers otherwise (a fail-over, a dropped connection: not a
@@ -43,14 +54,38 @@ impl Cache {
                     Op::Namespace(ns) => ("namespace", ns.clone()),
                 };
                 tracing::debug!(target: "cache_runtime", kind, what, took_ms = started.elapsed().as_secs_f64() * 1e3, "invalidated");
-                Ok(removed)
+                (Ok(removed), self.purge_cdn(&op))
             }
             Err(err) => {
+                // The CDN is purged once the queued invalidation is applied: purged before, it
+                // could fetch the old answer from a replica again.
                 lock(&self.inner.pending).push(op);
                 self.inner.has_pending.store(true, Ordering::Release);
                 self.retry_in_background();
-                Err(err)
+                (Err(err), None)
             }
+        }
+    }
+
+    /// Queues the CDN purge of an applied invalidation; its ticket.
+    fn purge_cdn(&self, op: &Op) -> Option<u64> {
+        let queue = self.inner.purge.as_ref()?;
+        let purge = match op {
+            Op::Tag(tag) => Purge::new([cdn_tag(tag)], None::<String>),
+            Op::Namespace(ns) => Purge::new([namespace_tag(ns)], None::<String>),
+            Op::Key(key) => {
+                let url_of = queue.settings.url_of.as_ref()?;
+                let (namespace, key) = self.split_key(key)?;
+                Purge::new(None::<String>, url_of(namespace, key))
+            }
+        };
+        queue.push(purge)
+    }
+
+    /// Waits for a CDN purge, at most `purge_wait`.
+    async fn purge_settled(&self, ticket: Option<u64>) {
+        if let (Some(queue), Some(ticket)) = (&self.inner.purge, ticket) {
+            queue.settled(ticket).await;
         }
     }
 
@@ -93,6 +128,7 @@ impl Cache {
                 failed.push(op);
             } else {
                 self.inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                self.purge_cdn(&op);
             }
         }
         let mut pending = lock(&self.inner.pending);
@@ -134,10 +170,14 @@ impl<'a> Invalidation<'a> {
     }
 
     /// Applies every invalidation; failures are logged, counted and queued for retry (they
-    /// never fail the request that caused them).
+    /// never fail the request that caused them). Then waits for their CDN purge (one, for all
+    /// of them), at most `purge_wait`.
     pub async fn run(&self) {
+        let mut last = None;
         for op in &self.ops {
-            let _ = self.cache.apply(op.clone()).await;
+            let (_, ticket) = self.cache.apply_stored(op.clone()).await;
+            last = ticket.or(last);
         }
+        self.cache.purge_settled(last).await;
     }
 }

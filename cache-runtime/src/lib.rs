@@ -54,6 +54,7 @@ mod batch;
 mod builder;
 mod cache;
 mod capture;
+pub mod cdn;
 mod claims;
 mod codec;
 #[cfg(feature = "redis")]

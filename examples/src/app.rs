@@ -31,11 +31,64 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// `ADMIN_TOKEN`: set, the cache's admin surface is served at `/admin` behind it.
     pub admin_token: Option<String>,
+    /// The CDN in front of the app, purged on every invalidation (unset: none).
+    pub cdn: Option<Cdn>,
+}
+
+/// A CDN whose cache the app purges: `FASTLY_SERVICE_ID` + `FASTLY_API_TOKEN`, or
+/// `CLOUDFLARE_ZONE_ID` + `CLOUDFLARE_API_TOKEN`; `FASTLY_API_URL` / `CLOUDFLARE_API_URL` point
+/// either at another API address.
+#[derive(Debug, Clone)]
+pub enum Cdn {
+    Fastly { service_id: String, api_token: String, api_url: Option<String> },
+    Cloudflare { zone_id: String, api_token: String, api_url: Option<String> },
+}
+
+impl Cdn {
+    fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Cdn>, String> {
+        let pair = |id: &str, token: &str| match (var(id), var(token)) {
+            (Some(id), Some(token)) => Ok(Some((id, token))),
+            (None, None) => Ok(None),
+            _ => Err(format!("set both {id} and {token}, or neither")),
+        };
+        match (pair("FASTLY_SERVICE_ID", "FASTLY_API_TOKEN")?, pair("CLOUDFLARE_ZONE_ID", "CLOUDFLARE_API_TOKEN")?) {
+            (Some(_), Some(_)) => Err("configure one CDN: Fastly or Cloudflare, not both".to_owned()),
+            (Some((service_id, api_token)), None) => {
+                Ok(Some(Cdn::Fastly { service_id, api_token, api_url: var("FASTLY_API_URL") }))
+            }
+            (None, Some((zone_id, api_token))) => {
+                Ok(Some(Cdn::Cloudflare { zone_id, api_token, api_url: var("CLOUDFLARE_API_URL") }))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `builder` with this CDN's purger.
+    fn install(&self, builder: cache_runtime::CacheBuilder) -> cache_runtime::CacheBuilder {
+        use cache_runtime::cdn::{Cloudflare, Fastly};
+        match self.clone() {
+            Cdn::Fastly { service_id, api_token, api_url } => {
+                let fastly = Fastly::new(service_id, api_token);
+                builder.purger(match api_url {
+                    Some(url) => fastly.base_url(url),
+                    None => fastly,
+                })
+            }
+            Cdn::Cloudflare { zone_id, api_token, api_url } => {
+                let cloudflare = Cloudflare::new(zone_id, api_token);
+                builder.purger(match api_url {
+                    Some(url) => cloudflare.base_url(url),
+                    None => cloudflare,
+                })
+            }
+        }
+    }
 }
 
 impl Config {
     /// `PORT` (3000), `REDIS_URL`, `DATABASE_PATH`, `DB_LATENCY_MS` (5), `CACHE_L1` (1),
-    /// `HEADER_READ_TIMEOUT_MS` (10000), `ADMIN_TOKEN` (unset: no `/admin`).
+    /// `HEADER_READ_TIMEOUT_MS` (10000), `ADMIN_TOKEN` (unset: no `/admin`), a CDN to purge
+    /// (see [`Cdn`]).
     pub fn from_env() -> Result<Config, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let port =
@@ -56,6 +109,7 @@ impl Config {
             l1: var("CACHE_L1").is_none_or(|v| v != "0" && v != "false"),
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
             admin_token: var("ADMIN_TOKEN"),
+            cdn: Cdn::from_env(var)?,
         })
     }
 }
@@ -70,10 +124,14 @@ pub struct App {
 impl App {
     pub fn new(config: &Config) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         let db = Db::open(config.database_path.as_deref(), config.db_latency)?;
-        let cache = match &config.redis_url {
-            Some(url) => Cache::builder().redis(url).prefix("axum-app").l1(config.l1).build()?,
-            None => Cache::builder().prefix("axum-app").build()?,
-        };
+        let mut builder = Cache::builder().prefix("axum-app");
+        if let Some(url) = &config.redis_url {
+            builder = builder.redis(url).l1(config.l1);
+        }
+        if let Some(cdn) = &config.cdn {
+            builder = cdn.install(builder);
+        }
+        let cache = builder.build()?;
         Ok(App { db, cache })
     }
 }
@@ -148,7 +206,8 @@ async fn update_user(
     Ok(Json(user))
 }
 
-/// `GET /posts`: public, for browsers 60 s, shared caches 120 s, CDNs 600 s; tagged `posts`;
+/// `GET /posts`: public, for browsers 60 s, shared caches 120 s, CDNs 600 s; tagged `posts`
+/// (for the CDN too: `Surrogate-Key: posts ns:default`, purged by `POST /posts`);
 /// for 60 s after expiry the old list is served while one background refresh replaces it; a
 /// cold list is computed by one replica while the others wait for it (`lock`).
 #[cached(
@@ -160,6 +219,7 @@ async fn update_user(
     public,
     s_maxage = 120,
     cdn_max_age = 600,
+    cdn_tags,
     cache = app.cache
 )]
 async fn list_posts(State(app): State<App>) -> Result<Json<Vec<Post>>, AppError> {
@@ -172,7 +232,8 @@ pub struct NewPost {
     pub body: String,
 }
 
-/// `POST /posts`: adds a post, then drops everything tagged `posts` (the list and every feed).
+/// `POST /posts`: adds a post, then drops everything tagged `posts` (the list and every feed),
+/// on every replica and, with a CDN configured, at the CDN.
 #[invalidates(tags = ["posts"], cache = app.cache)]
 async fn create_post(State(app): State<App>, Json(post): Json<NewPost>) -> Result<(StatusCode, Json<Post>), AppError> {
     if post.title.trim().is_empty() {

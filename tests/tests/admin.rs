@@ -157,3 +157,92 @@ async fn keys_are_listed_page_by_page() {
         assert!(pages > 1, "{}: paged", b.name);
     }
 }
+
+/// A browser's HTTP Basic (the token as password) opens the dashboard and reads the JSON; a
+/// purge it makes must carry the dashboard's `X-Requested-With` (a form from another site
+/// cannot) and not come from another site; a bearer token alone may purge. The pages run under
+/// a CSP that allows only their own script and style.
+#[tokio::test]
+async fn browsers_authenticate_with_basic_and_cannot_be_made_to_purge_from_elsewhere() {
+    let (base, _) = serve(Cache::memory()).await;
+    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = c.get(format!("{base}/admin/stats")).send().await.unwrap();
+    let challenges: Vec<_> = r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(challenges, ["Bearer realm=\"cache admin\"", "Basic realm=\"cache admin\", charset=\"UTF-8\""]);
+    for password in ["wrong", "", "s3cret-admin-toke"] {
+        let r = c.get(format!("{base}/admin/stats")).basic_auth("ops", Some(password)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{password:?}");
+    }
+    let r = c.get(format!("{base}/admin/stats")).basic_auth("ops", Some(TOKEN)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The root sends a browser to the dashboard, wherever the router is mounted.
+    let r = c.get(format!("{base}/admin")).basic_auth("ops", Some(TOKEN)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/admin/dashboard");
+    let page = c.get(format!("{base}/admin/dashboard")).basic_auth("ops", Some(TOKEN)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert!(page.text().await.unwrap().contains("<script src=\"dashboard.js\"></script>"));
+    for (asset, kind) in [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")] {
+        let r = c.get(format!("{base}/admin/{asset}")).basic_auth("ops", Some(TOKEN)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind));
+        let r = c.get(format!("{base}/admin/{asset}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{asset} without the token");
+    }
+
+    let purge = || c.post(format!("{base}/admin/purge/tag?tag=posts"));
+    // A form posted from another site: the browser adds Basic by itself, but not the header.
+    let r = purge().basic_auth("ops", Some(TOKEN)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = purge()
+        .basic_auth("ops", Some(TOKEN))
+        .header("x-requested-with", "cache-admin")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = purge().bearer_auth(TOKEN).header("sec-fetch-site", "same-site").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // The dashboard's own purge, and a script's.
+    let r = purge()
+        .basic_auth("ops", Some(TOKEN))
+        .header("x-requested-with", "cache-admin")
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = purge().bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// `GET /history`: hits and misses per 2 s interval, sampled from the first request on.
+#[tokio::test]
+async fn the_history_counts_hits_and_misses_per_interval() {
+    let (base, _) = serve(Cache::memory()).await;
+    let c = reqwest::Client::new();
+    let history = async || -> Value {
+        c.get(format!("{base}/admin/history")).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap()
+    };
+    let first = history().await;
+    assert_eq!(first["interval_ms"], 2000);
+    assert_eq!(first["capacity"], 150);
+    for _ in 0..3 {
+        c.get(format!("{base}/posts/7")).send().await.unwrap();
+    }
+    let mut sampled = Value::Null;
+    support::eventually("an interval holding the requests was sampled", async || {
+        sampled = history().await;
+        let points = sampled["points"].as_array().unwrap();
+        let hits: u64 = points.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
+        let misses: u64 = points.iter().map(|p| p["misses"].as_u64().unwrap()).sum();
+        hits == 2 && misses == 1
+    })
+    .await;
+}

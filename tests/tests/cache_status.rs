@@ -148,12 +148,17 @@ async fn cdn_tags_name_the_entry_tags_safely() {
         let (base, _) = serve(b.cache.clone()).await;
         for _ in 0..2 {
             let r = reqwest::get(format!("{base}/post/hello")).await.unwrap();
-            assert_eq!(r.headers()["surrogate-key"], "posts post:hello", "{}", b.name);
-            assert_eq!(r.headers()["cache-tag"], "posts,post:hello", "{}", b.name);
+            assert_eq!(r.headers()["surrogate-key"], "posts post:hello ns:default", "{}", b.name);
+            assert_eq!(r.headers()["cache-tag"], "posts,post:hello,ns:default", "{}", b.name);
         }
         let r = reqwest::get(format!("{base}/post/a,b%20c%0D%0Ax-evil:1")).await.unwrap();
-        assert_eq!(r.headers()["surrogate-key"], "posts post:a%2Cb%2520c%250D%250Ax-evil%253A1", "{}", b.name);
-        assert_eq!(r.headers()["cache-tag"], "posts,post:a%2Cb%2520c%250D%250Ax-evil%253A1", "{}", b.name);
+        assert_eq!(
+            r.headers()["surrogate-key"],
+            "posts post:a%2Cb%2520c%250D%250Ax-evil%253A1 ns:default",
+            "{}",
+            b.name
+        );
+        assert_eq!(r.headers()["cache-tag"], "posts,post:a%2Cb%2520c%250D%250Ax-evil%253A1,ns:default", "{}", b.name);
         assert!(r.headers().get("x-evil").is_none());
     }
 }

@@ -49,6 +49,7 @@ impl TestApp {
             l1,
             header_read_timeout: Duration::from_secs(10),
             admin_token: None,
+            cdn: None,
         };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;
@@ -66,6 +67,7 @@ impl TestApp {
             l1: true,
             header_read_timeout: Duration::from_secs(10),
             admin_token: None,
+            cdn: None,
         };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;

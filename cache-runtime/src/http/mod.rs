@@ -85,7 +85,7 @@ where
     let call = Call { cache, key: key.finish(), namespace, tags, opts, site };
     let into_response = R::into_response as fn(R) -> Response;
     let name = &cache.inner.status_name;
-    read(call, HttpReply { request, http, wants, into_response, name, tags }, body, spawner)
+    read(call, HttpReply { request, http, wants, into_response, name, tags, namespace }, body, spawner)
 }
 
 /// How a handler's response is stored and answered (see `read.rs`).
@@ -100,8 +100,9 @@ pub(crate) struct HttpReply<'a, R> {
     into_response: fn(R) -> Response,
     /// The cache's name in `Cache-Status`.
     name: &'a str,
-    /// The entry's tags (`cdn_tags` sends them to the CDN).
+    /// The entry's tags and namespace (`cdn_tags` sends them to the CDN).
     tags: &'a [String],
+    namespace: &'a str,
 }
 
 impl<R> Reply for HttpReply<'_, R> {
@@ -197,10 +198,10 @@ impl<R> HttpReply<'_, R> {
         self.add_tags(response);
     }
 
-    /// With `cdn_tags`, the entry's tags for the CDN.
+    /// With `cdn_tags`, the entry's tags and namespace for the CDN.
     fn add_tags(&self, response: &mut Response) {
-        if self.http.cdn_tags && !self.tags.is_empty() && response.status().is_success() {
-            add_cdn_tags(response.headers_mut(), self.tags);
+        if self.http.cdn_tags && response.status().is_success() {
+            add_cdn_tags(response.headers_mut(), self.tags, self.namespace);
         }
     }
 }

@@ -6,6 +6,7 @@ use axum::http::header::{HeaderMap, HeaderName, HeaderValue};
 use axum::http::StatusCode;
 
 use super::push_decimal;
+use crate::cdn::{cdn_tag, namespace_tag};
 
 /// The RFC 9211 header.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -80,32 +81,17 @@ impl<'a> Label<'a> {
     }
 }
 
-/// `Surrogate-Key: a b` and `Cache-Tag: a,b`. A tag's bytes outside visible ASCII, and the
-/// separators `,` and `"` (and `%`, the escape itself), are percent-escaped: a tag can neither
-/// split into two nor end the header.
-pub(super) fn add_cdn_tags(headers: &mut HeaderMap, tags: &[String]) {
-    let mut spaced = Vec::with_capacity(tags.iter().map(|t| t.len() + 1).sum());
-    let mut commas = Vec::with_capacity(spaced.capacity());
-    for (i, tag) in tags.iter().enumerate() {
-        if i > 0 {
-            spaced.push(b' ');
-            commas.push(b',');
-        }
-        for &b in tag.as_bytes() {
-            if b.is_ascii_graphic() && !matches!(b, b',' | b'"' | b'%') {
-                spaced.push(b);
-                commas.push(b);
-            } else {
-                for out in [&mut spaced, &mut commas] {
-                    out.push(b'%');
-                    out.extend_from_slice(format!("{b:02X}").as_bytes());
-                }
-            }
-        }
-    }
-    if let (Ok(spaced), Ok(commas)) =
-        (HeaderValue::from_maybe_shared(Bytes::from(spaced)), HeaderValue::from_maybe_shared(Bytes::from(commas)))
-    {
+/// `Surrogate-Key: a b ns:n` and `Cache-Tag: a,b,ns:n`: the entry's tags and its namespace's
+/// tag, each escaped by [`cdn_tag`] (a tag can neither split into two nor end the header), as
+/// a purge names them.
+pub(super) fn add_cdn_tags(headers: &mut HeaderMap, tags: &[String], namespace: &str) {
+    let mut escaped_ns = String::new();
+    crate::key::escape_into(&mut escaped_ns, namespace);
+    let all: Vec<String> = tags.iter().map(|t| cdn_tag(t)).chain(std::iter::once(namespace_tag(&escaped_ns))).collect();
+    if let (Ok(spaced), Ok(commas)) = (
+        HeaderValue::from_maybe_shared(Bytes::from(all.join(" "))),
+        HeaderValue::from_maybe_shared(Bytes::from(all.join(","))),
+    ) {
         headers.insert(SURROGATE_KEY, spaced);
         headers.insert(CACHE_TAG, commas);
     }
@@ -119,9 +105,9 @@ mod tests {
     fn tags_cannot_split_or_end_the_header() {
         let mut headers = HeaderMap::new();
         let tags = ["posts".to_owned(), "a,b c\"d%\r\nx-evil: 1".to_owned()];
-        add_cdn_tags(&mut headers, &tags);
-        assert_eq!(headers[SURROGATE_KEY], "posts a%2Cb%20c%22d%25%0D%0Ax-evil:%201");
-        assert_eq!(headers[CACHE_TAG], "posts,a%2Cb%20c%22d%25%0D%0Ax-evil:%201");
+        add_cdn_tags(&mut headers, &tags, "a b");
+        assert_eq!(headers[SURROGATE_KEY], "posts a%2Cb%20c%22d%25%0D%0Ax-evil:%201 ns:a%2520b");
+        assert_eq!(headers[CACHE_TAG], "posts,a%2Cb%20c%22d%25%0D%0Ax-evil:%201,ns:a%2520b");
     }
 
     #[test]

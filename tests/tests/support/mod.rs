@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod cdn_mock;
 pub mod rows;
 
 use std::collections::HashMap;
@@ -256,4 +257,12 @@ impl CutProxy {
     pub fn is_cut(&self) -> bool {
         self.cut.load(Ordering::SeqCst)
     }
+}
+
+/// Serves `router` on a free loopback port; its base URL (`http://127.0.0.1:port`).
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    base
 }

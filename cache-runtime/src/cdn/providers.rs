@@ -1,0 +1,166 @@
+//! Ready purgers for Fastly and Cloudflare, speaking their documented purge APIs over HTTPS
+//! (or any base URL: tests point them at a local server).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Purge, PurgeError, PurgeFuture, Purger};
+
+/// How long one purge request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn client() -> reqwest::Client {
+    // Building a client fails only when the TLS backend cannot start; the purge then fails
+    // (and is retried) with that reason instead of a panic here.
+    reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// `Ok` for a 2xx answer, else the status and the start of the body.
+async fn accepted(sent: Result<reqwest::Response, reqwest::Error>) -> Result<String, PurgeError> {
+    let response = sent.map_err(|err| PurgeError::new(err.to_string()))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(PurgeError::new(format!("{status}: {}", body.chars().take(200).collect::<String>())))
+    }
+}
+
+/// Fastly: tags by surrogate key (`POST /service/{id}/purge`, `Surrogate-Key: a b …`, 256 a
+/// request) and URLs one by one (`POST /purge/{host}/{path}`), authenticated by `Fastly-Key`.
+///
+/// ```
+/// use cache_runtime::cdn::Fastly;
+///
+/// let cache = cache_runtime::Cache::builder()
+///     .purger(Fastly::new("SU1Z0isxPaozGVKXdv0eY", "a Fastly API token").soft())
+///     .build()
+///     .unwrap();
+/// # drop(cache);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Fastly {
+    base: String,
+    service: String,
+    token: String,
+    soft: bool,
+    client: reqwest::Client,
+}
+
+impl Fastly {
+    /// Fastly's API (`https://api.fastly.com`) for service `service_id`, with an API token
+    /// allowed to purge it.
+    pub fn new(service_id: impl Into<String>, api_token: impl Into<String>) -> Self {
+        Fastly {
+            base: "https://api.fastly.com".to_owned(),
+            service: service_id.into(),
+            token: api_token.into(),
+            soft: false,
+            client: client(),
+        }
+    }
+
+    /// Another API address (a proxy, or a test server); no trailing slash needed.
+    pub fn base_url(mut self, base: impl Into<String>) -> Self {
+        self.base = base.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// Soft purges (`Fastly-Soft-Purge: 1`): objects are marked stale, not removed, so Fastly
+    /// may still serve them with `stale-while-revalidate` / `stale-if-error`.
+    pub fn soft(mut self) -> Self {
+        self.soft = true;
+        self
+    }
+
+    fn post(&self, url: String) -> reqwest::RequestBuilder {
+        let request = self.client.post(url).header("Fastly-Key", &self.token).header("Accept", "application/json");
+        if self.soft {
+            request.header("Fastly-Soft-Purge", "1")
+        } else {
+            request
+        }
+    }
+}
+
+impl Purger for Fastly {
+    fn purge<'a>(&'a self, purge: &'a Purge) -> PurgeFuture<'a> {
+        Box::pin(async move {
+            for keys in purge.tags.chunks(256) {
+                let url = format!("{}/service/{}/purge", self.base, self.service);
+                accepted(self.post(url).header("Surrogate-Key", keys.join(" ")).send().await).await?;
+            }
+            for cached in &purge.urls {
+                let without_scheme = cached.split_once("://").map_or(cached.as_str(), |(_, rest)| rest);
+                let url = format!("{}/purge/{without_scheme}", self.base);
+                accepted(self.post(url).send().await).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Cloudflare: `POST /zones/{zone}/purge_cache` with `{"tags": […]}` and `{"files": […]}` (30
+/// a request), authenticated by an API token (`Authorization: Bearer`); an answer whose
+/// `success` is not `true` is a failure.
+///
+/// ```
+/// use cache_runtime::cdn::Cloudflare;
+///
+/// let cache = cache_runtime::Cache::builder()
+///     .purger(Cloudflare::new("023e105f4ecef8ad9ca31a8372d0c353", "a Cloudflare API token"))
+///     .build()
+///     .unwrap();
+/// # drop(cache);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cloudflare {
+    base: String,
+    zone: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Cloudflare {
+    /// Cloudflare's API (`https://api.cloudflare.com/client/v4`) for zone `zone_id`, with an
+    /// API token allowed to purge its cache.
+    pub fn new(zone_id: impl Into<String>, api_token: impl Into<String>) -> Self {
+        Cloudflare {
+            base: "https://api.cloudflare.com/client/v4".to_owned(),
+            zone: zone_id.into(),
+            token: api_token.into(),
+            client: client(),
+        }
+    }
+
+    /// Another API address (a proxy, or a test server); no trailing slash needed.
+    pub fn base_url(mut self, base: impl Into<String>) -> Self {
+        self.base = base.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    async fn send(&self, body: serde_json::Value) -> Result<(), PurgeError> {
+        let url = format!("{}/zones/{}/purge_cache", self.base, self.zone);
+        let answer = accepted(self.client.post(url).bearer_auth(&self.token).json(&body).send().await).await?;
+        match serde_json::from_str::<serde_json::Value>(&answer) {
+            Ok(answer) if answer["success"] == true => Ok(()),
+            _ => Err(PurgeError::new(format!("not a success: {}", answer.chars().take(200).collect::<String>()))),
+        }
+    }
+}
+
+impl Purger for Cloudflare {
+    fn purge<'a>(&'a self, purge: &'a Purge) -> PurgeFuture<'a> {
+        Box::pin(async move {
+            for tags in purge.tags.chunks(30) {
+                self.send(json!({ "tags": tags })).await?;
+            }
+            for files in purge.urls.chunks(30) {
+                self.send(json!({ "files": files })).await?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,329 @@
+//! Invalidation that reaches the CDN: `cdn_tags` handlers name their tags and namespace, and
+//! every applied invalidation purges them through the `Purger` (Fastly's and Cloudflare's
+//! purge APIs, served here by a mock CDN on loopback), with retries when the CDN is down, a
+//! bound on how long a write waits for it, and never before the cache itself forgot.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use cache_runtime::cdn::{Cloudflare, Fastly};
+use cache_runtime::{cached, invalidates, Cache, CacheBuilder};
+use support::cdn_mock::MockCdn;
+use support::{eventually, serve};
+
+#[derive(Clone)]
+struct App {
+    cache: Cache,
+    version: Arc<AtomicU64>,
+}
+
+#[cached(expire = 60, key = "post:<id>", tags = ["posts"], cdn_tags, cache = app.cache)]
+async fn cdn_post(Path(id): Path<u32>, State(app): State<App>) -> String {
+    format!("post {id} v{}", app.version.load(Ordering::SeqCst))
+}
+
+#[cached(expire = 60, key = "feed", namespace = "feed", cdn_tags, cache = app.cache)]
+async fn cdn_feed(State(app): State<App>) -> String {
+    format!("feed v{}", app.version.load(Ordering::SeqCst))
+}
+
+#[invalidates(tags = ["posts"], cache = app.cache)]
+async fn cdn_new_post(State(app): State<App>) -> StatusCode {
+    app.version.fetch_add(1, Ordering::SeqCst);
+    StatusCode::CREATED
+}
+
+#[invalidates(namespace = "feed", cache = app.cache)]
+async fn cdn_clear_feed(State(app): State<App>) -> StatusCode {
+    app.version.fetch_add(1, Ordering::SeqCst);
+    StatusCode::NO_CONTENT
+}
+
+async fn serve_app(cache: Cache) -> (String, App) {
+    let app = App { cache, version: Arc::new(AtomicU64::new(1)) };
+    let router = Router::new()
+        .route("/posts/{id}", get(cdn_post))
+        .route("/posts", post(cdn_new_post))
+        .route("/feed", get(cdn_feed))
+        .route("/feed/clear", post(cdn_clear_feed))
+        .with_state(app.clone());
+    (serve(router).await, app)
+}
+
+/// A memory cache and a Redis one (with its L1), each purging through `purger`.
+fn backends(
+    configure: impl Fn(CacheBuilder) -> CacheBuilder,
+) -> Vec<(&'static str, Cache, Option<cache_runtime::test_util::RedisServer>)> {
+    let redis = cache_runtime::test_util::RedisServer::start().expect("redis-server (scripts/test installs it)");
+    vec![
+        ("memory", configure(Cache::builder().prefix("t")).build().unwrap(), None),
+        (
+            "redis+l1",
+            configure(Cache::builder().prefix("t").redis(redis.url()).command_timeout(Duration::from_millis(300)))
+                .build()
+                .unwrap(),
+            Some(redis),
+        ),
+    ]
+}
+
+/// Through the macros over HTTP: a handler's `Surrogate-Key` names its tags and namespace, and
+/// a write's tag or namespace invalidation purges exactly those at Fastly before the write
+/// answers; the next read (here and at the CDN's origin) is the new value.
+#[tokio::test]
+async fn a_write_purges_the_tags_its_handlers_sent_to_fastly() {
+    let cdn = MockCdn::start().await;
+    for (name, cache, _redis) in backends(|b| b.purger(Fastly::new("svc-1", "fastly-token").base_url(&cdn.base))) {
+        let (base, _app) = serve_app(cache.clone()).await;
+        let http = reqwest::Client::new();
+        let get = |path: &str| http.get(format!("{base}{path}")).send();
+        let first = get("/posts/1").await.unwrap();
+        assert_eq!(first.headers()["surrogate-key"], "posts ns:default", "{name}");
+        assert_eq!(first.headers()["cache-tag"], "posts,ns:default", "{name}");
+        assert_eq!(first.text().await.unwrap(), "post 1 v1");
+        let feed = get("/feed").await.unwrap();
+        assert_eq!(feed.headers()["surrogate-key"], "ns:feed", "{name}");
+        assert_eq!(get("/posts/1").await.unwrap().headers()["x-cache"], "HIT", "{name}");
+        let before = cdn.calls().len();
+
+        let r = http.post(format!("{base}/posts")).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        // The write waited for the purge (the CDN answered well within `purge_wait`).
+        let calls = cdn.calls();
+        assert_eq!(calls.len(), before + 1, "{name}: {calls:?}");
+        let purge = &calls[before];
+        assert_eq!(purge.path, "/service/svc-1/purge", "{name}");
+        assert_eq!(purge.header("surrogate-key"), "posts", "{name}");
+        assert_eq!(purge.header("fastly-key"), "fastly-token", "{name}");
+        assert_eq!(purge.header("fastly-soft-purge"), "", "{name}");
+        let next = get("/posts/1").await.unwrap();
+        assert_eq!(next.headers()["x-cache"], "MISS", "{name}");
+        assert_eq!(next.text().await.unwrap(), "post 1 v2", "{name}");
+
+        // A namespace clear purges the namespace's tag, as `/feed` sent it.
+        let r = http.post(format!("{base}/feed/clear")).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        let calls = cdn.calls();
+        assert_eq!(calls.len(), before + 2, "{name}: {calls:?}");
+        assert_eq!(calls[before + 1].header("surrogate-key"), "ns:feed", "{name}");
+        assert_eq!(get("/feed").await.unwrap().text().await.unwrap(), "feed v3", "{name}");
+
+        let stats = cache.stats();
+        assert_eq!((stats.purges, stats.purge_failures, stats.purges_dropped), (2, 0, 0), "{name}");
+    }
+}
+
+/// Cloudflare's API: tags and URLs in separate calls, with the API token as a bearer; a key
+/// purges the URL `purge_urls` maps it to, and nothing when it maps to none. Fastly purges a
+/// URL by its address without the scheme, softly when asked.
+#[tokio::test]
+async fn cloudflare_purges_tags_and_urls_and_fastly_purges_urls() {
+    let urls = |namespace: &str, key: &str| {
+        let id = key.strip_prefix("user:")?;
+        (namespace == "default").then(|| format!("https://www.example.com/users/{id}"))
+    };
+    let cdn = MockCdn::start().await;
+    let cache = Cache::builder()
+        .purger(Cloudflare::new("zone-9", "cf-token").base_url(format!("{}/client/v4/", cdn.base)))
+        .purge_urls(urls)
+        .build()
+        .unwrap();
+    cache.invalidate_tag("posts").await.unwrap();
+    cache.clear_namespace("feed").await.unwrap();
+    cache.invalidate("user:7").await.unwrap();
+    cache.invalidate("session:7").await.unwrap(); // no URL: nothing to purge
+    cache.namespace("other").invalidate("user:8").await.unwrap(); // no URL either
+    let calls = cdn.calls();
+    let bodies: Vec<serde_json::Value> = calls.iter().map(|c| serde_json::from_str(&c.body).unwrap()).collect();
+    assert_eq!(
+        bodies,
+        [
+            serde_json::json!({"tags": ["posts"]}),
+            serde_json::json!({"tags": ["ns:feed"]}),
+            serde_json::json!({"files": ["https://www.example.com/users/7"]}),
+        ]
+    );
+    for call in &calls {
+        assert_eq!(call.path, "/client/v4/zones/zone-9/purge_cache");
+        assert_eq!(call.header("authorization"), "Bearer cf-token");
+        assert_eq!(call.header("content-type"), "application/json");
+    }
+    assert_eq!(cache.stats().purges, 3);
+
+    let fastly = MockCdn::start().await;
+    let cache = Cache::builder()
+        .purger(Fastly::new("svc", "tok").base_url(&fastly.base).soft())
+        .purge_urls(urls)
+        .build()
+        .unwrap();
+    cache.invalidate("user:7").await.unwrap();
+    let calls = fastly.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, "/purge/www.example.com/users/7");
+    assert_eq!(calls[0].header("fastly-soft-purge"), "1");
+}
+
+/// A CDN answering `503`: the write is not failed, the purge is retried with backoff (what is
+/// invalidated meanwhile joins it), and once the CDN is back it receives every tag, once.
+#[tokio::test]
+async fn a_cdn_that_is_down_receives_the_purge_once_it_is_back() {
+    let cdn = MockCdn::start().await;
+    cdn.set_down(true);
+    let cache = Cache::builder()
+        .purger(Fastly::new("svc", "tok").base_url(&cdn.base))
+        .purge_wait(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    cache.invalidate_tag("posts").await.expect("a CDN that is down never fails the invalidation");
+    cache.invalidate_tag("users").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "each waited at most purge_wait: {:?}", started.elapsed());
+    eventually("the purge was retried", async || cdn.refused() >= 3).await;
+    assert!(cdn.calls().is_empty());
+    assert!(cache.stats().purge_failures >= 3);
+    cdn.set_down(false);
+    eventually("the CDN received the purge", async || !cdn.calls().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = cdn.calls();
+    let keys: Vec<&str> = calls.iter().map(|c| c.header("surrogate-key")).collect();
+    assert_eq!(keys, ["posts users"], "one purge, every tag, once");
+    let stats = cache.stats();
+    assert_eq!((stats.purges, stats.purges_dropped), (1, 0));
+}
+
+/// A CDN that refuses connections (not listening yet) gets the purge once it listens again on
+/// the same address.
+#[tokio::test]
+async fn a_cdn_that_refuses_connections_receives_the_purge_once_it_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let cache = Cache::builder()
+        .purger(Fastly::new("svc", "tok").base_url(format!("http://{address}")))
+        .purge_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    cache.invalidate_tag("posts").await.unwrap();
+    eventually("a connection was refused", async || cache.stats().purge_failures >= 2).await;
+    let cdn = MockCdn::on(tokio::net::TcpListener::bind(address).await.unwrap());
+    eventually("the CDN received the purge", async || !cdn.calls().is_empty()).await;
+    assert_eq!(cdn.calls()[0].header("surrogate-key"), "posts");
+    assert_eq!(cache.stats().purges, 1);
+}
+
+/// A CDN that never answers holds a write no longer than `purge_wait`; the cache itself is
+/// invalidated all the same.
+#[tokio::test]
+async fn a_hanging_cdn_holds_a_write_no_longer_than_purge_wait() {
+    let cdn = MockCdn::start().await;
+    cdn.shared.hang.store(true, Ordering::SeqCst);
+    for (name, cache, _redis) in
+        backends(|b| b.purger(Fastly::new("svc", "tok").base_url(&cdn.base)).purge_wait(Duration::from_millis(300)))
+    {
+        let (base, app) = serve_app(cache).await;
+        let http = reqwest::Client::new();
+        assert_eq!(http.get(format!("{base}/posts/1")).send().await.unwrap().text().await.unwrap(), "post 1 v1");
+        let started = Instant::now();
+        let r = http.post(format!("{base}/posts")).send().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 201, "{name}");
+        // The purge call itself would take 5 s (the client's timeout): the write did not wait.
+        assert!(took < Duration::from_secs(3), "{name}: the write took {took:?}");
+        assert_eq!(app.version.load(Ordering::SeqCst), 2);
+        let next = http.get(format!("{base}/posts/1")).send().await.unwrap();
+        assert_eq!(next.headers()["x-cache"], "MISS", "{name}");
+    }
+}
+
+/// A purge that keeps failing is given up after `purge_retry_for`, counted and logged.
+#[tokio::test]
+async fn a_purge_failing_past_purge_retry_for_is_dropped_and_counted() {
+    let cdn = MockCdn::start().await;
+    cdn.set_down(true);
+    let cache = Cache::builder()
+        .purger(Cloudflare::new("zone", "tok").base_url(&cdn.base))
+        .purge_wait(Duration::ZERO)
+        .purge_retry_for(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    cache.invalidate_tag("posts").await.unwrap();
+    eventually("the purge was given up", async || cache.stats().purges_dropped == 1).await;
+    let stats = cache.stats();
+    assert!(stats.purge_failures >= 2, "{stats:?}");
+    assert_eq!(stats.purges, 0);
+    // The queue goes on: the next purge is sent once the CDN is back.
+    cdn.set_down(false);
+    cache.invalidate_tag("users").await.unwrap();
+    eventually("the next purge was sent", async || cache.stats().purges == 1).await;
+    assert_eq!(cdn.calls().len(), 1);
+}
+
+/// An invalidation that could not reach Redis is queued; the CDN is purged only once it is
+/// applied (purged before, the CDN could fetch the old answer from a replica again).
+#[tokio::test]
+async fn an_invalidation_queued_for_redis_purges_the_cdn_once_applied() {
+    let cdn = MockCdn::start().await;
+    let mut redis = cache_runtime::test_util::RedisServer::start().unwrap();
+    let cache = Cache::builder()
+        .redis(redis.url())
+        .prefix("t")
+        .command_timeout(Duration::from_millis(200))
+        .purger(Fastly::new("svc", "tok").base_url(&cdn.base))
+        .build()
+        .unwrap();
+    cache.set("posts", &"v1".to_owned(), Duration::from_secs(60)).await.unwrap();
+    redis.kill();
+    assert!(cache.invalidate_tag("posts").await.is_err(), "Redis is down: the invalidation is queued");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cdn.calls().is_empty(), "purged before the cache forgot: {:?}", cdn.calls());
+    redis.restart().unwrap();
+    eventually("the queued invalidation was applied and the CDN purged", async || !cdn.calls().is_empty()).await;
+    assert_eq!(cdn.calls()[0].header("surrogate-key"), "posts");
+}
+
+/// The example app: `GET /posts` names its tag for the CDN, `POST /posts` purges it there.
+#[tokio::test]
+async fn the_example_app_purges_posts_at_the_cdn() {
+    use examples::app::{router, App, Cdn, Config};
+    let cdn = MockCdn::start().await;
+    let config = Config {
+        port: 0,
+        redis_url: None,
+        database_path: None,
+        db_latency: Duration::ZERO,
+        l1: true,
+        header_read_timeout: Duration::from_secs(10),
+        admin_token: None,
+        cdn: Some(Cdn::Fastly {
+            service_id: "example".to_owned(),
+            api_token: "tok".to_owned(),
+            api_url: Some(cdn.base.clone()),
+        }),
+    };
+    let base = serve(router(App::new(&config).unwrap())).await;
+    let http = reqwest::Client::new();
+    let list = http.get(format!("{base}/posts")).send().await.unwrap();
+    assert_eq!(list.headers()["surrogate-key"], "posts ns:default");
+    assert_eq!(list.headers()["cdn-cache-control"], "max-age=600");
+    let r = http
+        .post(format!("{base}/posts"))
+        .json(&serde_json::json!({"title": "CDN", "body": "purged"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let calls = cdn.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].path, "/service/example/purge");
+    assert_eq!(calls[0].header("surrogate-key"), "posts");
+    let list = http.get(format!("{base}/posts")).send().await.unwrap();
+    assert_eq!(list.headers()["x-cache"], "MISS");
+    assert!(list.text().await.unwrap().contains("\"title\":\"CDN\""));
+}
