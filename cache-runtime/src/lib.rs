@@ -39,6 +39,7 @@
 //! | `axum` | on | `#[cached]` on axum handlers (ETag, 304, `Cache-Control`, `Vary`), [`CacheLayer`] |
 //! | `metrics` | off | counters and histograms through the `metrics` facade |
 //! | `msgpack` | off | MessagePack payloads in Redis |
+//! | `cdn` | off | the ready CDN purgers `cdn::Fastly` and `cdn::Cloudflare` (the [`cdn::Purger`] interface needs no feature) |
 //! | `test-util` | off | throw-away `redis-server` processes for tests (implies `redis`) |
 //!
 //! A service that caches its own functions in process memory needs neither `redis` nor `axum`:
