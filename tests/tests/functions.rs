@@ -369,7 +369,7 @@ async fn big_value(cache: &Cache, calls: &Calls, id: u32) -> String {
 
 #[tokio::test]
 async fn a_full_redis_means_misses_never_errors() {
-    for policy in ["allkeys-lru", "noeviction"] {
+    for policy in ["volatile-lru", "allkeys-lru", "noeviction"] {
         let server =
             cache_runtime::test_util::RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", policy])
                 .unwrap();
@@ -388,7 +388,14 @@ async fn a_full_redis_means_misses_never_errors() {
         let stats = cache.stats();
         assert!(calls.get() > 1500, "{policy}: Redis could not keep everything ({} runs)", calls.get());
         assert_eq!(stats.hits + stats.misses, 3000, "{policy}");
-        assert!(stats.hits > 0, "{policy}: what Redis kept was served ({stats:?})");
+        // Under `volatile-lru` only entries are evicted, never the tag and namespace versions
+        // (they have no expiry), so what Redis kept is served. Under `allkeys-lru` a version
+        // can be evicted too (the LRU clock counts seconds: a version read a moment ago can
+        // look as old as an entry), and then every entry recorded under it is a miss: a run
+        // that loses one serves nothing, correctly (seen under load in CI).
+        if policy == "volatile-lru" {
+            assert!(stats.hits > 0, "{policy}: what Redis kept was served ({stats:?})");
+        }
         if policy == "noeviction" {
             assert!(stats.errors > 0, "{policy}: refused writes are counted");
         }
