@@ -18,6 +18,7 @@ use std::time::Instant;
 use crate::cache::{Cache, Call};
 use crate::claims::{HeldLock, Locked};
 use crate::codec::Json;
+use crate::engine::Fill;
 use crate::entry::{Found, Served};
 use crate::flight::{Joined, Leader};
 use crate::policy::{CallOpts, Freshness, Policy};
@@ -142,13 +143,13 @@ where
         return body(elements.into_iter().map(|e| e.id).collect()).await;
     }
     // Duplicates once, in key order (the order flights are joined in).
-    let mut unique: BTreeMap<String, (usize, Element<K>)> = BTreeMap::new();
-    for (at, element) in elements.into_iter().enumerate() {
-        unique.entry(element.key.clone()).or_insert((at, element));
-    }
+    let mut unique: Vec<(usize, Element<K>)> = elements.into_iter().enumerate().collect();
+    unique.sort_unstable_by(|(a_at, a), (b_at, b)| a.key.cmp(&b.key).then(a_at.cmp(b_at)));
+    // Of equal keys, the first in the caller's order stays.
+    unique.dedup_by(|later, kept| later.1.key == kept.1.key);
     let mut answered: Vec<(usize, K, V)> = Vec::with_capacity(unique.len());
     let mut pending = Vec::new();
-    for (_, (at, element)) in unique {
+    for (at, element) in unique {
         let Some((found, times)) = cache.local_hit::<V>(&element.key) else {
             pending.push((at, element, false));
             continue;
@@ -284,25 +285,41 @@ where
             Ok(map) => {
                 let recompute = started.elapsed();
                 let mut got: std::collections::HashMap<K, V> = map.into_pairs().into_iter().collect();
-                let fills = computing.into_iter().map(|c| {
-                    let found = got.remove(&c.element.id).map_or(Found::Negative, Found::Value);
-                    async move {
-                        let call = element_call((cache, namespace, opts, site), &c.element);
-                        let ttl = policy.ttl_of(&found, call.ttl());
-                        if let (Some(ttl), Some((lease, l1_epoch))) = (ttl, &c.lease) {
-                            cache.fill::<V, Json>(&call, lease, *l1_epoch, &found, recompute, ttl).await;
-                        }
-                        c.leader.finish(Some(&found), Served::Joined(ttl.unwrap_or_default()));
-                        if c.refreshing {
-                            cache.release_refresh(&c.element.key).await;
-                        }
-                        if let Some(held) = c.held {
-                            held.release().await;
-                        }
-                        (c.at, c.element.id, found)
+                let done: Vec<(Computing<'_, K, V>, Found<V>)> = computing
+                    .into_iter()
+                    .map(|c| {
+                        let found = got.remove(&c.element.id).map_or(Found::Negative, Found::Value);
+                        (c, found)
+                    })
+                    .collect();
+                let calls: Vec<Call<'_>> =
+                    done.iter().map(|(c, _)| element_call((cache, namespace, opts, site), &c.element)).collect();
+                let ttls: Vec<Option<std::time::Duration>> =
+                    done.iter().zip(&calls).map(|((_, found), call)| policy.ttl_of(found, call.ttl())).collect();
+                // Every fill in one round trip, each lease-checked.
+                let fills: Vec<Fill<'_, '_, V>> = done
+                    .iter()
+                    .zip(&calls)
+                    .zip(&ttls)
+                    .filter_map(|(((c, found), call), ttl)| {
+                        let (lease, l1_epoch) = c.lease.as_ref()?;
+                        Some(Fill { call, lease, l1_epoch: *l1_epoch, found, ttl: (*ttl)? })
+                    })
+                    .collect();
+                cache.fill_many::<V, Json>(&fills, recompute).await;
+                drop(fills);
+                drop(calls);
+                let finished = done.into_iter().zip(ttls).map(|((c, found), ttl)| async move {
+                    c.leader.finish(Some(&found), Served::Joined(ttl.unwrap_or_default()));
+                    if c.refreshing {
+                        cache.release_refresh(&c.element.key).await;
                     }
+                    if let Some(held) = c.held {
+                        held.release().await;
+                    }
+                    (c.at, c.element.id, found)
                 });
-                for (at, id, found) in crate::sync::join_all(fills).await {
+                for (at, id, found) in crate::sync::join_all(finished).await {
                     answer(&mut answered, at, id, found);
                 }
                 // What the body returned beyond the elements asked for is answered, not stored.
@@ -340,7 +357,7 @@ where
             }
         }
     }
-    answered.sort_by_key(|(at, _, _)| *at);
+    answered.sort_unstable_by_key(|(at, _, _)| *at);
     Ok(M::from_pairs(answered.into_iter().map(|(_, id, v)| (id, v)).collect()))
 }
 

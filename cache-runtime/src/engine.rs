@@ -335,56 +335,120 @@ impl Cache {
         recompute: Duration,
         ttl: Duration,
     ) -> bool {
-        let (opts, namespace, key) = (call.opts, call.namespace, call.key.clone());
-        #[cfg(not(feature = "redis"))]
-        let _ = l1_epoch; // the L1's epoch: no L1 without Redis
-        let (value, ttl) = match found {
-            Found::Value(value) => (Some(value), ttl),
-            Found::Negative if opts.cache_none => (None, opts.none_ttl.unwrap_or(ttl)),
-            Found::Negative => return false,
-        };
-        let keep = opts.keep();
-        let mut meta = self.meta::<V>(ttl, keep, recompute, lease.tags.clone());
-        meta.etag = value.and_then(C::etag);
-        let result = match &self.inner.store {
-            Store::Memory(mem) => self.checked_payload::<V, C>(value).map(|payload| {
-                let size = payload.len();
-                let stored = mem.fill(
-                    key.clone(),
-                    namespace,
-                    lease,
-                    mem_entry(meta, value, memory_weight::<V, C>(&key, &payload)),
-                );
-                (stored, size)
-            }),
+        let one = Fill { call, lease, l1_epoch, found, ttl };
+        self.fill_many::<V, C>(std::slice::from_ref(&one), recompute).await.first().copied().unwrap_or(false)
+    }
+
+    /// [`fill`](Self::fill) of many entries (a batch's), each lease-checked as a single fill is,
+    /// in one round trip to Redis (see `RedisStore::fill_many`). Whether each one stored.
+    pub(crate) async fn fill_many<V: Stored, C: Codec<V>>(
+        &self,
+        fills: &[Fill<'_, '_, V>],
+        recompute: Duration,
+    ) -> Vec<bool> {
+        // What each one stores: the value (`None`: a cached "not found"), its lifetime and
+        // metadata; `None`: nothing (a "not found" without `cache_none`).
+        let entries: Vec<Option<(Option<&V>, Duration, Meta)>> = fills
+            .iter()
+            .map(|fill| {
+                let opts = fill.call.opts;
+                let (value, ttl) = match fill.found {
+                    Found::Value(value) => (Some(value), fill.ttl),
+                    Found::Negative if opts.cache_none => (None, opts.none_ttl.unwrap_or(fill.ttl)),
+                    Found::Negative => return None,
+                };
+                let mut meta = self.meta::<V>(ttl, opts.keep(), recompute, fill.lease.tags.clone());
+                meta.etag = value.and_then(C::etag);
+                Some((value, ttl, meta))
+            })
+            .collect();
+        // Per fill: `None` when there was nothing to store, else whether it stored and its size
+        // (an error is counted where it happens: `Err(())`).
+        let results: Vec<Option<Result<(bool, usize), ()>>> = match &self.inner.store {
+            Store::Memory(mem) => fills
+                .iter()
+                .zip(entries)
+                .map(|(fill, entry)| {
+                    let (value, _, meta) = entry?;
+                    let key = &fill.call.key;
+                    let stored = self.checked_payload::<V, C>(value).map(|payload| {
+                        let weight = memory_weight::<V, C>(key, &payload);
+                        let stored =
+                            mem.fill(key.clone(), fill.call.namespace, fill.lease, mem_entry(meta, value, weight));
+                        (stored, payload.len())
+                    });
+                    self.count_result(&stored, "set");
+                    Some(stored.map_err(drop))
+                })
+                .collect(),
             #[cfg(feature = "redis")]
-            Store::Redis { redis, l1, .. } => match self.encode_entry::<V, C>(&key, &meta, value) {
-                Ok(bytes) => {
-                    let stored = redis.fill(&key, lease, &bytes, ttl + keep).await;
-                    if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, l1_epoch) {
-                        self.l1_insert(c, epoch, key, meta, value, C::memory_size(bytes.len()));
+            Store::Redis { redis, l1, .. } => {
+                let mut results: Vec<Option<Result<(bool, usize), ()>>> = Vec::with_capacity(fills.len());
+                let mut sent = Vec::new();
+                let mut batch = Vec::new();
+                for (fill, entry) in fills.iter().zip(entries) {
+                    let Some((value, ttl, meta)) = entry else {
+                        results.push(None);
+                        continue;
+                    };
+                    match self.encode_entry::<V, C>(&fill.call.key, &meta, value) {
+                        Ok(bytes) => {
+                            let keep = fill.call.opts.keep();
+                            sent.push((results.len(), meta, value, bytes.len()));
+                            batch.push((fill.call.key.as_str(), fill.lease, bytes, ttl + keep));
+                            results.push(Some(Ok((false, 0))));
+                        }
+                        Err(err) => {
+                            self.count_result(&Err::<(), _>(err), "set");
+                            results.push(Some(Err(())));
+                        }
                     }
-                    stored.map(|stored| (stored, bytes.len()))
                 }
-                Err(err) => Err(err),
-            },
+                if !batch.is_empty() {
+                    match redis.fill_many(&batch).await {
+                        Ok(stored) => {
+                            for ((at, meta, value, size), stored) in sent.into_iter().zip(stored) {
+                                let fill = &fills[at];
+                                if let (true, Some(c), Some(epoch)) = (stored, l1, fill.l1_epoch) {
+                                    self.l1_insert(c, epoch, fill.call.key.clone(), meta, value, C::memory_size(size));
+                                }
+                                results[at] = Some(Ok((stored, size)));
+                            }
+                        }
+                        Err(err) => {
+                            let failed = Err::<(), _>(err);
+                            for (at, ..) in sent {
+                                self.count_result(&failed, "set");
+                                results[at] = Some(Err(()));
+                            }
+                        }
+                    }
+                }
+                results
+            }
         };
-        self.count_result(&result, "set");
-        match result {
-            Ok((true, size)) => {
-                self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
-                if let Some(site) = call.site {
-                    site.stored(size);
+        fills
+            .iter()
+            .zip(results)
+            .map(|(fill, result)| {
+                let Some(result) = result else { return false };
+                match result {
+                    Ok((true, size)) => {
+                        self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
+                        if let Some(site) = fill.call.site {
+                            site.stored(size);
+                        }
+                        true
+                    }
+                    Ok((false, _)) => {
+                        self.inner.stats.dropped_fills.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(target: "cache_runtime", namespace = fill.call.namespace, "fill dropped: invalidated while it was computed");
+                        false
+                    }
+                    Err(_) => false,
                 }
-                true
-            }
-            Ok((false, _)) => {
-                self.inner.stats.dropped_fills.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(target: "cache_runtime", namespace, "fill dropped: invalidated while it was computed");
-                false
-            }
-            Err(_) => false,
-        }
+            })
+            .collect()
     }
 
     /// `keep`: how long the entry outlives its freshness (the serve-stale windows).
@@ -652,4 +716,14 @@ impl Cache {
         }
         Ok(payload)
     }
+}
+
+/// One fill of [`Cache::fill_many`]: the call, the lease its read took, the L1 epoch it read
+/// under, what was computed, and for how long it stays fresh.
+pub(crate) struct Fill<'f, 'a, V> {
+    pub(crate) call: &'f Call<'a>,
+    pub(crate) lease: &'f Lease,
+    pub(crate) l1_epoch: Option<u64>,
+    pub(crate) found: &'f Found<V>,
+    pub(crate) ttl: Duration,
 }

@@ -20,12 +20,17 @@ use crate::sync::lock;
 type Outcome = Option<Arc<dyn Any + Send + Sync>>;
 
 /// A flight in progress: its id (so a finished leader never removes its successor's flight)
-/// and where its outcome will appear.
-type Flight = (u64, watch::Receiver<Option<Outcome>>);
+/// and, once a caller waits for it, the channel its outcome will appear on (made by the first
+/// waiter: most flights have none, and cost no channel).
+struct Flight {
+    id: u64,
+    channel: Option<(watch::Sender<Option<Outcome>>, watch::Receiver<Option<Outcome>>)>,
+}
 
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, Flight>>,
+    /// The key is shared with the flight's leader (one allocation per flight).
+    map: Mutex<HashMap<Arc<str>, Flight>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -38,9 +43,10 @@ impl std::fmt::Debug for Flights {
 /// The caller that computes the value for everyone.
 pub(crate) struct Leader<'a> {
     flights: &'a Flights,
-    key: String,
+    key: Arc<str>,
     id: u64,
-    tx: watch::Sender<Option<Outcome>>,
+    /// Out of the map already (`finish`): nothing to remove on drop.
+    removed: bool,
 }
 
 pub(crate) enum Joined<'a, V> {
@@ -55,13 +61,13 @@ impl Flights {
         loop {
             let mut rx = {
                 let mut map = lock(&self.map);
-                match map.get(key) {
-                    Some((_, rx)) => rx.clone(),
+                match map.get_mut(key) {
+                    Some(flight) => flight.channel.get_or_insert_with(|| watch::channel(None)).1.clone(),
                     None => {
-                        let (tx, rx) = watch::channel(None);
                         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        map.insert(key.to_owned(), (id, rx));
-                        return Joined::Leader(Leader { flights: self, key: key.to_owned(), id, tx });
+                        let key: Arc<str> = Arc::from(key);
+                        map.insert(Arc::clone(&key), Flight { id, channel: None });
+                        return Joined::Leader(Leader { flights: self, key, id, removed: false });
                     }
                 }
             };
@@ -81,30 +87,33 @@ impl Flights {
 
 impl Leader<'_> {
     /// Hands `found` (or nothing, on failure) to the waiters, to be served as `served`, and
-    /// ends the flight.
-    /// `found` is copied only when some caller waits (most flights have no waiter).
-    pub(crate) fn finish<V: Clone + Send + Sync + 'static>(self, found: Option<&Found<V>>, served: Served) {
-        // Out of the map first: no caller can join after this, so the receivers counted below
-        // are every waiter there will be.
-        self.remove();
-        if self.tx.receiver_count() == 0 {
-            return;
+    /// ends the flight. `found` is copied only when some caller waits.
+    pub(crate) fn finish<V: Clone + Send + Sync + 'static>(mut self, found: Option<&Found<V>>, served: Served) {
+        // Out of the map first: no caller can join after this, so the waiters are all there.
+        let channel = self.remove();
+        self.removed = true;
+        if let Some((tx, _)) = channel {
+            let outcome: Outcome = found.map(|f| Arc::new((f.clone(), served)) as Arc<dyn Any + Send + Sync>);
+            let _ = tx.send(Some(outcome));
         }
-        let outcome: Outcome = found.map(|f| Arc::new((f.clone(), served)) as Arc<dyn Any + Send + Sync>);
-        let _ = self.tx.send(Some(outcome));
     }
 
-    fn remove(&self) {
+    /// Ends this leader's flight (not a successor's); its channel, if a caller waits.
+    #[allow(clippy::type_complexity)]
+    fn remove(&self) -> Option<(watch::Sender<Option<Outcome>>, watch::Receiver<Option<Outcome>>)> {
         let mut map = lock(&self.flights.map);
-        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            map.remove(&self.key);
+        if map.get(&*self.key).is_some_and(|flight| flight.id == self.id) {
+            return map.remove(&*self.key).and_then(|flight| flight.channel);
         }
+        None
     }
 }
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         // Cancelled or panicked before `finish`: the waiters see the channel close.
-        self.remove();
+        if !self.removed {
+            drop(self.remove());
+        }
     }
 }

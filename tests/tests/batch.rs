@@ -247,3 +247,20 @@ async fn with_lock_each_element_is_computed_once_across_replicas() {
         assert_eq!(loaded, (1..=16).collect::<Vec<_>>(), "{}: every id loaded once across the replicas", b.name);
     }
 }
+
+/// A batch's fills go to Redis as one pipeline of the fill script, which Redis does not load by
+/// itself when it is missing (a restart, `SCRIPT FLUSH`, a fail-over to a replica that never
+/// saw it): the script is loaded and the pipeline sent again, so every element is stored.
+#[tokio::test]
+async fn a_batch_fills_after_the_scripts_were_flushed() {
+    let b = Backend::redis_without_l1();
+    let db = Db::default();
+    users(&b.cache, &db, vec![1, 2]).await.unwrap();
+    let _: () = b.query(&redis::cmd("SCRIPT").arg("FLUSH")).await;
+    let got = users(&b.cache, &db, vec![3, 4, 5]).await.unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(b.cache.stats().errors, 0, "{:?}", b.cache.stats());
+    let got = users(&b.cache, &db, vec![1, 2, 3, 4, 5]).await.unwrap();
+    assert_eq!(got.len(), 5);
+    assert_eq!(db.queries(), vec![vec![1, 2], vec![3, 4, 5]], "the flushed-script fills were stored");
+}

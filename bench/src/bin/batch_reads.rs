@@ -8,7 +8,10 @@
 //! - by the batch fn and by hand with all 100 in Redis (reads only).
 //!
 //! Each printed as the median time of `ROUNDS` rounds and as a ratio against the others in the
-//! same run, with the commands the server ran per round (`INFO commandstats`).
+//! same run, with the commands the server ran per round (`INFO commandstats`) and the read
+//! events it processed per round (`INFO stats` `total_reads_processed`: one per batch of bytes
+//! a client sent, so a round trip's pipelined commands count once; the bench's own `INFO` and
+//! `RESETSTAT` calls are taken off).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -69,6 +72,12 @@ async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<Stri
 }
 
 /// The ids of round `r`: 90 of the warm set, 10 never read before.
+/// Read events the server processed so far (`total_reads_processed`).
+async fn reads_processed(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await.unwrap();
+    info.lines().find_map(|line| line.strip_prefix("total_reads_processed:")?.trim().parse().ok()).unwrap_or(0)
+}
+
 fn ids(r: u64) -> Vec<u64> {
     let mut ids: Vec<u64> = (0..90).collect();
     ids.extend((0..10).map(|i| 1_000_000 + r * 10 + i));
@@ -101,7 +110,7 @@ async fn main() {
     users(&in_l1, (0..100).collect()).await;
     users(&in_l1, (0..100).collect()).await;
 
-    let mut results: Vec<(&str, Duration, BTreeMap<String, u64>)> = Vec::new();
+    let mut results: Vec<(&str, Duration, BTreeMap<String, u64>, f64)> = Vec::new();
     let names = [
         "batch fn",
         "loop over the single fn",
@@ -110,9 +119,15 @@ async fn main() {
         "batch fn, all 100 cached",
         "by hand, all 100 cached",
     ];
+    // `ONLY=<a name>`: that case alone (to profile it).
+    let only = std::env::var("ONLY").ok();
     for name in names {
+        if only.as_deref().is_some_and(|only| only != name) {
+            continue;
+        }
         let mut times = Vec::with_capacity(rounds as usize);
         let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+        let reads_before = reads_processed(&mut conn).await;
         for r in 0..rounds {
             let ids = ids(r);
             let started = Instant::now();
@@ -135,15 +150,17 @@ async fn main() {
             times.push(started.elapsed());
             assert_eq!(n, 100);
         }
+        // This `INFO stats` is one read event; the one before, after `RESETSTAT`, another.
+        let reads = reads_processed(&mut conn).await.saturating_sub(reads_before + 1);
         let per_round = commands(&mut conn).await.into_iter().map(|(c, n)| (c, n / rounds)).collect();
-        results.push((name, median(times), per_round));
+        results.push((name, median(times), per_round, reads as f64 / rounds as f64));
     }
     let batch = results[0].1.as_secs_f64();
     println!("100 ids, 90 cached, 10 missing; median of {rounds} rounds; commands the server ran per round");
-    for (name, time, per_round) in &results {
+    for (name, time, per_round, reads) in &results {
         let cmds: Vec<String> = per_round.iter().map(|(c, n)| format!("{c}={n}")).collect();
         println!(
-            "{name:<40} {:>8.1} µs  {:>6.2}x the batch fn  [{}]",
+            "{name:<40} {:>8.1} µs  {:>6.2}x the batch fn  {reads:>5.1} server reads  [{}]",
             time.as_secs_f64() * 1e6,
             time.as_secs_f64() / batch,
             cmds.join(" ")

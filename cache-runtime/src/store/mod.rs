@@ -48,8 +48,15 @@ pub(crate) struct Lease {
 /// The keys of one entry's bookkeeping in Redis. The generation shares the entry's hash slot.
 #[cfg(feature = "redis")]
 pub(crate) fn generation_key(entry_key: &str) -> String {
-    format!("{entry_key}:g")
+    let mut key = String::with_capacity(entry_key.len() + GENERATION_SUFFIX.len());
+    key.push_str(entry_key);
+    key.push_str(GENERATION_SUFFIX);
+    key
 }
+
+/// What [`generation_key`] appends to the entry's key.
+#[cfg(feature = "redis")]
+pub(crate) const GENERATION_SUFFIX: &str = ":g";
 
 #[cfg(feature = "redis")]
 pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
@@ -61,7 +68,10 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
 /// has no `%`, an escaped value has `%` followed by hex digits), so this never meets a user tag.
 #[cfg(feature = "redis")]
 pub(crate) fn namespace_tag(namespace: &str) -> String {
-    format!("%%ns:{namespace}")
+    let mut tag = String::with_capacity(namespace.len() + 5);
+    tag.push_str("%%ns:");
+    tag.push_str(namespace);
+    tag
 }
 
 /// A version for a key that has none, or whose value is not one: the clock in ms × 1024 plus a

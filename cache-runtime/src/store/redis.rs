@@ -10,7 +10,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::breaker::Breaker;
 use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, TAG_VERSION};
-use super::{fresh_version, generation_key, tag_key, Lease};
+use super::{fresh_version, generation_key, tag_key, Lease, GENERATION_SUFFIX};
 use crate::error::CacheError;
 use crate::time::now_ms;
 
@@ -370,14 +370,19 @@ impl RedisStore {
         reads: &[(&str, &[String])],
     ) -> Result<Vec<RedisRead>, CacheError> {
         let mut cmd = redis::cmd("MGET");
+        // One buffer for every generation key (`Cmd::arg` copies it).
+        let mut generation = String::new();
         for (key, _) in reads {
-            cmd.arg(*key).arg(generation_key(key));
+            generation.clear();
+            generation.push_str(key);
+            generation.push_str(GENERATION_SUFFIX);
+            cmd.arg(*key).arg(generation.as_str());
         }
-        let mut tag_at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        // The distinct tags, in first-seen order (a batch has few: a linear search).
+        let mut distinct: Vec<&str> = Vec::new();
         for tag in reads.iter().flat_map(|(_, tags)| tags.iter()) {
-            let next = tag_at.len();
-            if let std::collections::hash_map::Entry::Vacant(slot) = tag_at.entry(tag.as_str()) {
-                slot.insert(next);
+            if !distinct.contains(&tag.as_str()) {
+                distinct.push(tag);
                 cmd.arg(tag_key(prefix, tag));
             }
         }
@@ -390,7 +395,8 @@ impl RedisStore {
             .map(|(_, tags)| {
                 let (bytes, generation) = (values.next().flatten(), values.next().flatten());
                 RedisRead::of(bytes, generation.as_ref(), tags, |i| {
-                    tag_at.get(tags[i].as_str()).and_then(|&at| versions.get(at).copied().flatten())
+                    let at = distinct.iter().position(|tag| *tag == tags[i])?;
+                    versions.get(at).copied().flatten()
                 })
             })
             .collect())
@@ -432,13 +438,57 @@ impl RedisStore {
     /// Stores `bytes` if the key was not invalidated since the lease was taken; `Ok(false)` when
     /// it was. (A tag or namespace invalidated meanwhile makes the stored entry a miss on read.)
     pub(crate) async fn fill(&self, key: &str, lease: &Lease, bytes: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let stored: i64 = self.invoke(&self.fill_invocation(key, lease, bytes, ttl)).await?;
+        Ok(stored == 1)
+    }
+
+    fn fill_invocation<'a>(
+        &'a self,
+        key: &str,
+        lease: &Lease,
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> redis::ScriptInvocation<'a> {
         let mut invocation = self.fill.prepare_invoke();
         invocation.key(key).key(generation_key(key));
         invocation.arg(seen(lease.generation));
         invocation.arg(bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
         invocation.arg(fresh_version());
-        let stored: i64 = self.invoke(&invocation).await?;
-        Ok(stored == 1)
+        invocation
+    }
+
+    /// `fill` of many entries (a batch): on one Redis, one pipeline of `FILL` scripts (one
+    /// round trip; each fill lease-checked as a single one is); on a cluster, where a pipeline
+    /// holds one slot, each entry's own script, all in flight at once.
+    pub(crate) async fn fill_many(&self, fills: &[(&str, &Lease, Vec<u8>, Duration)]) -> Result<Vec<bool>, CacheError> {
+        if self.is_cluster() || fills.len() < 2 {
+            let each = fills.iter().map(|(key, lease, bytes, ttl)| self.fill(key, lease, bytes, *ttl));
+            return futures::future::try_join_all(each).await;
+        }
+        let mut pipe = redis::pipe();
+        for (key, lease, bytes, ttl) in fills {
+            pipe.invoke_script(&self.fill_invocation(key, lease, bytes, *ttl));
+        }
+        let sent: Result<Vec<i64>, CacheError> = self
+            .bounded(async {
+                let mut conn = self.conn().await?;
+                pipe.query_async(&mut conn).await
+            })
+            .await;
+        let stored = match sent {
+            // A pipelined script is not loaded by itself: load it, then send the pipeline again
+            // (no fill stored: a missing script failed them all).
+            Err(CacheError::Redis(err)) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.bounded(async {
+                    let mut conn = self.conn().await?;
+                    self.fill.prepare_invoke().load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await
+                })
+                .await?
+            }
+            other => other?,
+        };
+        Ok(stored.into_iter().map(|stored| stored == 1).collect())
     }
 
     pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
