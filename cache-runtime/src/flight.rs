@@ -19,12 +19,15 @@ use crate::sync::lock;
 /// it), or `None` when it has nothing to share (its body failed).
 type Outcome = Option<Arc<dyn Any + Send + Sync>>;
 
+/// Where a flight's outcome appears, for the callers waiting for it.
+type Channel = (watch::Sender<Option<Outcome>>, watch::Receiver<Option<Outcome>>);
+
 /// A flight in progress: its id (so a finished leader never removes its successor's flight)
 /// and, once a caller waits for it, the channel its outcome will appear on (made by the first
 /// waiter: most flights have none, and cost no channel).
 struct Flight {
     id: u64,
-    channel: Option<(watch::Sender<Option<Outcome>>, watch::Receiver<Option<Outcome>>)>,
+    channel: Option<Channel>,
 }
 
 #[derive(Default)]
@@ -99,8 +102,7 @@ impl Leader<'_> {
     }
 
     /// Ends this leader's flight (not a successor's); its channel, if a caller waits.
-    #[allow(clippy::type_complexity)]
-    fn remove(&self) -> Option<(watch::Sender<Option<Outcome>>, watch::Receiver<Option<Outcome>>)> {
+    fn remove(&self) -> Option<Channel> {
         let mut map = lock(&self.flights.map);
         if map.get(&*self.key).is_some_and(|flight| flight.id == self.id) {
             return map.remove(&*self.key).and_then(|flight| flight.channel);
