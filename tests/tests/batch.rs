@@ -256,7 +256,7 @@ async fn a_batch_fills_after_the_scripts_were_flushed() {
     let b = Backend::redis_without_l1();
     let db = Db::default();
     users(&b.cache, &db, vec![1, 2]).await.unwrap();
-    let _: () = b.query(&redis::cmd("SCRIPT").arg("FLUSH")).await;
+    let _: () = b.query(redis::cmd("SCRIPT").arg("FLUSH")).await;
     let got = users(&b.cache, &db, vec![3, 4, 5]).await.unwrap();
     assert_eq!(got.len(), 3);
     assert_eq!(b.cache.stats().errors, 0, "{:?}", b.cache.stats());
