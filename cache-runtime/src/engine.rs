@@ -139,11 +139,26 @@ impl Cache {
                 }
                 if !to_read.is_empty() {
                     let reads = if self.flush_pending().await {
-                        let tags: Vec<Vec<String>> = to_read.iter().map(|&(i, _)| all_tags(&calls[i])).collect();
+                        // Each distinct set of tags once (a batch's elements share theirs unless
+                        // their templates have placeholders).
+                        let mut sets: Vec<(&str, &[String], Vec<String>)> = Vec::new();
+                        let set_of: Vec<usize> = to_read
+                            .iter()
+                            .map(|&(i, _)| {
+                                let call = &calls[i];
+                                let same = |(ns, tags, _): &(&str, &[String], Vec<String>)| {
+                                    *ns == call.namespace && *tags == call.tags
+                                };
+                                sets.iter().rposition(same).unwrap_or_else(|| {
+                                    sets.push((call.namespace, call.tags, all_tags(call)));
+                                    sets.len() - 1
+                                })
+                            })
+                            .collect();
                         let keys: Vec<(&str, &[String])> = to_read
                             .iter()
-                            .zip(&tags)
-                            .map(|(&(i, _), tags)| (calls[i].key.as_str(), &tags[..]))
+                            .zip(&set_of)
+                            .map(|(&(i, _), &set)| (calls[i].key.as_str(), &sets[set].2[..]))
                             .collect();
                         let result = redis.read_many(&self.inner.prefix, &keys).await;
                         self.count_result(&result, "get");

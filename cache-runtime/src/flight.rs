@@ -104,9 +104,12 @@ impl Leader<'_> {
     /// Ends this leader's flight (not a successor's); its channel, if a caller waits.
     fn remove(&self) -> Option<Channel> {
         let mut map = lock(&self.flights.map);
-        if map.get(&*self.key).is_some_and(|flight| flight.id == self.id) {
-            return map.remove(&*self.key).and_then(|flight| flight.channel);
+        // One lookup: a successor's flight (this one ended already) goes back.
+        let (key, flight) = map.remove_entry(&*self.key)?;
+        if flight.id == self.id {
+            return flight.channel;
         }
+        map.insert(key, flight);
         None
     }
 }
