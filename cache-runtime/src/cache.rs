@@ -146,7 +146,8 @@ pub struct Stats {
     pub purges: u64,
     /// CDN purge attempts that failed (each is retried, see [`cdn`](crate::cdn)).
     pub purge_failures: u64,
-    /// CDN purges given up on (failing for `purge_retry_for`, or queued outside a runtime).
+    /// Invalidations whose CDN purge was given up on (failing for `purge_retry_for` since it was
+    /// queued, or queued outside a tokio runtime).
     pub purges_dropped: u64,
 }
 

@@ -420,23 +420,18 @@ impl Cache {
                     }
                 }
                 if !batch.is_empty() {
-                    match redis.fill_many(&batch).await {
-                        Ok(stored) => {
-                            for ((at, meta, value, size), stored) in sent.into_iter().zip(stored) {
-                                let fill = &fills[at];
+                    for ((at, meta, value, size), stored) in sent.into_iter().zip(redis.fill_many(&batch).await) {
+                        let fill = &fills[at];
+                        self.count_result(&stored, "set");
+                        results[at] = Some(match stored {
+                            Ok(stored) => {
                                 if let (true, Some(c), Some(epoch)) = (stored, l1, fill.l1_epoch) {
                                     self.l1_insert(c, epoch, fill.call.key.clone(), meta, value, C::memory_size(size));
                                 }
-                                results[at] = Some(Ok((stored, size)));
+                                Ok((stored, size))
                             }
-                        }
-                        Err(err) => {
-                            let failed = Err::<(), _>(err);
-                            for (at, ..) in sent {
-                                self.count_result(&failed, "set");
-                                results[at] = Some(Err(()));
-                            }
-                        }
+                            Err(_) => Err(()),
+                        });
                     }
                 }
                 results
@@ -738,6 +733,7 @@ impl Cache {
 pub(crate) struct Fill<'f, 'a, V> {
     pub(crate) call: &'f Call<'a>,
     pub(crate) lease: &'f Lease,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the L1 is Redis's
     pub(crate) l1_epoch: Option<u64>,
     pub(crate) found: &'f Found<V>,
     pub(crate) ttl: Duration,

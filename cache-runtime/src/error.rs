@@ -30,6 +30,21 @@ pub enum CacheError {
     TooLarge(usize),
 }
 
+impl CacheError {
+    /// The same failure again, for each of several operations it failed at once (a pipeline):
+    /// the errors a store operation returns are all repeatable.
+    #[cfg(feature = "redis")]
+    pub(crate) fn again(&self) -> CacheError {
+        match self {
+            CacheError::Redis(err) => CacheError::Redis(err.clone()),
+            CacheError::Timeout => CacheError::Timeout,
+            CacheError::Config(msg) => CacheError::Config(msg.clone()),
+            CacheError::TooLarge(n) => CacheError::TooLarge(*n),
+            CacheError::Encode(_) | CacheError::Unavailable => CacheError::Unavailable,
+        }
+    }
+}
+
 impl fmt::Display for CacheError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

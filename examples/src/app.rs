@@ -86,6 +86,21 @@ impl Cdn {
 }
 
 impl Config {
+    /// In memory, no added database latency, any free port, no admin surface, no CDN: what the
+    /// tests start from (`Config { redis_url: …, ..Config::local() }`).
+    pub fn local() -> Config {
+        Config {
+            port: 0,
+            redis_url: None,
+            database_path: None,
+            db_latency: Duration::ZERO,
+            l1: true,
+            header_read_timeout: Duration::from_secs(10),
+            admin_token: None,
+            cdn: None,
+        }
+    }
+
     /// `PORT` (3000), `REDIS_URL`, `DATABASE_PATH`, `DB_LATENCY_MS` (5), `CACHE_L1` (1),
     /// `HEADER_READ_TIMEOUT_MS` (10000), `ADMIN_TOKEN` (unset: no `/admin`), a CDN to purge
     /// (see [`Cdn`]).

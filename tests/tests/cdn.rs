@@ -294,18 +294,12 @@ async fn the_example_app_purges_posts_at_the_cdn() {
     use examples::app::{router, App, Cdn, Config};
     let cdn = MockCdn::start().await;
     let config = Config {
-        port: 0,
-        redis_url: None,
-        database_path: None,
-        db_latency: Duration::ZERO,
-        l1: true,
-        header_read_timeout: Duration::from_secs(10),
-        admin_token: None,
         cdn: Some(Cdn::Fastly {
             service_id: "example".to_owned(),
             api_token: "tok".to_owned(),
             api_url: Some(cdn.base.clone()),
         }),
+        ..Config::local()
     };
     let base = serve(router(App::new(&config).unwrap())).await;
     let http = reqwest::Client::new();
@@ -326,4 +320,72 @@ async fn the_example_app_purges_posts_at_the_cdn() {
     let list = http.get(format!("{base}/posts")).send().await.unwrap();
     assert_eq!(list.headers()["x-cache"], "MISS");
     assert!(list.text().await.unwrap().contains("\"title\":\"CDN\""));
+}
+
+/// A `CacheLayer` whose namespace needs escaping names it for the CDN exactly as clearing that
+/// namespace purges it (the two were escaped a different number of times once).
+#[tokio::test]
+async fn a_layer_namespace_is_purged_under_the_name_its_responses_sent() {
+    let cdn = MockCdn::start().await;
+    let cache = Cache::builder().purger(Fastly::new("svc", "tok").base_url(&cdn.base)).build().unwrap();
+    let router = Router::new()
+        .route("/page", get(|| async { "page" }))
+        .layer(cache_runtime::CacheLayer::new(cache.clone()).namespace("pages:eu 1").expire(60).cdn_tags());
+    let base = serve(router).await;
+    let r = reqwest::get(format!("{base}/page")).await.unwrap();
+    let sent = r.headers()["surrogate-key"].to_str().unwrap().to_owned();
+    assert_eq!(sent, "ns:pages%253Aeu%25201");
+    cache.clear_namespace("pages:eu 1").await.unwrap();
+    let calls = cdn.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].header("surrogate-key"), sent);
+    assert_eq!(reqwest::get(format!("{base}/page")).await.unwrap().headers()["x-cache"], "MISS");
+}
+
+/// Each purge is retried for `purge_retry_for` from when it was queued, whatever it is sent
+/// with: one that joined a failing purge late is not given up with it.
+#[tokio::test]
+async fn a_purge_that_joined_a_failing_one_late_keeps_its_own_retry_window() {
+    let cdn = MockCdn::start().await;
+    cdn.set_down(true);
+    let cache = Cache::builder()
+        .purger(Fastly::new("svc", "tok").base_url(&cdn.base))
+        .purge_wait(Duration::ZERO)
+        .purge_retry_for(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    cache.invalidate_tag("posts").await.unwrap();
+    // Attempts at about 0, 0.1, 0.3, 0.7, 1.5 s, then 3.1 s (when `posts` is past its 2 s).
+    eventually("five attempts failed", async || cdn.refused() >= 5).await;
+    cache.invalidate_tag("users").await.unwrap();
+    eventually("the sixth attempt failed", async || cdn.refused() >= 6).await;
+    cdn.set_down(false);
+    eventually("the next attempt was sent", async || cache.stats().purges == 1).await;
+    let keys: Vec<String> = cdn.calls().iter().map(|c| c.header("surrogate-key").to_owned()).collect();
+    assert_eq!(keys, ["users"], "posts was given up, users was not");
+    assert_eq!(cache.stats().purges_dropped, 1);
+}
+
+/// A purger that panics does not stop the queue: what it was sending is sent again by a new
+/// worker.
+#[tokio::test]
+async fn a_purger_that_panics_does_not_lose_the_purge() {
+    #[derive(Default, Clone)]
+    struct Flaky(Arc<(std::sync::atomic::AtomicUsize, std::sync::Mutex<Vec<Vec<String>>>)>);
+    impl cache_runtime::cdn::Purger for Flaky {
+        fn purge<'a>(&'a self, purge: &'a cache_runtime::cdn::Purge) -> cache_runtime::cdn::PurgeFuture<'a> {
+            Box::pin(async move {
+                assert!(self.0 .0.fetch_add(1, Ordering::SeqCst) > 0, "the first call panics");
+                self.0 .1.lock().unwrap().push(purge.tags.clone());
+                Ok(())
+            })
+        }
+    }
+    let purger = Flaky::default();
+    let cache = Cache::builder().purger(purger.clone()).purge_wait(Duration::ZERO).build().unwrap();
+    cache.invalidate_tag("posts").await.unwrap();
+    eventually("the purge was sent after the panic", async || !purger.0 .1.lock().unwrap().is_empty()).await;
+    assert_eq!(*purger.0 .1.lock().unwrap(), [vec!["posts".to_owned()]]);
+    cache.invalidate_tag("users").await.unwrap();
+    eventually("the queue goes on", async || purger.0 .1.lock().unwrap().len() == 2).await;
 }

@@ -29,16 +29,7 @@ fn browser_tools() -> (PathBuf, PathBuf) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_uses_the_dashboard_in_chromium() {
     let (dir, chromium) = browser_tools();
-    let config = Config {
-        port: 0,
-        redis_url: None,
-        database_path: None,
-        db_latency: Duration::ZERO,
-        l1: true,
-        header_read_timeout: Duration::from_secs(10),
-        admin_token: Some(TOKEN.to_owned()),
-        cdn: None,
-    };
+    let config = Config { admin_token: Some(TOKEN.to_owned()), ..Config::local() };
     let app = App::new(&config).unwrap();
     let routes = router(app.clone()).nest("/admin", cache_runtime::admin::router(app.cache.clone(), TOKEN));
     let base = support::serve(routes).await;

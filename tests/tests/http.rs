@@ -41,16 +41,7 @@ impl TestApp {
 
     async fn start_with(redis: bool, l1: bool) -> TestApp {
         let server = redis.then(|| RedisServer::start().unwrap());
-        let config = Config {
-            port: 0,
-            redis_url: server.as_ref().map(RedisServer::url),
-            database_path: None,
-            db_latency: Duration::ZERO,
-            l1,
-            header_read_timeout: Duration::from_secs(10),
-            admin_token: None,
-            cdn: None,
-        };
+        let config = Config { redis_url: server.as_ref().map(RedisServer::url), l1, ..Config::local() };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;
         TestApp { base, app, l1, _redis: server, cluster: None }
@@ -59,16 +50,7 @@ impl TestApp {
     /// The example app on a three-master Redis Cluster, with the process-memory tier.
     async fn start_on_cluster() -> TestApp {
         let cluster = RedisCluster::start().unwrap();
-        let config = Config {
-            port: 0,
-            redis_url: Some(cluster.url()),
-            database_path: None,
-            db_latency: Duration::ZERO,
-            l1: true,
-            header_read_timeout: Duration::from_secs(10),
-            admin_token: None,
-            cdn: None,
-        };
+        let config = Config { redis_url: Some(cluster.url()), ..Config::local() };
         let app = App::new(&config).unwrap();
         let base = serve(router(app.clone())).await;
         TestApp { base, app, l1: true, _redis: None, cluster: Some(cluster) }

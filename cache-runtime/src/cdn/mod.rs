@@ -2,11 +2,14 @@
 //! touched (the CDN tags of its tag or namespace, and the URLs of its key), after the cache's
 //! own stores have forgotten it (so what the CDN fetches next is the new answer).
 //!
-//! Purges go through a queue of their own: one that fails is retried with backoff (100 ms
-//! doubling to 10 s) for [`CacheBuilder::purge_retry_for`] (5 min by default), counted
+//! Purges go through a queue of their own, sent by one task per cache: what is queued while a
+//! purge is in flight goes out together with the next (at most 256 tags and 30 URLs a call).
+//! One that fails is retried with backoff (100 ms doubling to 10 s), each part for
+//! [`CacheBuilder::purge_retry_for`] (5 min by default) from when it was queued, counted
 //! ([`Stats::purges`], [`Stats::purge_failures`], [`Stats::purges_dropped`]) and logged; it never
 //! fails the write that caused it, and the write waits for it at most
-//! [`CacheBuilder::purge_wait`] (1 s by default) before it returns.
+//! [`CacheBuilder::purge_wait`] (1 s by default) before it returns. A purger that panics loses
+//! nothing: what it was sending goes back to the queue and a new task sends it.
 //!
 //! [`Fastly`] and [`Cloudflare`] (feature `cdn`) speak those CDNs' documented purge APIs; any
 //! other CDN is one `impl Purger` away:

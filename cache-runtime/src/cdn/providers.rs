@@ -10,10 +10,14 @@ use super::{Purge, PurgeError, PurgeFuture, Purger};
 /// How long one purge request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn client() -> reqwest::Client {
-    // Building a client fails only when the TLS backend cannot start; the purge then fails
-    // (and is retried) with that reason instead of a panic here.
-    reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_else(|_| reqwest::Client::new())
+/// The HTTPS client, or why it could not start (its TLS backend): every purge then fails with
+/// that reason (counted, logged, retried) instead of a panic here.
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(|err| format!("no HTTPS client: {err}"))
+}
+
+fn started(client: &Result<reqwest::Client, String>) -> Result<&reqwest::Client, PurgeError> {
+    client.as_ref().map_err(|why| PurgeError::new(why.clone()))
 }
 
 /// `Ok` for a 2xx answer, else the status and the start of the body.
@@ -29,7 +33,8 @@ async fn accepted(sent: Result<reqwest::Response, reqwest::Error>) -> Result<Str
 }
 
 /// Fastly: tags by surrogate key (`POST /service/{id}/purge`, `Surrogate-Key: a b …`, 256 a
-/// request) and URLs one by one (`POST /purge/{host}/{path}`), authenticated by `Fastly-Key`.
+/// request) and URLs one request each, concurrently (`POST /purge/{host}/{path}`),
+/// authenticated by `Fastly-Key`.
 ///
 /// ```
 /// use cache_runtime::cdn::Fastly;
@@ -46,7 +51,7 @@ pub struct Fastly {
     service: String,
     token: String,
     soft: bool,
-    client: reqwest::Client,
+    client: Result<reqwest::Client, String>,
 }
 
 impl Fastly {
@@ -75,13 +80,10 @@ impl Fastly {
         self
     }
 
-    fn post(&self, url: String) -> reqwest::RequestBuilder {
-        let request = self.client.post(url).header("Fastly-Key", &self.token).header("Accept", "application/json");
-        if self.soft {
-            request.header("Fastly-Soft-Purge", "1")
-        } else {
-            request
-        }
+    fn post(&self, url: String) -> Result<reqwest::RequestBuilder, PurgeError> {
+        let request =
+            started(&self.client)?.post(url).header("Fastly-Key", &self.token).header("Accept", "application/json");
+        Ok(if self.soft { request.header("Fastly-Soft-Purge", "1") } else { request })
     }
 }
 
@@ -90,13 +92,15 @@ impl Purger for Fastly {
         Box::pin(async move {
             for keys in purge.tags.chunks(256) {
                 let url = format!("{}/service/{}/purge", self.base, self.service);
-                accepted(self.post(url).header("Surrogate-Key", keys.join(" ")).send().await).await?;
+                accepted(self.post(url)?.header("Surrogate-Key", keys.join(" ")).send().await).await?;
             }
-            for cached in &purge.urls {
+            // One request per URL (Fastly's API), all at once.
+            let each = purge.urls.iter().map(|cached| async move {
                 let without_scheme = cached.split_once("://").map_or(cached.as_str(), |(_, rest)| rest);
                 let url = format!("{}/purge/{without_scheme}", self.base);
-                accepted(self.post(url).send().await).await?;
-            }
+                accepted(self.post(url)?.send().await).await
+            });
+            crate::sync::join_all(each).await.into_iter().collect::<Result<Vec<_>, _>>()?;
             Ok(())
         })
     }
@@ -120,7 +124,7 @@ pub struct Cloudflare {
     base: String,
     zone: String,
     token: String,
-    client: reqwest::Client,
+    client: Result<reqwest::Client, String>,
 }
 
 impl Cloudflare {
@@ -143,7 +147,8 @@ impl Cloudflare {
 
     async fn send(&self, body: serde_json::Value) -> Result<(), PurgeError> {
         let url = format!("{}/zones/{}/purge_cache", self.base, self.zone);
-        let answer = accepted(self.client.post(url).bearer_auth(&self.token).json(&body).send().await).await?;
+        let request = started(&self.client)?.post(url).bearer_auth(&self.token).json(&body);
+        let answer = accepted(request.send().await).await?;
         match serde_json::from_str::<serde_json::Value>(&answer) {
             Ok(answer) if answer["success"] == true => Ok(()),
             _ => Err(PurgeError::new(format!("not a success: {}", answer.chars().take(200).collect::<String>()))),

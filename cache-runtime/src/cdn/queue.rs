@@ -42,20 +42,33 @@ impl fmt::Debug for PurgeSettings {
     }
 }
 
-/// How long one purge call may take before it counts as failed.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one purge call may take before it counts as failed (it sends at most
+/// [`MAX_TAGS`] tags and [`MAX_URLS`] URLs).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// What one purge call carries at most; more waits for the next call.
+const MAX_TAGS: usize = 256;
+const MAX_URLS: usize = 30;
+
+/// One queued purge: what it asks, its ticket, and when it was queued (each is retried for
+/// `retry_for` from then, whatever it is sent with).
+struct Part {
+    purge: Purge,
+    ticket: u64,
+    queued: Instant,
+}
 
 #[derive(Default)]
 struct Queued {
-    purge: Purge,
+    parts: std::collections::VecDeque<Part>,
     /// The ticket of the last purge queued.
     last: u64,
-    /// When the oldest purge still queued was queued.
-    since: Option<Instant>,
-    /// A worker task is running.
+    /// A worker task runs (cleared by the worker, under the lock, when it finds nothing left).
     working: bool,
+    /// That task: one that ended without clearing `working` (its runtime shut down) is
+    /// replaced by the next push.
+    worker: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A cache's purge queue.
@@ -63,7 +76,7 @@ pub(crate) struct PurgeQueue {
     purger: Arc<dyn Purger>,
     pub(crate) settings: PurgeSettings,
     queued: Mutex<Queued>,
-    /// The last ticket settled (sent, or given up on).
+    /// The last ticket settled (sent, or given up on), and every one before it.
     settled: watch::Sender<u64>,
     pub(crate) sent: AtomicU64,
     pub(crate) failures: AtomicU64,
@@ -96,21 +109,29 @@ impl PurgeQueue {
         if purge.is_empty() {
             return None;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(target: "cache_runtime", tags = ?purge.tags, urls = ?purge.urls, "CDN purge dropped: no tokio runtime to send it from");
             return None;
-        };
-        let mut queued = lock(&self.queued);
-        queued.purge.merge(purge);
-        queued.last += 1;
-        queued.since.get_or_insert_with(Instant::now);
-        let ticket = queued.last;
-        if !queued.working {
-            queued.working = true;
-            runtime.spawn(Arc::clone(self).work());
         }
+        let mut queued = lock(&self.queued);
+        queued.last += 1;
+        let ticket = queued.last;
+        queued.parts.push_back(Part { purge, ticket, queued: Instant::now() });
+        self.start_worker(&mut queued);
         Some(ticket)
+    }
+
+    /// Starts the worker unless one runs (under the queue's lock).
+    fn start_worker(self: &Arc<Self>, queued: &mut Queued) {
+        let alive = queued.worker.as_ref().is_some_and(|worker| !worker.is_finished());
+        if (queued.working && alive) || queued.parts.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            queued.working = true;
+            queued.worker = Some(runtime.spawn(Arc::clone(self).work()));
+        }
     }
 
     /// Waits until `ticket` was sent (or given up on), at most the configured `wait`.
@@ -119,54 +140,99 @@ impl PurgeQueue {
         let _ = tokio::time::timeout(self.settings.wait, settled.wait_for(|&done| done >= ticket)).await;
     }
 
-    /// Everything queued, with its last ticket and when its oldest part was queued; the worker
-    /// stops (under the lock) when nothing is.
-    fn take(&self) -> Option<(Purge, u64, Instant)> {
+    /// Takes from the front of the queue what fits in one call, into `batch`; the worker stops
+    /// (under the lock) when nothing is queued and `batch` is empty.
+    fn take_into(&self, batch: &mut Vec<Part>) -> bool {
         let mut queued = lock(&self.queued);
-        match queued.since.take() {
-            Some(since) => Some((std::mem::take(&mut queued.purge), queued.last, since)),
-            None => {
-                queued.working = false;
-                None
+        let (mut tags, mut urls) =
+            batch.iter().fold((0, 0), |(t, u), p| (t + p.purge.tags.len(), u + p.purge.urls.len()));
+        while let Some(next) = queued.parts.front() {
+            let fits = tags + next.purge.tags.len() <= MAX_TAGS && urls + next.purge.urls.len() <= MAX_URLS;
+            if !batch.is_empty() && !fits {
+                break;
             }
+            tags += next.purge.tags.len();
+            urls += next.purge.urls.len();
+            batch.extend(queued.parts.pop_front());
         }
+        if batch.is_empty() {
+            queued.working = false;
+        }
+        !batch.is_empty()
     }
 
     async fn work(self: Arc<Self>) {
-        while let Some((mut purge, mut last, since)) = self.take() {
+        // Should this task end early (a purger that panics, a runtime shutting down), what it
+        // held goes back to the front of the queue and another worker takes over.
+        let mut guard = Worker { queue: Arc::clone(&self), batch: Vec::new(), done: false };
+        while self.take_into(&mut guard.batch) {
             let mut backoff = FIRST_BACKOFF;
             loop {
+                let mut purge = Purge::default();
+                for part in &guard.batch {
+                    purge.merge(part.purge.clone());
+                }
                 let result = match tokio::time::timeout(CALL_TIMEOUT, self.purger.purge(&purge)).await {
                     Ok(result) => result,
                     Err(_) => Err(super::PurgeError::new(format!("no answer within {CALL_TIMEOUT:?}"))),
                 };
-                match result {
-                    Ok(()) => {
-                        self.sent.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(target: "cache_runtime", tags = ?purge.tags, urls = ?purge.urls, "CDN purged");
-                        break;
+                let Err(err) = result else {
+                    self.sent.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(target: "cache_runtime", tags = ?purge.tags, urls = ?purge.urls, "CDN purged");
+                    break;
+                };
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                // Each part is given up once it has been retried for `retry_for` since it was
+                // queued; the others go on.
+                let retry_for = self.settings.retry_for;
+                let before = guard.batch.len();
+                guard.batch.retain(|part| {
+                    let keep = part.queued.elapsed() < retry_for;
+                    if !keep {
+                        tracing::error!(target: "cache_runtime", %err, tags = ?part.purge.tags, urls = ?part.purge.urls, "CDN purge given up after {retry_for:?}");
                     }
-                    Err(err) if since.elapsed() >= self.settings.retry_for => {
-                        self.failures.fetch_add(1, Ordering::Relaxed);
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(target: "cache_runtime", %err, tags = ?purge.tags, urls = ?purge.urls, "CDN purge given up after {:?}", self.settings.retry_for);
-                        break;
-                    }
-                    Err(err) => {
-                        self.failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(target: "cache_runtime", %err, retry_in_ms = backoff.as_millis() as u64, "CDN purge failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        // What was queued meanwhile goes out with the retry.
-                        let mut queued = lock(&self.queued);
-                        if queued.since.take().is_some() {
-                            purge.merge(std::mem::take(&mut queued.purge));
-                            last = queued.last;
-                        }
-                    }
+                    keep
+                });
+                self.dropped.fetch_add((before - guard.batch.len()) as u64, Ordering::Relaxed);
+                if guard.batch.is_empty() {
+                    break;
                 }
+                tracing::warn!(target: "cache_runtime", %err, retry_in_ms = backoff.as_millis() as u64, "CDN purge failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                // What was queued meanwhile goes out with the retry (as much as fits).
+                self.take_into(&mut guard.batch);
             }
-            self.settled.send_replace(last);
+            if let Some(last) = guard.batch.drain(..).map(|part| part.ticket).max() {
+                self.settled.send_if_modified(|done| {
+                    let newer = last > *done;
+                    *done = (*done).max(last);
+                    newer
+                });
+            }
         }
+        guard.done = true;
+    }
+}
+
+/// The worker's hold on the parts it is sending (see [`PurgeQueue::work`]).
+struct Worker {
+    queue: Arc<PurgeQueue>,
+    batch: Vec<Part>,
+    /// Ended normally: `take_into` found nothing and cleared `working`.
+    done: bool,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut queued = lock(&self.queue.queued);
+        for part in self.batch.drain(..).rev() {
+            queued.parts.push_front(part);
+        }
+        queued.working = false;
+        self.queue.start_worker(&mut queued);
     }
 }

@@ -83,11 +83,10 @@ impl<'a> Label<'a> {
 
 /// `Surrogate-Key: a b ns:n` and `Cache-Tag: a,b,ns:n`: the entry's tags and its namespace's
 /// tag, each escaped by [`cdn_tag`] (a tag can neither split into two nor end the header), as
-/// a purge names them.
+/// a purge names them. `namespace` is a call's: already escaped as a key segment, as the one a
+/// namespace purge starts from.
 pub(super) fn add_cdn_tags(headers: &mut HeaderMap, tags: &[String], namespace: &str) {
-    let mut escaped_ns = String::new();
-    crate::key::escape_into(&mut escaped_ns, namespace);
-    let all: Vec<String> = tags.iter().map(|t| cdn_tag(t)).chain(std::iter::once(namespace_tag(&escaped_ns))).collect();
+    let all: Vec<String> = tags.iter().map(|t| cdn_tag(t)).chain(std::iter::once(namespace_tag(namespace))).collect();
     if let (Ok(spaced), Ok(commas)) = (
         HeaderValue::from_maybe_shared(Bytes::from(all.join(" "))),
         HeaderValue::from_maybe_shared(Bytes::from(all.join(","))),
@@ -105,7 +104,7 @@ mod tests {
     fn tags_cannot_split_or_end_the_header() {
         let mut headers = HeaderMap::new();
         let tags = ["posts".to_owned(), "a,b c\"d%\r\nx-evil: 1".to_owned()];
-        add_cdn_tags(&mut headers, &tags, "a b");
+        add_cdn_tags(&mut headers, &tags, "a%20b");
         assert_eq!(headers[SURROGATE_KEY], "posts a%2Cb%20c%22d%25%0D%0Ax-evil:%201 ns:a%2520b");
         assert_eq!(headers[CACHE_TAG], "posts,a%2Cb%20c%22d%25%0D%0Ax-evil:%201,ns:a%2520b");
     }

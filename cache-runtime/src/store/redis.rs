@@ -459,11 +459,12 @@ impl RedisStore {
 
     /// `fill` of many entries (a batch): on one Redis, one pipeline of `FILL` scripts (one
     /// round trip; each fill lease-checked as a single one is); on a cluster, where a pipeline
-    /// holds one slot, each entry's own script, all in flight at once.
-    pub(crate) async fn fill_many(&self, fills: &[(&str, &Lease, Vec<u8>, Duration)]) -> Result<Vec<bool>, CacheError> {
+    /// holds one slot, each entry's own script, all in flight at once. Each fill's outcome (a
+    /// pipeline that fails, fails every fill in it).
+    pub(crate) async fn fill_many(&self, fills: &[(&str, &Lease, Vec<u8>, Duration)]) -> Vec<Result<bool, CacheError>> {
         if self.is_cluster() || fills.len() < 2 {
             let each = fills.iter().map(|(key, lease, bytes, ttl)| self.fill(key, lease, bytes, *ttl));
-            return futures::future::try_join_all(each).await;
+            return crate::sync::join_all(each).await;
         }
         let mut pipe = redis::pipe();
         for (key, lease, bytes, ttl) in fills {
@@ -475,7 +476,7 @@ impl RedisStore {
                 pipe.query_async(&mut conn).await
             })
             .await;
-        let stored = match sent {
+        let sent = match sent {
             // A pipelined script is not loaded by itself: load it, then send the pipeline again
             // (no fill stored: a missing script failed them all).
             Err(CacheError::Redis(err)) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -484,11 +485,14 @@ impl RedisStore {
                     self.fill.prepare_invoke().load_async(&mut conn).await?;
                     pipe.query_async(&mut conn).await
                 })
-                .await?
+                .await
             }
-            other => other?,
+            other => other,
         };
-        Ok(stored.into_iter().map(|stored| stored == 1).collect())
+        match sent {
+            Ok(stored) => stored.into_iter().map(|stored| Ok(stored == 1)).collect(),
+            Err(err) => fills.iter().map(|_| Err(err.again())).collect(),
+        }
     }
 
     pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
