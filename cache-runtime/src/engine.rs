@@ -8,12 +8,16 @@ use crate::codec::{Codec, Stored};
 #[cfg(feature = "redis")]
 use crate::coherence::{Coherence, Message};
 use crate::entry::{Found, Lookup, Times};
-use crate::envelope::{self, Meta};
-use crate::error::CacheError;
-use crate::policy::duration_ms;
-use crate::store::{self, Lease, MemEntry, MemoryStore};
 #[cfg(feature = "redis")]
-use crate::store::{namespace_tag, tag_key, RedisRead, RedisStore};
+use crate::envelope;
+use crate::envelope::Meta;
+use crate::error::CacheError;
+use crate::form::{mem_entry, memory_weight};
+#[cfg(feature = "redis")]
+use crate::policy::duration_ms;
+#[cfg(feature = "redis")]
+use crate::store::{self, namespace_tag, tag_key, RedisRead, RedisStore};
+use crate::store::{Lease, MemEntry, MemoryStore};
 use crate::time::now_ms;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -139,20 +143,19 @@ impl Cache {
                 }
                 if !to_read.is_empty() {
                     let reads = if self.flush_pending().await {
-                        // Each distinct set of tags once (a batch's elements share theirs unless
-                        // their templates have placeholders).
+                        // A call's tag set is the one before it when they have the same
+                        // namespace and tags (a batch's elements do, unless their tag templates
+                        // have placeholders): built once, shared (`read_many` reads it once).
                         let mut sets: Vec<(&str, &[String], Vec<String>)> = Vec::new();
                         let set_of: Vec<usize> = to_read
                             .iter()
                             .map(|&(i, _)| {
                                 let call = &calls[i];
-                                let same = |(ns, tags, _): &(&str, &[String], Vec<String>)| {
-                                    *ns == call.namespace && *tags == call.tags
-                                };
-                                sets.iter().rposition(same).unwrap_or_else(|| {
-                                    sets.push((call.namespace, call.tags, all_tags(call)));
-                                    sets.len() - 1
-                                })
+                                match sets.last() {
+                                    Some((ns, tags, _)) if *ns == call.namespace && *tags == call.tags => {}
+                                    _ => sets.push((call.namespace, call.tags, all_tags(call))),
+                                }
+                                sets.len() - 1
                             })
                             .collect();
                         let keys: Vec<(&str, &[String])> = to_read
@@ -377,64 +380,62 @@ impl Cache {
                 Some((value, ttl, meta))
             })
             .collect();
-        // Per fill: `None` when there was nothing to store, else whether it stored and its size
-        // (an error is counted where it happens: `Err(())`).
-        let results: Vec<Option<Result<(bool, usize), ()>>> = match &self.inner.store {
+        // Per fill: `None` when there was nothing to store, else whether it stored and its size.
+        let results: Vec<Option<Result<(bool, usize), CacheError>>> = match &self.inner.store {
             Store::Memory(mem) => fills
                 .iter()
                 .zip(entries)
                 .map(|(fill, entry)| {
                     let (value, _, meta) = entry?;
                     let key = &fill.call.key;
-                    let stored = self.checked_payload::<V, C>(value).map(|payload| {
+                    Some(self.checked_payload::<V, C>(value).map(|payload| {
                         let weight = memory_weight::<V, C>(key, &payload);
                         let stored =
                             mem.fill(key.clone(), fill.call.namespace, fill.lease, mem_entry(meta, value, weight));
                         (stored, payload.len())
-                    });
-                    self.count_result(&stored, "set");
-                    Some(stored.map_err(drop))
+                    }))
                 })
                 .collect(),
             #[cfg(feature = "redis")]
             Store::Redis { redis, l1, .. } => {
-                let mut results: Vec<Option<Result<(bool, usize), ()>>> = Vec::with_capacity(fills.len());
-                let mut sent = Vec::new();
-                let mut batch = Vec::new();
-                for (fill, entry) in fills.iter().zip(entries) {
-                    let Some((value, ttl, meta)) = entry else {
-                        results.push(None);
-                        continue;
-                    };
-                    match self.encode_entry::<V, C>(&fill.call.key, &meta, value) {
-                        Ok(bytes) => {
-                            let keep = fill.call.opts.keep();
-                            sent.push((results.len(), meta, value, bytes.len()));
-                            batch.push((fill.call.key.as_str(), fill.lease, bytes, ttl + keep));
-                            results.push(Some(Ok((false, 0))));
+                let encoded: Vec<Option<Result<Vec<u8>, CacheError>>> = fills
+                    .iter()
+                    .zip(&entries)
+                    .map(|(fill, entry)| {
+                        let (value, _, meta) = entry.as_ref()?;
+                        Some(self.encode_entry::<V, C>(&fill.call.key, meta, *value))
+                    })
+                    .collect();
+                // What encoded, in one round trip.
+                let batch: Vec<(&str, &Lease, &[u8], Duration)> = fills
+                    .iter()
+                    .zip(&entries)
+                    .zip(&encoded)
+                    .filter_map(|((fill, entry), bytes)| {
+                        let (_, ttl, _) = entry.as_ref()?;
+                        let bytes = bytes.as_ref()?.as_ref().ok()?;
+                        Some((fill.call.key.as_str(), fill.lease, &bytes[..], *ttl + fill.call.opts.keep()))
+                    })
+                    .collect();
+                let mut stored = redis.fill_many(&batch).await.into_iter();
+                drop(batch);
+                fills
+                    .iter()
+                    .zip(entries)
+                    .zip(encoded)
+                    .map(|((fill, entry), bytes)| {
+                        let (value, _, meta) = entry?;
+                        let bytes = match bytes? {
+                            Ok(bytes) => bytes,
+                            Err(err) => return Some(Err(err)),
+                        };
+                        let stored = stored.next()?;
+                        if let (Ok(true), Some(c), Some(epoch)) = (&stored, l1, fill.l1_epoch) {
+                            self.l1_insert(c, epoch, fill.call.key.clone(), meta, value, C::memory_size(bytes.len()));
                         }
-                        Err(err) => {
-                            self.count_result(&Err::<(), _>(err), "set");
-                            results.push(Some(Err(())));
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    for ((at, meta, value, size), stored) in sent.into_iter().zip(redis.fill_many(&batch).await) {
-                        let fill = &fills[at];
-                        self.count_result(&stored, "set");
-                        results[at] = Some(match stored {
-                            Ok(stored) => {
-                                if let (true, Some(c), Some(epoch)) = (stored, l1, fill.l1_epoch) {
-                                    self.l1_insert(c, epoch, fill.call.key.clone(), meta, value, C::memory_size(size));
-                                }
-                                Ok((stored, size))
-                            }
-                            Err(_) => Err(()),
-                        });
-                    }
-                }
-                results
+                        Some(stored.map(|stored| (stored, bytes.len())))
+                    })
+                    .collect()
             }
         };
         fills
@@ -442,6 +443,7 @@ impl Cache {
             .zip(results)
             .map(|(fill, result)| {
                 let Some(result) = result else { return false };
+                self.count_result(&result, "set");
                 match result {
                     Ok((true, size)) => {
                         self.inner.stats.stores.fetch_add(1, Ordering::Relaxed);
@@ -459,21 +461,6 @@ impl Cache {
                 }
             })
             .collect()
-    }
-
-    /// `keep`: how long the entry outlives its freshness (the serve-stale windows).
-    fn meta<V>(&self, ttl: Duration, keep: Duration, recompute: Duration, tags: Vec<(String, u64)>) -> Meta {
-        let now = now_ms();
-        let fresh_until_ms = now.saturating_add(duration_ms(ttl));
-        Meta {
-            fingerprint: envelope::fingerprint::<V>(),
-            stored_at_ms: now,
-            fresh_until_ms,
-            stale_until_ms: fresh_until_ms.saturating_add(duration_ms(keep)),
-            recompute_ms: u32::try_from(recompute.as_millis()).unwrap_or(u32::MAX),
-            etag: None,
-            tags,
-        }
     }
 
     /// Stores unconditionally (the plain API's `set`).
@@ -673,59 +660,6 @@ fn typed_entry<V: Stored>(store: &MemoryStore, entry: &MemEntry, missing: Option
         return Some((Found::Negative, times));
     }
     entry.value.downcast_ref::<V>().map(|v| (Found::Value(v.clone()), times))
-}
-
-/// `weight`: see [`store::entry_weight`].
-fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry {
-    match value {
-        Some(v) => {
-            MemEntry { expires_ms: meta.stale_until_ms, meta, negative: false, value: Box::new(v.clone()), weight }
-        }
-        None => MemEntry { expires_ms: meta.stale_until_ms, meta, negative: true, value: Box::new(()), weight },
-    }
-}
-
-/// The weight of a memory-store entry whose value encodes to `payload`.
-fn memory_weight<V: Stored, C: Codec<V>>(key: &str, payload: &[u8]) -> u32 {
-    store::entry_weight(key.len(), C::memory_size(payload.len()))
-}
-
-impl Cache {
-    /// The stored form of a value, unless it is larger than `max_value_bytes` (then it is not
-    /// stored: counted in `stats().oversized`, logged once).
-    #[cfg(feature = "redis")]
-    fn encode_entry<V: Stored, C: Codec<V>>(
-        &self,
-        key: &str,
-        meta: &Meta,
-        value: Option<&V>,
-    ) -> Result<Vec<u8>, CacheError> {
-        let payload = self.checked_payload::<V, C>(value)?;
-        envelope::encode(key, meta, value.is_none(), self.inner.format, &payload)
-            .map_err(|why| CacheError::Config(why.to_owned()))
-    }
-
-    /// The encoded value, unless it is larger than `max_value_bytes`, in process memory as in
-    /// Redis (a test on the memory store sees what production on Redis does).
-    fn checked_payload<V: Stored, C: Codec<V>>(&self, value: Option<&V>) -> Result<Vec<u8>, CacheError> {
-        let payload = match value {
-            Some(v) => C::encode(v, self.inner.format)?,
-            None => Vec::new(),
-        };
-        if payload.len() > self.inner.max_value_bytes {
-            self.inner.stats.oversized.fetch_add(1, Ordering::Relaxed);
-            if !self.inner.oversized_logged.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    target: "cache_runtime",
-                    bytes = payload.len(),
-                    max = self.inner.max_value_bytes,
-                    "a value larger than max_value_bytes is not stored (logged once; see stats().oversized)"
-                );
-            }
-            return Err(CacheError::TooLarge(payload.len()));
-        }
-        Ok(payload)
-    }
 }
 
 /// One fill of [`Cache::fill_many`]: the call, the lease its read took, the L1 epoch it read

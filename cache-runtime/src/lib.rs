@@ -65,6 +65,7 @@ mod entry;
 mod envelope;
 mod error;
 mod flight;
+mod form;
 mod functions;
 #[cfg(feature = "axum")]
 mod http;

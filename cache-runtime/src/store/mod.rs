@@ -48,15 +48,17 @@ pub(crate) struct Lease {
 /// The keys of one entry's bookkeeping in Redis. The generation shares the entry's hash slot.
 #[cfg(feature = "redis")]
 pub(crate) fn generation_key(entry_key: &str) -> String {
-    let mut key = String::with_capacity(entry_key.len() + GENERATION_SUFFIX.len());
-    key.push_str(entry_key);
-    key.push_str(GENERATION_SUFFIX);
+    let mut key = String::with_capacity(entry_key.len() + 2);
+    push_generation_key(&mut key, entry_key);
     key
 }
 
-/// What [`generation_key`] appends to the entry's key.
+/// Writes [`generation_key`] into `out` (a batch reuses one buffer).
 #[cfg(feature = "redis")]
-pub(crate) const GENERATION_SUFFIX: &str = ":g";
+pub(crate) fn push_generation_key(out: &mut String, entry_key: &str) {
+    out.push_str(entry_key);
+    out.push_str(":g");
+}
 
 #[cfg(feature = "redis")]
 pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {

@@ -10,7 +10,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::breaker::Breaker;
 use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, TAG_VERSION};
-use super::{fresh_version, generation_key, tag_key, Lease, GENERATION_SUFFIX};
+use super::{fresh_version, generation_key, push_generation_key, tag_key, Lease};
 use crate::error::CacheError;
 use crate::time::now_ms;
 
@@ -374,17 +374,29 @@ impl RedisStore {
         let mut generation = String::new();
         for (key, _) in reads {
             generation.clear();
-            generation.push_str(key);
-            generation.push_str(GENERATION_SUFFIX);
+            push_generation_key(&mut generation, key);
             cmd.arg(*key).arg(generation.as_str());
         }
-        // The distinct tags, in first-seen order (a batch has few: a linear search).
-        let mut distinct: Vec<&str> = Vec::new();
-        for tag in reads.iter().flat_map(|(_, tags)| tags.iter()) {
-            if !distinct.contains(&tag.as_str()) {
-                distinct.push(tag);
-                cmd.arg(tag_key(prefix, tag));
+        // Each tag version once: where in the answer each read's tags are. A read sharing the
+        // previous one's tag set (the same slice: a batch's) shares its positions unhashed.
+        let mut tag_at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut positions: Vec<usize> = Vec::new();
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(reads.len());
+        for (i, (_, tags)) in reads.iter().enumerate() {
+            if let (Some(range), true) = (ranges.last(), i > 0 && std::ptr::eq(reads[i - 1].1, *tags)) {
+                ranges.push(range.clone());
+                continue;
             }
+            let start = positions.len();
+            for tag in tags.iter() {
+                let next = tag_at.len();
+                let at = *tag_at.entry(tag.as_str()).or_insert_with(|| {
+                    cmd.arg(tag_key(prefix, tag));
+                    next
+                });
+                positions.push(at);
+            }
+            ranges.push(start..positions.len());
         }
         let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
         let versions: Vec<Option<u64>> =
@@ -392,11 +404,11 @@ impl RedisStore {
         let mut values = values.into_iter();
         Ok(reads
             .iter()
-            .map(|(_, tags)| {
+            .zip(ranges)
+            .map(|((_, tags), range)| {
                 let (bytes, generation) = (values.next().flatten(), values.next().flatten());
                 RedisRead::of(bytes, generation.as_ref(), tags, |i| {
-                    let at = distinct.iter().position(|tag| *tag == tags[i])?;
-                    versions.get(at).copied().flatten()
+                    versions.get(positions[range.start + i]).copied().flatten()
                 })
             })
             .collect())
@@ -461,7 +473,7 @@ impl RedisStore {
     /// round trip; each fill lease-checked as a single one is); on a cluster, where a pipeline
     /// holds one slot, each entry's own script, all in flight at once. Each fill's outcome (a
     /// pipeline that fails, fails every fill in it).
-    pub(crate) async fn fill_many(&self, fills: &[(&str, &Lease, Vec<u8>, Duration)]) -> Vec<Result<bool, CacheError>> {
+    pub(crate) async fn fill_many(&self, fills: &[(&str, &Lease, &[u8], Duration)]) -> Vec<Result<bool, CacheError>> {
         if self.is_cluster() || fills.len() < 2 {
             let each = fills.iter().map(|(key, lease, bytes, ttl)| self.fill(key, lease, bytes, *ttl));
             return crate::sync::join_all(each).await;
