@@ -394,6 +394,7 @@ impl CacheBuilder {
         if self.l1_staleness_bound < Duration::from_millis(40) {
             return Err(CacheError::Config("l1_staleness_bound must be at least 40 ms".to_owned()));
         }
+        let flights = Arc::new(Flights::default());
         #[cfg(not(feature = "redis"))]
         let store = Store::Memory(MemoryStore::new(self.max_entries, self.max_bytes));
         #[cfg(feature = "redis")]
@@ -407,6 +408,7 @@ impl CacheBuilder {
                     self.l1.then_some((self.l1_max_entries, self.l1_max_bytes)),
                     self.l1_ttl,
                     (self.coherence_timeout, self.l1_staleness_bound),
+                    Arc::clone(&flights),
                 ));
                 Store::Redis {
                     l1: self.l1.then(|| Arc::clone(&channel)),
@@ -425,7 +427,7 @@ impl CacheBuilder {
                 pending: std::sync::Mutex::new(Vec::new()),
                 has_pending: std::sync::atomic::AtomicBool::new(false),
                 retrying: std::sync::atomic::AtomicBool::new(false),
-                flights: Flights::default(),
+                flights,
                 refreshing: moka::sync::Cache::builder().time_to_live(Duration::from_secs(30)).build(),
                 last_error_log_ms: AtomicU64::new(0),
                 redact_keys: self.redact_keys,

@@ -62,7 +62,7 @@ pub(crate) struct Inner {
     /// A task is retrying the queued invalidations.
     pub(crate) retrying: std::sync::atomic::AtomicBool,
     /// Misses being computed in this process (single-flight).
-    pub(crate) flights: Flights,
+    pub(crate) flights: Arc<Flights>,
     /// Keys being refreshed by this process (stale-while-revalidate, early refresh).
     pub(crate) refreshing: moka::sync::Cache<String, ()>,
     pub(crate) rng: Rng,

@@ -23,9 +23,11 @@
 //!   channel came back are misses for [`RECOVERY_GRACE_MS`]: a write made meanwhile by another
 //!   process may have its invalidation still queued there (applied as soon as that process
 //!   reaches Redis again).
-//! - A process without an L1 (`l1(false)`) still publishes every invalidation it makes (and
-//!   waits for the acknowledgements, on the `ack` channel only), so the L1s of the other
-//!   replicas hear of its writes.
+//! - A process without an L1 (`l1(false)`) still publishes every invalidation it makes, so the
+//!   L1s of the other replicas hear of its writes; and it listens (and acknowledges) too: every
+//!   message ends the single-flight reads it touches (`flight.rs`), so that a read starting
+//!   after a write returned never shares the answer of a read that began before it, on any
+//!   replica.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +36,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::flight::Flights;
 use crate::key;
 use crate::store::{listen, Listener, MemoryStore, Received, RedisStore};
 use crate::sync::lock;
@@ -80,11 +83,10 @@ struct AckWait {
 
 /// The L1 of one `Cache` and its invalidation channel.
 pub(crate) struct Coherence {
-    /// Empty and unused in a process without an L1 (`has_l1 == false`).
+    /// Empty and unused in a process without an L1 (`l1(false)`).
     pub(crate) l1: MemoryStore,
-    /// Whether this process keeps an L1 (and so listens to the invalidation channel), or only
-    /// publishes invalidations and listens for their acknowledgements.
-    has_l1: bool,
+    /// The cache's single-flight reads, which every message applied here ends for later callers.
+    flights: Arc<Flights>,
     /// The L1 answers only while a ping on its channel was answered this recently.
     staleness_bound: Duration,
     /// Entries stay in L1 at most this long.
@@ -126,11 +128,12 @@ impl Coherence {
         l1: Option<(u64, Option<u64>)>,
         l1_ttl: Duration,
         (ack_timeout, staleness_bound): (Duration, Duration),
+        flights: Arc<Flights>,
     ) -> Self {
         let (l1_max_entries, l1_max_bytes) = l1.unwrap_or((0, None));
         Coherence {
             l1: MemoryStore::new(l1_max_entries, l1_max_bytes),
-            has_l1: l1.is_some(),
+            flights,
             staleness_bound,
             l1_ttl,
             prefix: prefix.to_owned(),
@@ -238,12 +241,8 @@ impl Coherence {
 /// acknowledges them; on any failure the L1 is flushed until the channel is back.
 impl Listener for Coherence {
     fn channels(&self) -> Vec<String> {
-        // Without an L1 there is nothing to invalidate here: only the acknowledgements matter.
-        if self.has_l1 {
-            vec![self.channel.clone(), self.ack_channel.clone()]
-        } else {
-            vec![self.ack_channel.clone()]
-        }
+        // Also without an L1: the messages end single-flight reads (see the module's docs).
+        vec![self.channel.clone(), self.ack_channel.clone()]
     }
 
     fn staleness_bound(&self) -> Option<Duration> {
@@ -257,6 +256,8 @@ impl Listener for Coherence {
     fn subscribed(&self, redis: &RedisStore) {
         if self.outage.swap(false, Ordering::AcqRel) {
             self.recovered_at_ms.store(crate::time::now_ms(), Ordering::Release);
+            // Reads that began during the outage may have missed messages too.
+            self.flights.forget(None);
             // Redis answers: queued invalidations need not wait for the breaker's cooldown.
             redis.reachable();
         }
@@ -274,6 +275,10 @@ impl Listener for Coherence {
             }
         } else if let Some((id, message)) = Message::decode(payload) {
             self.apply_local(&message);
+            self.flights.forget(match &message {
+                Message::Key(key) => Some(key),
+                Message::Tag { .. } | Message::Namespace(_) => None,
+            });
             let redis = Arc::clone(redis);
             let ack_channel = self.ack_channel.clone();
             tokio::spawn(async move {

@@ -477,7 +477,9 @@ impl Cache {
         let result = match &self.inner.store {
             Store::Memory(mem) => self.checked_payload::<V, C>(Some(value)).map(|payload| {
                 let weight = memory_weight::<V, C>(&key, &payload);
-                mem.insert(key, mem_entry(meta, Some(value), weight));
+                mem.insert(key.clone(), mem_entry(meta, Some(value), weight));
+                // A set is an invalidation of what reads that began before it found.
+                self.inner.flights.forget(Some(&key));
             }),
             #[cfg(feature = "redis")]
             Store::Redis { redis, channel, .. } => match self.encode_entry::<V, C>(&key, &meta, Some(value)) {
@@ -488,6 +490,7 @@ impl Cache {
                     if stored.is_ok() {
                         channel.ensure_started(redis);
                         channel.apply_local(&Message::Key(key.clone()));
+                        self.inner.flights.forget(Some(&key));
                         let _ = channel.publish(redis, &Message::Key(key)).await;
                     }
                     stored
@@ -507,18 +510,30 @@ impl Cache {
     /// every replica's L1, published whatever this process's own L1 setting.
     pub(crate) async fn invalidate_stored(&self, op: &Op) -> Result<u64, CacheError> {
         let prefix = &self.inner.prefix;
+        // After the store forgot the entry (a flight that begins later reads what the write
+        // left), single-flight reads that began before are not shared with later callers.
+        let forget_flights = || {
+            self.inner.flights.forget(match op {
+                Op::Key(key) => Some(key),
+                Op::Tag(_) | Op::Namespace(_) => None,
+            })
+        };
         match &self.inner.store {
-            Store::Memory(mem) => Ok(match op {
-                Op::Key(key) => {
-                    mem.invalidate_key(key);
-                    0
-                }
-                Op::Tag(tag) => {
-                    mem.bump_tag(tag);
-                    0
-                }
-                Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
-            }),
+            Store::Memory(mem) => {
+                let removed = match op {
+                    Op::Key(key) => {
+                        mem.invalidate_key(key);
+                        0
+                    }
+                    Op::Tag(tag) => {
+                        mem.bump_tag(tag);
+                        0
+                    }
+                    Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
+                };
+                forget_flights();
+                Ok(removed)
+            }
             #[cfg(feature = "redis")]
             Store::Redis { redis, l1, channel, .. } => {
                 // Also without an L1: the channel must run to hear the acknowledgements.
@@ -555,6 +570,7 @@ impl Cache {
                         (Message::Namespace(ns.clone()), removed)
                     }
                 };
+                forget_flights();
                 // Published whatever this process's own L1 setting: other replicas may have one.
                 channel.publish(redis, &message).await?;
                 Ok(removed)

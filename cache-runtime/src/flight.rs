@@ -4,7 +4,11 @@
 //! got (a value, or a `None` for `Option` results) with every caller that arrived meanwhile.
 //! Errors are not shared (an error type need not be `Clone`): when the leader fails, is
 //! cancelled or panics, the next waiter leads. So there is never more than one body running
-//! per key in a process.
+//! per key in a process, but for one exception: an invalidation applied in this process (its
+//! own write, or one heard from another replica) ends the flights it touches for later
+//! callers. A caller arriving after a write returned must not share a read that began before
+//! it (whose query may have seen the old row), so it leads a new flight; the old leader
+//! finishes alone (its fill is refused by its lease) and its waiters start over.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -85,6 +89,21 @@ impl Flights {
             // Nothing to share: wait for the flight to be gone, then try to lead.
             tokio::task::yield_now().await;
         }
+    }
+}
+
+impl Flights {
+    /// Ends the flight of `key` (`None`: every flight; a tag, a namespace, a lost channel) for
+    /// every caller that arrives from now on; see the module's documentation.
+    pub(crate) fn forget(&self, key: Option<&str>) {
+        let mut map = lock(&self.map);
+        let gone: Vec<Flight> = match key {
+            Some(key) => map.remove(key).into_iter().collect(),
+            None => map.drain().map(|(_, flight)| flight).collect(),
+        };
+        // Dropped outside the lock: dropping a channel wakes its waiters.
+        drop(map);
+        drop(gone);
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use cache_runtime::{cached, Cache};
+use cache_runtime::{cached, invalidates, Cache};
 use support::{Backend, Calls};
 
 #[cached(expire = 60, key = "slow:<id>", cache = cache, skip = [cache, calls])]
@@ -160,6 +160,97 @@ async fn a_leader_that_panics_or_is_cancelled_hands_over_to_the_next_waiter() {
                 assert_eq!(got.unwrap(), format!("{id} from run 2"), "{}: the leader {how}", b.name);
             }
             assert_eq!(calls.get(), 2, "{}: after the leader {how}, the body ran once more", b.name);
+        }
+    }
+}
+
+/// A row whose first read is slow: it reads the name, then waits at the gate (a query whose
+/// answer is out of date by the time it returns, when the test writes meanwhile).
+struct Names {
+    name: std::sync::Mutex<&'static str>,
+    reads: Calls,
+    gate: tokio::sync::Semaphore,
+}
+
+#[cached(expire = 60, key = "name:<id>", tags = ["names"], cache = cache, skip = [cache, db])]
+async fn name(cache: &Cache, db: &Names, id: u32) -> String {
+    let name = *db.name.lock().unwrap();
+    if db.reads.hit() == 1 {
+        drop(db.gate.acquire().await.unwrap());
+    }
+    format!("{id}: {name}")
+}
+
+#[invalidates(key = "name:<id>", cache = cache)]
+async fn rename(cache: &Cache, db: &Names, id: u32, to: &'static str) {
+    let _ = id;
+    *db.name.lock().unwrap() = to;
+}
+
+#[invalidates(tags = ["names"], cache = cache)]
+async fn rename_all(cache: &Cache, db: &Names, to: &'static str) {
+    *db.name.lock().unwrap() = to;
+}
+
+/// Single-flight must not reach back in time: a read that starts after a write returned never
+/// shares the result of a read that began before it (whose query may have seen the old row),
+/// in the writer's process or on another replica, with or without an L1, whether the write
+/// invalidated a key, a tag or the namespace. (Before: the second read joined the first one's
+/// flight and was answered the old name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_starts_after_a_write_returned_never_shares_an_older_read() {
+    let mut id = 0;
+    for b in Backend::all() {
+        let mut readers = vec![("the writer's process", b.cache.clone())];
+        if b.name != "memory" {
+            for (who, l1) in [("a replica with an L1", true), ("a replica without an L1", false)] {
+                let replica = Cache::builder().redis(b.url()).prefix("t").l1(l1).build().unwrap();
+                readers.push((who, replica));
+            }
+            // Every process listens to the invalidations (a call starts its listener).
+            let idle = Names { name: "idle".into(), reads: Calls::default(), gate: tokio::sync::Semaphore::new(1) };
+            for (_, cache) in &readers {
+                name(cache, &idle, u32::MAX).await;
+            }
+            let wanted = readers.len() as u64;
+            support::eventually("every process listens", async || b.invalidation_listeners().await == wanted).await;
+        }
+        for (who, reader) in &readers {
+            for how in ["key", "tag", "namespace"] {
+                id += 1;
+                let db = Arc::new(Names {
+                    name: "old name".into(),
+                    reads: Calls::default(),
+                    gate: tokio::sync::Semaphore::new(0),
+                });
+                let first = tokio::spawn({
+                    let (reader, db) = (reader.clone(), db.clone());
+                    async move { name(&reader, &db, id).await }
+                });
+                support::eventually("the first read ran its query", async || db.reads.get() == 1).await;
+                match how {
+                    "key" => rename(&b.cache, &db, id, "new name").await,
+                    "tag" => rename_all(&b.cache, &db, "new name").await,
+                    _ => {
+                        *db.name.lock().unwrap() = "new name";
+                        b.cache.clear_namespace("default").await.unwrap();
+                    }
+                }
+                // The write returned; the first read is still held. A read starting now that
+                // joined it would wait for it: bounded, so the failure is an assertion.
+                let second = tokio::time::timeout(Duration::from_secs(3), name(reader, &db, id)).await;
+                let context = format!("{}, {who}, invalidated by {how}", b.name);
+                assert_eq!(
+                    second.as_deref(),
+                    Ok(&*format!("{id}: new name")),
+                    "{context}: a read after the write waited for (or was answered by) a read from before it"
+                );
+                db.gate.add_permits(1);
+                assert_eq!(first.await.unwrap(), format!("{id}: old name"), "{context}: began before the write");
+                // The first read's out-of-date answer was not stored over the new one.
+                assert_eq!(name(reader, &db, id).await, format!("{id}: new name"), "{context}: stored");
+                assert_eq!(name(&b.cache, &db, id).await, format!("{id}: new name"), "{context}: in the writer");
+            }
         }
     }
 }

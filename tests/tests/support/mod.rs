@@ -110,6 +110,24 @@ impl Backend {
         calls
     }
 
+    /// How many connections listen on the invalidation channel of the prefix `t` (every
+    /// node's `PUBSUB NUMSUB`, or `SHARDNUMSUB` on a cluster, summed).
+    pub async fn invalidation_listeners(&self) -> u64 {
+        let (urls, command, channel) = match (&self.redis, &self.cluster) {
+            (Some(server), _) => (vec![server.url()], "NUMSUB", "t:inv"),
+            (_, Some(cluster)) => (cluster.node_urls(), "SHARDNUMSUB", "{t}:inv"),
+            _ => panic!("{} has no Redis", self.name),
+        };
+        let mut listeners = 0;
+        for url in urls {
+            let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let counts: Vec<(String, u64)> =
+                redis::cmd("PUBSUB").arg(command).arg(channel).query_async(&mut conn).await.unwrap();
+            listeners += counts.iter().map(|(_, n)| n).sum::<u64>();
+        }
+        listeners
+    }
+
     /// A raw connection to this backend's Redis.
     pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
         let server = self.redis.as_ref().expect("a Redis backend");
