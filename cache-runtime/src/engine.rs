@@ -110,7 +110,8 @@ impl Cache {
                 if !self.flush_pending().await {
                     return Lookup::nothing();
                 }
-                let result = redis.read(&call.key, &self.inner.prefix, &all_tags(call)).await;
+                let tags = all_tags(call);
+                let result = redis.read(&call.key, &self.inner.prefix, &tags).await;
                 self.count_result(&result, "get");
                 match result {
                     Ok(read) => self.settle_read::<V, C>(call, read, l1_epoch, refresh).await,
@@ -142,11 +143,12 @@ impl Cache {
                     }
                 }
                 if !to_read.is_empty() {
+                    // The reads borrow their tag sets.
+                    let mut sets: Vec<(&str, &[String], Vec<String>)> = Vec::new();
                     let reads = if self.flush_pending().await {
                         // A call's tag set is the one before it when they have the same
                         // namespace and tags (a batch's elements do, unless their tag templates
                         // have placeholders): built once, shared (`read_many` reads it once).
-                        let mut sets: Vec<(&str, &[String], Vec<String>)> = Vec::new();
                         let set_of: Vec<usize> = to_read
                             .iter()
                             .map(|&(i, _)| {
@@ -204,17 +206,15 @@ impl Cache {
     async fn settle_read<V: Stored, C: Codec<V>>(
         &self,
         call: &Call<'_>,
-        mut read: RedisRead,
+        read: RedisRead<'_>,
         l1_epoch: Option<u64>,
         refresh: bool,
     ) -> Lookup<V> {
         let Store::Redis { redis, l1, channel, .. } = &self.inner.store else { return Lookup::nothing() };
         let key = call.key.as_str();
         if let (Some(c), Some(_)) = (l1, l1_epoch) {
-            for (i, (tag, version)) in read.lease.tags.iter().enumerate() {
-                if !read.missing_tags.contains(&i) {
-                    c.l1.learn_tag(tag, *version);
-                }
+            for (tag, version) in read.known_versions() {
+                c.l1.learn_tag(tag, version);
             }
         }
         if let Some(bytes) = read.bytes.as_ref().filter(|_| !refresh) {
@@ -232,20 +232,22 @@ impl Cache {
                 return Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true };
             }
         }
-        if !read.missing_tags.is_empty() {
-            let result = redis.init_tags(&self.inner.prefix, &mut read.lease, &read.missing_tags).await;
+        // A miss: the lease its fill needs.
+        let (mut lease, missing) = read.lease();
+        if !missing.is_empty() {
+            let result = redis.init_tags(&self.inner.prefix, &mut lease, &missing).await;
             self.count_result(&result, "init tag versions");
             if result.is_err() {
                 return Lookup::nothing();
             }
             if let Some(c) = l1 {
-                for &i in &read.missing_tags {
-                    let (tag, version) = &read.lease.tags[i];
+                for &i in &missing {
+                    let (tag, version) = &lease.tags[i];
                     c.l1.learn_tag(tag, *version);
                 }
             }
         }
-        Lookup { hit: None, seen: read.bytes.is_some(), lease: Some(read.lease), l1_epoch }
+        Lookup { hit: None, seen: read.bytes.is_some(), lease: Some(lease), l1_epoch }
     }
 
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
@@ -268,7 +270,7 @@ impl Cache {
         redis: &RedisStore,
         key: &str,
         bytes: &[u8],
-        read: &RedisRead,
+        read: &RedisRead<'_>,
     ) -> Option<((Found<V>, Times), Meta)> {
         let decoded = match envelope::decode(bytes) {
             Ok(decoded) => decoded,
@@ -317,12 +319,16 @@ impl Cache {
     /// caller's tags came with the read; others (an entry read through the plain API) cost one
     /// more round trip.
     #[cfg(feature = "redis")]
-    async fn recorded_tags_current(&self, redis: &RedisStore, recorded: &[(String, u64)], read: &RedisRead) -> bool {
+    async fn recorded_tags_current(
+        &self,
+        redis: &RedisStore,
+        recorded: &[(String, u64)],
+        read: &RedisRead<'_>,
+    ) -> bool {
         let mut unknown = Vec::new();
         for (tag, version) in recorded {
-            match read.lease.tags.iter().position(|(t, _)| t == tag) {
-                Some(i) if read.missing_tags.contains(&i) => return false,
-                Some(i) if read.lease.tags[i].1 != *version => return false,
+            match read.tags.iter().position(|t| t == tag) {
+                Some(i) if read.versions.get(i).copied().flatten() != Some(*version) => return false,
                 Some(_) => {}
                 None => unknown.push((tag.as_str(), *version)),
             }

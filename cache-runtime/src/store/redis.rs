@@ -167,37 +167,40 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// What one read returned: the entry's bytes and what its fill must still see.
-pub(crate) struct RedisRead {
+/// What one read returned: the entry's bytes, and what its fill must still see (built into a
+/// [`Lease`] only for a miss: a hit needs the versions, not a copy of the tags).
+pub(crate) struct RedisRead<'t> {
     pub(crate) bytes: Option<Vec<u8>>,
-    pub(crate) lease: Lease,
-    /// Tags whose version key is absent (they need a version before a fill).
-    pub(crate) missing_tags: Vec<usize>,
+    generation: Option<u64>,
+    /// The tags read (the namespace's implicit tag first) and each one's version (`None`: the
+    /// version key is absent, it needs one before a fill); a batch's elements with the same
+    /// tags share one list.
+    pub(crate) tags: &'t [String],
+    pub(crate) versions: Arc<[Option<u64>]>,
 }
 
-impl RedisRead {
-    /// What a read of one entry found: its bytes, its generation, and the version of each of
-    /// `tags` (`version(i)`; `None`: absent, it needs one before a fill).
-    fn of(
-        bytes: Option<Vec<u8>>,
-        generation: Option<&Vec<u8>>,
-        tags: &[String],
-        version: impl Fn(usize) -> Option<u64>,
-    ) -> Self {
-        let mut missing_tags = Vec::new();
-        let tags = tags
+impl RedisRead<'_> {
+    /// Whether tag `i` has no version yet.
+    pub(crate) fn missing(&self, i: usize) -> bool {
+        self.versions.get(i).is_none_or(Option::is_none)
+    }
+
+    /// The tags with their versions, the missing ones skipped.
+    pub(crate) fn known_versions(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.tags.iter().zip(self.versions.iter()).filter_map(|(tag, v)| Some((tag.as_str(), (*v)?)))
+    }
+
+    /// The lease a fill of this miss needs, and the positions of the tags without a version
+    /// (`RedisStore::init_tags` gives them one).
+    pub(crate) fn lease(&self) -> (Lease, Vec<usize>) {
+        let missing = (0..self.tags.len()).filter(|&i| self.missing(i)).collect();
+        let tags = self
+            .tags
             .iter()
             .enumerate()
-            .map(|(i, tag)| {
-                let v = version(i);
-                if v.is_none() {
-                    missing_tags.push(i);
-                }
-                (tag.clone(), v.unwrap_or(0))
-            })
+            .map(|(i, tag)| (tag.clone(), self.versions.get(i).copied().flatten().unwrap_or(0)))
             .collect();
-        let lease = Lease { generation: parse_version(generation), namespace_version: None, tags };
-        RedisRead { bytes, lease, missing_tags }
+        (Lease { generation: self.generation, namespace_version: None, tags }, missing)
     }
 }
 
@@ -348,27 +351,32 @@ impl RedisStore {
 
     /// One round trip (`MGET`; a cluster client splits it by slot): the entry, its generation,
     /// and the versions of its tags, the namespace's implicit tag first.
-    pub(crate) async fn read(&self, key: &str, prefix: &str, tags: &[String]) -> Result<RedisRead, CacheError> {
+    pub(crate) async fn read<'t>(
+        &self,
+        key: &str,
+        prefix: &str,
+        tags: &'t [String],
+    ) -> Result<RedisRead<'t>, CacheError> {
         let mut cmd = redis::cmd("MGET");
         cmd.arg(key).arg(generation_key(key));
         for tag in tags {
             cmd.arg(tag_key(prefix, tag));
         }
         let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
-        let versions: Vec<Option<u64>> =
-            values.split_off(2.min(values.len())).iter().map(|v| parse_version(v.as_ref())).collect();
+        let versions = (0..tags.len()).map(|i| parse_version(values.get(2 + i).and_then(Option::as_ref))).collect();
+        values.truncate(2);
         let mut values = values.into_iter();
         let (bytes, generation) = (values.next().flatten(), values.next().flatten());
-        Ok(RedisRead::of(bytes, generation.as_ref(), tags, |i| versions.get(i).copied().flatten()))
+        Ok(RedisRead { bytes, generation: parse_version(generation.as_ref()), tags, versions })
     }
 
     /// `read` of many keys (a batch) in one `MGET`: every entry and its generation, then each
     /// tag version once (a cluster splits it by slot and asks the masters concurrently).
-    pub(crate) async fn read_many(
+    pub(crate) async fn read_many<'t>(
         &self,
         prefix: &str,
-        reads: &[(&str, &[String])],
-    ) -> Result<Vec<RedisRead>, CacheError> {
+        reads: &[(&str, &'t [String])],
+    ) -> Result<Vec<RedisRead<'t>>, CacheError> {
         let mut cmd = redis::cmd("MGET");
         // One buffer for every generation key (`Cmd::arg` copies it).
         let mut generation = String::new();
@@ -402,14 +410,23 @@ impl RedisStore {
         let versions: Vec<Option<u64>> =
             values.split_off((2 * reads.len()).min(values.len())).iter().map(|v| parse_version(v.as_ref())).collect();
         let mut values = values.into_iter();
+        // Reads with the same range (the same tag set) share one list of versions.
+        let mut shared: Option<(std::ops::Range<usize>, Arc<[Option<u64>]>)> = None;
         Ok(reads
             .iter()
             .zip(ranges)
             .map(|((_, tags), range)| {
                 let (bytes, generation) = (values.next().flatten(), values.next().flatten());
-                RedisRead::of(bytes, generation.as_ref(), tags, |i| {
-                    versions.get(positions[range.start + i]).copied().flatten()
-                })
+                let of_set = match &shared {
+                    Some((r, list)) if *r == range => Arc::clone(list),
+                    _ => {
+                        let list: Arc<[Option<u64>]> =
+                            positions[range.clone()].iter().map(|&at| versions.get(at).copied().flatten()).collect();
+                        shared = Some((range, Arc::clone(&list)));
+                        list
+                    }
+                };
+                RedisRead { bytes, generation: parse_version(generation.as_ref()), tags, versions: of_set }
             })
             .collect())
     }
