@@ -121,7 +121,8 @@ impl std::fmt::Debug for Coherence {
 }
 
 impl Coherence {
-    /// `l1`: the L1's bounds (entries, bytes), or `None` for a process that only publishes.
+    /// `l1`: the L1's bounds (entries, bytes), or `None` for a process without an L1 (it
+    /// publishes, and listens only to end its flights).
     pub(crate) fn new(
         prefix: &str,
         redis: &RedisStore,

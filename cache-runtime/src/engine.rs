@@ -483,7 +483,7 @@ impl Cache {
         let result = match &self.inner.store {
             Store::Memory(mem) => self.checked_payload::<V, C>(Some(value)).map(|payload| {
                 let weight = memory_weight::<V, C>(&key, &payload);
-                mem.insert(key.clone(), mem_entry(meta, Some(value), weight));
+                mem.set(key.clone(), mem_entry(meta, Some(value), weight));
                 // A set is an invalidation of what reads that began before it found.
                 self.inner.flights.forget(Some(&key));
             }),
@@ -518,12 +518,7 @@ impl Cache {
         let prefix = &self.inner.prefix;
         // After the store forgot the entry (a flight that begins later reads what the write
         // left), single-flight reads that began before are not shared with later callers.
-        let forget_flights = || {
-            self.inner.flights.forget(match op {
-                Op::Key(key) => Some(key),
-                Op::Tag(_) | Op::Namespace(_) => None,
-            })
-        };
+        let forget_flights = || self.forget_flights(op);
         match &self.inner.store {
             Store::Memory(mem) => {
                 let removed = match op {
@@ -542,7 +537,8 @@ impl Cache {
             }
             #[cfg(feature = "redis")]
             Store::Redis { redis, l1, channel, .. } => {
-                // Also without an L1: the channel must run to hear the acknowledgements.
+                // Also without an L1: the channel must run to hear the acknowledgements (and the
+                // other replicas' invalidations, which end this process's flights).
                 channel.ensure_started(redis);
                 // The writer's own L1 first: its next read cannot see what it invalidated.
                 if let Some(c) = l1 {
@@ -582,6 +578,15 @@ impl Cache {
                 Ok(removed)
             }
         }
+    }
+
+    /// Ends the single-flight reads `op` touches for every caller arriving from now on (see
+    /// `flight.rs`): a key's, or all of them for a tag or a namespace.
+    pub(crate) fn forget_flights(&self, op: &Op) {
+        self.inner.flights.forget(match op {
+            Op::Key(key) => Some(key),
+            Op::Tag(_) | Op::Namespace(_) => None,
+        });
     }
 
     /// One page of a namespace's keys (as the plain API takes them), after `cursor` (`""` for

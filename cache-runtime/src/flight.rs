@@ -7,8 +7,10 @@
 //! per key in a process, but for one exception: an invalidation applied in this process (its
 //! own write, or one heard from another replica) ends the flights it touches for later
 //! callers. A caller arriving after a write returned must not share a read that began before
-//! it (whose query may have seen the old row), so it leads a new flight; the old leader
-//! finishes alone (its fill is refused by its lease) and its waiters start over.
+//! it (whose query may have seen the old row), so it leads a new flight. The old leader still
+//! answers the callers that joined it before the invalidation (they began before the write
+//! returned: its answer is one they may get); its fill is refused by its lease (a key) or stored
+//! as an entry that reads as a miss (a tag, a namespace).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -36,9 +38,18 @@ struct Flight {
 
 #[derive(Default)]
 pub(crate) struct Flights {
-    /// The key is shared with the flight's leader (one allocation per flight).
-    map: Mutex<HashMap<Arc<str>, Flight>>,
+    state: Mutex<State>,
     next: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The flights later callers join. The key is shared with the flight's leader (one
+    /// allocation per flight).
+    open: HashMap<Arc<str>, Flight>,
+    /// Flights forgotten while callers waited for them, by id: their leaders still answer
+    /// those callers.
+    detached: HashMap<u64, Channel>,
 }
 
 impl std::fmt::Debug for Flights {
@@ -67,13 +78,13 @@ impl Flights {
     pub(crate) async fn join<V: Clone + Send + Sync + 'static>(&self, key: &str) -> Joined<'_, V> {
         loop {
             let mut rx = {
-                let mut map = lock(&self.map);
-                match map.get_mut(key) {
+                let mut state = lock(&self.state);
+                match state.open.get_mut(key) {
                     Some(flight) => flight.channel.get_or_insert_with(|| watch::channel(None)).1.clone(),
                     None => {
                         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let key: Arc<str> = Arc::from(key);
-                        map.insert(Arc::clone(&key), Flight { id, channel: None });
+                        state.open.insert(Arc::clone(&key), Flight { id, channel: None });
                         return Joined::Leader(Leader { flights: self, key, id, removed: false });
                     }
                 }
@@ -93,17 +104,21 @@ impl Flights {
 }
 
 impl Flights {
-    /// Ends the flight of `key` (`None`: every flight; a tag, a namespace, a lost channel) for
-    /// every caller that arrives from now on; see the module's documentation.
+    /// Ends the flight of `key` (`None`: every flight: a tag, a namespace, a channel back from
+    /// an outage) for every caller that arrives from now on; the callers already waiting keep
+    /// it. See the module's documentation.
     pub(crate) fn forget(&self, key: Option<&str>) {
-        let mut map = lock(&self.map);
-        let gone: Vec<Flight> = match key {
-            Some(key) => map.remove(key).into_iter().collect(),
-            None => map.drain().map(|(_, flight)| flight).collect(),
+        let mut state = lock(&self.state);
+        let State { open, detached } = &mut *state;
+        let mut keep = |flight: Flight| {
+            if let Some(channel) = flight.channel {
+                detached.insert(flight.id, channel);
+            }
         };
-        // Dropped outside the lock: dropping a channel wakes its waiters.
-        drop(map);
-        drop(gone);
+        match key {
+            Some(key) => open.remove(key).into_iter().for_each(&mut keep),
+            None => open.drain().for_each(|(_, flight)| keep(flight)),
+        }
     }
 }
 
@@ -122,14 +137,19 @@ impl Leader<'_> {
 
     /// Ends this leader's flight (not a successor's); its channel, if a caller waits.
     fn remove(&self) -> Option<Channel> {
-        let mut map = lock(&self.flights.map);
-        // One lookup: a successor's flight (this one ended already) goes back.
-        let (key, flight) = map.remove_entry(&*self.key)?;
-        if flight.id == self.id {
-            return flight.channel;
+        let mut state = lock(&self.flights.state);
+        // One lookup: a successor's flight (this one was forgotten) goes back.
+        if let Some((key, flight)) = state.open.remove_entry(&*self.key) {
+            if flight.id == self.id {
+                return flight.channel;
+            }
+            state.open.insert(key, flight);
         }
-        map.insert(key, flight);
-        None
+        // Forgotten while callers waited: its channel was kept for them.
+        if state.detached.is_empty() {
+            return None;
+        }
+        state.detached.remove(&self.id)
     }
 }
 
@@ -139,5 +159,68 @@ impl Drop for Leader<'_> {
         if !self.removed {
             drop(self.remove());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Whether a caller waits on `key`'s open flight (the first waiter makes its channel).
+    fn waited_on(flights: &Flights, key: &str) -> bool {
+        lock(&flights.state).open.get(key).is_some_and(|f| f.channel.is_some())
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_flight_answers_its_waiters_and_no_later_caller() {
+        let flights = Flights::default();
+        let Joined::Leader(old) = flights.join::<u32>("k").await else { panic!("the first caller leads") };
+        let waiter = async { flights.join::<u32>("k").await };
+        tokio::pin!(waiter);
+        // Polled once: it waits on the open flight.
+        assert!(futures_poll(&mut waiter).await.is_none());
+        assert!(waited_on(&flights, "k"));
+        // A write: later callers lead a new flight; the waiter keeps the old one.
+        flights.forget(Some("k"));
+        let Joined::Leader(new) = flights.join::<u32>("k").await else { panic!("a later caller leads anew") };
+        old.finish(Some(&Found::Value(1u32)), Served::Joined(Duration::from_secs(1)));
+        match tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("the waiter is answered") {
+            Joined::Shared(Found::Value(v), _) => assert_eq!(v, 1, "the old leader's answer"),
+            _ => panic!("the waiter was not answered by the leader it joined"),
+        }
+        // The old leader did not end its successor's flight, and nothing stays detached.
+        assert!(lock(&flights.state).open.contains_key("k"));
+        assert!(lock(&flights.state).detached.is_empty());
+        new.finish::<u32>(None, Served::Stale);
+        assert!(lock(&flights.state).open.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_leader_that_goes_away_hands_its_waiters_over() {
+        let flights = Flights::default();
+        let Joined::Leader(old) = flights.join::<u32>("k").await else { panic!("the first caller leads") };
+        let waiter = async { flights.join::<u32>("k").await };
+        tokio::pin!(waiter);
+        assert!(futures_poll(&mut waiter).await.is_none());
+        flights.forget(None);
+        drop(old); // cancelled
+                   // The waiter tries again and leads (no flight is open).
+        match tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("the waiter is not stuck") {
+            Joined::Leader(_) => {}
+            Joined::Shared(..) => panic!("nothing was computed to share"),
+        }
+        assert!(lock(&flights.state).detached.is_empty());
+    }
+
+    /// Polls `fut` once: its output if it is ready.
+    async fn futures_poll<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *fut).poll(cx) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

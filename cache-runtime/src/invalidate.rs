@@ -59,6 +59,10 @@ impl Cache {
             Err(err) => {
                 // The CDN is purged once the queued invalidation is applied: purged before, it
                 // could fetch the old answer from a replica again.
+                // Queued: this cache's next read applies it first (or reads nothing), so a
+                // flight that begins now cannot serve what it invalidates; one that began
+                // before could.
+                self.forget_flights(&op);
                 lock(&self.inner.pending).push(op);
                 self.inner.has_pending.store(true, Ordering::Release);
                 self.retry_in_background();

@@ -254,3 +254,70 @@ async fn a_read_that_starts_after_a_write_returned_never_shares_an_older_read() 
         }
     }
 }
+
+/// A write whose invalidation could not reach Redis (paused: it is queued) still ends the reads
+/// that began before it in the writer's process: the next read runs the body (it cannot read
+/// Redis before the queued invalidation is applied, so it stores nothing meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_invalidation_is_queued_still_ends_older_reads() {
+    for b in [Backend::redis_without_l1(), Backend::redis()] {
+        let server = b.redis.as_ref().unwrap();
+        let db =
+            Arc::new(Names { name: "old name".into(), reads: Calls::default(), gate: tokio::sync::Semaphore::new(0) });
+        let first = tokio::spawn({
+            let (cache, db) = (b.cache.clone(), db.clone());
+            async move { name(&cache, &db, 1).await }
+        });
+        support::eventually("the first read ran its query", async || db.reads.get() == 1).await;
+        server.signal("STOP").unwrap();
+        rename(&b.cache, &db, 1, "new name").await;
+        let second = tokio::time::timeout(Duration::from_secs(3), name(&b.cache, &db, 1)).await;
+        server.signal("CONT").unwrap();
+        assert_eq!(second.as_deref(), Ok("1: new name"), "{}: a read after the queued write", b.name);
+        db.gate.add_permits(1);
+        assert_eq!(first.await.unwrap(), "1: old name", "{}: began before the write", b.name);
+        assert_eq!(name(&b.cache, &db, 1).await, "1: new name", "{}: once Redis is back", b.name);
+    }
+}
+
+/// The plain API's `set` is a write too: a read that began before it (its query saw the old
+/// row) must not store its answer over the value set, in memory, on Redis, or from another
+/// replica. (Before: the read's fill was not refused, and the old row was served from then on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_began_before_a_set_never_stores_over_it() {
+    for b in Backend::all() {
+        let mut writers = vec![("the reader's process", b.cache.clone())];
+        if b.name != "memory" {
+            writers.push(("another replica", Cache::builder().redis(b.url()).prefix("t").build().unwrap()));
+        }
+        for (i, (who, writer)) in writers.iter().enumerate() {
+            let key = format!("set-over-{i}");
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            let ran = Arc::new(Calls::default());
+            let first = tokio::spawn({
+                let (cache, key, gate, ran) = (b.cache.clone(), key.clone(), gate.clone(), ran.clone());
+                async move {
+                    cache
+                        .get_or_fetch(&key, Duration::from_secs(60), || async move {
+                            ran.hit();
+                            drop(gate.acquire().await.unwrap());
+                            "old row".to_owned()
+                        })
+                        .await
+                }
+            });
+            support::eventually("the read ran its query", async || ran.get() == 1).await;
+            writer.set(&key, &"set value".to_owned(), Duration::from_secs(60)).await.unwrap();
+            gate.add_permits(1);
+            assert_eq!(first.await.unwrap(), "old row", "{}, {who}: began before the set", b.name);
+            for reader in [&b.cache, writer] {
+                assert_eq!(
+                    reader.get::<String>(&key).await.as_deref(),
+                    Some("set value"),
+                    "{}, {who}: the read that began before the set stored over it",
+                    b.name
+                );
+            }
+        }
+    }
+}

@@ -183,8 +183,17 @@ impl MemoryStore {
         current
     }
 
-    /// Stores without a lease (the plain API's `set`, or a mirror of what Redis holds).
+    /// Stores without a lease (a mirror of what Redis holds: the L1).
     pub(crate) fn insert(&self, key: String, entry: MemEntry) {
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// The plain API's `set`: stores and moves the key's generation (as `invalidate_key`
+    /// does), so a fill leased before the set is refused.
+    pub(crate) fn set(&self, key: String, entry: MemEntry) {
+        let _key_guard = lock(self.shard(&key));
+        let next = self.generations.get(&key).unwrap_or(0) + 1;
+        self.generations.insert(key.clone(), next);
         self.entries.insert(key, Arc::new(entry));
     }
 

@@ -9,7 +9,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::breaker::Breaker;
-use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, TAG_VERSION};
+use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, SET_KEY, TAG_VERSION};
 use super::{fresh_version, generation_key, push_generation_key, tag_key, Lease};
 use crate::error::CacheError;
 use crate::time::now_ms;
@@ -154,6 +154,7 @@ pub(crate) struct RedisStore {
     fill: Arc<redis::Script>,
     invalidate_key: Arc<redis::Script>,
     bump: redis::Script,
+    set_key: redis::Script,
     tag_version: redis::Script,
     claim: redis::Script,
 }
@@ -167,6 +168,9 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// The version of each tag a read asked for (`None`: absent).
+pub(crate) type Versions = Arc<[Option<u64>]>;
+
 /// What one read returned: the entry's bytes, and what its fill must still see (built into a
 /// [`Lease`] only for a miss: a hit needs the versions, not a copy of the tags).
 pub(crate) struct RedisRead<'t> {
@@ -176,7 +180,7 @@ pub(crate) struct RedisRead<'t> {
     /// version key is absent, it needs one before a fill); a batch's elements with the same
     /// tags share one list.
     pub(crate) tags: &'t [String],
-    pub(crate) versions: Arc<[Option<u64>]>,
+    pub(crate) versions: Versions,
 }
 
 impl RedisRead<'_> {
@@ -254,6 +258,7 @@ impl RedisStore {
             fill: Arc::new(redis::Script::new(FILL)),
             invalidate_key: Arc::new(redis::Script::new(INVALIDATE_KEY)),
             bump: redis::Script::new(BUMP),
+            set_key: redis::Script::new(SET_KEY),
             tag_version: redis::Script::new(TAG_VERSION),
             claim: redis::Script::new(CLAIM),
         })
@@ -411,7 +416,7 @@ impl RedisStore {
             values.split_off((2 * reads.len()).min(values.len())).iter().map(|v| parse_version(v.as_ref())).collect();
         let mut values = values.into_iter();
         // Reads with the same range (the same tag set) share one list of versions.
-        let mut shared: Option<(std::ops::Range<usize>, Arc<[Option<u64>]>)> = None;
+        let mut shared: Option<(std::ops::Range<usize>, Versions)> = None;
         Ok(reads
             .iter()
             .zip(ranges)
@@ -420,7 +425,7 @@ impl RedisStore {
                 let of_set = match &shared {
                     Some((r, list)) if *r == range => Arc::clone(list),
                     _ => {
-                        let list: Arc<[Option<u64>]> =
+                        let list: Versions =
                             positions[range.clone()].iter().map(|&at| versions.get(at).copied().flatten()).collect();
                         shared = Some((range, Arc::clone(&list)));
                         list
@@ -524,9 +529,13 @@ impl RedisStore {
         }
     }
 
+    /// Stores `bytes` under `key` unconditionally and moves the key's generation (see
+    /// [`SET_KEY`]): a fill leased before this set is refused.
     pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.run(redis::cmd("SET").arg(key).arg(bytes).arg("PX").arg(ms)).await
+        let mut invocation = self.set_key.prepare_invoke();
+        invocation.key(key).key(generation_key(key)).arg(fresh_version()).arg(bytes).arg(ms);
+        self.invoke::<i64>(&invocation).await.map(drop)
     }
 
     pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), CacheError> {

@@ -30,6 +30,19 @@ redis.call('PEXPIRE', KEYS[2], 86400000)
 return redis.call('UNLINK', KEYS[1])
 ";
 
+/// `KEYS`: entry, generation. `ARGV`: a fresh version, the bytes, the ttl in ms. The plain
+/// API's `set`: stores the entry and moves its generation as [`INVALIDATE_KEY`] does, so a fill
+/// whose lease was taken before the set (a slow read of older data) is refused.
+pub(super) const SET_KEY: &str = r"
+local g = redis.pcall('INCR', KEYS[2])
+if type(g) ~= 'number' or g < 0 or g > 9007199254740991 then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[2], 86400000)
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
 /// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
 /// ([`fresh_version`](super::fresh_version)). `INCR`s the version and returns it. An absent
 /// version (evicted) or one that is not a version (a foreign value or type) is replaced by the
