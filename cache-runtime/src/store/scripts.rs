@@ -18,30 +18,30 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// `KEYS`: entry, generation. `ARGV`: a fresh version. Bumps the generation (remembered for a
-/// day) and drops the entry. A generation that cannot be incremented (a foreign value or type)
-/// is replaced by the fresh version: the invalidation is applied all the same.
-pub(super) const INVALIDATE_KEY: &str = r"
+/// The start of a script whose `KEYS` are an entry and its generation, and whose `ARGV[1]` is a
+/// fresh version: bumps the generation (remembered for a day). A generation that cannot be
+/// incremented (a foreign value or type) is replaced by the fresh version: the write is applied
+/// all the same.
+macro_rules! bump_generation {
+    () => {
+        r"
 local g = redis.pcall('INCR', KEYS[2])
 if type(g) ~= 'number' or g < 0 or g > 9007199254740991 then
   redis.call('SET', KEYS[2], ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[2], 86400000)
-return redis.call('UNLINK', KEYS[1])
-";
+"
+    };
+}
+
+/// `KEYS`: entry, generation. `ARGV`: a fresh version. Bumps the generation and drops the entry.
+pub(super) const INVALIDATE_KEY: &str = concat!(bump_generation!(), "return redis.call('UNLINK', KEYS[1])\n");
 
 /// `KEYS`: entry, generation. `ARGV`: a fresh version, the bytes, the ttl in ms. The plain
-/// API's `set`: stores the entry and moves its generation as [`INVALIDATE_KEY`] does, so a fill
+/// API's `set`: stores the entry and bumps its generation as [`INVALIDATE_KEY`] does, so a fill
 /// whose lease was taken before the set (a slow read of older data) is refused.
-pub(super) const SET_KEY: &str = r"
-local g = redis.pcall('INCR', KEYS[2])
-if type(g) ~= 'number' or g < 0 or g > 9007199254740991 then
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-redis.call('PEXPIRE', KEYS[2], 86400000)
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-";
+pub(super) const SET_KEY: &str =
+    concat!(bump_generation!(), "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\nreturn 1\n");
 
 /// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
 /// ([`fresh_version`](super::fresh_version)). `INCR`s the version and returns it. An absent
