@@ -184,6 +184,7 @@ impl MemoryStore {
     }
 
     /// Stores without a lease (a mirror of what Redis holds: the L1).
+    #[cfg(feature = "redis")]
     pub(crate) fn insert(&self, key: String, entry: MemEntry) {
         self.entries.insert(key, Arc::new(entry));
     }
