@@ -328,7 +328,7 @@ impl Cache {
         let mut unknown = Vec::new();
         for (tag, version) in recorded {
             match read.tags.iter().position(|t| t == tag) {
-                Some(i) if read.versions.get(i).copied().flatten() != Some(*version) => return false,
+                Some(i) if read.version(i) != Some(*version) => return false,
                 Some(_) => {}
                 None => unknown.push((tag.as_str(), *version)),
             }
@@ -516,9 +516,6 @@ impl Cache {
     /// every replica's L1, published whatever this process's own L1 setting.
     pub(crate) async fn invalidate_stored(&self, op: &Op) -> Result<u64, CacheError> {
         let prefix = &self.inner.prefix;
-        // After the store forgot the entry (a flight that begins later reads what the write
-        // left), single-flight reads that began before are not shared with later callers.
-        let forget_flights = || self.forget_flights(op);
         match &self.inner.store {
             Store::Memory(mem) => {
                 let removed = match op {
@@ -532,7 +529,9 @@ impl Cache {
                     }
                     Op::Namespace(ns) => mem.clear_namespace(ns, &key::namespace_start(prefix, ns)),
                 };
-                forget_flights();
+                // After the store forgot the entry: a flight that begins later reads what the
+                // write left.
+                self.forget_flights(op);
                 Ok(removed)
             }
             #[cfg(feature = "redis")]
@@ -572,21 +571,12 @@ impl Cache {
                         (Message::Namespace(ns.clone()), removed)
                     }
                 };
-                forget_flights();
+                self.forget_flights(op);
                 // Published whatever this process's own L1 setting: other replicas may have one.
                 channel.publish(redis, &message).await?;
                 Ok(removed)
             }
         }
-    }
-
-    /// Ends the single-flight reads `op` touches for every caller arriving from now on (see
-    /// `flight.rs`): a key's, or all of them for a tag or a namespace.
-    pub(crate) fn forget_flights(&self, op: &Op) {
-        self.inner.flights.forget(match op {
-            Op::Key(key) => Some(key),
-            Op::Tag(_) | Op::Namespace(_) => None,
-        });
     }
 
     /// One page of a namespace's keys (as the plain API takes them), after `cursor` (`""` for

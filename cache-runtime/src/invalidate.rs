@@ -71,6 +71,16 @@ impl Cache {
         }
     }
 
+    /// Ends the single-flight reads `op` touches for every caller arriving from now on (see
+    /// `flight.rs`): a key's, or all of them for a tag or a namespace. Called once the store
+    /// forgot what `op` invalidates (or `op` is queued: the next read applies it first).
+    pub(crate) fn forget_flights(&self, op: &Op) {
+        self.inner.flights.forget(match op {
+            Op::Key(key) => Some(key),
+            Op::Tag(_) | Op::Namespace(_) => None,
+        });
+    }
+
     /// Queues the CDN purge of an applied invalidation; its ticket.
     fn purge_cdn(&self, op: &Op) -> Option<u64> {
         let queue = self.inner.purge.as_ref()?;

@@ -172,6 +172,13 @@ struct Names {
     gate: tokio::sync::Semaphore,
 }
 
+impl Names {
+    /// The gate closed: the first read waits until the test opens it.
+    fn held(name: &'static str) -> Names {
+        Names { name: name.into(), reads: Calls::default(), gate: tokio::sync::Semaphore::new(0) }
+    }
+}
+
 #[cached(expire = 60, key = "name:<id>", tags = ["names"], cache = cache, skip = [cache, db])]
 async fn name(cache: &Cache, db: &Names, id: u32) -> String {
     let name = *db.name.lock().unwrap();
@@ -208,7 +215,8 @@ async fn a_read_that_starts_after_a_write_returned_never_shares_an_older_read() 
                 readers.push((who, replica));
             }
             // Every process listens to the invalidations (a call starts its listener).
-            let idle = Names { name: "idle".into(), reads: Calls::default(), gate: tokio::sync::Semaphore::new(1) };
+            let idle = Names::held("idle");
+            idle.gate.add_permits(1);
             for (_, cache) in &readers {
                 name(cache, &idle, u32::MAX).await;
             }
@@ -218,11 +226,7 @@ async fn a_read_that_starts_after_a_write_returned_never_shares_an_older_read() 
         for (who, reader) in &readers {
             for how in ["key", "tag", "namespace"] {
                 id += 1;
-                let db = Arc::new(Names {
-                    name: "old name".into(),
-                    reads: Calls::default(),
-                    gate: tokio::sync::Semaphore::new(0),
-                });
+                let db = Arc::new(Names::held("old name"));
                 let first = tokio::spawn({
                     let (reader, db) = (reader.clone(), db.clone());
                     async move { name(&reader, &db, id).await }
@@ -262,8 +266,7 @@ async fn a_read_that_starts_after_a_write_returned_never_shares_an_older_read() 
 async fn a_write_whose_invalidation_is_queued_still_ends_older_reads() {
     for b in [Backend::redis_without_l1(), Backend::redis()] {
         let server = b.redis.as_ref().unwrap();
-        let db =
-            Arc::new(Names { name: "old name".into(), reads: Calls::default(), gate: tokio::sync::Semaphore::new(0) });
+        let db = Arc::new(Names::held("old name"));
         let first = tokio::spawn({
             let (cache, db) = (b.cache.clone(), db.clone());
             async move { name(&cache, &db, 1).await }

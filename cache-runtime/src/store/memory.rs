@@ -193,16 +193,20 @@ impl MemoryStore {
     /// does), so a fill leased before the set is refused.
     pub(crate) fn set(&self, key: String, entry: MemEntry) {
         let _key_guard = lock(self.shard(&key));
-        let next = self.generations.get(&key).unwrap_or(0) + 1;
-        self.generations.insert(key.clone(), next);
+        self.bump_generation(&key);
         self.entries.insert(key, Arc::new(entry));
     }
 
     pub(crate) fn invalidate_key(&self, key: &str) {
         let _key_guard = lock(self.shard(key));
+        self.bump_generation(key);
+        self.entries.invalidate(key);
+    }
+
+    /// Moves `key`'s generation: every lease taken before is refused. Under the key's shard lock.
+    fn bump_generation(&self, key: &str) {
         let next = self.generations.get(key).unwrap_or(0) + 1;
         self.generations.insert(key.to_owned(), next);
-        self.entries.invalidate(key);
     }
 
     /// Bumps a tag's version (here the source of truth); returns the new version.

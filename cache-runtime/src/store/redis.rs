@@ -180,13 +180,13 @@ pub(crate) struct RedisRead<'t> {
     /// version key is absent, it needs one before a fill); a batch's elements with the same
     /// tags share one list.
     pub(crate) tags: &'t [String],
-    pub(crate) versions: Versions,
+    versions: Versions,
 }
 
 impl RedisRead<'_> {
-    /// Whether tag `i` has no version yet.
-    pub(crate) fn missing(&self, i: usize) -> bool {
-        self.versions.get(i).is_none_or(Option::is_none)
+    /// Tag `i`'s version (`None`: it has none yet).
+    pub(crate) fn version(&self, i: usize) -> Option<u64> {
+        self.versions.get(i).copied().flatten()
     }
 
     /// The tags with their versions, the missing ones skipped.
@@ -197,13 +197,8 @@ impl RedisRead<'_> {
     /// The lease a fill of this miss needs, and the positions of the tags without a version
     /// (`RedisStore::init_tags` gives them one).
     pub(crate) fn lease(&self) -> (Lease, Vec<usize>) {
-        let missing = (0..self.tags.len()).filter(|&i| self.missing(i)).collect();
-        let tags = self
-            .tags
-            .iter()
-            .enumerate()
-            .map(|(i, tag)| (tag.clone(), self.versions.get(i).copied().flatten().unwrap_or(0)))
-            .collect();
+        let missing = (0..self.tags.len()).filter(|&i| self.version(i).is_none()).collect();
+        let tags = self.tags.iter().enumerate().map(|(i, tag)| (tag.clone(), self.version(i).unwrap_or(0))).collect();
         (Lease { generation: self.generation, namespace_version: None, tags }, missing)
     }
 }
