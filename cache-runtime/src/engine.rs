@@ -172,12 +172,20 @@ impl Cache {
                         None
                     };
                     if let Some(reads) = reads {
-                        let settled = to_read
-                            .iter()
-                            .zip(reads)
-                            .map(|(&(i, l1_epoch), read)| self.settle_read::<V, C>(&calls[i], read, l1_epoch, false));
-                        for ((i, _), lookup) in to_read.iter().zip(crate::sync::join_all(settled).await) {
-                            found[*i] = Some(lookup);
+                        // Settled in place when no I/O is needed (almost always); the others
+                        // concurrently.
+                        let mut later = Vec::new();
+                        for (&(i, l1_epoch), read) in to_read.iter().zip(reads) {
+                            match self.settle_now::<V, C>(&calls[i], read, l1_epoch) {
+                                Ok(lookup) => found[i] = Some(lookup),
+                                Err(read) => later.push((i, l1_epoch, read)),
+                            }
+                        }
+                        let settled = later.into_iter().map(|(i, l1_epoch, read)| async move {
+                            (i, self.settle_read::<V, C>(&calls[i], read, l1_epoch, false).await)
+                        });
+                        for (i, lookup) in crate::sync::join_all(settled).await {
+                            found[i] = Some(lookup);
                         }
                     }
                 }
@@ -201,7 +209,8 @@ impl Cache {
     }
 
     /// What a Redis read of `call.key` found: a hit (copied into the L1), or the lease its fill
-    /// needs.
+    /// needs. Without I/O when it can ([`settle_now`](Self::settle_now)); an entry recording a
+    /// tag the read did not carry, or a miss whose tags have no version yet, costs a round trip.
     #[cfg(feature = "redis")]
     async fn settle_read<V: Stored, C: Codec<V>>(
         &self,
@@ -210,7 +219,69 @@ impl Cache {
         l1_epoch: Option<u64>,
         refresh: bool,
     ) -> Lookup<V> {
-        let Store::Redis { redis, l1, channel, .. } = &self.inner.store else { return Lookup::nothing() };
+        let Store::Redis { redis, l1, .. } = &self.inner.store else { return Lookup::nothing() };
+        let mut fetched = Fetched::default();
+        loop {
+            match self.settle::<V, C>(call, &read, l1_epoch, refresh, &fetched) {
+                Settled::Done(lookup) => return lookup,
+                Settled::Versions(names) => {
+                    // Fetched once: the next pass knows them (or, when Redis did not answer,
+                    // treats the entry as invalidated).
+                    let asked: Vec<&str> = names.iter().map(String::as_str).collect();
+                    match redis.tag_versions(&self.inner.prefix, &asked).await {
+                        Ok(current) => fetched.versions = names.into_iter().zip(current).collect(),
+                        Err(err) => {
+                            self.count_result::<()>(&Err(err), "get tag versions");
+                            fetched.failed = true;
+                        }
+                    }
+                    fetched.done = true;
+                }
+                Settled::InitTags(mut lease, missing) => {
+                    let result = redis.init_tags(&self.inner.prefix, &mut lease, &missing).await;
+                    self.count_result(&result, "init tag versions");
+                    if result.is_err() {
+                        return Lookup::nothing();
+                    }
+                    if let Some(c) = l1 {
+                        for &i in &missing {
+                            let (tag, version) = &lease.tags[i];
+                            c.l1.learn_tag(tag, *version);
+                        }
+                    }
+                    return Lookup { hit: None, seen: read.bytes.is_some(), lease: Some(lease), l1_epoch };
+                }
+            }
+        }
+    }
+
+    /// [`settle_read`](Self::settle_read) when it needs no I/O (a batch's elements, almost
+    /// always): `Err` gives the read back for `settle_read`.
+    #[cfg(feature = "redis")]
+    fn settle_now<'t, V: Stored, C: Codec<V>>(
+        &self,
+        call: &Call<'_>,
+        read: RedisRead<'t>,
+        l1_epoch: Option<u64>,
+    ) -> Result<Lookup<V>, RedisRead<'t>> {
+        match self.settle::<V, C>(call, &read, l1_epoch, false, &Fetched::default()) {
+            Settled::Done(lookup) => Ok(lookup),
+            Settled::Versions(_) | Settled::InitTags(..) => Err(read),
+        }
+    }
+
+    /// One pass of `settle_read`: what the read settles to with what is known, or the I/O it
+    /// still needs.
+    #[cfg(feature = "redis")]
+    fn settle<V: Stored, C: Codec<V>>(
+        &self,
+        call: &Call<'_>,
+        read: &RedisRead<'_>,
+        l1_epoch: Option<u64>,
+        refresh: bool,
+        fetched: &Fetched,
+    ) -> Settled<V> {
+        let Store::Redis { l1, channel, .. } = &self.inner.store else { return Settled::Done(Lookup::nothing()) };
         let key = call.key.as_str();
         if let (Some(c), Some(_)) = (l1, l1_epoch) {
             for (tag, version) in read.known_versions() {
@@ -218,7 +289,10 @@ impl Cache {
             }
         }
         if let Some(bytes) = read.bytes.as_ref().filter(|_| !refresh) {
-            let hit = self.decode_hit::<V, C>(redis, key, bytes, &read).await;
+            let hit = match self.decode_hit::<V, C>(key, bytes, read, fetched) {
+                Ok(hit) => hit,
+                Err(names) => return Settled::Versions(names),
+            };
             // Right after an outage, what was stored before it may be invalidated by a
             // write whose invalidation is still queued in its writer: a miss.
             if let Some((hit, meta)) = hit.filter(|(_, meta)| channel.trusted(meta.stored_at_ms)) {
@@ -229,25 +303,15 @@ impl Cache {
                     };
                     self.l1_insert(c, epoch, key.to_owned(), meta, value, C::memory_size(bytes.len()));
                 }
-                return Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true };
+                return Settled::Done(Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true });
             }
         }
         // A miss: the lease its fill needs.
-        let (mut lease, missing) = read.lease();
+        let (lease, missing) = read.lease();
         if !missing.is_empty() {
-            let result = redis.init_tags(&self.inner.prefix, &mut lease, &missing).await;
-            self.count_result(&result, "init tag versions");
-            if result.is_err() {
-                return Lookup::nothing();
-            }
-            if let Some(c) = l1 {
-                for &i in &missing {
-                    let (tag, version) = &lease.tags[i];
-                    c.l1.learn_tag(tag, *version);
-                }
-            }
+            return Settled::InitTags(lease, missing);
         }
-        Lookup { hit: None, seen: read.bytes.is_some(), lease: Some(lease), l1_epoch }
+        Settled::Done(Lookup { hit: None, seen: read.bytes.is_some(), lease: Some(lease), l1_epoch })
     }
 
     /// Puts a copy of what Redis holds into the L1, unless an invalidation arrived since
@@ -264,24 +328,26 @@ impl Cache {
         }
     }
 
+    /// The entry in `bytes`, when it is still valid; `Err`: the tags it recorded that neither
+    /// the read nor `fetched` carries a version of (the caller fetches them and asks again).
     #[cfg(feature = "redis")]
-    async fn decode_hit<V: Stored, C: Codec<V>>(
+    fn decode_hit<V: Stored, C: Codec<V>>(
         &self,
-        redis: &RedisStore,
         key: &str,
         bytes: &[u8],
         read: &RedisRead<'_>,
-    ) -> Option<((Found<V>, Times), Meta)> {
+        fetched: &Fetched,
+    ) -> Result<Option<DecodedHit<V>>, Vec<String>> {
         let decoded = match envelope::decode(bytes) {
             Ok(decoded) => decoded,
             Err(why) => {
                 tracing::warn!(target: "cache_runtime", key, %why, "unreadable cache entry; treating it as a miss");
-                return None;
+                return Ok(None);
             }
         };
         if decoded.key_hash != envelope::key_hash(key) {
             tracing::warn!(target: "cache_runtime", key, "cache entry was stored under another key; treating it as a miss");
-            return None;
+            return Ok(None);
         }
         if decoded.meta.fingerprint != envelope::fingerprint::<V>() {
             tracing::warn!(
@@ -290,58 +356,27 @@ impl Cache {
                 expected = std::any::type_name::<V>(),
                 "cache entry was written for another type; treating it as a miss"
             );
-            return None;
+            return Ok(None);
         }
         if decoded.meta.stale_until_ms <= now_ms() {
-            return None;
+            return Ok(None);
         }
-        if !self.recorded_tags_current(redis, &decoded.meta.tags, read).await {
-            return None;
+        if !recorded_tags_current(&decoded.meta.tags, read, fetched)? {
+            return Ok(None);
         }
         let times = Times::of(&decoded.meta);
         if decoded.negative {
-            return Some(((Found::Negative, times), decoded.meta));
+            return Ok(Some(((Found::Negative, times), decoded.meta)));
         }
         let Some(format) = decoded.format else {
             tracing::warn!(target: "cache_runtime", key, "cache entry in a format this build cannot read; treating it as a miss");
-            return None;
+            return Ok(None);
         };
         match C::decode(decoded.payload, format) {
-            Ok(value) => Some(((Found::Value(value), times), decoded.meta)),
+            Ok(value) => Ok(Some(((Found::Value(value), times), decoded.meta))),
             Err(err) => {
                 tracing::warn!(target: "cache_runtime", key, error = %err, "cache entry does not decode; treating it as a miss");
-                None
-            }
-        }
-    }
-
-    /// Whether every tag an entry recorded still has the recorded version. The versions of the
-    /// caller's tags came with the read; others (an entry read through the plain API) cost one
-    /// more round trip.
-    #[cfg(feature = "redis")]
-    async fn recorded_tags_current(
-        &self,
-        redis: &RedisStore,
-        recorded: &[(String, u64)],
-        read: &RedisRead<'_>,
-    ) -> bool {
-        let mut unknown = Vec::new();
-        for (tag, version) in recorded {
-            match read.tags.iter().position(|t| t == tag) {
-                Some(i) if read.version(i) != Some(*version) => return false,
-                Some(_) => {}
-                None => unknown.push((tag.as_str(), *version)),
-            }
-        }
-        if unknown.is_empty() {
-            return true;
-        }
-        let names: Vec<&str> = unknown.iter().map(|(t, _)| *t).collect();
-        match redis.tag_versions(&self.inner.prefix, &names).await {
-            Ok(current) => current.iter().zip(&unknown).all(|(c, (_, v))| *c == Some(*v)),
-            Err(err) => {
-                self.count_result::<()>(&Err(err), "get tag versions");
-                false
+                Ok(None)
             }
         }
     }
@@ -688,4 +723,64 @@ pub(crate) struct Fill<'f, 'a, V> {
     pub(crate) l1_epoch: Option<u64>,
     pub(crate) found: &'f Found<V>,
     pub(crate) ttl: Duration,
+}
+
+/// A valid entry read from Redis: the value and its times, and its metadata (for the L1).
+#[cfg(feature = "redis")]
+type DecodedHit<V> = ((Found<V>, Times), Meta);
+
+/// What one pass of `settle` found: the lookup, or the I/O it needs first.
+#[cfg(feature = "redis")]
+enum Settled<V> {
+    Done(Lookup<V>),
+    /// The current versions of these tags (an entry recorded tags the read did not carry: one
+    /// read through the plain API, say).
+    Versions(Vec<String>),
+    /// A miss whose lease lacks the versions of these tags (`RedisStore::init_tags`).
+    InitTags(Lease, Vec<usize>),
+}
+
+/// Tag versions `settle_read` fetched beyond those its read carried.
+#[cfg(feature = "redis")]
+#[derive(Default)]
+struct Fetched {
+    versions: Vec<(String, Option<u64>)>,
+    /// They were asked for (a second pass never asks again).
+    done: bool,
+    /// Redis did not answer: the entry counts as invalidated.
+    failed: bool,
+}
+
+/// Whether every tag an entry recorded still has the recorded version: the caller's tags came
+/// with the read, others with `fetched`; `Err` names those neither knows (yet).
+#[cfg(feature = "redis")]
+fn recorded_tags_current(
+    recorded: &[(String, u64)],
+    read: &RedisRead<'_>,
+    fetched: &Fetched,
+) -> Result<bool, Vec<String>> {
+    let mut unknown = Vec::new();
+    for (tag, version) in recorded {
+        let current = match read.tags.iter().position(|t| t == tag) {
+            Some(i) => read.version(i),
+            None if fetched.done => {
+                if fetched.failed {
+                    return Ok(false);
+                }
+                fetched.versions.iter().find(|(t, _)| t == tag).and_then(|(_, v)| *v)
+            }
+            None => {
+                unknown.push(tag.clone());
+                continue;
+            }
+        };
+        if current != Some(*version) {
+            return Ok(false);
+        }
+    }
+    if unknown.is_empty() {
+        Ok(true)
+    } else {
+        Err(unknown)
+    }
 }
