@@ -248,9 +248,9 @@ async fn with_lock_each_element_is_computed_once_across_replicas() {
     }
 }
 
-/// A batch's fills go to Redis as one pipeline of the fill script, which Redis does not load by
-/// itself when it is missing (a restart, `SCRIPT FLUSH`, a fail-over to a replica that never
-/// saw it): the script is loaded and the pipeline sent again, so every element is stored.
+/// A batch's fills go to Redis as one call of the fill script, which Redis does not run when it
+/// is missing (a restart, `SCRIPT FLUSH`, a fail-over to a replica that never saw it): the
+/// script is loaded and the call sent again, so every element is stored.
 #[tokio::test]
 async fn a_batch_fills_after_the_scripts_were_flushed() {
     let b = Backend::redis_without_l1();
@@ -263,4 +263,26 @@ async fn a_batch_fills_after_the_scripts_were_flushed() {
     let got = users(&b.cache, &db, vec![1, 2, 3, 4, 5]).await.unwrap();
     assert_eq!(got.len(), 5);
     assert_eq!(db.queries(), vec![vec![1, 2], vec![3, 4, 5]], "the flushed-script fills were stored");
+}
+
+/// On one Redis, a batch's fills are one call of the fill script (one round trip, one script
+/// run, each element still lease-checked inside it): 10 missing ids cost one `MGET`, one
+/// `EVALSHA` and 10 `SET`s. On a cluster, where a script's keys share a slot, each element has
+/// its own call, all sent at once.
+#[tokio::test]
+async fn a_batchs_fills_are_one_script_call_on_one_redis() {
+    for b in [Backend::redis_without_l1(), Backend::redis_cluster()] {
+        let db = Db::default();
+        users(&b.cache, &db, (1..=5).collect()).await.unwrap();
+        let before = b.command_calls().await;
+        let got = users(&b.cache, &db, (1..=15).collect()).await.unwrap();
+        let after = b.command_calls().await;
+        assert_eq!(got.len(), 15, "{}", b.name);
+        let sent = |cmd: &str| after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0);
+        let calls = if b.name.contains("cluster") { 10 } else { 1 };
+        assert_eq!(sent("evalsha"), calls, "{}: fill script calls ({after:?} vs {before:?})", b.name);
+        assert_eq!(sent("set"), 10, "{}: every missing element stored", b.name);
+        users(&b.cache, &db, (1..=15).collect()).await.unwrap();
+        assert_eq!(db.queries(), vec![(1..=5).collect::<Vec<_>>(), (6..=15).collect()], "{}", b.name);
+    }
 }

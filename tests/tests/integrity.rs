@@ -108,6 +108,32 @@ async fn a_corrupt_generation_is_repaired_by_reads() {
     }
 }
 
+#[cached(expire = 60, key = "id:<ids>", batch, cache = cache, skip = [cache, computed])]
+async fn echo_ids(cache: &Cache, computed: &std::sync::Mutex<Vec<u32>>, ids: Vec<u32>) -> Vec<(u32, u32)> {
+    computed.lock().unwrap().extend(&ids);
+    ids.into_iter().map(|id| (id, id)).collect()
+}
+
+/// A batch whose fills go to Redis in one script call, one element's generation damaged: the
+/// others are stored, that one's is repaired (its fill dropped), and the next batch computes
+/// only it, after which nothing is computed again.
+#[tokio::test]
+async fn a_corrupt_generation_in_a_batch_spoils_only_its_element() {
+    for how in DAMAGES {
+        let server = RedisServer::start().unwrap();
+        let plain = cache(&server, false);
+        damage(&mut raw(&server).await, "c:{default:id:2}:g", how).await;
+        let computed = std::sync::Mutex::new(Vec::new());
+        for _ in 0..3 {
+            assert_eq!(echo_ids(&plain, &computed, vec![1, 2, 3]).await, vec![(1, 1), (2, 2), (3, 3)]);
+        }
+        let computed = computed.into_inner().unwrap();
+        // `Evicted` is an absent generation, which is not damage: every fill is stored at once.
+        let expected = if matches!(how, Damage::Evicted) { vec![1, 2, 3] } else { vec![1, 2, 3, 2] };
+        assert_eq!(computed, expected, "{how:?}");
+    }
+}
+
 /// A corrupt tag or namespace version: the invalidation still reaches every reader, and the
 /// tag is repaired so that its entries are cached again.
 #[tokio::test]

@@ -467,59 +467,33 @@ impl RedisStore {
     /// Stores `bytes` if the key was not invalidated since the lease was taken; `Ok(false)` when
     /// it was. (A tag or namespace invalidated meanwhile makes the stored entry a miss on read.)
     pub(crate) async fn fill(&self, key: &str, lease: &Lease, bytes: &[u8], ttl: Duration) -> Result<bool, CacheError> {
-        let stored: i64 = self.invoke(&self.fill_invocation(key, lease, bytes, ttl)).await?;
-        Ok(stored == 1)
+        let stored: Vec<i64> = self.invoke(&self.fill_invocation(&[(key, lease, bytes, ttl)])).await?;
+        Ok(stored.first() == Some(&1))
     }
 
-    fn fill_invocation<'a>(
-        &'a self,
-        key: &str,
-        lease: &Lease,
-        bytes: &[u8],
-        ttl: Duration,
-    ) -> redis::ScriptInvocation<'a> {
+    /// One `FILL` of `fills` (on a cluster, their keys must share a slot).
+    fn fill_invocation<'a>(&'a self, fills: &[(&str, &Lease, &[u8], Duration)]) -> redis::ScriptInvocation<'a> {
         let mut invocation = self.fill.prepare_invoke();
-        invocation.key(key).key(generation_key(key));
-        invocation.arg(seen(lease.generation));
-        invocation.arg(bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
         invocation.arg(fresh_version());
+        for (key, lease, bytes, ttl) in fills {
+            invocation.key(*key).key(generation_key(key));
+            invocation.arg(seen(lease.generation));
+            invocation.arg(*bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
         invocation
     }
 
-    /// `fill` of many entries (a batch): on one Redis, one pipeline of `FILL` scripts (one
-    /// round trip; each fill lease-checked as a single one is); on a cluster, where a pipeline
-    /// holds one slot, each entry's own script, all in flight at once. Each fill's outcome (a
-    /// pipeline that fails, fails every fill in it).
+    /// `fill` of many entries (a batch): on one Redis, one `FILL` call for them all (one round
+    /// trip, one script run; each fill lease-checked as a single one is); on a cluster, where
+    /// a script's keys share a slot, each entry's own call, all in flight at once. Each fill's
+    /// outcome (a call that fails, fails every fill in it).
     pub(crate) async fn fill_many(&self, fills: &[(&str, &Lease, &[u8], Duration)]) -> Vec<Result<bool, CacheError>> {
-        if self.is_cluster() || fills.len() < 2 {
+        if self.is_cluster() {
             let each = fills.iter().map(|(key, lease, bytes, ttl)| self.fill(key, lease, bytes, *ttl));
             return crate::sync::join_all(each).await;
         }
-        let mut pipe = redis::pipe();
-        for (key, lease, bytes, ttl) in fills {
-            pipe.invoke_script(&self.fill_invocation(key, lease, bytes, *ttl));
-        }
-        let sent: Result<Vec<i64>, CacheError> = self
-            .bounded(async {
-                let mut conn = self.conn().await?;
-                pipe.query_async(&mut conn).await
-            })
-            .await;
-        let sent = match sent {
-            // A pipelined script is not loaded by itself: load it, then send the pipeline again
-            // (no fill stored: a missing script failed them all).
-            Err(CacheError::Redis(err)) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.bounded(async {
-                    let mut conn = self.conn().await?;
-                    self.fill.prepare_invoke().load_async(&mut conn).await?;
-                    pipe.query_async(&mut conn).await
-                })
-                .await
-            }
-            other => other,
-        };
-        match sent {
-            Ok(stored) => stored.into_iter().map(|stored| Ok(stored == 1)).collect(),
+        match self.invoke::<Vec<i64>>(&self.fill_invocation(fills)).await {
+            Ok(stored) => fills.iter().enumerate().map(|(i, _)| Ok(stored.get(i) == Some(&1))).collect(),
             Err(err) => fills.iter().map(|_| Err(err.again())).collect(),
         }
     }

@@ -1,21 +1,27 @@
 //! The Lua scripts of the Redis store: fill, key invalidation, version bump and read, claim.
 
-/// `KEYS`: entry, generation (one hash slot). `ARGV`: the generation the read saw (`''` =
-/// absent), the envelope, the ttl in ms, a fresh version. Tags and namespaces are not checked
-/// here but on read (the entry records their versions), so the script never crosses a Redis
-/// Cluster slot. A generation key holding anything but a version (a foreign string, another
-/// type) is repaired with the fresh version, which no reader can have seen: this fill is
-/// dropped, the next read's fill succeeds.
+/// `KEYS`: pairs of an entry and its generation (each pair in one hash slot; a cluster call
+/// carries one pair). `ARGV`: a fresh version, then per pair the generation the read saw (`''`
+/// = absent), the envelope, the ttl in ms. Stores each entry whose generation is still the one
+/// its read saw; returns a list of 1 (stored) or 0. Tags and namespaces are not checked here but
+/// on read (the entry records their versions), so a pair never crosses a Redis Cluster slot. A
+/// generation key holding anything but a version (a foreign string, another type) is repaired
+/// with the fresh version, which no reader can have seen: that fill is dropped, the next read's
+/// fill succeeds. A batch's fills on one Redis are one call (one script run, not one each).
 pub(super) const FILL: &str = r"
-local g = redis.pcall('GET', KEYS[2])
-if type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', 86400000)
-  return 0
+local stored = {}
+for i = 1, #KEYS / 2 do
+  local entry, generation = KEYS[2 * i - 1], KEYS[2 * i]
+  local g = redis.pcall('GET', generation)
+  stored[i] = 0
+  if type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
+    redis.call('SET', generation, ARGV[1], 'PX', 86400000)
+  elseif (g or '') == ARGV[3 * i - 1] then
+    redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
+    stored[i] = 1
+  end
 end
-if not g then g = '' end
-if g ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+return stored
 ";
 
 /// The start of a script whose `KEYS` are an entry and its generation, and whose `ARGV[1]` is a
