@@ -2,12 +2,16 @@
 //! key (and tags) the single-key fn with the same template renders, so the two share entries
 //! and every invalidation; the body runs once, with only the elements nothing could answer.
 //!
-//! Per element, as a single call would: a fresh hit in process memory, single-flight, one
-//! lookup, its lease, `stale` / `early` (the refresh joins this batch's body run), `cache_none`,
-//! `unless` / `expire_with`, a lease-checked fill. Flights are joined in key order: a batch
-//! that leads some keys while it waits for another batch's never waits on one that waits for
-//! it, so overlapping batches compute each element once and never deadlock. With `lock`, each
-//! element's cross-replica lock is taken in the same order, after the lookup: across replicas
+//! Per element, as a single call would: a fresh hit in process memory, one lookup, its lease,
+//! single-flight, `stale` / `early` (the refresh joins this batch's body run), `cache_none`,
+//! `unless` / `expire_with`, a lease-checked fill. Every element process memory did not answer
+//! is read first, in one round trip; only those that are not fresh hits join a flight (a hit
+//! costs none). Should another caller's flight of an element end between that read and the
+//! join, the element is read again rather than computed twice. Flights are joined in key
+//! order: a batch that leads some keys while it waits for another batch's never waits on one
+//! that waits for it, so overlapping batches compute each element once and never deadlock.
+//! With `lock`, each element's cross-replica lock is taken in the same order, after the
+//! lookup (and what it holds is read again if the batch waited meanwhile): across replicas
 //! too, each element is computed once.
 
 use std::collections::BTreeMap;
@@ -107,6 +111,17 @@ where
     }
 }
 
+/// An element this batch leads the flight of: what its read found (and how fresh that is),
+/// before it is served, refreshed or computed.
+struct Reading<'a, K, V> {
+    at: usize,
+    element: Element<K>,
+    leader: Leader<'a>,
+    drawn_early: bool,
+    lookup: crate::entry::Lookup<V>,
+    freshness: Option<Freshness>,
+}
+
 /// An element this batch computes: the flight it leads, the lease its fill needs, what to
 /// serve should the body fail (`stale_if_error`, or the value being refreshed), and whether
 /// it holds the key's refresh claim.
@@ -162,27 +177,66 @@ where
         cache.record_hit(site, &element.key);
         answer(&mut answered, at, element.id, found);
     }
-    // Single-flight per element, joined in key order.
-    let mut led = Vec::new();
-    for (at, element, drawn_early) in pending {
+    // Every element the L1 did not answer, read in one round trip before any flight is joined
+    // (a fresh hit needs none); `mark` tells which flights ended meanwhile.
+    let ctx = (cache, namespace, opts, site);
+    let mark = cache.flights().mark();
+    let calls: Vec<Call<'_>> = pending.iter().map(|(_, element, _)| element_call(ctx, element)).collect();
+    let lookups = cache.lookup_many::<V, Json>(&calls).await;
+    drop(calls);
+    // The rest joins each element's flight, in key order.
+    let mut led: Vec<Reading<'_, K, V>> = Vec::new();
+    let mut again = Vec::new();
+    // Whether this batch waited for another caller's flight since its read (time in which
+    // other replicas may have stored what it leads: see `lock` below).
+    let mut waited_for_flight = false;
+    for ((at, element, drawn_early), mut lookup) in pending.into_iter().zip(lookups) {
+        let freshness = lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early));
+        if freshness == Some(Freshness::Fresh) {
+            if let Some((found, _)) = lookup.hit.take() {
+                cache.record_served(site, &element.key, false);
+                answer(&mut answered, at, element.id, found);
+                continue;
+            }
+        }
         match cache.flights().join::<V>(&element.key).await {
-            Joined::Leader(leader) => led.push((at, element, leader, drawn_early)),
+            Joined::Leader(leader) => {
+                let ended = cache.flights().ended_since(&element.key, mark);
+                let reading = Reading { at, element, leader, drawn_early, lookup, freshness };
+                if ended {
+                    again.push(reading);
+                } else {
+                    led.push(reading);
+                }
+            }
             Joined::Shared(found, served) => {
+                waited_for_flight = true;
                 cache.record_collapsed(site, &element.key, matches!(served, Served::Stale));
                 answer(&mut answered, at, element.id, found);
             }
         }
     }
-    let calls: Vec<Call<'_>> =
-        led.iter().map(|(_, element, _, _)| element_call((cache, namespace, opts, site), element)).collect();
-    let lookups = cache.lookup_many::<V, Json>(&calls).await;
-    drop(calls);
+    // Another caller's flight of some of them ended between the read and the join (their
+    // values may be stored now): those are read again (a second round trip, only then) rather
+    // than computed twice.
+    if !again.is_empty() {
+        let calls: Vec<Call<'_>> = again.iter().map(|r| element_call(ctx, &r.element)).collect();
+        let lookups = cache.lookup_many::<V, Json>(&calls).await;
+        drop(calls);
+        for (mut reading, lookup) in again.into_iter().zip(lookups) {
+            reading.freshness =
+                lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, reading.drawn_early));
+            reading.lookup = lookup;
+            led.push(reading);
+        }
+        led.sort_unstable_by(|a, b| a.element.key.cmp(&b.element.key));
+    }
     let mut computing = Vec::new();
-    for ((at, element, leader, drawn_early), mut lookup) in led.into_iter().zip(lookups) {
+    for Reading { at, element, leader, drawn_early: _, mut lookup, freshness } in led {
         let mut fallback = None;
         let mut refreshing = false;
-        if let Some((found, times)) = lookup.hit.take() {
-            match opts.freshness_once(cache.rng(), &times, drawn_early) {
+        if let (Some((found, times)), Some(freshness)) = (lookup.hit.take(), freshness) {
+            match freshness {
                 Freshness::Fresh => {
                     cache.record_served(site, &element.key, false);
                     leader.finish(Some(&found), Served::Fresh(times));
@@ -203,15 +257,14 @@ where
                     // value being refreshed is served.
                     refreshing = true;
                     fallback = Some(found);
-                    lookup =
-                        cache.lookup::<V, Json>(&element_call((cache, namespace, opts, site), &element), true).await;
+                    lookup = cache.lookup::<V, Json>(&element_call(ctx, &element), true).await;
                 }
                 Freshness::Fallback => fallback = Some(found),
                 Freshness::Gone => {}
             }
             if !refreshing {
                 // A found entry that is not served leaves no lease: take one.
-                lookup = cache.lookup::<V, Json>(&element_call((cache, namespace, opts, site), &element), true).await;
+                lookup = cache.lookup::<V, Json>(&element_call(ctx, &element), true).await;
             }
         }
         computing.push(Computing { at, element, leader, lease: lookup.fill_lease(), fallback, refreshing, held: None });
@@ -220,7 +273,8 @@ where
     // batches never hold what the other waits for); a holder's value is taken, not computed.
     if let Some(hold) = opts.lock {
         let mut still = Vec::with_capacity(computing.len());
-        let mut waited = false;
+        // After a wait (for a flight, or for a lock below), what the read found is read again.
+        let mut waited = waited_for_flight;
         for mut c in computing {
             if c.refreshing {
                 still.push(c);
@@ -244,9 +298,9 @@ where
             }
         }
         computing = still;
-        // While this batch waited for one element's holder, the holders of the next ones may
-        // have stored them and let go: what is held now is read again (one more lookup), and
-        // what landed is taken instead of computed.
+        // While this batch waited (for another caller's flight, or for one element's holder),
+        // the holders of the next ones may have stored them and let go: what is held now is
+        // read again (one more lookup), and what landed is taken instead of computed.
         if waited && !computing.is_empty() {
             let calls: Vec<Call<'_>> =
                 computing.iter().map(|c| element_call((cache, namespace, opts, site), &c.element)).collect();

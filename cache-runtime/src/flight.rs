@@ -14,6 +14,8 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -36,10 +38,29 @@ struct Flight {
     channel: Option<Channel>,
 }
 
-#[derive(Default)]
 pub(crate) struct Flights {
     state: Mutex<State>,
-    next: std::sync::atomic::AtomicU64,
+    next: AtomicU64,
+    /// Flights ended so far (see [`Flights::mark`]).
+    ended: AtomicU64,
+    /// Per slot (a hash of the key), the count `ended` reached when a flight of a key in that
+    /// slot last ended.
+    ended_in: Box<[AtomicU64]>,
+}
+
+/// Slots of `Flights::ended_in`: two keys sharing one cost a needless read, never a wrong
+/// answer.
+const ENDED_SLOTS: usize = 1024;
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights {
+            state: Mutex::default(),
+            next: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            ended_in: (0..ENDED_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -82,7 +103,7 @@ impl Flights {
                 match state.open.get_mut(key) {
                     Some(flight) => flight.channel.get_or_insert_with(|| watch::channel(None)).1.clone(),
                     None => {
-                        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let id = self.next.fetch_add(1, Ordering::Relaxed);
                         let key: Arc<str> = Arc::from(key);
                         state.open.insert(Arc::clone(&key), Flight { id, channel: None });
                         return Joined::Leader(Leader { flights: self, key, id, removed: false });
@@ -104,6 +125,20 @@ impl Flights {
 }
 
 impl Flights {
+    /// Where flights stand now: a caller that reads a key *before* joining its flight (a batch
+    /// reads all its elements in one round trip first) takes a mark before the read; should it
+    /// then lead, [`ended_since`](Self::ended_since) tells whether a flight of that key may
+    /// have ended (its value stored) between the read and the join, so that it reads the key
+    /// again rather than compute it a second time.
+    pub(crate) fn mark(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Whether a flight of `key` (or of a key sharing its slot) ended after `mark`.
+    pub(crate) fn ended_since(&self, key: &str, mark: u64) -> bool {
+        self.ended_in[slot(key)].load(Ordering::SeqCst) > mark
+    }
+
     /// Ends the flight of `key` (`None`: every flight: a tag, a namespace, a channel back from
     /// an outage) for every caller that arrives from now on; the callers already waiting keep
     /// it. See the module's documentation.
@@ -129,6 +164,10 @@ impl Leader<'_> {
         // Out of the map first: no caller can join after this, so the waiters are all there.
         let channel = self.remove();
         self.removed = true;
+        // After its value was stored (a leader finishes after its fill): a caller that read
+        // the key before this and joins after it sees that it ended.
+        let ended = self.flights.ended.fetch_add(1, Ordering::SeqCst) + 1;
+        self.flights.ended_in[slot(&self.key)].fetch_max(ended, Ordering::SeqCst);
         if let Some((tx, _)) = channel {
             let outcome: Outcome = found.map(|f| Arc::new((f.clone(), served)) as Arc<dyn Any + Send + Sync>);
             let _ = tx.send(Some(outcome));
@@ -151,6 +190,12 @@ impl Leader<'_> {
         }
         state.detached.remove(&self.id)
     }
+}
+
+/// `key`'s slot in `Flights::ended_in`.
+fn slot(key: &str) -> usize {
+    let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
+    (hash % ENDED_SLOTS as u64) as usize
 }
 
 impl Drop for Leader<'_> {
@@ -211,6 +256,26 @@ mod tests {
             Joined::Shared(..) => panic!("nothing was computed to share"),
         }
         assert!(lock(&flights.state).detached.is_empty());
+    }
+
+    /// A caller that read a key before joining learns whether a flight of it ended since its
+    /// read (and only then reads it again).
+    #[tokio::test]
+    async fn a_flight_that_ended_after_a_mark_is_seen() {
+        let flights = Flights::default();
+        let Joined::Leader(before) = flights.join::<u32>("a").await else { panic!("leads") };
+        before.finish(Some(&Found::Value(1u32)), Served::Stale);
+        let mark = flights.mark();
+        assert!(!flights.ended_since("a", mark), "ended before the mark");
+        let Joined::Leader(after) = flights.join::<u32>("a").await else { panic!("leads") };
+        assert!(!flights.ended_since("a", mark), "still open");
+        after.finish(Some(&Found::Value(2u32)), Served::Stale);
+        assert!(flights.ended_since("a", mark), "ended after the mark");
+        // A leader that goes away without finishing stored nothing: not an end that counts.
+        let mark = flights.mark();
+        let Joined::Leader(gone) = flights.join::<u32>("b").await else { panic!("leads") };
+        drop(gone);
+        assert!(!flights.ended_since("b", mark));
     }
 
     /// Polls `fut` once: its output if it is ready.
