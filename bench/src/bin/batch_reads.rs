@@ -7,11 +7,13 @@
 //! - by the batch fn with every element in this process's L1;
 //! - by the batch fn and by hand with all 100 in Redis (reads only).
 //!
-//! Each printed as the median time of `ROUNDS` rounds and as a ratio against the others in the
-//! same run, with the commands the server ran per round (`INFO commandstats`) and the read
-//! events it processed per round (`INFO stats` `total_reads_processed`: one per batch of bytes
-//! a client sent, so a round trip's pipelined commands count once; the bench's own `INFO` and
-//! `RESETSTAT` calls are taken off).
+//! The cases run interleaved, each round in a rotated order (a noisy neighbour slows them alike).
+//! Each is printed as its median time, this process's CPU time (client CPU) and redis-server's
+//! CPU time per round, and its ratio against the hand-written case of the same reads (the
+//! median of the per-round ratios); then, from a few rounds of each case alone, the commands the
+//! server ran per round (`INFO commandstats`) and the read events it processed per round (`INFO
+//! stats` `total_reads_processed`: one per batch of bytes a client sent, so a round trip's
+//! pipelined commands count once; the bench's own `INFO` and `RESETSTAT` calls are taken off).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -102,10 +104,10 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-/// CPU time this thread has used (the runtime is single-threaded: the client's whole work, the
-/// connection's driver included).
-fn thread_cpu() -> Duration {
-    cpu_time::ThreadTime::now().as_duration()
+/// CPU time this process has used (every runtime thread: the client's work, the connection's
+/// driver and the wake-ups between them included).
+fn process_cpu() -> Duration {
+    cpu_time::ProcessTime::now().as_duration()
 }
 
 /// The cases, each a name and a kind (the by-hand case its ratio is taken against).
@@ -147,8 +149,9 @@ async fn run(setup: &mut Setup, name: &str, r: u64) -> usize {
     }
 }
 
-// One thread: its CPU time is the client's whole work for a case.
-#[tokio::main(flavor = "current_thread")]
+// The runtime an application runs (several threads: a round trip wakes the task from the
+// connection's driver on another thread, as in a server).
+#[tokio::main]
 async fn main() {
     let rounds: u64 = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(400);
     let server = RedisServer::start().expect("redis-server");
@@ -185,11 +188,11 @@ async fn main() {
     for r in 0..rounds {
         for i in 0..cases.len() {
             let at = (i + r as usize) % cases.len();
-            let cpu_started = thread_cpu();
+            let cpu_started = process_cpu();
             let started = Instant::now();
             let n = run(&mut setup, cases[at], r).await;
             wall[at].push(started.elapsed());
-            cpu[at].push(thread_cpu().saturating_sub(cpu_started));
+            cpu[at].push(process_cpu().saturating_sub(cpu_started));
             assert_eq!(n, 100);
         }
     }
@@ -216,8 +219,8 @@ async fn main() {
         cases.iter().position(|c| *c == hand)
     };
     println!(
-        "100 ids, 90 cached, 10 missing; {rounds} rounds, cases interleaved; medians; client CPU: this process's (one \
-         thread); server CPU: redis-server's per round, mean of {counted} rounds of the case alone; x hand: median of \
+        "100 ids, 90 cached, 10 missing; {rounds} rounds, cases interleaved; medians; client CPU: this process's (all \
+         its threads); server CPU: redis-server's per round, mean of {counted} rounds of the case alone; x hand: median of \
          the per-round time ratios against the hand-written case of the same reads"
     );
     for (i, name) in cases.iter().enumerate() {
