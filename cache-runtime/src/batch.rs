@@ -7,7 +7,9 @@
 //! `unless` / `expire_with`, a lease-checked fill. Every element process memory did not answer
 //! is read first, in one round trip; only those that are not fresh hits join a flight (a hit
 //! costs none). Should another caller's flight of an element end between that read and the
-//! join, the element is read again rather than computed twice. Flights are joined in key
+//! join, or an invalidation touching it be applied, or the batch wait for another caller's
+//! flight meanwhile, the element is read again rather than computed twice or served from an
+//! old read. Flights are joined in key
 //! order: a batch that leads some keys while it waits for another batch's never waits on one
 //! that waits for it, so overlapping batches compute each element once and never deadlock.
 //! With `lock`, each element's cross-replica lock is taken in the same order, after the
@@ -187,8 +189,7 @@ where
     // The rest joins each element's flight, in key order.
     let mut led: Vec<Reading<'_, K, V>> = Vec::new();
     let mut again = Vec::new();
-    // Whether this batch waited for another caller's flight since its read (time in which
-    // other replicas may have stored what it leads: see `lock` below).
+    // Whether this batch waited for another caller's flight since its read.
     let mut waited_for_flight = false;
     for ((at, element, drawn_early), mut lookup) in pending.into_iter().zip(lookups) {
         let freshness = lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early));
@@ -216,16 +217,26 @@ where
             }
         }
     }
-    // Another caller's flight of some of them ended between the read and the join (their
-    // values may be stored now): those are read again (a second round trip, only then) rather
-    // than computed twice.
+    // Another caller's flight of some of them ended, or an invalidation touching them was
+    // applied, between the read and the join (their values may be stored now, or what was read
+    // may be invalidated): those are read again (a second round trip, only then) rather than
+    // computed twice or served. After a wait for another caller's flight (a body run), all of
+    // them are: what the read found may no longer be fresh, or may have landed meanwhile.
+    if waited_for_flight {
+        again.append(&mut led);
+    }
     if !again.is_empty() {
         let calls: Vec<Call<'_>> = again.iter().map(|r| element_call(ctx, &r.element)).collect();
         let lookups = cache.lookup_many::<V, Json>(&calls).await;
         drop(calls);
         for (mut reading, lookup) in again.into_iter().zip(lookups) {
+            // The same entry keeps its early-refresh draw (one draw per entry read, as a single
+            // call makes); another is drawn for anew.
+            let before = reading.lookup.hit.as_ref().map(|(_, times)| times.fresh_until_ms);
+            let same = before.is_some() && lookup.hit.as_ref().map(|(_, times)| times.fresh_until_ms) == before;
+            let drawn_early = reading.drawn_early || (same && reading.freshness == Some(Freshness::RefreshEarly));
             reading.freshness =
-                lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, reading.drawn_early));
+                lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early));
             reading.lookup = lookup;
             led.push(reading);
         }
@@ -273,8 +284,7 @@ where
     // batches never hold what the other waits for); a holder's value is taken, not computed.
     if let Some(hold) = opts.lock {
         let mut still = Vec::with_capacity(computing.len());
-        // After a wait (for a flight, or for a lock below), what the read found is read again.
-        let mut waited = waited_for_flight;
+        let mut waited = false;
         for mut c in computing {
             if c.refreshing {
                 still.push(c);
@@ -298,9 +308,9 @@ where
             }
         }
         computing = still;
-        // While this batch waited (for another caller's flight, or for one element's holder),
-        // the holders of the next ones may have stored them and let go: what is held now is
-        // read again (one more lookup), and what landed is taken instead of computed.
+        // While this batch waited for one element's holder, the holders of the next ones may
+        // have stored them and let go: what is held now is read again (one more lookup), and
+        // what landed is taken instead of computed.
         if waited && !computing.is_empty() {
             let calls: Vec<Call<'_>> =
                 computing.iter().map(|c| element_call((cache, namespace, opts, site), &c.element)).collect();

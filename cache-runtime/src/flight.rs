@@ -44,8 +44,10 @@ pub(crate) struct Flights {
     /// Flights ended so far (see [`Flights::mark`]).
     ended: AtomicU64,
     /// Per slot (a hash of the key), the count `ended` reached when a flight of a key in that
-    /// slot last ended.
+    /// slot last ended (or an invalidation of such a key was applied).
     ended_in: Box<[AtomicU64]>,
+    /// The count `ended` reached when every key's flights last ended (`forget(None)`).
+    ended_all: AtomicU64,
 }
 
 /// Slots of `Flights::ended_in`: two keys sharing one cost a needless read, never a wrong
@@ -59,6 +61,7 @@ impl Default for Flights {
             next: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             ended_in: (0..ENDED_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            ended_all: AtomicU64::new(0),
         }
     }
 }
@@ -134,15 +137,28 @@ impl Flights {
         self.ended.load(Ordering::SeqCst)
     }
 
-    /// Whether a flight of `key` (or of a key sharing its slot) ended after `mark`.
+    /// Whether a flight of `key` (or of a key sharing its slot) ended after `mark`, or an
+    /// invalidation touching it was applied in this process.
     pub(crate) fn ended_since(&self, key: &str, mark: u64) -> bool {
-        self.ended_in[slot(key)].load(Ordering::SeqCst) > mark
+        self.ended_all.load(Ordering::SeqCst) > mark || self.ended_in[slot(key)].load(Ordering::SeqCst) > mark
+    }
+
+    /// Records an end for `key` (`None`: every key: a tag, a namespace, a channel back).
+    fn note_end(&self, key: Option<&str>) {
+        let ended = self.ended.fetch_add(1, Ordering::SeqCst) + 1;
+        match key {
+            Some(key) => self.ended_in[slot(key)].fetch_max(ended, Ordering::SeqCst),
+            None => self.ended_all.fetch_max(ended, Ordering::SeqCst),
+        };
     }
 
     /// Ends the flight of `key` (`None`: every flight: a tag, a namespace, a channel back from
     /// an outage) for every caller that arrives from now on; the callers already waiting keep
     /// it. See the module's documentation.
     pub(crate) fn forget(&self, key: Option<&str>) {
+        // A caller that read before this invalidation and joins after it reads again (what it
+        // read may be what was invalidated).
+        self.note_end(key);
         let mut state = lock(&self.state);
         let State { open, detached } = &mut *state;
         let mut keep = |flight: Flight| {
@@ -161,13 +177,13 @@ impl Leader<'_> {
     /// Hands `found` (or nothing, on failure) to the waiters, to be served as `served`, and
     /// ends the flight. `found` is copied only when some caller waits.
     pub(crate) fn finish<V: Clone + Send + Sync + 'static>(mut self, found: Option<&Found<V>>, served: Served) {
+        // Counted as ended before it leaves the map (and after its fill: a leader finishes
+        // after storing), so a caller that read the key before and becomes the next leader
+        // (under the lock `remove` takes) sees that it ended.
+        self.flights.note_end(Some(&self.key));
         // Out of the map first: no caller can join after this, so the waiters are all there.
         let channel = self.remove();
         self.removed = true;
-        // After its value was stored (a leader finishes after its fill): a caller that read
-        // the key before this and joins after it sees that it ended.
-        let ended = self.flights.ended.fetch_add(1, Ordering::SeqCst) + 1;
-        self.flights.ended_in[slot(&self.key)].fetch_max(ended, Ordering::SeqCst);
         if let Some((tx, _)) = channel {
             let outcome: Outcome = found.map(|f| Arc::new((f.clone(), served)) as Arc<dyn Any + Send + Sync>);
             let _ = tx.send(Some(outcome));
@@ -200,8 +216,10 @@ fn slot(key: &str) -> usize {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        // Cancelled or panicked before `finish`: the waiters see the channel close.
+        // Cancelled or panicked before `finish`: the waiters see the channel close. It may
+        // have stored its value already (cancelled after its fill): counted as ended.
         if !self.removed {
+            self.flights.note_end(Some(&self.key));
             drop(self.remove());
         }
     }
@@ -271,11 +289,19 @@ mod tests {
         assert!(!flights.ended_since("a", mark), "still open");
         after.finish(Some(&Found::Value(2u32)), Served::Stale);
         assert!(flights.ended_since("a", mark), "ended after the mark");
-        // A leader that goes away without finishing stored nothing: not an end that counts.
+        // A leader that goes away may have stored (cancelled after its fill): it counts.
         let mark = flights.mark();
         let Joined::Leader(gone) = flights.join::<u32>("b").await else { panic!("leads") };
         drop(gone);
-        assert!(!flights.ended_since("b", mark));
+        assert!(flights.ended_since("b", mark));
+        // So does an invalidation: of the key, or of every key (a tag, a namespace).
+        let mark = flights.mark();
+        flights.forget(Some("c"));
+        assert!(flights.ended_since("c", mark));
+        let mark = flights.mark();
+        assert!(!flights.ended_since("d", mark));
+        flights.forget(None);
+        assert!(flights.ended_since("d", mark));
     }
 
     /// Polls `fut` once: its output if it is ready.

@@ -286,3 +286,20 @@ async fn a_batchs_fills_are_one_script_call_on_one_redis() {
         assert_eq!(db.queries(), vec![(1..=5).collect::<Vec<_>>(), (6..=15).collect()], "{}", b.name);
     }
 }
+
+/// A batch whose every element is "not found" (and not stored: no `cache_none`) has nothing to
+/// fill: no fill call reaches Redis.
+#[tokio::test]
+async fn a_batch_with_nothing_to_store_sends_no_fill() {
+    for b in [Backend::redis_without_l1(), Backend::redis_cluster()] {
+        let db = Db::default();
+        // The first call gives the tags their versions (a script each).
+        users(&b.cache, &db, vec![1]).await.unwrap();
+        let before = b.command_calls().await;
+        assert!(users(&b.cache, &db, vec![2001, 2002]).await.unwrap().is_empty());
+        let after = b.command_calls().await;
+        let sent = |cmd: &str| after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0);
+        assert_eq!(sent("evalsha") + sent("eval"), 0, "{}: ({after:?} vs {before:?})", b.name);
+        assert_eq!(db.queries(), vec![vec![1], vec![2001, 2002]], "{}", b.name);
+    }
+}

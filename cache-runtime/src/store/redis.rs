@@ -488,6 +488,9 @@ impl RedisStore {
     /// a script's keys share a slot, each entry's own call, all in flight at once. Each fill's
     /// outcome (a call that fails, fails every fill in it).
     pub(crate) async fn fill_many(&self, fills: &[(&str, &Lease, &[u8], Duration)]) -> Vec<Result<bool, CacheError>> {
+        if fills.is_empty() {
+            return Vec::new();
+        }
         if self.is_cluster() {
             let each = fills.iter().map(|(key, lease, bytes, ttl)| self.fill(key, lease, bytes, *ttl));
             return crate::sync::join_all(each).await;
