@@ -6,10 +6,10 @@
 //! single-flight, `stale` / `early` (the refresh joins this batch's body run), `cache_none`,
 //! `unless` / `expire_with`, a lease-checked fill. Every element process memory did not answer
 //! is read first, in one round trip; only those that are not fresh hits join a flight (a hit
-//! costs none). Should another caller's flight of an element end between that read and the
-//! join, or an invalidation touching it be applied, or the batch wait for another caller's
-//! flight meanwhile, the element is read again rather than computed twice or served from an
-//! old read. Flights are joined in key
+//! costs none). An element that joins a flight is read again when another caller's flight of
+//! it ended between that read and the join, an invalidation touching it was applied in this
+//! process, or the batch waited for another caller's flight meanwhile: it is neither computed
+//! twice nor served (or shared) from the older read. Flights are joined in key
 //! order: a batch that leads some keys while it waits for another batch's never waits on one
 //! that waits for it, so overlapping batches compute each element once and never deadlock.
 //! With `lock`, each element's cross-replica lock is taken in the same order, after the
@@ -119,7 +119,6 @@ struct Reading<'a, K, V> {
     at: usize,
     element: Element<K>,
     leader: Leader<'a>,
-    drawn_early: bool,
     lookup: crate::entry::Lookup<V>,
     freshness: Option<Freshness>,
 }
@@ -203,7 +202,7 @@ where
         match cache.flights().join::<V>(&element.key).await {
             Joined::Leader(leader) => {
                 let ended = cache.flights().ended_since(&element.key, mark);
-                let reading = Reading { at, element, leader, drawn_early, lookup, freshness };
+                let reading = Reading { at, element, leader, lookup, freshness };
                 if ended {
                     again.push(reading);
                 } else {
@@ -231,10 +230,10 @@ where
         drop(calls);
         for (mut reading, lookup) in again.into_iter().zip(lookups) {
             // The same entry keeps its early-refresh draw (one draw per entry read, as a single
-            // call makes); another is drawn for anew.
+            // call makes); another (a refresh stored meanwhile) is drawn for anew.
             let before = reading.lookup.hit.as_ref().map(|(_, times)| times.fresh_until_ms);
             let same = before.is_some() && lookup.hit.as_ref().map(|(_, times)| times.fresh_until_ms) == before;
-            let drawn_early = reading.drawn_early || (same && reading.freshness == Some(Freshness::RefreshEarly));
+            let drawn_early = same && reading.freshness == Some(Freshness::RefreshEarly);
             reading.freshness =
                 lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early));
             reading.lookup = lookup;
@@ -243,7 +242,7 @@ where
         led.sort_unstable_by(|a, b| a.element.key.cmp(&b.element.key));
     }
     let mut computing = Vec::new();
-    for Reading { at, element, leader, drawn_early: _, mut lookup, freshness } in led {
+    for Reading { at, element, leader, mut lookup, freshness } in led {
         let mut fallback = None;
         let mut refreshing = false;
         if let (Some((found, times)), Some(freshness)) = (lookup.hit.take(), freshness) {

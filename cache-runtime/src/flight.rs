@@ -178,8 +178,9 @@ impl Leader<'_> {
     /// ends the flight. `found` is copied only when some caller waits.
     pub(crate) fn finish<V: Clone + Send + Sync + 'static>(mut self, found: Option<&Found<V>>, served: Served) {
         // Counted as ended before it leaves the map (and after its fill: a leader finishes
-        // after storing), so a caller that read the key before and becomes the next leader
-        // (under the lock `remove` takes) sees that it ended.
+        // after storing; a refresh's leader shares before its fill, which its refresh claim
+        // covers), so a caller that read the key before and becomes the next leader (under the
+        // lock `remove` takes) sees that it ended.
         self.flights.note_end(Some(&self.key));
         // Out of the map first: no caller can join after this, so the waiters are all there.
         let channel = self.remove();
