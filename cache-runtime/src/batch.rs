@@ -182,16 +182,27 @@ where
     // (a fresh hit needs none); `mark` tells which flights ended meanwhile.
     let ctx = (cache, namespace, opts, site);
     let mark = cache.flights().mark();
-    let calls: Vec<Call<'_>> = pending.iter().map(|(_, element, _)| element_call(ctx, element)).collect();
+    // The calls borrow the elements' keys (moved in and back: no copy per element).
+    let keys: Vec<String> = pending.iter_mut().map(|(_, element, _)| std::mem::take(&mut element.key)).collect();
+    let calls: Vec<Call<'_>> = pending
+        .iter()
+        .zip(keys)
+        .map(|((_, element, _), key)| Call { cache, key, namespace, tags: &element.tags, opts, site })
+        .collect();
     let lookups = cache.lookup_many::<V, Json>(&calls).await;
-    drop(calls);
+    let keys: Vec<String> = calls.into_iter().map(|call| call.key).collect();
+    for ((_, element, _), key) in pending.iter_mut().zip(keys) {
+        element.key = key;
+    }
+    // The clock, read once for the elements' freshness (again after a wait).
+    let mut now = crate::time::now_ms();
     // The rest joins each element's flight, in key order.
     let mut led: Vec<Reading<'_, K, V>> = Vec::new();
     let mut again = Vec::new();
     // Whether this batch waited for another caller's flight since its read.
     let mut waited_for_flight = false;
     for ((at, element, drawn_early), mut lookup) in pending.into_iter().zip(lookups) {
-        let freshness = lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early));
+        let freshness = lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early, now));
         if freshness == Some(Freshness::Fresh) {
             if let Some((found, _)) = lookup.hit.take() {
                 cache.record_served(site, &element.key, false);
@@ -211,6 +222,7 @@ where
             }
             Joined::Shared(found, served) => {
                 waited_for_flight = true;
+                now = crate::time::now_ms();
                 cache.record_collapsed(site, &element.key, matches!(served, Served::Stale));
                 answer(&mut answered, at, element.id, found);
             }
@@ -228,6 +240,7 @@ where
         let calls: Vec<Call<'_>> = again.iter().map(|r| element_call(ctx, &r.element)).collect();
         let lookups = cache.lookup_many::<V, Json>(&calls).await;
         drop(calls);
+        let now = crate::time::now_ms();
         for (mut reading, lookup) in again.into_iter().zip(lookups) {
             // The same entry keeps its early-refresh draw (one draw per entry read, as a single
             // call makes); another (a refresh stored meanwhile) is drawn for anew.
@@ -235,7 +248,7 @@ where
             let same = before.is_some() && lookup.hit.as_ref().map(|(_, times)| times.fresh_until_ms) == before;
             let drawn_early = same && reading.freshness == Some(Freshness::RefreshEarly);
             reading.freshness =
-                lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early));
+                lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early, now));
             reading.lookup = lookup;
             led.push(reading);
         }

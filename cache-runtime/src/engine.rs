@@ -175,8 +175,9 @@ impl Cache {
                         // Settled in place when no I/O is needed (almost always); the others
                         // concurrently.
                         let mut later = Vec::new();
+                        let now = now_ms();
                         for (&(i, l1_epoch), read) in to_read.iter().zip(reads) {
-                            match self.settle_now::<V, C>(&calls[i], read, l1_epoch) {
+                            match self.settle_now::<V, C>(&calls[i], read, l1_epoch, now) {
                                 Ok(lookup) => found[i] = Some(lookup),
                                 Err(read) => later.push((i, l1_epoch, read)),
                             }
@@ -222,7 +223,7 @@ impl Cache {
         let Store::Redis { redis, l1, .. } = &self.inner.store else { return Lookup::nothing() };
         let mut fetched = Fetched::default();
         loop {
-            match self.settle::<V, C>(call, &read, l1_epoch, refresh, &fetched) {
+            match self.settle::<V, C>(call, &read, l1_epoch, refresh, &fetched, now_ms()) {
                 Settled::Done(lookup) => return lookup,
                 Settled::Versions(names) => {
                     // Fetched once: the next pass knows them (or, when Redis did not answer,
@@ -256,15 +257,17 @@ impl Cache {
     }
 
     /// [`settle_read`](Self::settle_read) when it needs no I/O (a batch's elements, almost
-    /// always): `Err` gives the read back for `settle_read`.
+    /// always): `Err` gives the read back for `settle_read`. `now`: the clock, read once for
+    /// a read's many keys.
     #[cfg(feature = "redis")]
     fn settle_now<'t, V: Stored, C: Codec<V>>(
         &self,
         call: &Call<'_>,
         read: RedisRead<'t>,
         l1_epoch: Option<u64>,
+        now: u64,
     ) -> Result<Lookup<V>, RedisRead<'t>> {
-        match self.settle::<V, C>(call, &read, l1_epoch, false, &Fetched::default()) {
+        match self.settle::<V, C>(call, &read, l1_epoch, false, &Fetched::default(), now) {
             Settled::Done(lookup) => Ok(lookup),
             Settled::Versions(_) | Settled::InitTags(..) => Err(read),
         }
@@ -280,6 +283,7 @@ impl Cache {
         l1_epoch: Option<u64>,
         refresh: bool,
         fetched: &Fetched,
+        now: u64,
     ) -> Settled<V> {
         let Store::Redis { l1, channel, .. } = &self.inner.store else { return Settled::Done(Lookup::nothing()) };
         let key = call.key.as_str();
@@ -289,18 +293,19 @@ impl Cache {
             }
         }
         if let Some(bytes) = read.bytes.as_ref().filter(|_| !refresh) {
-            let hit = match self.decode_hit::<V, C>(key, bytes, read, fetched) {
+            let hit = match self.decode_hit::<V, C>(key, bytes, read, fetched, now) {
                 Ok(hit) => hit,
                 Err(names) => return Settled::Versions(names),
             };
             // Right after an outage, what was stored before it may be invalidated by a
             // write whose invalidation is still queued in its writer: a miss.
-            if let Some((hit, meta)) = hit.filter(|(_, meta)| channel.trusted(meta.stored_at_ms)) {
+            if let Some((hit, decoded)) = hit.filter(|(_, decoded)| channel.trusted(decoded.meta.stored_at_ms)) {
                 if let (Some(c), Some(epoch)) = (l1, l1_epoch) {
                     let value = match &hit.0 {
                         Found::Value(v) => Some(v),
                         Found::Negative => None,
                     };
+                    let meta = decoded.into_meta();
                     self.l1_insert(c, epoch, key.to_owned(), meta, value, C::memory_size(bytes.len()));
                 }
                 return Settled::Done(Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true });
@@ -331,13 +336,14 @@ impl Cache {
     /// The entry in `bytes`, when it is still valid; `Err`: the tags it recorded that neither
     /// the read nor `fetched` carries a version of (the caller fetches them and asks again).
     #[cfg(feature = "redis")]
-    fn decode_hit<V: Stored, C: Codec<V>>(
+    fn decode_hit<'b, V: Stored, C: Codec<V>>(
         &self,
         key: &str,
-        bytes: &[u8],
+        bytes: &'b [u8],
         read: &RedisRead<'_>,
         fetched: &Fetched,
-    ) -> Result<Option<DecodedHit<V>>, Vec<String>> {
+        now: u64,
+    ) -> Result<Option<DecodedHit<'b, V>>, Vec<String>> {
         let decoded = match envelope::decode(bytes) {
             Ok(decoded) => decoded,
             Err(why) => {
@@ -358,22 +364,22 @@ impl Cache {
             );
             return Ok(None);
         }
-        if decoded.meta.stale_until_ms <= now_ms() {
+        if decoded.meta.stale_until_ms <= now {
             return Ok(None);
         }
-        if !recorded_tags_current(&decoded.meta.tags, read, fetched)? {
+        if !recorded_tags_current(decoded.tags, read, fetched)? {
             return Ok(None);
         }
         let times = Times::of(&decoded.meta);
         if decoded.negative {
-            return Ok(Some(((Found::Negative, times), decoded.meta)));
+            return Ok(Some(((Found::Negative, times), decoded)));
         }
         let Some(format) = decoded.format else {
             tracing::warn!(target: "cache_runtime", key, "cache entry in a format this build cannot read; treating it as a miss");
             return Ok(None);
         };
         match C::decode(decoded.payload, format) {
-            Ok(value) => Ok(Some(((Found::Value(value), times), decoded.meta))),
+            Ok(value) => Ok(Some(((Found::Value(value), times), decoded))),
             Err(err) => {
                 tracing::warn!(target: "cache_runtime", key, error = %err, "cache entry does not decode; treating it as a miss");
                 Ok(None)
@@ -659,7 +665,8 @@ impl Cache {
             Store::Redis { redis, l1, .. } => {
                 let bytes = redis.get_raw(full).await.ok()??;
                 let decoded = envelope::decode(&bytes).ok().filter(|d| d.key_hash == envelope::key_hash(full))?;
-                let mut info = EntryInfo::of(Tier::Redis, &decoded.meta, decoded.negative, bytes.len(), decoded.format);
+                let (negative, format) = (decoded.negative, decoded.format);
+                let mut info = EntryInfo::of(Tier::Redis, &decoded.into_meta(), negative, bytes.len(), format);
                 info.in_l1 = l1.as_ref().is_some_and(|c| c.live() && c.l1.get(full).is_some());
                 Some(info)
             }
@@ -725,9 +732,9 @@ pub(crate) struct Fill<'f, 'a, V> {
     pub(crate) ttl: Duration,
 }
 
-/// A valid entry read from Redis: the value and its times, and its metadata (for the L1).
+/// A valid entry read from Redis: the value and its times, and its envelope (for the L1).
 #[cfg(feature = "redis")]
-type DecodedHit<V> = ((Found<V>, Times), Meta);
+type DecodedHit<'b, V> = ((Found<V>, Times), envelope::Decoded<'b>);
 
 /// What one pass of `settle` found: the lookup, or the I/O it needs first.
 #[cfg(feature = "redis")]
@@ -755,26 +762,28 @@ struct Fetched {
 /// with the read, others with `fetched`; `Err` names those neither knows (yet).
 #[cfg(feature = "redis")]
 fn recorded_tags_current(
-    recorded: &[(String, u64)],
+    recorded: envelope::RecordedTags<'_>,
     read: &RedisRead<'_>,
     fetched: &Fetched,
 ) -> Result<bool, Vec<String>> {
     let mut unknown = Vec::new();
     for (tag, version) in recorded {
-        let current = match read.tags.iter().position(|t| t == tag) {
+        let current = match read.tags.iter().position(|t| t.as_bytes() == tag) {
             Some(i) => read.version(i),
             None if fetched.done => {
                 if fetched.failed {
                     return Ok(false);
                 }
-                fetched.versions.iter().find(|(t, _)| t == tag).and_then(|(_, v)| *v)
+                fetched.versions.iter().find(|(t, _)| t.as_bytes() == tag).and_then(|(_, v)| *v)
             }
             None => {
-                unknown.push(tag.clone());
+                // A name that is not UTF-8 is no tag of ours: a damaged entry, not served.
+                let Ok(tag) = std::str::from_utf8(tag) else { return Ok(false) };
+                unknown.push(tag.to_owned());
                 continue;
             }
         };
-        if current != Some(*version) {
+        if current != Some(version) {
             return Ok(false);
         }
     }

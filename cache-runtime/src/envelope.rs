@@ -50,10 +50,13 @@ pub(crate) struct Meta {
     pub(crate) tags: Vec<(String, u64)>,
 }
 
-/// A decoded envelope borrowing its payload from the bytes Redis returned.
+/// A decoded envelope borrowing its payload and recorded tags from the bytes Redis returned.
 #[derive(Debug)]
 pub(crate) struct Decoded<'a> {
+    /// Its metadata but for the tags, which stay in `tags` ([`into_meta`](Self::into_meta) has
+    /// them all): a hit compares them in place and copies them only for a copy kept in memory.
     pub(crate) meta: Meta,
+    pub(crate) tags: RecordedTags<'a>,
     /// [`key_hash`] of the key the entry was stored under.
     pub(crate) key_hash: u64,
     pub(crate) negative: bool,
@@ -127,6 +130,34 @@ pub(crate) fn encode(
     Ok(out)
 }
 
+impl Decoded<'_> {
+    /// The metadata with the recorded tags (a name that is not UTF-8 is shown lossily: a hit
+    /// never has one, see `RecordedTags`).
+    pub(crate) fn into_meta(self) -> Meta {
+        let mut meta = self.meta;
+        meta.tags = self.tags.map(|(name, version)| (String::from_utf8_lossy(name).into_owned(), version)).collect();
+        meta
+    }
+}
+
+/// The tags an entry recorded, each with the version it was stored under, read in place from
+/// a section whose layout [`decode`] checked. Names are bytes: compared with the tags a read
+/// carries, they are copied (and checked to be UTF-8) only when one must be fetched.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordedTags<'a>(&'a [u8]);
+
+impl<'a> Iterator for RecordedTags<'a> {
+    type Item = (&'a [u8], u64);
+
+    fn next(&mut self) -> Option<(&'a [u8], u64)> {
+        let (&len, rest) = self.0.split_first()?;
+        let len = usize::from(len);
+        let (name, version) = (rest.get(..len)?, rest.get(len..len + 8)?);
+        self.0 = &rest[len + 8..];
+        Some((name, u64_at(version, 0)))
+    }
+}
+
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[at..at + 8]);
@@ -154,15 +185,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
         let raw = std::str::from_utf8(&bytes[HEADER..HEADER + etag_len]).map_err(|_| Corrupt::BadEtag)?;
         Some(raw.into())
     };
-    let mut tags = Vec::new();
-    let mut section = &bytes[HEADER + etag_len..HEADER + etag_len + tags_len];
+    // The tag section's layout is checked here; its names are compared as bytes (one that is
+    // not UTF-8 matches no tag: the entry is not served).
+    let tags = &bytes[HEADER + etag_len..HEADER + etag_len + tags_len];
+    let mut section = tags;
     while let Some((&len, rest)) = section.split_first() {
         let len = usize::from(len);
         if rest.len() < len + 8 {
             return Err(Corrupt::BadTags);
         }
-        let name = std::str::from_utf8(&rest[..len]).map_err(|_| Corrupt::BadTags)?;
-        tags.push((name.to_owned(), u64_at(rest, len)));
         section = &rest[len + 8..];
     }
     let mut recompute = [0u8; 4];
@@ -175,8 +206,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
             stale_until_ms: u64_at(bytes, 28),
             recompute_ms: u32::from_le_bytes(recompute),
             etag,
-            tags,
+            tags: Vec::new(),
         },
+        tags: RecordedTags(tags),
         key_hash: u64_at(bytes, 42),
         negative: bytes[2] & FLAG_NEGATIVE != 0,
         format: if bytes[2] & FLAG_MSGPACK == 0 {
@@ -232,11 +264,12 @@ mod tests {
     fn round_trip() {
         let bytes = encode("k", &meta(), false, Format::Json, b"{\"a\":1}").unwrap();
         let d = decode(&bytes).unwrap();
-        assert_eq!(d.meta, meta());
         assert_eq!(d.key_hash, key_hash("k"));
         assert_ne!(d.key_hash, key_hash("k2"));
         assert!(!d.negative);
         assert_eq!(d.payload, b"{\"a\":1}");
+        assert_eq!(d.tags.collect::<Vec<_>>(), [(&b"posts"[..], 7), (&b"user:1"[..], u64::MAX)]);
+        assert_eq!(d.into_meta(), meta());
     }
 
     #[test]
@@ -253,7 +286,7 @@ mod tests {
         bytes[3] = 200;
         assert_eq!(decode(&bytes).unwrap_err(), Corrupt::TooShort);
         for len in 0..bytes.len() {
-            let _ = decode(&bytes[..len]);
+            let _ = decode(&bytes[..len]).map(Decoded::into_meta);
         }
     }
 
@@ -274,7 +307,7 @@ mod proptests {
         /// Arbitrary bytes under one of our keys decode or are rejected: never a panic.
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode(&bytes);
+            let _ = decode(&bytes).map(Decoded::into_meta);
         }
 
         /// A valid envelope with corrupted bytes never panics either.
@@ -288,7 +321,7 @@ mod proptests {
             let i = flip % bytes.len();
             bytes[i] = byte;
             bytes.truncate(cut.min(bytes.len()));
-            let _ = decode(&bytes);
+            let _ = decode(&bytes).map(Decoded::into_meta);
         }
 
         #[test]
@@ -296,8 +329,8 @@ mod proptests {
             let meta = Meta { fingerprint: 7, stored_at_ms: 1, fresh_until_ms: 2, stale_until_ms: 3, recompute_ms: 4, etag: None, tags };
             let bytes = encode("k", &meta, false, Format::Json, &payload).unwrap();
             let decoded = decode(&bytes).unwrap();
-            prop_assert_eq!(decoded.meta, meta);
             prop_assert_eq!(decoded.payload, &payload[..]);
+            prop_assert_eq!(decoded.into_meta(), meta);
         }
     }
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::entry::{Found, Times};
-use crate::time::now_ms;
 
 /// Per-call options, built in a `const` by the code `#[cached]` generates.
 #[doc(hidden)]
@@ -276,9 +275,8 @@ impl CallOpts {
 
     /// The freshness of a found entry; a fresh one the fast path already drew for an early
     /// refresh is not drawn again (one draw per read, or a refresh would need two successes,
-    /// as if β were halved).
-    pub(crate) fn freshness_once(&self, rng: &Rng, times: &Times, drawn_early: bool) -> Freshness {
-        let now = now_ms();
+    /// as if β were halved). `now`: `now_ms()`, read once for many entries (a batch's).
+    pub(crate) fn freshness_once(&self, rng: &Rng, times: &Times, drawn_early: bool, now: u64) -> Freshness {
         if drawn_early && now < times.fresh_until_ms {
             Freshness::RefreshEarly
         } else {

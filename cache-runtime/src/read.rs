@@ -250,7 +250,7 @@ where
     let mut fallback = None;
     let found_any = lookup.hit.is_some() || lookup.seen;
     if let Some((found, times)) = lookup.hit.take() {
-        let freshness = opts.freshness_once(cache.rng(), &times, drawn_early);
+        let freshness = opts.freshness_once(cache.rng(), &times, drawn_early, crate::time::now_ms());
         let stale = freshness == Freshness::Stale;
         match freshness {
             Freshness::Fresh | Freshness::RefreshEarly | Freshness::Stale => {
