@@ -194,7 +194,8 @@ where
     for ((_, element, _), key) in pending.iter_mut().zip(keys) {
         element.key = key;
     }
-    // The clock, read once for the elements' freshness (again after a wait).
+    // The clock, read once for the fresh hits' freshness, again after each join (which may
+    // have waited for another caller's flight, even one that ended with nothing to share).
     let mut now = crate::time::now_ms();
     // The rest joins each element's flight, in key order.
     let mut led: Vec<Reading<'_, K, V>> = Vec::new();
@@ -210,7 +211,9 @@ where
                 continue;
             }
         }
-        match cache.flights().join::<V>(&element.key).await {
+        let joined = cache.flights().join::<V>(&element.key).await;
+        now = crate::time::now_ms();
+        match joined {
             Joined::Leader(leader) => {
                 let ended = cache.flights().ended_since(&element.key, mark);
                 let reading = Reading { at, element, leader, lookup, freshness };
@@ -222,7 +225,6 @@ where
             }
             Joined::Shared(found, served) => {
                 waited_for_flight = true;
-                now = crate::time::now_ms();
                 cache.record_collapsed(site, &element.key, matches!(served, Served::Stale));
                 answer(&mut answered, at, element.id, found);
             }

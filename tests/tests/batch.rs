@@ -303,3 +303,45 @@ async fn a_batch_with_nothing_to_store_sends_no_fill() {
         assert_eq!(db.queries(), vec![vec![1], vec![2001, 2002]], "{}", b.name);
     }
 }
+
+#[cached(expire = 2, key = "brief:<id>", cache = cache, skip = [cache, db])]
+async fn brief(cache: &Cache, db: &Db, id: u64) -> Result<User, String> {
+    db.load(&[id]).await?.remove(&id).ok_or_else(|| "no such user".to_owned())
+}
+
+#[cached(expire = 2, key = "brief:<ids>", batch, cache = cache, skip = [cache, db])]
+async fn briefs(cache: &Cache, db: &Db, ids: Vec<u64>) -> Result<HashMap<u64, User>, String> {
+    db.load(&ids).await
+}
+
+/// A batch that waits for another caller's flight of one element judges the next ones'
+/// freshness after the wait: an entry that expired meanwhile is loaded again, not served from
+/// the read before the wait. Here the other caller is cancelled, so the batch takes the lead of
+/// its element after the wait (nothing was shared). Redis without the L1: process memory would
+/// answer the fresh element before any wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_element_that_expires_while_the_batch_waits_is_loaded_again() {
+    let b = Backend::redis_without_l1();
+    let cache = b.cache.clone();
+    // `brief:7`, fresh for 2 s from now.
+    assert!(briefs(&cache, &Db::default(), vec![7]).await.unwrap().contains_key(&7));
+    let started = std::time::Instant::now();
+    // Another caller computes `brief:5` (slowly: it is cancelled before it ends).
+    let other = tokio::spawn({
+        let cache = cache.clone();
+        async move { brief(&cache, &Db { delay_ms: 10_000, ..Db::default() }, 5).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The batch reads 5 (a miss: it joins the other caller's flight and waits) and 7 (fresh,
+    // 1.8 s left), then goes on in key order: 5 first.
+    let db = std::sync::Arc::new(Db::default());
+    let batch = tokio::spawn({
+        let (cache, db) = (cache.clone(), db.clone());
+        async move { briefs(&cache, &db, vec![5, 7]).await.map(|users| users.len()) }
+    });
+    // `brief:7` expires at 2 s; the other caller goes away at 2.6 s.
+    tokio::time::sleep(Duration::from_millis(2_600).saturating_sub(started.elapsed())).await;
+    other.abort();
+    assert_eq!(batch.await.unwrap(), Ok(2));
+    assert_eq!(db.queries(), vec![vec![5, 7]], "7 expired while the batch waited: it is loaded, not served");
+}
