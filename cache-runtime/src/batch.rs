@@ -184,11 +184,8 @@ where
     let mark = cache.flights().mark();
     // The calls borrow the elements' keys (moved in and back: no copy per element).
     let keys: Vec<String> = pending.iter_mut().map(|(_, element, _)| std::mem::take(&mut element.key)).collect();
-    let calls: Vec<Call<'_>> = pending
-        .iter()
-        .zip(keys)
-        .map(|((_, element, _), key)| Call { cache, key, namespace, tags: &element.tags, opts, site })
-        .collect();
+    let calls: Vec<Call<'_>> =
+        pending.iter().zip(keys).map(|((_, element, _), key)| lent_call(ctx, element, key)).collect();
     let lookups = cache.lookup_many::<V, Json>(&calls).await;
     let keys: Vec<String> = calls.into_iter().map(|call| call.key).collect();
     for ((_, element, _), key) in pending.iter_mut().zip(keys) {
@@ -450,8 +447,13 @@ fn answer<K, V>(answered: &mut Vec<(usize, K, V)>, at: usize, id: K, found: Foun
 const REFRESH_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn element_call<'a, K>(batch: (&'a Cache, &'a str, &'a CallOpts, Site), element: &'a Element<K>) -> Call<'a> {
+    lent_call(batch, element, element.key.clone())
+}
+
+/// An element's call with its key given (`element.key` moved out for the call's lifetime).
+fn lent_call<'a, K>(batch: (&'a Cache, &'a str, &'a CallOpts, Site), element: &'a Element<K>, key: String) -> Call<'a> {
     let (cache, namespace, opts, site) = batch;
-    Call { cache, key: element.key.clone(), namespace, tags: &element.tags, opts, site }
+    Call { cache, key, namespace, tags: &element.tags, opts, site }
 }
 
 /// A batch fn's row in `function_stats`.

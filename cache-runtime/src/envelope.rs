@@ -185,16 +185,14 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
         let raw = std::str::from_utf8(&bytes[HEADER..HEADER + etag_len]).map_err(|_| Corrupt::BadEtag)?;
         Some(raw.into())
     };
-    // The tag section's layout is checked here; its names are compared as bytes (one that is
-    // not UTF-8 matches no tag: the entry is not served).
-    let tags = &bytes[HEADER + etag_len..HEADER + etag_len + tags_len];
-    let mut section = tags;
-    while let Some((&len, rest)) = section.split_first() {
-        let len = usize::from(len);
-        if rest.len() < len + 8 {
-            return Err(Corrupt::BadTags);
-        }
-        section = &rest[len + 8..];
+    // The tag section's layout is checked here (walked to its end, each name and version
+    // whole); its names are compared as bytes (one that is not UTF-8 matches no tag: the entry
+    // is not served).
+    let tags = RecordedTags(&bytes[HEADER + etag_len..HEADER + etag_len + tags_len]);
+    let mut walk = tags;
+    while walk.next().is_some() {}
+    if !walk.0.is_empty() {
+        return Err(Corrupt::BadTags);
     }
     let mut recompute = [0u8; 4];
     recompute.copy_from_slice(&bytes[36..40]);
@@ -208,7 +206,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Corrupt> {
             etag,
             tags: Vec::new(),
         },
-        tags: RecordedTags(tags),
+        tags,
         key_hash: u64_at(bytes, 42),
         negative: bytes[2] & FLAG_NEGATIVE != 0,
         format: if bytes[2] & FLAG_MSGPACK == 0 {
