@@ -1,6 +1,6 @@
 //! A value's stored form: its metadata, its payload (bounded by `max_value_bytes`, in process
 //! memory as in Redis), its envelope for Redis, its entry in process memory. No I/O; the
-//! engine (`engine.rs`) stores what these make.
+//! engine (`engine/`) stores what these make.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
