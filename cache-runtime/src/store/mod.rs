@@ -22,6 +22,8 @@ use crate::time::now_ms;
 
 #[cfg(feature = "redis")]
 mod breaker;
+#[cfg(feature = "redis")]
+mod cluster;
 mod memory;
 #[cfg(feature = "redis")]
 mod pubsub;

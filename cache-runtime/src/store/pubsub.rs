@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
 
-use super::redis::{cluster_client, RedisStore, Target};
+use super::cluster::cluster_client;
+use super::redis::{RedisStore, Target};
 use crate::error::CacheError;
 
 impl RedisStore {
