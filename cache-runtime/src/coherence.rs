@@ -19,10 +19,11 @@
 //!   published before that ping was received, so a replica cut off from Redis (paused, or a
 //!   network partition that leaves TCP open) serves what a write invalidated for at most the
 //!   bound after the write.
-//! - After an outage (the channel lost, or not subscribable), entries stored in Redis before the
-//!   channel came back are misses for [`RECOVERY_GRACE_MS`]: a write made meanwhile by another
-//!   process may have its invalidation still queued there (applied as soon as that process
-//!   reaches Redis again).
+//! - While the channel is down (lost, or not subscribable), every entry read from Redis is a
+//!   miss, and after it is back, entries stored before are misses for [`RECOVERY_GRACE_MS`]: a
+//!   write made meanwhile by another process may have its invalidation still queued there
+//!   (applied as soon as that process reaches Redis again). Redis may answer reads before the
+//!   subscription is back (a paused Redis that resumes answers the reads waiting on it first).
 //! - A process without an L1 (`l1(false)`) still publishes every invalidation it makes, so the
 //!   L1s of the other replicas hear of its writes; and it listens (and acknowledges) too: every
 //!   message ends the single-flight reads it touches (`flight.rs`), so that a read starting
@@ -152,11 +153,17 @@ impl Coherence {
         }
     }
 
-    /// Whether an entry stored at `stored_at_ms` may be served from Redis: not if it was stored
-    /// before the channel came back from an outage less than [`RECOVERY_GRACE_MS`] ago (an
-    /// invalidation of it may still be queued in another process).
+    /// Whether an entry stored at `stored_at_ms` may be served from Redis: not while the
+    /// channel is down (lost, and not subscribed again yet: Redis may answer this process's
+    /// reads before its subscription is back, as when a paused Redis resumes), and not if it
+    /// was stored before the channel came back from an outage less than [`RECOVERY_GRACE_MS`]
+    /// ago. Either way an invalidation of it may still be queued in another process, which
+    /// could not reach Redis meanwhile.
     #[inline]
     pub(crate) fn trusted(&self, stored_at_ms: u64) -> bool {
+        if self.outage.load(Ordering::Acquire) {
+            return false;
+        }
         let recovered = self.recovered_at_ms.load(Ordering::Acquire);
         recovered == 0
             || stored_at_ms >= recovered
@@ -255,8 +262,11 @@ impl Listener for Coherence {
     }
 
     fn subscribed(&self, redis: &RedisStore) {
-        if self.outage.swap(false, Ordering::AcqRel) {
+        // Only this subscription's task changes `outage`: the recovery instant is in place
+        // before the outage ends, so that `trusted` never sees the end without it.
+        if self.outage.load(Ordering::Acquire) {
             self.recovered_at_ms.store(crate::time::now_ms(), Ordering::Release);
+            self.outage.store(false, Ordering::Release);
             // Reads that began during the outage may have missed messages too.
             self.flights.forget(None);
             // Redis answers: queued invalidations need not wait for the breaker's cooldown.

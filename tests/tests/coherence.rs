@@ -158,6 +158,59 @@ async fn a_writer_without_an_l1_reaches_every_l1() {
     assert_eq!(writer.stats().errors, 0);
 }
 
+/// A replica without an L1 whose invalidation channel is down (here: its subscription cut while
+/// its reads pass, the state every replica is in for a moment when a paused Redis resumes) must
+/// not serve from Redis what was stored before: a write made meanwhile by a replica that cannot
+/// reach Redis has its invalidation queued there. Found by the fault soak (a pause: replica B
+/// served three users' names from before writes through A that had returned 1.1 to 1.9 s
+/// earlier). Once the channel is back and the queue applied, B serves the write and caches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_channel_is_down_does_not_serve_what_was_stored_before() {
+    let server = RedisServer::start().unwrap();
+    let (to_a, to_b) =
+        (support::PartitionProxy::start(server.port()).await, support::PartitionProxy::start(server.port()).await);
+    let build = |url: &str, l1: bool| {
+        Cache::builder().redis(url).prefix("c").l1(l1).command_timeout(Duration::from_millis(200)).build().unwrap()
+    };
+    let (a, b) = (build(&to_a.url, true), build(&to_b.url, false));
+    live(&a).await;
+    let db = Db::default();
+    // b's channel is subscribed (both replicas listen), and b caches the row in Redis.
+    assert_eq!(read_plain(&b, &db, 1).await, 0);
+    until("b subscribed", async || subscribers(&server).await == 2).await;
+    assert_eq!(read_plain(&b, &db, 1).await, 0);
+    assert_eq!(db.reads.get(), 1, "b's second read is a hit");
+
+    // a is cut off from Redis: its write's invalidation is queued in a.
+    to_a.cut();
+    write_plain(&a, &db, 1, 1).await.unwrap();
+    assert_eq!(a.stats().errors, 1, "a's invalidation failed (queued)");
+    // b's channel goes silent past its staleness bound (1 s) while its reads still pass.
+    to_b.cut_subscribers();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    for _ in 0..5 {
+        assert_eq!(read_plain(&b, &db, 1).await, 1, "b served what was stored before its channel went down");
+    }
+
+    // Healed: a applies its queue, b subscribes again; b serves the write and caches it again.
+    to_a.heal();
+    to_b.heal();
+    until("b subscribed again", async || subscribers(&server).await == 2).await;
+    until("the write is cached again", async || {
+        let reads = db.reads.get();
+        read_plain(&b, &db, 1).await == 1 && read_plain(&b, &db, 1).await == 1 && db.reads.get() == reads
+    })
+    .await;
+}
+
+/// How many connections are subscribed to the invalidation channel of prefix `c`.
+async fn subscribers(server: &RedisServer) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (_, n): (String, u64) = redis::cmd("PUBSUB").arg("NUMSUB").arg("c:inv").query_async(&mut conn).await.unwrap();
+    n
+}
+
 /// Redis paused (SIGSTOP) right after a replica cached a value in its L1: another replica's
 /// write cannot be published (it is queued), so the L1 must stop answering on its own. The
 /// promise: no older value later than `l1_staleness_bound` (1 s by default) after the write

@@ -277,6 +277,90 @@ impl CutProxy {
     }
 }
 
+/// A TCP proxy in front of a Redis that partitions its clients: [`cut`](Self::cut) drops every
+/// byte a client sends from then on (its commands time out, as with a paused server), and
+/// [`cut_subscribers`](Self::cut_subscribers) only on connections that subscribed (the
+/// invalidation channel goes silent while reads and writes still pass). [`heal`](Self::heal)
+/// closes the connections that were cut (their streams lost bytes) and forwards again.
+#[allow(dead_code)]
+pub struct PartitionProxy {
+    pub url: String,
+    /// 0: forward; 1: drop every client's bytes; 2: drop those of subscribed connections.
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// How many times it was healed.
+    heals: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[allow(dead_code)]
+impl PartitionProxy {
+    pub async fn start(upstream: u16) -> PartitionProxy {
+        use std::sync::atomic::{AtomicU64, AtomicU8};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let (mode, heals) = (Arc::new(AtomicU8::new(0)), Arc::new(AtomicU64::new(0)));
+        let (m, h) = (mode.clone(), heals.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let (mode, heals) = (m.clone(), h.clone());
+                tokio::spawn(async move {
+                    let replies = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    // `cut`: the heal count when this connection was cut.
+                    let (mut subscribed, mut cut) = (false, None);
+                    loop {
+                        if cut.is_some_and(|at| heals.load(Ordering::SeqCst) != at) {
+                            break;
+                        }
+                        let read = tokio::time::timeout(Duration::from_millis(20), client_rx.read(&mut buf));
+                        let n = match read.await {
+                            Err(_) => continue,
+                            Ok(Ok(0) | Err(_)) => break,
+                            Ok(Ok(n)) => n,
+                        };
+                        subscribed |= buf[..n].windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"));
+                        let drop_now = match mode.load(Ordering::SeqCst) {
+                            1 => true,
+                            2 => subscribed,
+                            _ => false,
+                        };
+                        if drop_now && cut.is_none() {
+                            cut = Some(heals.load(Ordering::SeqCst));
+                        }
+                        if cut.is_none() && server_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    replies.abort();
+                });
+            }
+        });
+        PartitionProxy { url, mode, heals }
+    }
+
+    /// Every client's bytes are dropped from now on, on every connection (new ones too).
+    pub fn cut(&self) {
+        self.mode.store(1, Ordering::SeqCst);
+    }
+
+    /// The bytes of connections that subscribed (now or later) are dropped from now on.
+    pub fn cut_subscribers(&self) {
+        self.mode.store(2, Ordering::SeqCst);
+    }
+
+    /// Forwards again; the connections that were cut are closed.
+    pub fn heal(&self) {
+        self.mode.store(0, Ordering::SeqCst);
+        self.heals.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Serves `router` on a free loopback port; its base URL (`http://127.0.0.1:port`).
 pub async fn serve(router: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
