@@ -401,7 +401,7 @@ impl CacheBuilder {
         let store = match &self.redis {
             None => Store::Memory(MemoryStore::new(self.max_entries, self.max_bytes)),
             Some(target) => {
-                let redis = RedisStore::new(target, self.command_timeout)?;
+                let redis = RedisStore::new(target, &self.prefix, self.command_timeout)?;
                 let channel = Arc::new(Coherence::new(
                     &self.prefix,
                     &redis,

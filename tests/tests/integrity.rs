@@ -134,6 +134,43 @@ async fn a_corrupt_generation_in_a_batch_spoils_only_its_element() {
     }
 }
 
+/// A damaged generation counter (on one server, the counter every read carries and every key
+/// invalidation moves on): the invalidation still reaches every replica, caching works again
+/// at once, and with nothing cached reads alone repair it.
+#[tokio::test]
+async fn a_corrupt_generation_counter_never_swallows_an_invalidation_or_stops_caching() {
+    for how in DAMAGES {
+        let server = RedisServer::start().unwrap();
+        let (a, b, plain) = replicas(&server).await;
+        let db = Db::default();
+        for c in [&a, &b, &plain] {
+            assert_eq!(read_plain(c, &db, 1).await, 0);
+        }
+        let mut conn = raw(&server).await;
+        damage(&mut conn, "c:generations", how).await;
+        write_plain(&a, &db, 1, 7).await.unwrap();
+        assert_eq!(a.stats().errors, 0, "{how:?}: the invalidation was applied, not failed");
+        for c in [&a, &b, &plain] {
+            assert_eq!(read_plain(c, &db, 1).await, 7, "{how:?}: every replica serves the write");
+        }
+        let reads = db.reads.get();
+        for c in [&plain, &plain, &a, &b] {
+            assert_eq!(read_plain(c, &db, 1).await, 7);
+        }
+        assert_eq!(db.reads.get(), reads, "{how:?}: the key is cached again");
+
+        // Damaged with a generation recorded and nothing cached: reads alone repair it (the
+        // repaired counter starts above every generation handed out before).
+        damage(&mut conn, "c:generations", how).await;
+        let _: () = redis::cmd("DEL").arg("c:{default:plain:1}").query_async(&mut conn).await.unwrap();
+        let reads = db.reads.get();
+        for _ in 0..4 {
+            assert_eq!(read_plain(&plain, &db, 1).await, 7);
+        }
+        assert_eq!(db.reads.get() - reads, 1, "{how:?}: one read computes, the next ones hit");
+    }
+}
+
 /// A corrupt tag or namespace version: the invalidation still reaches every reader, and the
 /// tag is repaired so that its entries are cached again.
 #[tokio::test]

@@ -86,6 +86,35 @@ async fn a_fill_that_raced_a_key_invalidation_is_dropped() {
     }
 }
 
+/// The same race on one Redis server with the generation counter damaged (a foreign string,
+/// another type, lost) between the read and the write: the write's invalidation starts the
+/// counter again above what the read saw, so the late fill is still dropped.
+#[tokio::test]
+async fn a_fill_that_raced_a_key_invalidation_over_a_damaged_generation_counter_is_dropped() {
+    for how in ["garbage", "list", "lost"] {
+        let b = Backend::redis_without_l1();
+        let mut conn = redis::Client::open(b.redis.as_ref().unwrap().url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        // The key has a generation already (invalidated once), as in a running application.
+        write_row(&b.cache, &Db::default(), 7, 0).await.unwrap();
+        late_fill_is_dropped(&b, true, async |cache, db| {
+            let _: () = redis::cmd("DEL").arg("t:generations").query_async(&mut conn).await.unwrap();
+            let _: () = match how {
+                "garbage" => {
+                    redis::cmd("SET").arg("t:generations").arg("garbage").query_async(&mut conn).await.unwrap()
+                }
+                "list" => redis::cmd("RPUSH").arg("t:generations").arg("x").query_async(&mut conn).await.unwrap(),
+                _ => (),
+            };
+            write_row(cache, db, 7, 2).await.unwrap();
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_fill_that_raced_a_tag_invalidation_is_dropped() {
     for b in Backend::all() {

@@ -40,7 +40,7 @@ impl Cache {
                     fetched.done = true;
                 }
                 Settled::InitTags(mut lease, missing) => {
-                    let result = redis.init_tags(&self.inner.prefix, &mut lease, &missing).await;
+                    let result = redis.init_tags(&self.inner.prefix, &mut lease, &missing, read.needs_counter).await;
                     self.count_result(&result, "init tag versions");
                     if result.is_err() {
                         return Lookup::nothing();
@@ -112,7 +112,7 @@ impl Cache {
         }
         // A miss: the lease its fill needs.
         let (lease, missing) = read.lease();
-        if !missing.is_empty() {
+        if !missing.is_empty() || read.needs_counter {
             return Settled::InitTags(lease, missing);
         }
         Settled::Done(Lookup { hit: None, seen: read.bytes.is_some(), lease: Some(lease), l1_epoch })
@@ -181,7 +181,8 @@ enum Settled<V> {
     /// The current versions of these tags (an entry recorded tags the read did not carry: one
     /// read through the plain API, say).
     Versions(Vec<String>),
-    /// A miss whose lease lacks the versions of these tags (`RedisStore::init_tags`).
+    /// A miss whose lease lacks the versions of these tags, or the generation counter
+    /// (`RedisStore::init_tags`).
     InitTags(Lease, Vec<usize>),
 }
 

@@ -5,9 +5,12 @@
 //! circuit breaker in `breaker.rs`).
 //!
 //! Both keep the same invalidation rules:
-//! - a per-key **generation**, bumped by every invalidation of the key; a fill stores only if
-//!   the generation is the one its read saw (memcache-style leases: a slow read of the old row
-//!   can never overwrite a newer invalidation);
+//! - a per-key **generation**, moved on by every invalidation of the key; a fill stores only
+//!   if no invalidation moved it since its read (memcache-style leases: a slow read of the old
+//!   row can never overwrite a newer invalidation). In process memory the read sees the
+//!   generation; on one Redis server it sees the prefix's generation counter, which every
+//!   invalidation moves on and records as the key's generation (so a batch reads one key, not
+//!   one per entry); on a cluster each generation is its own counter;
 //! - a **version** per tag, bumped by every invalidation of the tag; an entry records the
 //!   versions its tags had before its value was computed and is valid only while they still
 //!   have them (O(1) tag invalidation that also catches entries filled while it runs);
@@ -53,6 +56,14 @@ pub(crate) fn generation_key(entry_key: &str) -> String {
     let mut key = String::with_capacity(entry_key.len() + 2);
     push_generation_key(&mut key, entry_key);
     key
+}
+
+/// The generation counter of `prefix`'s entries on one server (see `RedisStore`): moved on by every
+/// invalidation of a key, whose generation records it. `:generations` follows no `{`: no entry,
+/// tag or generation key is named so.
+#[cfg(feature = "redis")]
+pub(crate) fn generation_counter_key(prefix: &str) -> String {
+    format!("{prefix}:generations")
 }
 
 /// Writes [`generation_key`] into `out` (a batch reuses one buffer).

@@ -10,7 +10,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use super::breaker::Breaker;
 use super::cluster::{cluster_client, one_slot_per_master, ClusterSlot};
 use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, SET_KEY, TAG_VERSION};
-use super::{fresh_version, generation_key, push_generation_key, tag_key, Lease};
+use super::{fresh_version, generation_counter_key, generation_key, push_generation_key, tag_key, Lease};
 use crate::error::CacheError;
 use crate::time::now_ms;
 
@@ -99,6 +99,12 @@ pub(super) enum Target {
 /// Redis through a `ConnectionManager` (one multiplexed connection that reconnects by
 /// itself) or a cluster connection, every command bounded by the command timeout.
 ///
+/// Leases: every invalidation of a key moves a generation counter on and records its new value
+/// as the key's generation; a read carries the counter, and a fill stores only if the key's
+/// generation is not above what its read saw (no invalidation since). On one server the
+/// counter is the prefix's ([`generation_counter_key`]), one key a batch of any size reads
+/// once; on a cluster, where a script's keys share a slot, each entry's generation is its own.
+///
 /// Cluster-safe by construction: every script and pipeline touches one slot (an entry, its
 /// generation, its lock and its refresh claim share the hash tag `{ns:key}`); multi-key reads
 /// (`MGET`) and `UNLINK` are split by slot by the cluster client; `SCAN` runs on every master;
@@ -110,6 +116,9 @@ pub(crate) struct RedisStore {
     /// ms since the Unix epoch of the last replacement of the connection.
     last_rebuild_ms: std::sync::atomic::AtomicU64,
     pub(super) timeout: Duration,
+    /// The generation counter's key on one server ([`generation_counter_key`]); `None` on a
+    /// cluster (each entry's generation is its own counter).
+    generation_counter: Option<String>,
     fill: Arc<redis::Script>,
     invalidate_key: Arc<redis::Script>,
     bump: redis::Script,
@@ -134,7 +143,11 @@ pub(crate) type Versions = Arc<[Option<u64>]>;
 /// [`Lease`] only for a miss: a hit needs the versions, not a copy of the tags).
 pub(crate) struct RedisRead<'t> {
     pub(crate) bytes: Option<Vec<u8>>,
-    generation: Option<u64>,
+    /// The generation counter the read saw (`None`: absent, or not a version).
+    counter: Option<u64>,
+    /// On one server an absent or damaged generation counter: it needs a value before a fill
+    /// (`RedisStore::init_tags` gives it one).
+    pub(crate) needs_counter: bool,
     /// The tags read (the namespace's implicit tag first) and each one's version (`None`: the
     /// version key is absent, it needs one before a fill); a batch's elements with the same
     /// tags share one list.
@@ -158,7 +171,7 @@ impl RedisRead<'_> {
     pub(crate) fn lease(&self) -> (Lease, Vec<usize>) {
         let missing = (0..self.tags.len()).filter(|&i| self.version(i).is_none()).collect();
         let tags = self.tags.iter().enumerate().map(|(i, tag)| (tag.clone(), self.version(i).unwrap_or(0))).collect();
-        (Lease { generation: self.generation, namespace_version: None, tags }, missing)
+        (Lease { generation: self.counter, namespace_version: None, tags }, missing)
     }
 }
 
@@ -177,7 +190,7 @@ fn invalid_url(e: &redis::RedisError) -> CacheError {
 impl RedisStore {
     /// Connects lazily: building never fails because Redis is down, the first command does
     /// (and is treated as a miss).
-    pub(crate) fn new(target: &RedisTarget, timeout: Duration) -> Result<Self, CacheError> {
+    pub(crate) fn new(target: &RedisTarget, prefix: &str, timeout: Duration) -> Result<Self, CacheError> {
         let target = match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| invalid_url(&e))?;
@@ -202,10 +215,12 @@ impl RedisStore {
             }
         };
         Ok(RedisStore {
+            generation_counter: matches!(target, Target::Single { .. }).then(|| generation_counter_key(prefix)),
             breaker: Breaker::default(),
             target,
             last_rebuild_ms: std::sync::atomic::AtomicU64::new(now_ms()),
             timeout,
+
             fill: Arc::new(redis::Script::new(FILL)),
             invalidate_key: Arc::new(redis::Script::new(INVALIDATE_KEY)),
             bump: redis::Script::new(BUMP),
@@ -305,8 +320,14 @@ impl RedisStore {
         .await
     }
 
-    /// One round trip (`MGET`; a cluster client splits it by slot): the entry, its generation,
-    /// and the versions of its tags, the namespace's implicit tag first.
+    /// The key of `key`'s generation counter (see the type's docs): the prefix's on one server,
+    /// the entry's generation on a cluster.
+    fn counter_key(&self, key: &str) -> String {
+        self.generation_counter.clone().unwrap_or_else(|| generation_key(key))
+    }
+
+    /// One round trip (`MGET`; a cluster client splits it by slot): the entry, its
+    /// generation counter, and the versions of its tags, the namespace's implicit tag first.
     pub(crate) async fn read<'t>(
         &self,
         key: &str,
@@ -314,7 +335,7 @@ impl RedisStore {
         tags: &'t [String],
     ) -> Result<RedisRead<'t>, CacheError> {
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(key).arg(generation_key(key));
+        cmd.arg(key).arg(self.counter_key(key));
         for tag in tags {
             cmd.arg(tag_key(prefix, tag));
         }
@@ -322,25 +343,44 @@ impl RedisStore {
         let versions = (0..tags.len()).map(|i| parse_version(values.get(2 + i).and_then(Option::as_ref))).collect();
         values.truncate(2);
         let mut values = values.into_iter();
-        let (bytes, generation) = (values.next().flatten(), values.next().flatten());
-        Ok(RedisRead { bytes, generation: parse_version(generation.as_ref()), tags, versions })
+        let (bytes, counter) = (values.next().flatten(), parse_version(values.next().flatten().as_ref()));
+        Ok(RedisRead { bytes, counter, needs_counter: self.needs_counter(counter), tags, versions })
     }
 
-    /// `read` of many keys (a batch) in one `MGET`: every entry and its generation, then each
-    /// tag version once (a cluster splits it by slot and asks the masters concurrently).
+    /// Whether a read that saw `counter` needs the generation counter initialised before a fill.
+    fn needs_counter(&self, counter: Option<u64>) -> bool {
+        self.generation_counter.is_some() && counter.is_none()
+    }
+
+    /// `read` of many keys (a batch) in one `MGET`: every entry, the generation counter (the
+    /// prefix's once on one server, every entry's generation on a cluster), then each tag
+    /// version once (a cluster splits it by slot and asks the masters concurrently).
     pub(crate) async fn read_many<'t>(
         &self,
         prefix: &str,
         reads: &[(&str, &'t [String])],
     ) -> Result<Vec<RedisRead<'t>>, CacheError> {
         let mut cmd = redis::cmd("MGET");
-        // One buffer for every generation key (`Cmd::arg` copies it).
-        let mut generation = String::new();
-        for (key, _) in reads {
-            generation.clear();
-            push_generation_key(&mut generation, key);
-            cmd.arg(*key).arg(generation.as_str());
-        }
+        // Where the entries and counters end in the answer.
+        let counted = match &self.generation_counter {
+            Some(counter) => {
+                for (key, _) in reads {
+                    cmd.arg(*key);
+                }
+                cmd.arg(counter.as_str());
+                reads.len() + 1
+            }
+            None => {
+                // One buffer for every generation key (`Cmd::arg` copies it).
+                let mut generation = String::new();
+                for (key, _) in reads {
+                    generation.clear();
+                    push_generation_key(&mut generation, key);
+                    cmd.arg(*key).arg(generation.as_str());
+                }
+                2 * reads.len()
+            }
+        };
         // Each tag version once: where in the answer each read's tags are. A read sharing the
         // previous one's tag set (the same slice: a batch's) shares its positions unhashed.
         let mut tag_at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -364,7 +404,11 @@ impl RedisStore {
         }
         let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
         let versions: Vec<Option<u64>> =
-            values.split_off((2 * reads.len()).min(values.len())).iter().map(|v| parse_version(v.as_ref())).collect();
+            values.split_off(counted.min(values.len())).iter().map(|v| parse_version(v.as_ref())).collect();
+        let shared_counter = match self.generation_counter {
+            Some(_) => Some(parse_version(values.pop().flatten().as_ref())),
+            None => None,
+        };
         let mut values = values.into_iter();
         // Reads with the same range (the same tag set) share one list of versions.
         let mut shared: Option<(std::ops::Range<usize>, Versions)> = None;
@@ -372,7 +416,10 @@ impl RedisStore {
             .iter()
             .zip(ranges)
             .map(|((_, tags), range)| {
-                let (bytes, generation) = (values.next().flatten(), values.next().flatten());
+                let (bytes, counter) = match shared_counter {
+                    Some(counter) => (values.next().flatten(), counter),
+                    None => (values.next().flatten(), parse_version(values.next().flatten().as_ref())),
+                };
                 let of_set = match &shared {
                     Some((r, list)) if *r == range => Arc::clone(list),
                     _ => {
@@ -382,7 +429,7 @@ impl RedisStore {
                         list
                     }
                 };
-                RedisRead { bytes, generation: parse_version(generation.as_ref()), tags, versions: of_set }
+                RedisRead { bytes, counter, needs_counter: self.needs_counter(counter), tags, versions: of_set }
             })
             .collect())
     }
@@ -402,20 +449,30 @@ impl RedisStore {
 
     /// Gives every absent tag version a random start (a version key lost to eviction must not
     /// come back as a value some old entry recorded), repairs one that holds something else, and
-    /// fills in `lease`. One script per tag (one slot each), all in flight at once.
-    pub(crate) async fn init_tags(&self, prefix: &str, lease: &mut Lease, missing: &[usize]) -> Result<(), CacheError> {
-        let reads = missing.iter().map(|&i| {
-            let key = tag_key(prefix, &lease.tags[i].0);
-            async move {
-                let mut invocation = self.tag_version.prepare_invoke();
-                invocation.key(key).arg(fresh_version());
-                self.invoke::<String>(&invocation).await
-            }
+    /// fills in `lease`; the same for the generation counter when `counter` (on one server,
+    /// absent or damaged: its fresh start is above every generation handed out before). One
+    /// script per key (one slot each), all in flight at once.
+    pub(crate) async fn init_tags(
+        &self,
+        prefix: &str,
+        lease: &mut Lease,
+        missing: &[usize],
+        counter: bool,
+    ) -> Result<(), CacheError> {
+        let counter = self.generation_counter.as_deref().filter(|_| counter);
+        let keys = missing.iter().map(|&i| tag_key(prefix, &lease.tags[i].0)).chain(counter.map(str::to_owned));
+        let reads = keys.map(|key| async move {
+            let mut invocation = self.tag_version.prepare_invoke();
+            invocation.key(key).arg(fresh_version());
+            let v = self.invoke::<String>(&invocation).await?;
+            v.parse::<u64>().map_err(|_| CacheError::Config(format!("version {v:?} is not a number")))
         });
-        let values = futures::future::try_join_all(reads).await?;
-        for (&i, v) in missing.iter().zip(&values) {
-            lease.tags[i].1 =
-                v.parse().map_err(|_| CacheError::Config(format!("tag version {v:?} is not a number")))?;
+        let mut values = futures::future::try_join_all(reads).await?;
+        if counter.is_some() {
+            lease.generation = values.pop();
+        }
+        for (&i, v) in missing.iter().zip(values) {
+            lease.tags[i].1 = v;
         }
         Ok(())
     }
@@ -427,10 +484,11 @@ impl RedisStore {
         Ok(stored.first() == Some(&1))
     }
 
-    /// One `FILL` of `fills` (on a cluster, their keys must share a slot).
+    /// One `FILL` of `fills` (on a cluster, one fill: a script's keys share a slot).
     fn fill_invocation<'a>(&'a self, fills: &[(&str, &Lease, &[u8], Duration)]) -> redis::ScriptInvocation<'a> {
         let mut invocation = self.fill.prepare_invoke();
         invocation.arg(fresh_version());
+        invocation.key(self.counter_key(fills.first().map_or("", |fill| fill.0)));
         for (key, lease, bytes, ttl) in fills {
             invocation.key(*key).key(generation_key(key));
             invocation.arg(seen(lease.generation));
@@ -462,13 +520,14 @@ impl RedisStore {
     pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut invocation = self.set_key.prepare_invoke();
-        invocation.key(key).key(generation_key(key)).arg(fresh_version()).arg(bytes).arg(ms);
+        invocation.key(self.counter_key(key)).key(key).key(generation_key(key));
+        invocation.arg(fresh_version()).arg(bytes).arg(ms);
         self.invoke::<i64>(&invocation).await.map(drop)
     }
 
     pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), CacheError> {
         let mut invocation = self.invalidate_key.prepare_invoke();
-        invocation.key(key).key(generation_key(key)).arg(fresh_version());
+        invocation.key(self.counter_key(key)).key(key).key(generation_key(key)).arg(fresh_version());
         self.invoke::<i64>(&invocation).await.map(drop)
     }
 

@@ -1,53 +1,87 @@
 //! The Lua scripts of the Redis store: fill, key invalidation, version bump and read, claim.
 
-/// `KEYS`: pairs of an entry and its generation (each pair in one hash slot; a cluster call
-/// carries one pair). `ARGV`: a fresh version, then per pair the generation the read saw (`''`
-/// = absent), the envelope, the ttl in ms. Stores each entry whose generation is still the one
-/// its read saw; returns a list of 1 (stored) or 0. Tags and namespaces are not checked here but
-/// on read (the entry records their versions), so a pair never crosses a Redis Cluster slot. A
-/// generation key holding anything but a version (a foreign string, another type) is repaired
-/// with the fresh version, which no reader can have seen: that fill is dropped, the next read's
-/// fill succeeds. A batch's fills on one Redis are one call (one script run, not one each).
-pub(super) const FILL: &str = r"
-local stored = {}
-for i = 1, #KEYS / 2 do
-  local entry, generation = KEYS[2 * i - 1], KEYS[2 * i]
-  local g = redis.pcall('GET', generation)
-  stored[i] = 0
-  if type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
-    redis.call('SET', generation, ARGV[1], 'PX', 86400000)
-  elseif (g or '') == ARGV[3 * i - 1] then
-    redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
-    stored[i] = 1
-  end
-end
-return stored
-";
-
-/// The start of a script whose `KEYS` are an entry and its generation, and whose `ARGV[1]` is a
-/// fresh version: bumps the generation (remembered for a day). A generation that cannot be
-/// incremented (a foreign value or type) is replaced by the fresh version: the write is applied
-/// all the same.
-macro_rules! bump_generation {
+/// The start of a script whose `KEYS[1]` is the generation counter (see `RedisStore`'s docs:
+/// the prefix's on one server, the entry's own generation on a cluster) and whose `ARGV[1]`
+/// is a fresh version: `e` becomes the counter moved on, remembered for a day. An absent
+/// counter (evicted, expired) or one that is not a version (a foreign value or type) starts
+/// again at the fresh version, above every value handed out before: a lease read before is
+/// refused all the same.
+macro_rules! next_generation {
     () => {
         r"
-local g = redis.pcall('INCR', KEYS[2])
-if type(g) ~= 'number' or g < 0 or g > 9007199254740991 then
-  redis.call('SET', KEYS[2], ARGV[1])
+local e = redis.pcall('GET', KEYS[1])
+if type(e) == 'string' and string.match(e, '^%d+$') and #e <= 16 and tonumber(e) < 9007199254740000 then
+  e = redis.call('INCR', KEYS[1])
+else
+  e = tonumber(ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1])
 end
-redis.call('PEXPIRE', KEYS[2], 86400000)
+redis.call('PEXPIRE', KEYS[1], 86400000)
 "
     };
 }
 
-/// `KEYS`: entry, generation. `ARGV`: a fresh version. Bumps the generation and drops the entry.
-pub(super) const INVALIDATE_KEY: &str = concat!(bump_generation!(), "return redis.call('UNLINK', KEYS[1])\n");
+/// `KEYS`: the generation counter, then pairs of an entry and its generation (on a cluster a call
+/// carries one pair, and its generation is the counter: one hash slot). `ARGV`: a fresh version,
+/// then per pair the counter the read saw (`''` = absent: 0), the envelope, the ttl in ms.
+/// Stores each entry whose key was not invalidated since its read (its generation, the counter
+/// at its last invalidation, is absent or not above what the read saw); returns a list of 1
+/// (stored) or 0. Tags and namespaces are not checked here but on read (the entry records their
+/// versions), so a call never crosses a Redis Cluster slot. A generation holding anything but a
+/// version (a foreign string, another type) is repaired with the counter moved on, which no
+/// read can have seen: that fill is dropped, the next read's fill succeeds. A refused fill
+/// raises the counter to the generation if it is below (a counter started again after damage),
+/// so that the counter is never below a generation for long. A batch's fills on one Redis are
+/// one call (one script run, not one each).
+pub(super) const FILL: &str = concat!(
+    r"
+local stored = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local entry, generation = KEYS[2 * i], KEYS[2 * i + 1]
+  local g = redis.pcall('GET', generation)
+  stored[i] = 0
+  if type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
+",
+    next_generation!(),
+    r"
+    redis.call('SET', generation, e, 'PX', 86400000)
+  elseif tonumber(g or '0') <= (tonumber(ARGV[3 * i - 1]) or 0) then
+    redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
+    stored[i] = 1
+  else
+    -- Invalidated since the read, or the counter started again below this generation (damaged
+    -- or lost, and its fresh start not above it): the counter is raised to it, so that the next
+    -- read's fill is not refused for good.
+    local now = redis.pcall('GET', KEYS[1])
+    if type(now) ~= 'string' or not string.match(now, '^%d+$') or #now > 16 or tonumber(now) < tonumber(g) then
+      redis.call('SET', KEYS[1], g, 'PX', 86400000)
+    end
+  end
+end
+return stored
+"
+);
 
-/// `KEYS`: entry, generation. `ARGV`: a fresh version, the bytes, the ttl in ms. The plain
-/// API's `set`: stores the entry and bumps its generation as [`INVALIDATE_KEY`] does, so a fill
-/// whose lease was taken before the set (a slow read of older data) is refused.
+/// The start of a script whose `KEYS` are the generation counter, an entry and its generation,
+/// and whose `ARGV[1]` is a fresh version: moves the counter on ([`next_generation`]) and
+/// records it as the entry's generation (for a day), so that every fill leased before is
+/// refused.
+macro_rules! invalidation {
+    () => {
+        concat!(next_generation!(), "redis.call('SET', KEYS[3], e, 'PX', 86400000)\n")
+    };
+}
+
+/// `KEYS`: the generation counter, an entry, its generation. `ARGV`: a fresh version. Moves the
+/// generation on and drops the entry.
+pub(super) const INVALIDATE_KEY: &str = concat!(invalidation!(), "return redis.call('UNLINK', KEYS[2])\n");
+
+/// `KEYS`: the generation counter, an entry, its generation. `ARGV`: a fresh version, the
+/// bytes, the ttl in ms. The plain API's `set`: stores the entry and moves its generation on
+/// as [`INVALIDATE_KEY`] does, so a fill whose lease was taken before the set (a slow read of
+/// older data) is refused.
 pub(super) const SET_KEY: &str =
-    concat!(bump_generation!(), "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\nreturn 1\n");
+    concat!(invalidation!(), "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\nreturn 1\n");
 
 /// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
 /// ([`fresh_version`](super::fresh_version)). `INCR`s the version and returns it. An absent

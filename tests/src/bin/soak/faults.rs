@@ -238,7 +238,8 @@ fn inject(redis: &mut RedisServer, fault: Fault, rng: &mut Rng, shared: &Shared)
     }
 }
 
-/// An entry, two generations, the `posts` tag's version and the `feed` namespace's version.
+/// An entry, two generations, the `posts` tag's version, the `feed` namespace's version and the
+/// generation counter.
 fn corrupted_keys(users: &[u64]) -> Vec<String> {
     vec![
         user_entry(users[0]),
@@ -246,6 +247,9 @@ fn corrupted_keys(users: &[u64]) -> Vec<String> {
         generation(&user_entry(users[2])),
         version("posts"),
         version("%%ns:feed"),
+        // The lease counter every user's fills are checked against: damaged, no user's read
+        // may turn stale (it is not among the users the fault touched).
+        format!("{PREFIX}:generations"),
     ]
 }
 
