@@ -158,14 +158,11 @@ where
         }
         return body(elements.into_iter().map(|e| e.id).collect()).await;
     }
-    // Duplicates once, in key order (the order flights are joined in).
-    let mut unique: Vec<(usize, Element<K>)> = elements.into_iter().enumerate().collect();
-    unique.sort_unstable_by(|(a_at, a), (b_at, b)| a.key.cmp(&b.key).then(a_at.cmp(b_at)));
-    // Of equal keys, the first in the caller's order stays.
-    unique.dedup_by(|later, kept| later.1.key == kept.1.key);
-    let mut answered: Vec<(usize, K, V)> = Vec::with_capacity(unique.len());
+    // Duplicates are looked up once: of equal keys, the first in the caller's order stays.
+    let first = first_of_each_key(&elements);
+    let mut answered: Vec<(usize, K, V)> = Vec::with_capacity(elements.len());
     let mut pending = Vec::new();
-    for (at, element) in unique {
+    for ((at, element), _) in elements.into_iter().enumerate().zip(first).filter(|(_, first)| *first) {
         let Some((found, times)) = cache.local_hit::<V>(&element.key) else {
             pending.push((at, element, false));
             continue;
@@ -191,25 +188,47 @@ where
     for ((_, element, _), key) in pending.iter_mut().zip(keys) {
         element.key = key;
     }
-    // The clock, read once for the fresh hits' freshness, again after each join (which may
-    // have waited for another caller's flight, even one that ended with nothing to share).
-    let mut now = crate::time::now_ms();
-    // The rest joins each element's flight, in key order.
+    // Judged by the clock read once: the fresh hits are served, the rest joins each element's
+    // flight in key order. A one-by-one pass in key order would judge a hit after the joins
+    // before it, which may wait (for another caller's flight): so after a join that took time,
+    // the hits after its key that expired meanwhile join their flights in their place.
+    let now = crate::time::now_ms();
+    let mut fresh = Vec::with_capacity(pending.len());
+    let mut joining = Vec::new();
+    for ((at, element, drawn_early), lookup) in pending.into_iter().zip(lookups) {
+        let freshness = lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early, now));
+        if freshness == Some(Freshness::Fresh) && lookup.hit.is_some() {
+            fresh.push((at, element, lookup));
+        } else {
+            joining.push((at, element, lookup, freshness));
+        }
+    }
+    // Popped from the end: in key order.
+    joining.sort_unstable_by(|a, b| b.1.key.cmp(&a.1.key));
     let mut led: Vec<Reading<'_, K, V>> = Vec::new();
     let mut again = Vec::new();
     // Whether this batch waited for another caller's flight since its read.
     let mut waited_for_flight = false;
-    for ((at, element, drawn_early), mut lookup) in pending.into_iter().zip(lookups) {
-        let freshness = lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early, now));
-        if freshness == Some(Freshness::Fresh) {
-            if let Some((found, _)) = lookup.hit.take() {
-                cache.record_served(site, &element.key, false);
-                answer(&mut answered, at, element.id, found);
-                continue;
+    let mut clock = now;
+    while let Some((at, element, lookup, freshness)) = joining.pop() {
+        let joined = cache.flights().join::<V>(&element.key).await;
+        let now = crate::time::now_ms();
+        if now != clock {
+            clock = now;
+            let expired = |(_, e, lookup): &(usize, Element<K>, crate::entry::Lookup<V>)| {
+                lookup.hit.as_ref().is_some_and(|(_, times)| times.fresh_until_ms <= now) && e.key > element.key
+            };
+            if fresh.iter().any(expired) {
+                let (late, still): (Vec<_>, Vec<_>) = fresh.into_iter().partition(expired);
+                fresh = still;
+                for (at, e, lookup) in late {
+                    let freshness =
+                        lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, false, now));
+                    joining.push((at, e, lookup, freshness));
+                }
+                joining.sort_unstable_by(|a, b| b.1.key.cmp(&a.1.key));
             }
         }
-        let joined = cache.flights().join::<V>(&element.key).await;
-        now = crate::time::now_ms();
         match joined {
             Joined::Leader(leader) => {
                 let ended = cache.flights().ended_since(&element.key, mark);
@@ -225,6 +244,12 @@ where
                 cache.record_collapsed(site, &element.key, matches!(served, Served::Stale));
                 answer(&mut answered, at, element.id, found);
             }
+        }
+    }
+    for (at, element, lookup) in fresh {
+        if let Some((found, _)) = lookup.hit {
+            cache.record_served(site, &element.key, false);
+            answer(&mut answered, at, element.id, found);
         }
     }
     // Another caller's flight of some of them ended, or an invalidation touching them was
@@ -432,8 +457,54 @@ where
             }
         }
     }
+    // In the caller's order (answers come mostly in it: this sort is then a pass).
     answered.sort_unstable_by_key(|(at, _, _)| *at);
     Ok(M::from_pairs(answered.into_iter().map(|(_, id, v)| (id, v)).collect()))
+}
+
+/// Whether each element is the first with its key. Keys in strictly increasing order (ids
+/// passed in order) have no duplicates; otherwise by the keys' 64-bit FNV-1a hashes, each
+/// repeated hash checked against the key (two keys with one hash, of which no pair is known,
+/// fall back to comparing the keys themselves).
+fn first_of_each_key<K>(elements: &[Element<K>]) -> Vec<bool> {
+    use std::collections::hash_map::{Entry, HashMap};
+    if elements.windows(2).all(|pair| pair[0].key < pair[1].key) {
+        return vec![true; elements.len()];
+    }
+    let mut seen: HashMap<u64, usize, std::hash::BuildHasherDefault<KeyHash>> =
+        HashMap::with_capacity_and_hasher(elements.len(), Default::default());
+    let mut first = vec![true; elements.len()];
+    for (i, element) in elements.iter().enumerate() {
+        match seen.entry(crate::envelope::key_hash(&element.key)) {
+            Entry::Vacant(slot) => {
+                slot.insert(i);
+            }
+            Entry::Occupied(slot) if elements[*slot.get()].key == element.key => first[i] = false,
+            Entry::Occupied(_) => {
+                let mut keys = std::collections::HashSet::with_capacity(elements.len());
+                return elements.iter().map(|e| keys.insert(e.key.as_str())).collect();
+            }
+        }
+    }
+    first
+}
+
+/// A `Hasher` for keys that are hashes already (`first_of_each_key`): the value itself.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl std::hash::Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = crate::envelope::fnv1a(bytes) ^ self.0.rotate_left(5);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// Adds an element's value to the batch's answer (a not-found element has none).
