@@ -161,7 +161,7 @@ where
     // Duplicates are looked up once: of equal keys, the first in the caller's order stays.
     let first = first_of_each_key(&elements);
     let mut answered: Vec<(usize, K, V)> = Vec::with_capacity(elements.len());
-    let mut pending = Vec::new();
+    let mut pending = Vec::with_capacity(elements.len());
     for ((at, element), _) in elements.into_iter().enumerate().zip(first).filter(|(_, first)| *first) {
         let Some((found, times)) = cache.local_hit::<V>(&element.key) else {
             pending.push((at, element, false));

@@ -31,16 +31,24 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 /// version (a foreign string, another type) is repaired with the counter moved on, which no
 /// read can have seen: that fill is dropped, the next read's fill succeeds. A refused fill
 /// raises the counter to the generation if it is below (a counter started again after damage),
-/// so that the counter is never below a generation for long. A batch's fills on one Redis are
-/// one call (one script run, not one each).
+/// so that the counter is never below a generation for long. While the counter is still what
+/// a read saw, no key was invalidated since: its fill is stored without reading its generation
+/// (one `GET` for a batch's fills, not one each). A batch's fills on one Redis are one call
+/// (one script run, not one each).
 pub(super) const FILL: &str = concat!(
     r"
 local stored = {}
+local counter = redis.pcall('GET', KEYS[1])
+if type(counter) ~= 'string' then counter = nil end
 for i = 1, (#KEYS - 1) / 2 do
   local entry, generation = KEYS[2 * i], KEYS[2 * i + 1]
-  local g = redis.pcall('GET', generation)
+  local g = nil
+  if counter == nil or counter ~= ARGV[3 * i - 1] then g = redis.pcall('GET', generation) end
   stored[i] = 0
-  if type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
+  if counter ~= nil and counter == ARGV[3 * i - 1] then
+    redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
+    stored[i] = 1
+  elseif type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
 ",
     next_generation!(),
     r"
