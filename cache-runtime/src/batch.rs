@@ -529,3 +529,23 @@ fn lent_call<'a, K>(batch: (&'a Cache, &'a str, &'a CallOpts, Site), element: &'
 
 /// A batch fn's row in `function_stats`.
 type Site = Option<&'static crate::functions::Function>;
+
+#[cfg(test)]
+mod tests {
+    use super::{first_of_each_key, Element};
+
+    fn elements(keys: &[&str]) -> Vec<Element<usize>> {
+        keys.iter().enumerate().map(|(id, key)| Element { id, key: (*key).to_owned(), tags: Vec::new() }).collect()
+    }
+
+    #[test]
+    fn each_key_is_looked_up_once_in_any_order() {
+        assert_eq!(first_of_each_key(&elements(&["u:1", "u:2", "u:3"])), [true, true, true]);
+        assert_eq!(
+            first_of_each_key(&elements(&["u:1", "u:10", "u:2", "u:1", "u:2", "u:3"])),
+            [true, true, true, false, false, true]
+        );
+        assert_eq!(first_of_each_key(&elements(&["u:2", "u:2"])), [true, false]);
+        assert_eq!(first_of_each_key(&elements(&[])), [] as [bool; 0]);
+    }
+}

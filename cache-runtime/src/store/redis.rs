@@ -405,10 +405,7 @@ impl RedisStore {
         let mut values: Vec<Option<Vec<u8>>> = self.run(&cmd).await?;
         let versions: Vec<Option<u64>> =
             values.split_off(counted.min(values.len())).iter().map(|v| parse_version(v.as_ref())).collect();
-        let shared_counter = match self.generation_counter {
-            Some(_) => Some(parse_version(values.pop().flatten().as_ref())),
-            None => None,
-        };
+        let shared_counter = self.generation_counter.as_ref().map(|_| parse_version(values.pop().flatten().as_ref()));
         let mut values = values.into_iter();
         // Reads with the same range (the same tag set) share one list of versions.
         let mut shared: Option<(std::ops::Range<usize>, Versions)> = None;
