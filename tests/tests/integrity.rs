@@ -64,30 +64,36 @@ async fn damage(conn: &mut redis::aio::MultiplexedConnection, key: &str, how: Da
     };
 }
 
-/// A corrupt generation key: the key invalidation still drops the entry from Redis and from
-/// every L1, and the key is cached again afterwards.
+/// `plain:1` cached on three replicas, `key` damaged `how`, then a write of 7 through one of
+/// them: the key invalidation still drops the entry from Redis and from every L1, and the key
+/// is cached again afterwards. The server, the replica without an L1 and the database.
+async fn a_key_invalidation_survives_damage_to(key: &str, how: Damage) -> (RedisServer, Cache, Db) {
+    let server = RedisServer::start().unwrap();
+    let (a, b, plain) = replicas(&server).await;
+    let db = Db::default();
+    for c in [&a, &b, &plain] {
+        assert_eq!(read_plain(c, &db, 1).await, 0);
+    }
+    damage(&mut raw(&server).await, key, how).await;
+    write_plain(&a, &db, 1, 7).await.unwrap();
+    assert_eq!(a.stats().errors, 0, "{key} {how:?}: the invalidation was applied, not failed");
+    for c in [&a, &b, &plain] {
+        assert_eq!(read_plain(c, &db, 1).await, 7, "{key} {how:?}: every replica serves the write");
+    }
+    // Caching works again: a read fills, the next ones do not reach the database.
+    let reads = db.reads.get();
+    for c in [&plain, &plain, &a, &b] {
+        assert_eq!(read_plain(c, &db, 1).await, 7);
+    }
+    assert_eq!(db.reads.get(), reads, "{key} {how:?}: the key is cached again");
+    (server, plain, db)
+}
+
+/// A corrupt generation key never swallows a key invalidation.
 #[tokio::test]
 async fn a_corrupt_generation_never_swallows_a_key_invalidation() {
     for how in DAMAGES {
-        let server = RedisServer::start().unwrap();
-        let (a, b, plain) = replicas(&server).await;
-        let db = Db::default();
-        for c in [&a, &b, &plain] {
-            assert_eq!(read_plain(c, &db, 1).await, 0);
-        }
-        let mut conn = raw(&server).await;
-        damage(&mut conn, "c:{default:plain:1}:g", how).await;
-        write_plain(&a, &db, 1, 7).await.unwrap();
-        assert_eq!(a.stats().errors, 0, "{how:?}: the invalidation was applied, not failed");
-        for c in [&a, &b, &plain] {
-            assert_eq!(read_plain(c, &db, 1).await, 7, "{how:?}: every replica serves the write");
-        }
-        // Caching works again: a read fills, the next ones do not reach the database.
-        let reads = db.reads.get();
-        for c in [&plain, &plain, &a, &b] {
-            assert_eq!(read_plain(c, &db, 1).await, 7);
-        }
-        assert_eq!(db.reads.get(), reads, "{how:?}: the key is cached again");
+        a_key_invalidation_survives_damage_to("c:{default:plain:1}:g", how).await;
     }
 }
 
@@ -161,25 +167,8 @@ async fn a_corrupt_generation_in_a_batch_spoils_only_its_element() {
 #[tokio::test]
 async fn a_corrupt_generation_counter_never_swallows_an_invalidation_or_stops_caching() {
     for how in DAMAGES {
-        let server = RedisServer::start().unwrap();
-        let (a, b, plain) = replicas(&server).await;
-        let db = Db::default();
-        for c in [&a, &b, &plain] {
-            assert_eq!(read_plain(c, &db, 1).await, 0);
-        }
+        let (server, plain, db) = a_key_invalidation_survives_damage_to("c:generations", how).await;
         let mut conn = raw(&server).await;
-        damage(&mut conn, "c:generations", how).await;
-        write_plain(&a, &db, 1, 7).await.unwrap();
-        assert_eq!(a.stats().errors, 0, "{how:?}: the invalidation was applied, not failed");
-        for c in [&a, &b, &plain] {
-            assert_eq!(read_plain(c, &db, 1).await, 7, "{how:?}: every replica serves the write");
-        }
-        let reads = db.reads.get();
-        for c in [&plain, &plain, &a, &b] {
-            assert_eq!(read_plain(c, &db, 1).await, 7);
-        }
-        assert_eq!(db.reads.get(), reads, "{how:?}: the key is cached again");
-
         // Damaged with a generation recorded and nothing cached: reads alone repair it (the
         // repaired counter starts above every generation handed out before).
         damage(&mut conn, "c:generations", how).await;
