@@ -42,22 +42,24 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
-/// The ways an internal key can be damaged: a foreign string, a value of another type, or
-/// lost (evicted under `maxmemory`).
+/// The ways an internal key can be damaged: a foreign string, a number beyond what the scripts
+/// count to (17 digits), a value of another type, or lost (evicted under `maxmemory`).
 #[derive(Debug, Clone, Copy)]
 enum Damage {
     Garbage,
+    OutOfRange,
     List,
     Hash,
     Evicted,
 }
 
-const DAMAGES: [Damage; 4] = [Damage::Garbage, Damage::List, Damage::Hash, Damage::Evicted];
+const DAMAGES: [Damage; 5] = [Damage::Garbage, Damage::OutOfRange, Damage::List, Damage::Hash, Damage::Evicted];
 
 async fn damage(conn: &mut redis::aio::MultiplexedConnection, key: &str, how: Damage) {
     let _: () = redis::cmd("DEL").arg(key).query_async(conn).await.unwrap();
     let _: () = match how {
         Damage::Garbage => redis::cmd("SET").arg(key).arg("garbage").query_async(conn).await.unwrap(),
+        Damage::OutOfRange => redis::cmd("SET").arg(key).arg("99999999999999999").query_async(conn).await.unwrap(),
         Damage::List => redis::cmd("RPUSH").arg(key).arg("x").query_async(conn).await.unwrap(),
         Damage::Hash => redis::cmd("HSET").arg(key).arg("f").arg("v").query_async(conn).await.unwrap(),
         Damage::Evicted => (),

@@ -115,6 +115,19 @@ async fn a_fill_that_raced_a_key_invalidation_over_a_damaged_generation_counter_
     }
 }
 
+/// A generation counter holding a number beyond what the scripts count to (17 digits) before
+/// the read is damage too: the read repairs it before its fill (had it taken the number as its
+/// lease, the write's invalidation would start the counter again below it, and the late fill
+/// would be stored).
+#[tokio::test]
+async fn a_fill_that_raced_a_key_invalidation_over_an_out_of_range_generation_counter_is_dropped() {
+    let b = Backend::redis_without_l1();
+    let mut conn =
+        redis::Client::open(b.redis.as_ref().unwrap().url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("t:generations").arg("99999999999999999").query_async(&mut conn).await.unwrap();
+    late_fill_is_dropped(&b, true, async |cache, db| write_row(cache, db, 7, 2).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn a_fill_that_raced_a_tag_invalidation_is_dropped() {
     for b in Backend::all() {

@@ -175,8 +175,14 @@ impl RedisRead<'_> {
     }
 }
 
+/// A version as the scripts accept one (at most 16 digits, below 9,007,199,254,740,000: exact
+/// in Lua's numbers); anything else is `None` (absent, or damaged: repaired before a fill).
 fn parse_version(raw: Option<&Vec<u8>>) -> Option<u64> {
-    std::str::from_utf8(raw?).ok()?.parse().ok()
+    let raw = raw?;
+    if raw.is_empty() || raw.len() > 16 || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse().ok().filter(|&v: &u64| v < 9_007_199_254_740_000)
 }
 
 fn seen(v: Option<u64>) -> String {

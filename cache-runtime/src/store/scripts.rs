@@ -25,8 +25,9 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 /// carries one pair, and its generation is the counter: one hash slot). `ARGV`: a fresh version,
 /// then per pair the counter the read saw (`''` = absent: 0), the envelope, the ttl in ms.
 /// Stores each entry whose key was not invalidated since its read (its generation, the counter
-/// at its last invalidation, is absent or not above what the read saw); returns a list of 1
-/// (stored) or 0. Tags and namespaces are not checked here but on read (the entry records their
+/// at its last invalidation, is absent or not above what the read saw; on a cluster, still
+/// exactly what the read saw); returns a list of 1 (stored) or 0. A version is at most 16
+/// digits and below 2^53 − 992 (exact in Lua), in every script and in `parse_version`. Tags and namespaces are not checked here but on read (the entry records their
 /// versions), so a call never crosses a Redis Cluster slot. A generation holding anything but a
 /// version (a foreign string, another type) is repaired with the counter moved on, which no
 /// read can have seen: that fill is dropped, the next read's fill succeeds. A refused fill
@@ -37,6 +38,9 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 /// (one script run, not one each).
 pub(super) const FILL: &str = concat!(
     r"
+local function version(v)
+  return type(v) == 'string' and string.match(v, '^%d+$') ~= nil and #v <= 16 and tonumber(v) < 9007199254740000
+end
 local stored = {}
 local counter = redis.pcall('GET', KEYS[1])
 if type(counter) ~= 'string' then counter = nil end
@@ -48,11 +52,17 @@ for i = 1, (#KEYS - 1) / 2 do
   if counter ~= nil and counter == ARGV[3 * i - 1] then
     redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
     stored[i] = 1
-  elseif type(g) == 'table' or (g and not string.match(g, '^%d+$')) or (g and #g > 18) then
+  elseif g and not version(g) then
 ",
     next_generation!(),
     r"
     redis.call('SET', generation, e, 'PX', 86400000)
+  elseif KEYS[1] == generation then
+    -- A cluster's generation is its own counter: stored only while it is what the read saw.
+    if (g or '') == ARGV[3 * i - 1] then
+      redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
+      stored[i] = 1
+    end
   elseif tonumber(g or '0') <= (tonumber(ARGV[3 * i - 1]) or 0) then
     redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
     stored[i] = 1
@@ -61,7 +71,7 @@ for i = 1, (#KEYS - 1) / 2 do
     -- or lost, and its fresh start not above it): the counter is raised to it, so that the next
     -- read's fill is not refused for good.
     local now = redis.pcall('GET', KEYS[1])
-    if type(now) ~= 'string' or not string.match(now, '^%d+$') or #now > 16 or tonumber(now) < tonumber(g) then
+    if not version(now) or tonumber(now) < tonumber(g) then
       redis.call('SET', KEYS[1], g, 'PX', 86400000)
     end
   end
