@@ -58,9 +58,9 @@ pub(crate) fn generation_key(entry_key: &str) -> String {
     key
 }
 
-/// The generation counter of `prefix`'s entries on one server (see `RedisStore`): moved on by every
-/// invalidation of a key, whose generation records it. `:generations` follows no `{`: no entry,
-/// tag or generation key is named so.
+/// The generation counter of `prefix`'s entries on one server (see `RedisStore`): moved on by
+/// every invalidation of a key, whose generation records it. `:generations` follows no `{`: no
+/// entry, tag or generation key is named so.
 #[cfg(feature = "redis")]
 pub(crate) fn generation_counter_key(prefix: &str) -> String {
     format!("{prefix}:generations")

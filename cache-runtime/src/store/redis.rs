@@ -226,7 +226,6 @@ impl RedisStore {
             target,
             last_rebuild_ms: std::sync::atomic::AtomicU64::new(now_ms()),
             timeout,
-
             fill: Arc::new(redis::Script::new(FILL)),
             invalidate_key: Arc::new(redis::Script::new(INVALIDATE_KEY)),
             bump: redis::Script::new(BUMP),

@@ -1,16 +1,29 @@
 //! The Lua scripts of the Redis store: fill, key invalidation, version bump and read, claim.
 
+/// What every script takes for a version (a generation, the generation counter, a tag or
+/// namespace version): at most 16 digits and below 9,007,199,254,740,000 (exact in Lua's
+/// numbers), as `parse_version` does on the Rust side. Anything else is damage.
+macro_rules! version_rule {
+    () => {
+        r"
+local function version(v)
+  return type(v) == 'string' and string.match(v, '^%d+$') ~= nil and #v <= 16 and tonumber(v) < 9007199254740000
+end
+"
+    };
+}
+
 /// The start of a script whose `KEYS[1]` is the generation counter (see `RedisStore`'s docs:
 /// the prefix's on one server, the entry's own generation on a cluster) and whose `ARGV[1]`
 /// is a fresh version: `e` becomes the counter moved on, remembered for a day. An absent
 /// counter (evicted, expired) or one that is not a version (a foreign value or type) starts
 /// again at the fresh version, above every value handed out before: a lease read before is
-/// refused all the same.
+/// refused all the same. The script starts with [`version_rule`].
 macro_rules! next_generation {
     () => {
         r"
 local e = redis.pcall('GET', KEYS[1])
-if type(e) == 'string' and string.match(e, '^%d+$') and #e <= 16 and tonumber(e) < 9007199254740000 then
+if version(e) then
   e = redis.call('INCR', KEYS[1])
 else
   e = tonumber(ARGV[1])
@@ -26,9 +39,9 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 /// then per pair the counter the read saw (`''` = absent: 0), the envelope, the ttl in ms.
 /// Stores each entry whose key was not invalidated since its read (its generation, the counter
 /// at its last invalidation, is absent or not above what the read saw; on a cluster, still
-/// exactly what the read saw); returns a list of 1 (stored) or 0. A version is at most 16
-/// digits and below 2^53 − 992 (exact in Lua), in every script and in `parse_version`. Tags and namespaces are not checked here but on read (the entry records their
-/// versions), so a call never crosses a Redis Cluster slot. A generation holding anything but a
+/// exactly what the read saw); returns a list of 1 (stored) or 0. Tags and namespaces are not
+/// checked here but on read (the entry records their versions), so a call never crosses a Redis
+/// Cluster slot. A generation holding anything but a
 /// version (a foreign string, another type) is repaired with the counter moved on, which no
 /// read can have seen: that fill is dropped, the next read's fill succeeds. A refused fill
 /// raises the counter to the generation if it is below (a counter started again after damage),
@@ -37,21 +50,22 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 /// (one `GET` for a batch's fills, not one each). A batch's fills on one Redis are one call
 /// (one script run, not one each).
 pub(super) const FILL: &str = concat!(
+    version_rule!(),
     r"
-local function version(v)
-  return type(v) == 'string' and string.match(v, '^%d+$') ~= nil and #v <= 16 and tonumber(v) < 9007199254740000
-end
 local stored = {}
 local counter = redis.pcall('GET', KEYS[1])
-if type(counter) ~= 'string' then counter = nil end
 for i = 1, (#KEYS - 1) / 2 do
-  local entry, generation = KEYS[2 * i], KEYS[2 * i + 1]
-  local g = nil
-  if counter == nil or counter ~= ARGV[3 * i - 1] then g = redis.pcall('GET', generation) end
-  stored[i] = 0
-  if counter ~= nil and counter == ARGV[3 * i - 1] then
+  local entry, generation, seen = KEYS[2 * i], KEYS[2 * i + 1], ARGV[3 * i - 1]
+  local function store()
     redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
     stored[i] = 1
+  end
+  stored[i] = 0
+  local unchanged = type(counter) == 'string' and counter == seen
+  local g = false
+  if not unchanged then g = redis.pcall('GET', generation) end
+  if unchanged then
+    store()
   elseif g and not version(g) then
 ",
     next_generation!(),
@@ -59,13 +73,9 @@ for i = 1, (#KEYS - 1) / 2 do
     redis.call('SET', generation, e, 'PX', 86400000)
   elseif KEYS[1] == generation then
     -- A cluster's generation is its own counter: stored only while it is what the read saw.
-    if (g or '') == ARGV[3 * i - 1] then
-      redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
-      stored[i] = 1
-    end
-  elseif tonumber(g or '0') <= (tonumber(ARGV[3 * i - 1]) or 0) then
-    redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
-    stored[i] = 1
+    if (g or '') == seen then store() end
+  elseif tonumber(g or '0') <= (tonumber(seen) or 0) then
+    store()
   else
     -- Invalidated since the read, or the counter started again below this generation (damaged
     -- or lost, and its fresh start not above it): the counter is raised to it, so that the next
@@ -92,39 +102,46 @@ macro_rules! invalidation {
 
 /// `KEYS`: the generation counter, an entry, its generation. `ARGV`: a fresh version. Moves the
 /// generation on and drops the entry.
-pub(super) const INVALIDATE_KEY: &str = concat!(invalidation!(), "return redis.call('UNLINK', KEYS[2])\n");
+pub(super) const INVALIDATE_KEY: &str =
+    concat!(version_rule!(), invalidation!(), "return redis.call('UNLINK', KEYS[2])\n");
 
 /// `KEYS`: the generation counter, an entry, its generation. `ARGV`: a fresh version, the
 /// bytes, the ttl in ms. The plain API's `set`: stores the entry and moves its generation on
 /// as [`INVALIDATE_KEY`] does, so a fill whose lease was taken before the set (a slow read of
 /// older data) is refused.
 pub(super) const SET_KEY: &str =
-    concat!(invalidation!(), "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\nreturn 1\n");
+    concat!(version_rule!(), invalidation!(), "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\nreturn 1\n");
 
 /// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
 /// ([`fresh_version`](super::fresh_version)). `INCR`s the version and returns it. An absent
 /// version (evicted) or one that is not a version (a foreign value or type) is replaced by the
 /// fresh start: no entry can have recorded it, and it is above every version the replicas' L1s
 /// learned before (they keep the highest they saw).
-pub(super) const BUMP: &str = r"
+pub(super) const BUMP: &str = concat!(
+    version_rule!(),
+    r"
 local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'string' and string.match(v, '^%d+$') and #v <= 16 and tonumber(v) < 9007199254740000 then
+if version(v) then
   return redis.call('INCR', KEYS[1])
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return tonumber(ARGV[1])
-";
+"
+);
 
 /// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
 /// ([`fresh_version`](super::fresh_version)). Returns the current version, giving an absent one
 /// the fresh start (a version key lost to eviction must not come back as a value some old entry
 /// recorded) and replacing one that is not a version (a foreign value or type) the same way.
-pub(super) const TAG_VERSION: &str = r"
+pub(super) const TAG_VERSION: &str = concat!(
+    version_rule!(),
+    r"
 local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'string' and string.match(v, '^%d+$') and #v <= 16 and tonumber(v) < 9007199254740000 then return v end
+if version(v) then return v end
 redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
-";
+"
+);
 
 /// `KEYS`: a claim (a `lock` or a refresh claim). `ARGV`: the token, the hold in ms. `SET NX
 /// PX`; a claim key without an expiry is not one of ours (every claim has one): it is replaced,
