@@ -62,18 +62,23 @@ pub struct Batch<'a, K> {
     note = "a batch fn returns `HashMap<K, V>`, `BTreeMap<K, V>` or `Vec<(K, V)>` (or a `Result` of one), `K` being the batch parameter's element type"
 )]
 pub trait BatchMap<K, V>: Sized {
+    /// Whether the pairs keep the caller's order (a `Vec`): the answers are then put in it
+    /// (a map's order is its own: no sort).
+    const IN_CALLERS_ORDER: bool = false;
     /// The pairs, in any order.
     fn into_pairs(self) -> Vec<(K, V)>;
-    /// The map of these pairs (in the caller's order, for a `Vec`).
-    fn from_pairs(pairs: Vec<(K, V)>) -> Self;
+    /// The map of these pairs.
+    fn from_pairs(pairs: impl ExactSizeIterator<Item = (K, V)>) -> Self;
 }
 
 impl<K: Eq + Hash, V, S: std::hash::BuildHasher + Default> BatchMap<K, V> for std::collections::HashMap<K, V, S> {
     fn into_pairs(self) -> Vec<(K, V)> {
         self.into_iter().collect()
     }
-    fn from_pairs(pairs: Vec<(K, V)>) -> Self {
-        pairs.into_iter().collect()
+    fn from_pairs(pairs: impl ExactSizeIterator<Item = (K, V)>) -> Self {
+        let mut map = Self::with_capacity_and_hasher(pairs.len(), S::default());
+        map.extend(pairs);
+        map
     }
 }
 
@@ -81,17 +86,18 @@ impl<K: Ord, V> BatchMap<K, V> for BTreeMap<K, V> {
     fn into_pairs(self) -> Vec<(K, V)> {
         self.into_iter().collect()
     }
-    fn from_pairs(pairs: Vec<(K, V)>) -> Self {
-        pairs.into_iter().collect()
+    fn from_pairs(pairs: impl ExactSizeIterator<Item = (K, V)>) -> Self {
+        pairs.collect()
     }
 }
 
 impl<K, V> BatchMap<K, V> for Vec<(K, V)> {
+    const IN_CALLERS_ORDER: bool = true;
     fn into_pairs(self) -> Vec<(K, V)> {
         self
     }
-    fn from_pairs(pairs: Vec<(K, V)>) -> Self {
-        pairs
+    fn from_pairs(pairs: impl ExactSizeIterator<Item = (K, V)>) -> Self {
+        pairs.collect()
     }
 }
 
@@ -197,10 +203,10 @@ where
     let mut joining = Vec::new();
     for ((at, element, drawn_early), lookup) in pending.into_iter().zip(lookups) {
         let freshness = lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, drawn_early, now));
-        if freshness == Some(Freshness::Fresh) && lookup.hit.is_some() {
-            fresh.push((at, element, lookup));
-        } else {
-            joining.push((at, element, lookup, freshness));
+        match lookup.hit {
+            // A fresh hit carries no lease: what it found and until when is all it is.
+            Some((found, times)) if freshness == Some(Freshness::Fresh) => fresh.push((at, element, found, times)),
+            hit => joining.push((at, element, crate::entry::Lookup { hit, ..lookup }, freshness)),
         }
     }
     // Popped from the end: in key order.
@@ -215,15 +221,15 @@ where
         let now = crate::time::now_ms();
         if now != clock {
             clock = now;
-            let expired = |(_, e, lookup): &(usize, Element<K>, crate::entry::Lookup<V>)| {
-                lookup.hit.as_ref().is_some_and(|(_, times)| times.fresh_until_ms <= now) && e.key > element.key
+            let expired = |(_, e, _, times): &(usize, Element<K>, Found<V>, crate::entry::Times)| {
+                times.fresh_until_ms <= now && e.key > element.key
             };
             if fresh.iter().any(expired) {
                 let (late, still): (Vec<_>, Vec<_>) = fresh.into_iter().partition(expired);
                 fresh = still;
-                for (at, e, lookup) in late {
-                    let freshness =
-                        lookup.hit.as_ref().map(|(_, times)| opts.freshness_once(cache.rng(), times, false, now));
+                for (at, e, found, times) in late {
+                    let freshness = Some(opts.freshness_once(cache.rng(), &times, false, now));
+                    let lookup = crate::entry::Lookup::hit(found, times);
                     joining.push((at, e, lookup, freshness));
                 }
                 joining.sort_unstable_by(|a, b| b.1.key.cmp(&a.1.key));
@@ -246,11 +252,11 @@ where
             }
         }
     }
-    for (at, element, lookup) in fresh {
-        if let Some((found, _)) = lookup.hit {
-            cache.record_served(site, &element.key, false);
-            answer(&mut answered, at, element.id, found);
-        }
+    // Counted once for the batch, logged each.
+    cache.count_hits(site, fresh.len() as u64);
+    for (at, element, found, _) in fresh {
+        cache.log_hit(&element.key);
+        answer(&mut answered, at, element.id, found);
     }
     // Another caller's flight of some of them ended, or an invalidation touching them was
     // applied, between the read and the join (their values may be stored now, or what was read
@@ -409,19 +415,25 @@ where
                 cache.fill_many::<V, Json>(&fills, recompute).await;
                 drop(fills);
                 drop(calls);
-                let finished = done.into_iter().zip(ttls).map(|((c, found), ttl)| async move {
+                // Each flight shares what it stored; then the refresh claims and `lock` locks
+                // held (the rare ones) are let go, concurrently.
+                let mut releases = Vec::new();
+                for ((c, found), ttl) in done.into_iter().zip(ttls) {
                     c.leader.finish(Some(&found), Served::Joined(ttl.unwrap_or_default()));
-                    if c.refreshing {
-                        cache.release_refresh(&c.element.key).await;
+                    if c.refreshing || c.held.is_some() {
+                        releases.push((c.element.key, c.refreshing, c.held));
                     }
-                    if let Some(held) = c.held {
+                    answer(&mut answered, c.at, c.element.id, found);
+                }
+                let released = releases.into_iter().map(|(key, refreshing, held)| async move {
+                    if refreshing {
+                        cache.release_refresh(&key).await;
+                    }
+                    if let Some(held) = held {
                         held.release().await;
                     }
-                    (c.at, c.element.id, found)
                 });
-                for (at, id, found) in crate::sync::join_all(finished).await {
-                    answer(&mut answered, at, id, found);
-                }
+                crate::sync::join_all(released).await;
                 // What the body returned beyond the elements asked for is answered, not stored.
                 let extra = got.into_iter().map(|(id, v)| (usize::MAX, id, v));
                 answered.extend(extra);
@@ -457,9 +469,11 @@ where
             }
         }
     }
-    // In the caller's order (answers come mostly in it: this sort is then a pass).
-    answered.sort_unstable_by_key(|(at, _, _)| *at);
-    Ok(M::from_pairs(answered.into_iter().map(|(_, id, v)| (id, v)).collect()))
+    // In the caller's order, for a `Vec` (answers come mostly in it: this sort is then a pass).
+    if M::IN_CALLERS_ORDER {
+        answered.sort_unstable_by_key(|(at, _, _)| *at);
+    }
+    Ok(M::from_pairs(answered.into_iter().map(|(_, id, v)| (id, v))))
 }
 
 /// Whether each element is the first with its key. Keys in strictly increasing order (ids

@@ -265,13 +265,26 @@ impl Cache {
     }
 
     pub(crate) fn record_hit(&self, site: Option<&'static Function>, key: &str) {
-        self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.log_hit(key);
+        self.count_hits(site, 1);
+    }
+
+    /// The log line of one hit (a batch counts its hits once: [`count_hits`](Self::count_hits)).
+    pub(crate) fn log_hit(&self, key: &str) {
+        tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "hit");
+    }
+
+    /// Counts `n` hits (each logged with [`log_hit`](Self::log_hit)).
+    pub(crate) fn count_hits(&self, site: Option<&'static Function>, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.inner.stats.hits.fetch_add(n, Ordering::Relaxed);
         if let Some(site) = site {
-            site.hit();
+            site.hits(n);
         }
         #[cfg(feature = "metrics")]
-        metrics::counter!("cache_hits_total").increment(1);
-        tracing::debug!(target: "cache_runtime", key = %self.log_key(key), "hit");
+        metrics::counter!("cache_hits_total").increment(n);
     }
 
     pub(crate) fn record_miss(&self, site: Option<&'static Function>, key: &str) {

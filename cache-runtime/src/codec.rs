@@ -30,7 +30,14 @@ impl<T: Clone + Send + Sync + 'static> Stored for T {}
 
 /// Encodes and decodes one kind of value.
 pub(crate) trait Codec<V> {
-    fn encode(value: &V, format: Format) -> Result<Vec<u8>, CacheError>;
+    /// Appends the encoded value to `out` (after the envelope's head: one buffer per entry).
+    fn encode_into(value: &V, format: Format, out: &mut Vec<u8>) -> Result<(), CacheError>;
+
+    fn encode(value: &V, format: Format) -> Result<Vec<u8>, CacheError> {
+        let mut out = Vec::new();
+        Self::encode_into(value, format, &mut out)?;
+        Ok(out)
+    }
     /// A failure is described for the log and read as a miss.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn decode(bytes: &[u8], format: Format) -> Result<V, String>;
@@ -52,11 +59,13 @@ pub(crate) trait Codec<V> {
 pub(crate) struct Json;
 
 impl<V: Cacheable> Codec<V> for Json {
-    fn encode(value: &V, format: Format) -> Result<Vec<u8>, CacheError> {
+    fn encode_into(value: &V, format: Format, out: &mut Vec<u8>) -> Result<(), CacheError> {
         match format {
-            Format::Json => serde_json::to_vec(value).map_err(CacheError::Encode),
+            Format::Json => serde_json::to_writer(out, value).map_err(CacheError::Encode),
             #[cfg(feature = "msgpack")]
-            Format::MessagePack => rmp_serde::to_vec_named(value).map_err(|e| CacheError::Config(e.to_string())),
+            Format::MessagePack => {
+                rmp_serde::encode::write_named(out, value).map_err(|e| CacheError::Config(e.to_string()))
+            }
         }
     }
 

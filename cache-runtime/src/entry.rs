@@ -60,6 +60,12 @@ impl<V> Lookup<V> {
         Lookup { hit: None, lease: None, l1_epoch: None, seen: false }
     }
 
+    /// A hit: what was found and its times (a hit takes no lease: a caller that does not serve
+    /// it looks the key up again for one).
+    pub(crate) fn hit(found: Found<V>, times: Times) -> Self {
+        Lookup { hit: Some((found, times)), lease: None, l1_epoch: None, seen: true }
+    }
+
     /// What a fill under this lookup needs: its lease and the L1 epoch read before it.
     pub(crate) fn fill_lease(self) -> Option<(Lease, Option<u64>)> {
         self.lease.map(|lease| (lease, self.l1_epoch))

@@ -87,27 +87,27 @@ impl std::fmt::Display for Corrupt {
     }
 }
 
-/// Fails only when the tags do not fit (a name over 255 bytes, or over 64 KiB of tags): such
-/// an entry is not stored rather than stored without its tags.
-/// `key`: the full key the entry is stored under.
-pub(crate) fn encode(
+/// The envelope up to its payload (header, `ETag`, recorded tags), with room for
+/// `payload_hint` more bytes: the caller appends the payload. Fails only when the tags do not
+/// fit (a name over 255 bytes, or over 64 KiB of tags): such an entry is not stored rather than
+/// stored without its tags. `key`: the full key the entry is stored under.
+pub(crate) fn head(
     key: &str,
     meta: &Meta,
     negative: bool,
     format: Format,
-    payload: &[u8],
+    payload_hint: usize,
 ) -> Result<Vec<u8>, &'static str> {
     let etag = meta.etag.as_deref().unwrap_or("").as_bytes();
     let etag_len = u8::try_from(etag.len()).unwrap_or(0);
     let etag = &etag[..usize::from(etag_len)];
-    let mut tags = Vec::new();
-    for (name, version) in &meta.tags {
-        tags.push(u8::try_from(name.len()).map_err(|_| "a tag is longer than 255 bytes")?);
-        tags.extend_from_slice(name.as_bytes());
-        tags.extend_from_slice(&version.to_le_bytes());
+    let mut tags_len = 0usize;
+    for (name, _) in &meta.tags {
+        u8::try_from(name.len()).map_err(|_| "a tag is longer than 255 bytes")?;
+        tags_len += 1 + name.len() + 8;
     }
-    let tags_len = u16::try_from(tags.len()).map_err(|_| "the tags take more than 64 KiB")?;
-    let mut out = Vec::with_capacity(HEADER + etag.len() + tags.len() + payload.len());
+    let tags_len = u16::try_from(tags_len).map_err(|_| "the tags take more than 64 KiB")?;
+    let mut out = Vec::with_capacity(HEADER + etag.len() + usize::from(tags_len) + payload_hint);
     out.push(MAGIC);
     out.push(VERSION);
     let format_flag = match format {
@@ -125,7 +125,25 @@ pub(crate) fn encode(
     out.extend_from_slice(&tags_len.to_le_bytes());
     out.extend_from_slice(&key_hash(key).to_le_bytes());
     out.extend_from_slice(etag);
-    out.extend_from_slice(&tags);
+    for (name, version) in &meta.tags {
+        // Checked above: at most 255 bytes.
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// The whole envelope of `payload` ([`head`], then the payload).
+#[cfg(test)]
+pub(crate) fn encode(
+    key: &str,
+    meta: &Meta,
+    negative: bool,
+    format: Format,
+    payload: &[u8],
+) -> Result<Vec<u8>, &'static str> {
+    let mut out = head(key, meta, negative, format, payload.len())?;
     out.extend_from_slice(payload);
     Ok(out)
 }

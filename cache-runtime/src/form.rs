@@ -29,8 +29,9 @@ impl Cache {
         }
     }
 
-    /// The stored form of a value, unless it is larger than `max_value_bytes` (then it is not
-    /// stored: counted in `stats().oversized`, logged once).
+    /// The stored form of a value (its envelope and payload, in one buffer), unless it is
+    /// larger than `max_value_bytes` (then it is not stored: counted in `stats().oversized`,
+    /// logged once).
     #[cfg(feature = "redis")]
     pub(crate) fn encode_entry<V: Stored, C: Codec<V>>(
         &self,
@@ -38,9 +39,14 @@ impl Cache {
         meta: &Meta,
         value: Option<&V>,
     ) -> Result<Vec<u8>, CacheError> {
-        let payload = self.checked_payload::<V, C>(value)?;
-        envelope::encode(key, meta, value.is_none(), self.inner.format, &payload)
-            .map_err(|why| CacheError::Config(why.to_owned()))
+        let mut out = envelope::head(key, meta, value.is_none(), self.inner.format, PAYLOAD_HINT)
+            .map_err(|why| CacheError::Config(why.to_owned()))?;
+        let start = out.len();
+        if let Some(v) = value {
+            C::encode_into(v, self.inner.format, &mut out)?;
+        }
+        self.check_size(out.len() - start)?;
+        Ok(out)
     }
 
     /// The encoded value, unless it is larger than `max_value_bytes`, in process memory as in
@@ -50,21 +56,32 @@ impl Cache {
             Some(v) => C::encode(v, self.inner.format)?,
             None => Vec::new(),
         };
-        if payload.len() > self.inner.max_value_bytes {
+        self.check_size(payload.len())?;
+        Ok(payload)
+    }
+
+    /// `Err` for a payload of `len` bytes above `max_value_bytes` (counted, logged once).
+    fn check_size(&self, len: usize) -> Result<(), CacheError> {
+        if len > self.inner.max_value_bytes {
             self.inner.stats.oversized.fetch_add(1, Ordering::Relaxed);
             if !self.inner.oversized_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     target: "cache_runtime",
-                    bytes = payload.len(),
+                    bytes = len,
                     max = self.inner.max_value_bytes,
                     "a value larger than max_value_bytes is not stored (logged once; see stats().oversized)"
                 );
             }
-            return Err(CacheError::TooLarge(payload.len()));
+            return Err(CacheError::TooLarge(len));
         }
-        Ok(payload)
+        Ok(())
     }
 }
+
+/// Room made for a payload after the envelope's head (a JSON row; a larger one grows the
+/// buffer as it is written).
+#[cfg(feature = "redis")]
+const PAYLOAD_HINT: usize = 256;
 
 /// `weight`: see [`store::entry_weight`].
 pub(crate) fn mem_entry<V: Stored>(meta: Meta, value: Option<&V>, weight: u32) -> MemEntry {

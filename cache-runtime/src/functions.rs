@@ -80,8 +80,8 @@ impl Function {
     }
 
     #[inline]
-    pub(crate) fn hit(&'static self) {
-        self.add(&self.hits, 1, "cache_function_hits_total");
+    pub(crate) fn hits(&'static self, n: u64) {
+        self.add(&self.hits, n, "cache_function_hits_total");
     }
 
     pub(crate) fn miss(&'static self) {

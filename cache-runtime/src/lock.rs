@@ -116,9 +116,9 @@ impl Locks {
     /// every replica.
     pub(crate) async fn release(&self, redis: &RedisStore, key: &str, token: &str) {
         let lock_key = lock_key(key);
-        let mut invocation = self.release.prepare_invoke();
-        invocation.key(&lock_key).arg(token);
-        let _ = redis.invoke::<i64>(&invocation).await;
+        let mut cmd = crate::store::evalsha(&self.release, 1);
+        cmd.arg(&lock_key).arg(token);
+        let _ = redis.invoke::<i64>(&self.release, &cmd).await;
         let _ = redis.publish(&self.channel, key.as_bytes()).await;
     }
 

@@ -133,14 +133,17 @@ impl Cache {
         match &self.inner.store {
             Store::Memory(mem) => calls.iter().map(|call| memory_lookup(mem, call, false)).collect(),
             #[cfg(feature = "redis")]
-            Store::Redis { redis, .. } => {
-                let mut found: Vec<Option<Lookup<V>>> = Vec::with_capacity(calls.len());
-                let mut to_read = Vec::new();
+            Store::Redis { redis, l1, .. } => {
+                // What Redis does not answer (it failed) stays `nothing`.
+                let mut found: Vec<Lookup<V>> = Vec::with_capacity(calls.len());
+                let mut to_read = Vec::with_capacity(calls.len());
+                // Without a live L1 (checked once), every call is read from Redis.
+                let l1_live = l1.as_ref().is_some_and(|c| c.live());
                 for (i, call) in calls.iter().enumerate() {
-                    match self.l1_first::<V>(call, false) {
-                        Ok(hit) => found.push(Some(hit)),
+                    match if l1_live { self.l1_first::<V>(call, false) } else { self.l1_skipped() } {
+                        Ok(hit) => found.push(hit),
                         Err(l1_epoch) => {
-                            found.push(None);
+                            found.push(Lookup::nothing());
                             to_read.push((i, l1_epoch));
                         }
                     }
@@ -181,7 +184,7 @@ impl Cache {
                         let now = now_ms();
                         for (&(i, l1_epoch), read) in to_read.iter().zip(reads) {
                             match self.settle_now::<V, C>(&calls[i], read, l1_epoch, now) {
-                                Ok(lookup) => found[i] = Some(lookup),
+                                Ok(lookup) => found[i] = lookup,
                                 Err(read) => later.push((i, l1_epoch, read)),
                             }
                         }
@@ -189,13 +192,23 @@ impl Cache {
                             (i, self.settle_read::<V, C>(&calls[i], read, l1_epoch, false).await)
                         });
                         for (i, lookup) in crate::sync::join_all(settled).await {
-                            found[i] = Some(lookup);
+                            found[i] = lookup;
                         }
                     }
                 }
-                found.into_iter().map(|lookup| lookup.unwrap_or_else(Lookup::nothing)).collect()
+                found
             }
         }
+    }
+
+    /// `l1_first` of a call when there is no live L1: read Redis (the invalidation channel
+    /// started, as `l1_first` does).
+    #[cfg(feature = "redis")]
+    fn l1_skipped<V>(&self) -> Result<Lookup<V>, Option<u64>> {
+        if let Store::Redis { redis, channel, .. } = &self.inner.store {
+            channel.ensure_started(redis);
+        }
+        Err(None)
     }
 
     /// A fresh L1 copy (`Ok`), or the L1 epoch to read Redis under (`Err`; `None`: no L1).
@@ -207,7 +220,7 @@ impl Cache {
         // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
         let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
         match local_entry::<V>(&c.l1, &call.key, None, now_ms()).filter(fresh) {
-            Some(hit) => Ok(Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true }),
+            Some((found, times)) => Ok(Lookup::hit(found, times)),
             None => Err(Some(c.epoch())),
         }
     }
@@ -515,8 +528,8 @@ impl Cache {
 
 /// A memory-store lookup: a current entry, or the lease its fill needs.
 fn memory_lookup<V: Stored>(mem: &MemoryStore, call: &Call<'_>, refresh: bool) -> Lookup<V> {
-    if let Some(hit) = local_entry::<V>(mem, &call.key, Some(0), now_ms()).filter(|_| !refresh) {
-        return Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true };
+    if let Some((found, times)) = local_entry::<V>(mem, &call.key, Some(0), now_ms()).filter(|_| !refresh) {
+        return Lookup::hit(found, times);
     }
     let seen = mem.get(&call.key).is_some();
     Lookup { hit: None, lease: Some(mem.lease(&call.key, call.namespace, call.tags)), l1_epoch: None, seen }

@@ -98,16 +98,18 @@ impl Cache {
             };
             // Right after an outage, what was stored before it may be invalidated by a
             // write whose invalidation is still queued in its writer: a miss.
-            if let Some((hit, decoded)) = hit.filter(|(_, decoded)| channel.trusted(decoded.meta.stored_at_ms)) {
+            if let Some(((found, times), decoded)) =
+                hit.filter(|(_, decoded)| channel.trusted(decoded.meta.stored_at_ms))
+            {
                 if let (Some(c), Some(epoch)) = (l1, l1_epoch) {
-                    let value = match &hit.0 {
+                    let value = match &found {
                         Found::Value(v) => Some(v),
                         Found::Negative => None,
                     };
                     let meta = decoded.into_meta();
                     self.l1_insert(c, epoch, key.to_owned(), meta, value, C::memory_size(bytes.len()));
                 }
-                return Settled::Done(Lookup { hit: Some(hit), lease: None, l1_epoch: None, seen: true });
+                return Settled::Done(Lookup::hit(found, times));
             }
         }
         // A miss: the lease its fill needs.

@@ -103,8 +103,8 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
         Some(value.etag_text.clone())
     }
 
-    fn encode(value: &Arc<StoredResponse>, _: Format) -> Result<Vec<u8>, CacheError> {
-        let mut out = Vec::with_capacity(64 + value.body.len());
+    fn encode_into(value: &Arc<StoredResponse>, _: Format, out: &mut Vec<u8>) -> Result<(), CacheError> {
+        out.reserve(64 + value.body.len());
         out.extend_from_slice(&value.status.as_u16().to_le_bytes());
         out.extend_from_slice(&value.last_modified_ms.to_le_bytes());
         let etag = value.etag_text.as_bytes();
@@ -121,7 +121,7 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
         }
         out.extend_from_slice(&(value.body.len() as u64).to_le_bytes());
         out.extend_from_slice(&value.body);
-        Ok(out)
+        Ok(())
     }
 
     fn decode(mut bytes: &[u8], _: Format) -> Result<Arc<StoredResponse>, String> {

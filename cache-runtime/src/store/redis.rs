@@ -177,16 +177,21 @@ impl RedisRead<'_> {
 
 /// A version as the scripts accept one (at most 16 digits, below 9,007,199,254,740,000: exact
 /// in Lua's numbers); anything else is `None` (absent, or damaged: repaired before a fill).
+/// `EVALSHA` of `script` with `keys` keys: the caller adds the keys, then the arguments
+/// (`Cmd::arg` copies each once; redis-rs's `ScriptInvocation` copies each twice). Run with
+/// [`RedisStore::invoke`].
+pub(crate) fn evalsha(script: &redis::Script, keys: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    cmd
+}
+
 fn parse_version(raw: Option<&Vec<u8>>) -> Option<u64> {
     let raw = raw?;
     if raw.is_empty() || raw.len() > 16 || !raw.iter().all(u8::is_ascii_digit) {
         return None;
     }
     std::str::from_utf8(raw).ok()?.parse().ok().filter(|&v: &u64| v < 9_007_199_254_740_000)
-}
-
-fn seen(v: Option<u64>) -> String {
-    v.map_or_else(String::new, |v| v.to_string())
 }
 
 fn invalid_url(e: &redis::RedisError) -> CacheError {
@@ -313,14 +318,23 @@ impl RedisStore {
         .await
     }
 
-    /// One script (all its keys in one slot), bounded like `run`.
+    /// One script call (all its keys in one slot; `cmd` from [`evalsha`]), bounded like `run`.
+    /// A server that does not have the script (restarted, `SCRIPT FLUSH`, a fail-over to a
+    /// replica that never saw it) is given it, and the call is made again.
     pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
     ) -> Result<T, CacheError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
-            invocation.invoke_async::<T>(&mut conn).await
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                result => result,
+            }
         })
         .await
     }
@@ -464,9 +478,9 @@ impl RedisStore {
         let counter = self.generation_counter.as_deref().filter(|_| counter);
         let keys = missing.iter().map(|&i| tag_key(prefix, &lease.tags[i].0)).chain(counter.map(str::to_owned));
         let reads = keys.map(|key| async move {
-            let mut invocation = self.tag_version.prepare_invoke();
-            invocation.key(key).arg(fresh_version());
-            let v = self.invoke::<String>(&invocation).await?;
+            let mut cmd = evalsha(&self.tag_version, 1);
+            cmd.arg(key).arg(fresh_version());
+            let v = self.invoke::<String>(&self.tag_version, &cmd).await?;
             v.parse::<u64>().map_err(|_| CacheError::Config(format!("version {v:?} is not a number")))
         });
         let mut values = futures::future::try_join_all(reads).await?;
@@ -482,21 +496,32 @@ impl RedisStore {
     /// Stores `bytes` if the key was not invalidated since the lease was taken; `Ok(false)` when
     /// it was. (A tag or namespace invalidated meanwhile makes the stored entry a miss on read.)
     pub(crate) async fn fill(&self, key: &str, lease: &Lease, bytes: &[u8], ttl: Duration) -> Result<bool, CacheError> {
-        let stored: Vec<i64> = self.invoke(&self.fill_invocation(&[(key, lease, bytes, ttl)])).await?;
+        let stored: Vec<i64> = self.invoke(&self.fill, &self.fill_cmd(&[(key, lease, bytes, ttl)])).await?;
         Ok(stored.first() == Some(&1))
     }
 
-    /// One `FILL` of `fills` (on a cluster, one fill: a script's keys share a slot).
-    fn fill_invocation<'a>(&'a self, fills: &[(&str, &Lease, &[u8], Duration)]) -> redis::ScriptInvocation<'a> {
-        let mut invocation = self.fill.prepare_invoke();
-        invocation.arg(fresh_version());
-        invocation.key(self.counter_key(fills.first().map_or("", |fill| fill.0)));
-        for (key, lease, bytes, ttl) in fills {
-            invocation.key(*key).key(generation_key(key));
-            invocation.arg(seen(lease.generation));
-            invocation.arg(*bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+    /// One `FILL` of `fills` (on a cluster, one fill: a script's keys share a slot): the
+    /// command built in place (every argument copied once, into the command).
+    fn fill_cmd(&self, fills: &[(&str, &Lease, &[u8], Duration)]) -> redis::Cmd {
+        let mut cmd = evalsha(&self.fill, 1 + 2 * fills.len());
+        cmd.arg(self.counter_key(fills.first().map_or("", |fill| fill.0)));
+        // One buffer for every generation key (`Cmd::arg` copies it).
+        let mut generation = String::new();
+        for (key, ..) in fills {
+            generation.clear();
+            push_generation_key(&mut generation, key);
+            cmd.arg(*key).arg(generation.as_str());
         }
-        invocation
+        cmd.arg(fresh_version());
+        for (_, lease, bytes, ttl) in fills {
+            // What the read saw of the counter (`''`: absent), in decimal digits.
+            match lease.generation {
+                Some(generation) => cmd.arg(generation),
+                None => cmd.arg(""),
+            };
+            cmd.arg(*bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        cmd
     }
 
     /// `fill` of many entries (a batch): on one Redis, one `FILL` call for them all (one round
@@ -511,7 +536,7 @@ impl RedisStore {
             let each = fills.iter().map(|(key, lease, bytes, ttl)| self.fill(key, lease, bytes, *ttl));
             return crate::sync::join_all(each).await;
         }
-        match self.invoke::<Vec<i64>>(&self.fill_invocation(fills)).await {
+        match self.invoke::<Vec<i64>>(&self.fill, &self.fill_cmd(fills)).await {
             Ok(stored) => fills.iter().enumerate().map(|(i, _)| Ok(stored.get(i) == Some(&1))).collect(),
             Err(err) => fills.iter().map(|_| Err(err.again())).collect(),
         }
@@ -521,24 +546,24 @@ impl RedisStore {
     /// [`SET_KEY`]): a fill leased before this set is refused.
     pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut invocation = self.set_key.prepare_invoke();
-        invocation.key(self.counter_key(key)).key(key).key(generation_key(key));
-        invocation.arg(fresh_version()).arg(bytes).arg(ms);
-        self.invoke::<i64>(&invocation).await.map(drop)
+        let mut cmd = evalsha(&self.set_key, 3);
+        cmd.arg(self.counter_key(key)).arg(key).arg(generation_key(key));
+        cmd.arg(fresh_version()).arg(bytes).arg(ms);
+        self.invoke::<i64>(&self.set_key, &cmd).await.map(drop)
     }
 
     pub(crate) async fn invalidate_key(&self, key: &str) -> Result<(), CacheError> {
-        let mut invocation = self.invalidate_key.prepare_invoke();
-        invocation.key(self.counter_key(key)).key(key).key(generation_key(key)).arg(fresh_version());
-        self.invoke::<i64>(&invocation).await.map(drop)
+        let mut cmd = evalsha(&self.invalidate_key, 3);
+        cmd.arg(self.counter_key(key)).arg(key).arg(generation_key(key)).arg(fresh_version());
+        self.invoke::<i64>(&self.invalidate_key, &cmd).await.map(drop)
     }
 
     /// `SET key token NX PX hold` (see [`CLAIM`]): whether this caller got it.
     pub(crate) async fn claim_token(&self, key: &str, token: &str, hold: Duration) -> Result<bool, CacheError> {
         let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut invocation = self.claim.prepare_invoke();
-        invocation.key(key).arg(token).arg(ms);
-        Ok(self.invoke::<i64>(&invocation).await? == 1)
+        let mut cmd = evalsha(&self.claim, 1);
+        cmd.arg(key).arg(token).arg(ms);
+        Ok(self.invoke::<i64>(&self.claim, &cmd).await? == 1)
     }
 
     /// The raw bytes under `key` (`GET`), for inspection.
@@ -552,9 +577,9 @@ impl RedisStore {
 
     /// Bumps a version key (see [`BUMP`]); returns the new version.
     pub(crate) async fn bump(&self, version_key: &str) -> Result<u64, CacheError> {
-        let mut invocation = self.bump.prepare_invoke();
-        invocation.key(version_key).arg(fresh_version());
-        self.invoke(&invocation).await
+        let mut cmd = evalsha(&self.bump, 1);
+        cmd.arg(version_key).arg(fresh_version());
+        self.invoke(&self.bump, &cmd).await
     }
 
     /// Deletes every key matching `pattern` with `SCAN` + `UNLINK` in batches (never `KEYS`),
