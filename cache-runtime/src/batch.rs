@@ -476,13 +476,16 @@ where
     Ok(M::from_pairs(answered.into_iter().map(|(_, id, v)| (id, v))))
 }
 
-/// Whether each element is the first with its key. Keys in strictly increasing order (ids
-/// passed in order) have no duplicates; otherwise by the keys' 64-bit FNV-1a hashes, each
-/// repeated hash checked against the key (two keys with one hash, of which no pair is known,
-/// fall back to comparing the keys themselves).
+/// Whether each element is the first with its key. Keys strictly increasing in some order have
+/// no duplicates: by their bytes (ids passed in order, strings) or by their length then bytes
+/// (integer ids passed in numeric order: `user:9` before `user:10`). Otherwise by the keys'
+/// 64-bit FNV-1a hashes, each repeated hash checked against the key (two keys with one hash,
+/// of which no pair is known, fall back to comparing the keys themselves).
 fn first_of_each_key<K>(elements: &[Element<K>]) -> Vec<bool> {
     use std::collections::hash_map::{Entry, HashMap};
-    if elements.windows(2).all(|pair| pair[0].key < pair[1].key) {
+    let increasing = |pair: &[Element<K>]| pair[0].key < pair[1].key;
+    let numeric = |pair: &[Element<K>]| (pair[0].key.len(), &pair[0].key) < (pair[1].key.len(), &pair[1].key);
+    if elements.windows(2).all(increasing) || elements.windows(2).all(numeric) {
         return vec![true; elements.len()];
     }
     let mut seen: HashMap<u64, usize, std::hash::BuildHasherDefault<KeyHash>> =
@@ -560,6 +563,10 @@ mod tests {
             [true, true, true, false, false, true]
         );
         assert_eq!(first_of_each_key(&elements(&["u:2", "u:2"])), [true, false]);
+        // Integer ids in numeric order (not in the keys' byte order), then with a repeat.
+        assert_eq!(first_of_each_key(&elements(&["u:9", "u:10", "u:11"])), [true, true, true]);
+        assert_eq!(first_of_each_key(&elements(&["u:9", "u:10", "u:10"])), [true, true, false]);
+        assert_eq!(first_of_each_key(&elements(&["u:10", "u:9", "u:10"])), [true, true, false]);
         assert_eq!(first_of_each_key(&elements(&[])), [] as [bool; 0]);
     }
 }

@@ -181,9 +181,9 @@ impl Cache {
                         // Settled in place when no I/O is needed (almost always); the others
                         // concurrently.
                         let mut later = Vec::new();
-                        let now = now_ms();
+                        let against = settle::Against::now::<V>();
                         for (&(i, l1_epoch), read) in to_read.iter().zip(reads) {
-                            match self.settle_now::<V, C>(&calls[i], read, l1_epoch, now) {
+                            match self.settle_now::<V, C>(&calls[i], read, l1_epoch, against) {
                                 Ok(lookup) => found[i] = lookup,
                                 Err(read) => later.push((i, l1_epoch, read)),
                             }
