@@ -62,42 +62,67 @@ pub struct Batch<'a, K> {
     note = "a batch fn returns `HashMap<K, V>`, `BTreeMap<K, V>` or `Vec<(K, V)>` (or a `Result` of one), `K` being the batch parameter's element type"
 )]
 pub trait BatchMap<K, V>: Sized {
-    /// Whether the pairs keep the caller's order (a `Vec`): the answers are then put in it
-    /// (a map's order is its own: no sort).
-    const IN_CALLERS_ORDER: bool = false;
+    /// The answers as they come: the map itself, or (a `Vec`) the pairs with their places in
+    /// the caller's order, put in it at the end.
+    type Answers;
+    /// No answer yet, room for `capacity`.
+    fn answers(capacity: usize) -> Self::Answers;
+    /// The answer for the element at `at` in the caller's order (`usize::MAX`: an id the body
+    /// returned beyond those asked for).
+    fn answer(answers: &mut Self::Answers, at: usize, id: K, value: V);
+    /// The map of the answers.
+    fn from_answers(answers: Self::Answers) -> Self;
     /// The pairs, in any order.
     fn into_pairs(self) -> Vec<(K, V)>;
-    /// The map of these pairs.
-    fn from_pairs(pairs: impl ExactSizeIterator<Item = (K, V)>) -> Self;
 }
 
 impl<K: Eq + Hash, V, S: std::hash::BuildHasher + Default> BatchMap<K, V> for std::collections::HashMap<K, V, S> {
+    type Answers = Self;
+    fn answers(capacity: usize) -> Self {
+        Self::with_capacity_and_hasher(capacity, S::default())
+    }
+    fn answer(answers: &mut Self, _: usize, id: K, value: V) {
+        answers.insert(id, value);
+    }
+    fn from_answers(answers: Self) -> Self {
+        answers
+    }
     fn into_pairs(self) -> Vec<(K, V)> {
         self.into_iter().collect()
-    }
-    fn from_pairs(pairs: impl ExactSizeIterator<Item = (K, V)>) -> Self {
-        let mut map = Self::with_capacity_and_hasher(pairs.len(), S::default());
-        map.extend(pairs);
-        map
     }
 }
 
 impl<K: Ord, V> BatchMap<K, V> for BTreeMap<K, V> {
+    type Answers = Self;
+    fn answers(_: usize) -> Self {
+        BTreeMap::new()
+    }
+    fn answer(answers: &mut Self, _: usize, id: K, value: V) {
+        answers.insert(id, value);
+    }
+    fn from_answers(answers: Self) -> Self {
+        answers
+    }
     fn into_pairs(self) -> Vec<(K, V)> {
         self.into_iter().collect()
-    }
-    fn from_pairs(pairs: impl ExactSizeIterator<Item = (K, V)>) -> Self {
-        pairs.collect()
     }
 }
 
 impl<K, V> BatchMap<K, V> for Vec<(K, V)> {
-    const IN_CALLERS_ORDER: bool = true;
+    type Answers = Vec<(usize, K, V)>;
+    fn answers(capacity: usize) -> Self::Answers {
+        Vec::with_capacity(capacity)
+    }
+    fn answer(answers: &mut Self::Answers, at: usize, id: K, value: V) {
+        answers.push((at, id, value));
+    }
+    /// In the caller's order (answers come mostly in it: the sort is then a pass).
+    fn from_answers(mut answers: Self::Answers) -> Self {
+        answers.sort_unstable_by_key(|(at, _, _)| *at);
+        answers.into_iter().map(|(_, id, v)| (id, v)).collect()
+    }
     fn into_pairs(self) -> Vec<(K, V)> {
         self
-    }
-    fn from_pairs(pairs: impl ExactSizeIterator<Item = (K, V)>) -> Self {
-        pairs.collect()
     }
 }
 
@@ -166,7 +191,7 @@ where
     }
     // Duplicates are looked up once: of equal keys, the first in the caller's order stays.
     let first = first_of_each_key(&elements);
-    let mut answered: Vec<(usize, K, V)> = Vec::with_capacity(elements.len());
+    let mut answered = M::answers(elements.len());
     let mut pending = Vec::with_capacity(elements.len());
     for ((at, element), _) in elements.into_iter().enumerate().zip(first).filter(|(_, first)| *first) {
         let Some((found, times)) = cache.local_hit::<V>(&element.key) else {
@@ -179,7 +204,7 @@ where
             continue;
         }
         cache.record_hit(site, &element.key);
-        answer(&mut answered, at, element.id, found);
+        answer::<K, V, M>(&mut answered, at, element.id, found);
     }
     // Every element the L1 did not answer, read in one round trip before any flight is joined
     // (a fresh hit needs none); `mark` tells which flights ended meanwhile.
@@ -248,7 +273,7 @@ where
             Joined::Shared(found, served) => {
                 waited_for_flight = true;
                 cache.record_collapsed(site, &element.key, matches!(served, Served::Stale));
-                answer(&mut answered, at, element.id, found);
+                answer::<K, V, M>(&mut answered, at, element.id, found);
             }
         }
     }
@@ -256,7 +281,7 @@ where
     cache.count_hits(site, fresh.len() as u64);
     for (at, element, found, _) in fresh {
         cache.log_hit(&element.key);
-        answer(&mut answered, at, element.id, found);
+        answer::<K, V, M>(&mut answered, at, element.id, found);
     }
     // Another caller's flight of some of them ended, or an invalidation touching them was
     // applied, between the read and the join (their values may be stored now, or what was read
@@ -293,7 +318,7 @@ where
                 Freshness::Fresh => {
                     cache.record_served(site, &element.key, false);
                     leader.finish(Some(&found), Served::Fresh(times));
-                    answer(&mut answered, at, element.id, found);
+                    answer::<K, V, M>(&mut answered, at, element.id, found);
                     continue;
                 }
                 freshness @ (Freshness::RefreshEarly | Freshness::Stale) => {
@@ -303,7 +328,7 @@ where
                         cache.record_served(site, &element.key, stale);
                         let served = if stale { Served::Stale } else { Served::Fresh(times) };
                         leader.finish(Some(&found), served);
-                        answer(&mut answered, at, element.id, found);
+                        answer::<K, V, M>(&mut answered, at, element.id, found);
                         continue;
                     }
                     // This batch refreshes it, in its body run; should the body fail, the
@@ -337,7 +362,7 @@ where
                     waited = true;
                     cache.record_collapsed(site, &c.element.key, false);
                     c.leader.finish(Some(&found), Served::Fresh(times));
-                    answer(&mut answered, c.at, c.element.id, found);
+                    answer::<K, V, M>(&mut answered, c.at, c.element.id, found);
                 }
                 Locked::Compute { token, lookup } => {
                     c.held = token;
@@ -367,7 +392,7 @@ where
                         if let Some(held) = c.held {
                             held.release().await;
                         }
-                        answer(&mut answered, c.at, c.element.id, found);
+                        answer::<K, V, M>(&mut answered, c.at, c.element.id, found);
                     }
                     _ => {
                         if !c.refreshing {
@@ -423,7 +448,7 @@ where
                     if c.refreshing || c.held.is_some() {
                         releases.push((c.element.key, c.refreshing, c.held));
                     }
-                    answer(&mut answered, c.at, c.element.id, found);
+                    answer::<K, V, M>(&mut answered, c.at, c.element.id, found);
                 }
                 let released = releases.into_iter().map(|(key, refreshing, held)| async move {
                     if refreshing {
@@ -435,8 +460,9 @@ where
                 });
                 crate::sync::join_all(released).await;
                 // What the body returned beyond the elements asked for is answered, not stored.
-                let extra = got.into_iter().map(|(id, v)| (usize::MAX, id, v));
-                answered.extend(extra);
+                for (id, v) in got {
+                    M::answer(&mut answered, usize::MAX, id, v);
+                }
             }
             Err(err) => {
                 if let Some(site) = site {
@@ -463,17 +489,13 @@ where
                 for (at, element, fallback) in served {
                     cache.record_served(site, &element.key, true);
                     if let Some(found) = fallback {
-                        answer(&mut answered, at, element.id, found);
+                        answer::<K, V, M>(&mut answered, at, element.id, found);
                     }
                 }
             }
         }
     }
-    // In the caller's order, for a `Vec` (answers come mostly in it: this sort is then a pass).
-    if M::IN_CALLERS_ORDER {
-        answered.sort_unstable_by_key(|(at, _, _)| *at);
-    }
-    Ok(M::from_pairs(answered.into_iter().map(|(_, id, v)| (id, v))))
+    Ok(M::from_answers(answered))
 }
 
 /// Whether each element is the first with its key. Keys strictly increasing in some order have
@@ -525,9 +547,9 @@ impl std::hash::Hasher for KeyHash {
 }
 
 /// Adds an element's value to the batch's answer (a not-found element has none).
-fn answer<K, V>(answered: &mut Vec<(usize, K, V)>, at: usize, id: K, found: Found<V>) {
+fn answer<K, V, M: BatchMap<K, V>>(answered: &mut M::Answers, at: usize, id: K, found: Found<V>) {
     if let Found::Value(v) = found {
-        answered.push((at, id, v));
+        M::answer(answered, at, id, v);
     }
 }
 

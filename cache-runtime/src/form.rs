@@ -39,8 +39,14 @@ impl Cache {
         meta: &Meta,
         value: Option<&V>,
     ) -> Result<Vec<u8>, CacheError> {
-        let mut out = envelope::head(key, meta, value.is_none(), self.inner.format, PAYLOAD_HINT)
-            .map_err(|why| CacheError::Config(why.to_owned()))?;
+        let mut out = match envelope::head(key, meta, value.is_none(), self.inner.format, PAYLOAD_HINT) {
+            Ok(out) => out,
+            Err(why) => {
+                // The payload's own failure (it does not encode, it is too large) comes first.
+                self.checked_payload::<V, C>(value)?;
+                return Err(CacheError::Config(why.to_owned()));
+            }
+        };
         let start = out.len();
         if let Some(v) = value {
             C::encode_into(v, self.inner.format, &mut out)?;

@@ -175,8 +175,6 @@ impl RedisRead<'_> {
     }
 }
 
-/// A version as the scripts accept one (at most 16 digits, below 9,007,199,254,740,000: exact
-/// in Lua's numbers); anything else is `None` (absent, or damaged: repaired before a fill).
 /// `EVALSHA` of `script` with `keys` keys: the caller adds the keys, then the arguments
 /// (`Cmd::arg` copies each once; redis-rs's `ScriptInvocation` copies each twice). Run with
 /// [`RedisStore::invoke`].
@@ -186,6 +184,8 @@ pub(crate) fn evalsha(script: &redis::Script, keys: usize) -> redis::Cmd {
     cmd
 }
 
+/// A version as the scripts accept one (at most 16 digits, below 9,007,199,254,740,000: exact
+/// in Lua's numbers); anything else is `None` (absent, or damaged: repaired before a fill).
 fn parse_version(raw: Option<&Vec<u8>>) -> Option<u64> {
     let raw = raw?;
     if raw.is_empty() || raw.len() > 16 || !raw.iter().all(u8::is_ascii_digit) {

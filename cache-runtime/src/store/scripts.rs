@@ -56,34 +56,34 @@ local stored = {}
 local counter = redis.pcall('GET', KEYS[1])
 for i = 1, (#KEYS - 1) / 2 do
   local entry, generation, seen = KEYS[2 * i], KEYS[2 * i + 1], ARGV[3 * i - 1]
-  local function store()
-    redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
-    stored[i] = 1
-  end
   stored[i] = 0
-  local unchanged = type(counter) == 'string' and counter == seen
-  local g = false
-  if not unchanged then g = redis.pcall('GET', generation) end
-  if unchanged then
-    store()
-  elseif g and not version(g) then
+  -- No closure per pair (one per pair cost ~0.4 us of server time each).
+  local store = type(counter) == 'string' and counter == seen
+  if not store then
+    local g = redis.pcall('GET', generation)
+    if g and not version(g) then
 ",
     next_generation!(),
     r"
-    redis.call('SET', generation, e, 'PX', 86400000)
-  elseif KEYS[1] == generation then
-    -- A cluster's generation is its own counter: stored only while it is what the read saw.
-    if (g or '') == seen then store() end
-  elseif tonumber(g or '0') <= (tonumber(seen) or 0) then
-    store()
-  else
-    -- Invalidated since the read, or the counter started again below this generation (damaged
-    -- or lost, and its fresh start not above it): the counter is raised to it, so that the next
-    -- read's fill is not refused for good.
-    local now = redis.pcall('GET', KEYS[1])
-    if not version(now) or tonumber(now) < tonumber(g) then
-      redis.call('SET', KEYS[1], g, 'PX', 86400000)
+      redis.call('SET', generation, e, 'PX', 86400000)
+    elseif KEYS[1] == generation then
+      -- A cluster's generation is its own counter: stored only while it is what the read saw.
+      store = (g or '') == seen
+    elseif tonumber(g or '0') <= (tonumber(seen) or 0) then
+      store = true
+    else
+      -- Invalidated since the read, or the counter started again below this generation (damaged
+      -- or lost, and its fresh start not above it): the counter is raised to it, so that the
+      -- next read's fill is not refused for good.
+      local now = redis.pcall('GET', KEYS[1])
+      if not version(now) or tonumber(now) < tonumber(g) then
+        redis.call('SET', KEYS[1], g, 'PX', 86400000)
+      end
     end
+  end
+  if store then
+    redis.call('SET', entry, ARGV[3 * i], 'PX', ARGV[3 * i + 1])
+    stored[i] = 1
   end
 end
 return stored
