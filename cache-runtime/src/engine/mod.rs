@@ -133,14 +133,15 @@ impl Cache {
         match &self.inner.store {
             Store::Memory(mem) => calls.iter().map(|call| memory_lookup(mem, call, false)).collect(),
             #[cfg(feature = "redis")]
-            Store::Redis { redis, l1, .. } => {
+            Store::Redis { redis, l1, channel, .. } => {
                 // What Redis does not answer (it failed) stays `nothing`.
                 let mut found: Vec<Lookup<V>> = Vec::with_capacity(calls.len());
                 let mut to_read = Vec::with_capacity(calls.len());
                 // Without a live L1 (checked once), every call is read from Redis.
+                channel.ensure_started(redis);
                 let l1_live = l1.as_ref().is_some_and(|c| c.live());
                 for (i, call) in calls.iter().enumerate() {
-                    match if l1_live { self.l1_first::<V>(call, false) } else { self.l1_skipped() } {
+                    match if l1_live { self.l1_first::<V>(call, false) } else { Err(None) } {
                         Ok(hit) => found.push(hit),
                         Err(l1_epoch) => {
                             found.push(Lookup::nothing());
@@ -199,16 +200,6 @@ impl Cache {
                 found
             }
         }
-    }
-
-    /// `l1_first` of a call when there is no live L1: read Redis (the invalidation channel
-    /// started, as `l1_first` does).
-    #[cfg(feature = "redis")]
-    fn l1_skipped<V>(&self) -> Result<Lookup<V>, Option<u64>> {
-        if let Store::Redis { redis, channel, .. } = &self.inner.store {
-            channel.ensure_started(redis);
-        }
-        Err(None)
     }
 
     /// A fresh L1 copy (`Ok`), or the L1 epoch to read Redis under (`Err`; `None`: no L1).
