@@ -194,7 +194,7 @@ where
     let mut answered = M::answers(elements.len());
     let mut pending = Vec::with_capacity(elements.len());
     for ((at, element), _) in elements.into_iter().enumerate().zip(first).filter(|(_, first)| *first) {
-        let Some((found, times)) = cache.local_hit::<V>(&element.key) else {
+        let Some((found, times)) = cache.local_hit::<V>(&element.key, &element.tags) else {
             pending.push((at, element, false));
             continue;
         };
@@ -410,7 +410,12 @@ where
         for c in &computing {
             cache.record_miss(site, &c.element.key);
         }
-        let out = body(computing.iter().map(|c| c.element.id.clone()).collect()).await;
+        // A call nested in the body on one of these keys must not join their flights.
+        let out = crate::flight::leading(
+            computing.iter().map(|c| &c.leader),
+            body(computing.iter().map(|c| c.element.id.clone()).collect()),
+        )
+        .await;
         cache.record_computed(site, &computing[0].element.key, started.elapsed());
         match out {
             Ok(map) => {

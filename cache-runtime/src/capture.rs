@@ -37,13 +37,17 @@ impl CallKey {
     }
 
     /// What the template (or the default key) rendered, with its values escaped as they are
-    /// stored: `user:7`, `catalog::title:42`; a handler's `vary` values follow it.
+    /// stored: `user:7`, `catalog::title:42`. The key the plain API (`Cache::invalidate`,
+    /// `Cache::inspect`) and `#[invalidates]` name; for a handler too (its response and each
+    /// `vary` variant are representations of this key, see [`stored`](Self::stored)).
     pub fn key(&self) -> &str {
-        self.stored.get(self.start..self.stored.len().saturating_sub(1)).unwrap_or_default()
+        let base = key::base(&self.stored);
+        base.get(self.start..base.len().saturating_sub(1)).unwrap_or_default()
     }
 
-    /// The whole key in the store (`prefix:{namespace:key}`): what Redis holds and what the logs
-    /// show (unless `redact_keys`).
+    /// The whole key in the store (`prefix:{namespace:key}`; a handler's response follows it
+    /// with `:h` and its `vary` values): what Redis holds and what the logs show (unless
+    /// `redact_keys`).
     pub fn stored(&self) -> &str {
         &self.stored
     }

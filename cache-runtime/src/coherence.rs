@@ -196,7 +196,11 @@ impl Coherence {
     /// Applies a message to this process's L1.
     pub(crate) fn apply_local(&self, message: &Message) {
         match message {
-            Message::Key(key) => self.l1.remove(key),
+            Message::Key(key) => {
+                // The key's value, and every other representation of it (see `key.rs`).
+                self.l1.remove(key);
+                self.l1.forget_tag(&key::key_tag(key));
+            }
             Message::Tag { tag, version } => self.l1.learn_tag(tag, *version),
             Message::Namespace(ns) => {
                 self.l1.clear_namespace(ns, &key::namespace_start(&self.prefix, ns));

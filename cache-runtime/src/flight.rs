@@ -18,6 +18,8 @@ use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::future::Future;
+
 use tokio::sync::watch;
 
 use crate::entry::{Found, Served};
@@ -173,6 +175,34 @@ impl Flights {
     }
 }
 
+tokio::task_local! {
+    /// The flights whose body the current task runs (each `Flights`' address and the key): a
+    /// cached call nested in such a body, on one of those keys, must not join its flight (it
+    /// would wait for itself).
+    static LEADING: Vec<(usize, Arc<str>)>;
+}
+
+impl Flights {
+    /// Whether the current task runs the body of this process's flight of `key`: a cached call
+    /// nested in another on the same stored key (a fn calling a fn with the same `key`
+    /// template). Such a call runs its body without the cache.
+    pub(crate) fn led_here(&self, key: &str) -> bool {
+        let me = std::ptr::from_ref(self) as usize;
+        LEADING.try_with(|led| led.iter().any(|(flights, k)| *flights == me && **k == *key)).unwrap_or(false)
+    }
+}
+
+/// Runs `body` as the body of the flights `leaders` lead (see [`Flights::led_here`]): a
+/// cached call nested in it on one of their keys runs without joining.
+pub(crate) async fn leading<'l, 'f: 'l, F: Future>(
+    leaders: impl IntoIterator<Item = &'l Leader<'f>>,
+    body: F,
+) -> F::Output {
+    let mut led = LEADING.try_with(Clone::clone).unwrap_or_default();
+    led.extend(leaders.into_iter().map(|l| (std::ptr::from_ref(l.flights) as usize, Arc::clone(&l.key))));
+    LEADING.scope(led, body).await
+}
+
 impl Leader<'_> {
     /// Hands `found` (or nothing, on failure) to the waiters, to be served as `served`, and
     /// ends the flight. `found` is copied only when some caller waits.
@@ -303,6 +333,26 @@ mod tests {
         assert!(!flights.ended_since("d", mark));
         flights.forget(None);
         assert!(flights.ended_since("d", mark));
+    }
+
+    /// A call nested in the body of a flight of its own key sees that it must not join; other
+    /// keys, other tasks and other `Flights` do join.
+    #[tokio::test]
+    async fn a_call_nested_in_its_own_keys_flight_does_not_join_it() {
+        let (flights, other) = (Flights::default(), Flights::default());
+        let Joined::Leader(leader) = flights.join::<u32>("k").await else { panic!("leads") };
+        assert!(!flights.led_here("k"), "outside the body");
+        let nested = leading([&leader], async {
+            let inner = leading(std::iter::empty(), async { flights.led_here("k") }).await;
+            (flights.led_here("k"), inner, flights.led_here("j"), other.led_here("k"))
+        })
+        .await;
+        assert_eq!(nested, (true, true, false, false));
+        let spawned = leading([&leader], async { tokio::spawn(async { LEADING.try_with(|_| ()).is_ok() }).await })
+            .await
+            .expect("the task runs");
+        assert!(!spawned, "a spawned task is not the body");
+        leader.finish::<u32>(None, Served::Stale);
     }
 
     /// Polls `fut` once: its output if it is ready.

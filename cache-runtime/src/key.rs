@@ -1,7 +1,16 @@
 //! Cache keys: rendering, escaping, and the stored key layout.
 //!
 //! A stored key is `prefix:{namespace:key}`. The braces are a Redis Cluster hash tag: the
-//! entry and its bookkeeping keys (`…}:lock`, `…}:gen`) always share a slot.
+//! entry and its bookkeeping keys (`…}:g` its generation, `…}:r` a refresh claim, `…}:l` a
+//! `lock`) always share a slot.
+//!
+//! A key has **representations**: a service fn's value is stored under the key itself
+//! (`prefix:{namespace:key}`); a handler's response under the key followed by `:h` and one
+//! `.<header>=<hash>` per `vary` header (`prefix:{namespace:key}:h.authorization=…`). A fn and
+//! a handler on one key therefore never overwrite each other, and never share a single-flight.
+//! Every representation other than the fn's value records the key's implicit tag
+//! ([`key_tag`]): invalidating the key drops its value and bumps that tag, which ends every
+//! other representation at once (each `vary` variant included).
 //!
 //! Values put into a key through placeholders are escaped with percent-encoding, so they can
 //! never contain the separators `:` `{` `}`, glob characters, whitespace or control bytes:
@@ -115,18 +124,38 @@ impl KeyWriter {
         self.buf.push_str(s);
     }
 
-    /// A key given to the plain API: used as written, except for the bytes that would break
-    /// the layout (`{`, `}`, control bytes, whitespace) and `%` itself, which are escaped as a
-    /// macro escapes a placeholder's value: `"user:a b"` is the key `#[cached(key =
-    /// "user:<name>")]` gives the name `a b`, and `"a b"` and `"a%20b"` are two keys.
+    /// A key given to the plain API, in the grammar keys are stored and listed in: a `%`
+    /// followed by two hex digits is an escape and is kept (its digits in upper case); `:`
+    /// separates segments as in a template; every other byte a placeholder's value would have
+    /// escaped is escaped the same way. So `"user:a b"` and `"user:a%20b"` are both the key
+    /// `#[cached(key = "user:<name>")]` gives the name `a b`, `"user:it's"` the one it gives
+    /// `it's`, and every key `Namespace::keys` or `/admin/keys` lists names its own entry. A
+    /// value with a `:` is written escaped (`"user:a%3Ab"` for the name `a:b`), or rendered
+    /// by the fn's typed key.
     pub fn raw(&mut self, s: &str) {
         let bytes = s.as_bytes();
         let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            if matches!(b, b'{' | b'}' | b'%') || b.is_ascii_whitespace() || b.is_ascii_control() {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let escape = b == b'%'
+                && bytes.len() > i + 2
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit();
+            if escape || (b != b':' && needs_escape(b)) {
                 self.buf.push_str(&s[start..i]);
-                push_escaped(&mut self.buf, b);
-                start = i + 1;
+                if escape {
+                    self.buf.push('%');
+                    self.buf.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                    self.buf.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+                    i += 3;
+                } else {
+                    push_escaped(&mut self.buf, b);
+                    i += 1;
+                }
+                start = i;
+            } else {
+                i += 1;
             }
         }
         self.buf.push_str(&s[start..]);
@@ -215,6 +244,38 @@ pub(crate) fn recycle(key: String) {
     }
 }
 
+/// What follows a key's `}` in the stored key of a handler's response (see the module docs).
+pub(crate) const RESPONSE: &str = ":h";
+
+/// The stored key of the representation `stored` belongs to: `prefix:{namespace:key}` (the
+/// key's own value: `stored` itself).
+pub(crate) fn base(stored: &str) -> &str {
+    // The prefix and namespace are segments without braces, and a key's own braces are
+    // escaped: the first `}` closes the key.
+    match stored.find('}') {
+        Some(end) => &stored[..=end],
+        None => stored,
+    }
+}
+
+/// Whether `stored` names a representation of its key other than the key's own value (a
+/// handler's response): one that records the key's implicit tag.
+pub(crate) fn is_representation(stored: &str) -> bool {
+    base(stored).len() < stored.len()
+}
+
+/// The implicit tag of every representation of `stored`'s key that is not the key's own value:
+/// `%%k:namespace:key`. `%%` starts no rendered tag (see `store::namespace_tag`), so this never
+/// meets a user's tag or a namespace's.
+pub(crate) fn key_tag(stored: &str) -> String {
+    let base = base(stored);
+    let inner = base.find('{').map_or(base, |open| &base[open + 1..base.len().saturating_sub(1)]);
+    let mut tag = String::with_capacity(inner.len() + 4);
+    tag.push_str("%%k:");
+    tag.push_str(inner);
+    tag
+}
+
 /// The glob pattern matching every stored key of a namespace (for `SCAN MATCH`).
 #[cfg(feature = "redis")]
 pub(crate) fn namespace_pattern(prefix: &str, namespace: &str) -> String {
@@ -279,10 +340,47 @@ mod tests {
     }
 
     #[test]
+    fn representations_share_their_key_and_its_tag() {
+        let value = render(&["cart", "alice"]);
+        let response = format!("{value}{RESPONSE}");
+        let varied = format!("{response}.authorization=00ff");
+        assert_eq!(value, "p:{ns:cart:alice}");
+        for stored in [&value, &response, &varied] {
+            assert_eq!(base(stored), value);
+            assert_eq!(key_tag(stored), "%%k:ns:cart:alice");
+        }
+        assert!(!is_representation(&value));
+        assert!(is_representation(&response) && is_representation(&varied));
+        // An escaped brace in a value never ends the key early.
+        let hostile = render(&["a}b"]);
+        assert_eq!(base(&format!("{hostile}{RESPONSE}")), hostile);
+    }
+
+    #[test]
     fn raw_keys_keep_separators_but_not_braces() {
         let mut k = KeyWriter::new("p", "_", 0);
         k.raw("user:1 {x}");
         assert_eq!(k.finish(), "p:{_:user:1%20%7Bx%7D}");
+    }
+
+    /// Issue 27, finding 4: a plain key named the macro's entry only for some values, and a
+    /// listed key (escaped) never.
+    #[test]
+    fn a_plain_key_is_the_key_a_template_renders_and_a_listed_key_is_itself() {
+        let plain = |s: &str| {
+            let mut k = KeyWriter::new("p", "ns", 0);
+            k.raw(s);
+            k.finish()
+        };
+        for name in ["a b", "it's", "x*y?", "50%", "a%b", "é ü", "[x]", "a\"b", "\u{0}"] {
+            let rendered = render(&["user", name]);
+            assert_eq!(plain(&format!("user:{name}")), rendered, "{name:?} written as is");
+            let listed = rendered.strip_prefix("p:{ns:").and_then(|k| k.strip_suffix('}')).unwrap();
+            assert_eq!(plain(listed), rendered, "{name:?} as listed ({listed})");
+        }
+        // A `:` in a value is written escaped, in either case of hex digit.
+        assert_eq!(plain("user:a%3Ab"), render(&["user", "a:b"]));
+        assert_eq!(plain("user:a%3ab"), render(&["user", "a:b"]));
     }
 }
 

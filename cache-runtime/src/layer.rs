@@ -225,3 +225,70 @@ where
         })
     }
 }
+
+/// Binds a cache to a router: every request the wrapped services serve runs in
+/// [`scope`](crate::scope)`(cache, …)`, so each `#[cached]` and `#[invalidates]` fn without a
+/// `cache` option that a handler calls uses `cache` instead of the global one. `scope` alone
+/// covers the task it wraps; `axum::serve` runs each connection in a task of its own, which
+/// this layer reaches. Two tests that each serve the app with their own cache do not see each
+/// other's entries.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use cache_runtime::{cached, Cache, ScopeLayer};
+///
+/// #[cached(expire = 60, key = "greeting")]
+/// async fn greeting() -> String { "hello".to_owned() }
+///
+/// let cache = Cache::memory();
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { greeting().await }))
+///     .layer(ScopeLayer::new(cache.clone()));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a layer does nothing until it is applied with `.layer(...)`"]
+pub struct ScopeLayer {
+    cache: Cache,
+}
+
+impl ScopeLayer {
+    /// The layer binding `cache`.
+    pub fn new(cache: Cache) -> Self {
+        ScopeLayer { cache }
+    }
+}
+
+impl<S> tower::Layer<S> for ScopeLayer {
+    type Service = ScopeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ScopeService { inner, cache: self.cache.clone() }
+    }
+}
+
+/// The service [`ScopeLayer`] wraps around another.
+#[derive(Debug, Clone)]
+pub struct ScopeService<S> {
+    inner: S,
+    cache: Cache,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for ScopeService<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        // The handler's future is made here, but it runs (and its cached calls read the scope)
+        // only when polled inside the scope.
+        Box::pin(crate::scope(self.cache.clone(), self.inner.call(request)))
+    }
+}

@@ -107,7 +107,7 @@ pub use functions::{function_stats, FunctionStats};
 #[cfg(feature = "axum")]
 pub use http::{CACHE_STATUS, X_CACHE};
 #[cfg(feature = "axum")]
-pub use layer::{CacheLayer, CacheService};
+pub use layer::{CacheLayer, CacheService, ScopeLayer, ScopeService};
 pub use policy::Policy;
 
 #[doc = include_str!("../../docs/CACHED.md")]

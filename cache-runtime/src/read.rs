@@ -175,7 +175,7 @@ where
     let fast = if held || cache.is_disabled() || reply.wants() != Wants::Cached {
         Err((key, false))
     } else {
-        answer_local_hit(cache, key, opts, site, &reply)
+        answer_local_hit(cache, key, tags, opts, site, &reply)
     };
     async move {
         match fast {
@@ -200,11 +200,12 @@ where
 fn answer_local_hit<R: Reply>(
     cache: &Cache,
     key: String,
+    tags: &[String],
     opts: &crate::policy::CallOpts,
     site: Option<&'static crate::functions::Function>,
     reply: &R,
 ) -> Result<R::Answer, (String, bool)> {
-    let Some((found, times)) = cache.local_hit::<R::Value>(&key) else { return Err((key, false)) };
+    let Some((found, times)) = cache.local_hit::<R::Value>(&key, tags) else { return Err((key, false)) };
     // The clock matters only for an early draw.
     if opts.beta.is_some() && opts.freshness(cache.rng(), &times, crate::time::now_ms()) != Freshness::Fresh {
         return Err((key, true));
@@ -232,6 +233,11 @@ where
     // reads the store and runs the body; the others take what it shares.
     let leader = if forced {
         None
+    } else if cache.flights().led_here(key) {
+        // Nested in the body of a call on the same stored key (a fn calling a fn with the same
+        // key): joining would wait for itself. Runs without the cache.
+        tracing::debug!(target: "cache_runtime", key = %cache.log_key(key), "a cached call nested in a call on its own key runs uncached");
+        return reply.bypass(body.await);
     } else {
         match cache.flights().join::<R::Value>(key).await {
             Joined::Leader(leader) => Some(leader),
@@ -381,7 +387,11 @@ async fn compute<R: Reply>(
     let cache = call.cache;
     cache.record_miss(call.site, &call.key);
     let started = Instant::now();
-    let out = body.await;
+    // A call nested in the body on this key must not join this flight (see `led_here`).
+    let out = match &leader {
+        Some(leader) => crate::flight::leading([leader], body).await,
+        None => body.await,
+    };
     cache.record_computed(call.site, &call.key, started.elapsed());
     let mut settled = reply.settle(out, call.ttl()).await;
     let mut stored = false;

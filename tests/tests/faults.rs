@@ -209,9 +209,9 @@ async fn a_cluster_master_killed_and_restarted_under_load() {
     drop((a, b));
 }
 
-/// The stored key of the example app's `GET /users/{id}` entry.
+/// The stored key of the example app's `GET /users/{id}` entry (a handler's response: `:h`).
 fn user_key(id: u64) -> String {
-    format!("axum-app:{{default:user:{id}}}")
+    format!("axum-app:{{default:user:{id}}}:h")
 }
 
 /// The name `base` serves for user `id`, and whether it was an `X-Cache: HIT`.

@@ -427,8 +427,10 @@ async fn an_early_draw_is_made_once_per_read() {
 async fn a_refresh_that_could_not_be_stored_serves_the_current_value_without_running_the_body() {
     let redis = cache_runtime::test_util::RedisServer::start().unwrap();
     for kind in ["service fn", "handler"] {
-        // The refresh claim is the one command naming `…}:r`: the lease read after it times out.
-        let proxy = support::CutProxy::start(redis.port(), b"}:r").await;
+        // The refresh claim is the one command naming `…}:r` (a handler's response: `…}:h:r`):
+        // the lease read after it times out.
+        let claim: &'static [u8] = if kind == "handler" { b"}:h:r" } else { b"}:r" };
+        let proxy = support::CutProxy::start(redis.port(), claim).await;
         let cache = Cache::builder()
             .redis(&proxy.url)
             .prefix(kind.replace(' ', "-"))

@@ -561,7 +561,8 @@ async fn corrupt_stored_responses_are_misses() {
     assert_eq!(c.get(t.url("/users/10")).send().await.unwrap().status(), 200);
     let client = redis::Client::open(t._redis.as_ref().unwrap().url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let key = "axum-app:{default:user:10}";
+    // The handler's response, a representation of the key `user:10`.
+    let key = "axum-app:{default:user:10}:h";
     let stored: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap();
     // Keep the envelope but truncate the stored response inside it; then pure garbage.
     for garbage in [stored[..stored.len() - 60].to_vec(), b"garbage".to_vec()] {

@@ -200,3 +200,46 @@ async fn the_key_of_a_request_is_rendered_without_running_the_handler() {
     // A future without a cached call: None, and it ran to its end.
     assert_eq!(cache_runtime::key_of(async { 5 }).await, None);
 }
+
+/// A handler using the global cache (no `cache` option) that answers what its router's state
+/// holds: two apps serving different states must never answer each other's.
+#[cached(expire = 60, key = "whoami")]
+async fn whoami(State(name): State<&'static str>) -> String {
+    name.to_owned()
+}
+
+/// The app of one test, bound to its own cache by `ScopeLayer`, over real TCP.
+async fn serve_scoped(name: &'static str) -> (String, Cache) {
+    let cache = Cache::memory();
+    let router = Router::new()
+        .route("/whoami", get(whoami))
+        .with_state(name)
+        .layer(cache_runtime::ScopeLayer::new(cache.clone()));
+    (support::serve(router).await, cache)
+}
+
+/// Issue 27, finding 11: `scope` covered only the task it wrapped, not the tasks `axum::serve`
+/// runs requests in, so two tests serving the app shared the global cache. With `ScopeLayer`
+/// each app has its own entries (the test binary's global cache outlives a test: without
+/// the layer, whichever of this test and the next runs second is answered the other's name).
+#[tokio::test]
+async fn an_app_served_with_its_own_cache_sees_only_its_entries_a() {
+    a_served_app_sees_only_its_entries("alpha").await;
+}
+
+#[tokio::test]
+async fn an_app_served_with_its_own_cache_sees_only_its_entries_b() {
+    a_served_app_sees_only_its_entries("beta").await;
+}
+
+async fn a_served_app_sees_only_its_entries(name: &'static str) {
+    let (base, cache) = serve_scoped(name).await;
+    let c = reqwest::Client::new();
+    for expected in ["MISS", "HIT", "HIT"] {
+        let r = c.get(format!("{base}/whoami")).send().await.unwrap();
+        assert_eq!(r.headers()["x-cache"], expected);
+        assert_eq!(r.text().await.unwrap(), name);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(cache.stats().hits, 2, "the app's own cache served it");
+}

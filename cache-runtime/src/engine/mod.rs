@@ -75,11 +75,11 @@ impl Cache {
     /// A fresh hit from process memory (the memory store, or a live L1): no I/O, no future. The
     /// read path tries this first.
     #[inline]
-    pub(crate) fn local_hit<V: Stored>(&self, key: &str) -> Option<(Found<V>, Times)> {
-        let (store, missing) = match &self.inner.store {
-            Store::Memory(mem) => (mem, Some(0)),
+    pub(crate) fn local_hit<V: Stored>(&self, key: &str, tags: &[String]) -> Option<(Found<V>, Times)> {
+        let store = match &self.inner.store {
+            Store::Memory(mem) => mem,
             #[cfg(feature = "redis")]
-            Store::Redis { l1: Some(c), .. } if c.live() => (&c.l1, None),
+            Store::Redis { l1: Some(c), .. } if c.live() => &c.l1,
             #[cfg(feature = "redis")]
             Store::Redis { .. } => return None,
         };
@@ -89,7 +89,7 @@ impl Cache {
         if entry.meta.fresh_until_ms != entry.meta.stale_until_ms && entry.meta.fresh_until_ms <= now_ms() {
             return None;
         }
-        typed_entry(store, &entry, missing)
+        typed_entry(store, &entry, tags)
     }
 
     /// Reads `key`. A hit is a fresh entry of type `V` whose tags are all current; anything
@@ -210,7 +210,7 @@ impl Cache {
         let Some(c) = l1.as_ref().filter(|c| c.live()) else { return Err(None) };
         // Only a fresh L1 copy: a stale one may already be refreshed in Redis.
         let fresh = |hit: &(Found<V>, Times)| !refresh && hit.1.fresh_until_ms > now_ms();
-        match local_entry::<V>(&c.l1, &call.key, None, now_ms()).filter(fresh) {
+        match local_entry::<V>(&c.l1, &call.key, call.tags, now_ms()).filter(fresh) {
             Some((found, times)) => Ok(Lookup::hit(found, times)),
             None => Err(Some(c.epoch())),
         }
@@ -376,7 +376,11 @@ impl Cache {
                 Ok(bytes) => {
                     // Another replica's L1 may hold the previous value: a set is an invalidation
                     // too, published whether this process has an L1 or not.
-                    let stored = redis.set(&key, &bytes, ttl).await;
+                    let mut stored = redis.set(&key, &bytes, ttl).await;
+                    if stored.is_ok() {
+                        // A set ends the key's other representations too (see `key.rs`).
+                        stored = redis.bump(&tag_key(&self.inner.prefix, &key::key_tag(&key)), true).await.map(drop);
+                    }
                     if stored.is_ok() {
                         channel.ensure_started(redis);
                         channel.apply_local(&Message::Key(key.clone()));
@@ -434,14 +438,16 @@ impl Cache {
                 let (message, removed) = match op {
                     Op::Key(key) => {
                         redis.invalidate_key(key).await?;
+                        // Ends the key's other representations (a handler's responses).
+                        redis.bump(&tag_key(prefix, &key::key_tag(key)), true).await?;
                         (Message::Key(key.clone()), 0)
                     }
                     Op::Tag(tag) => {
-                        let version = redis.bump(&tag_key(prefix, tag)).await?;
+                        let version = redis.bump(&tag_key(prefix, tag), false).await?;
                         (Message::Tag { tag: tag.clone(), version }, 0)
                     }
                     Op::Namespace(ns) => {
-                        redis.bump(&tag_key(prefix, &namespace_tag(ns))).await?;
+                        redis.bump(&tag_key(prefix, &namespace_tag(ns)), false).await?;
                         // The version bump above is the invalidation; removing the entries only
                         // reclaims memory, so its failure must not stop the replicas' L1s
                         // from hearing of the clear.
@@ -473,14 +479,27 @@ impl Cache {
         count: usize,
     ) -> Result<(Vec<String>, Option<String>), CacheError> {
         let start = key::namespace_start(&self.inner.prefix, namespace);
-        let user_key =
-            |full: &str| full.strip_prefix(start.as_str()).and_then(|k| k.strip_suffix('}')).map(str::to_owned);
+        // A key as the plain API takes it, from the stored key of any of its representations
+        // (its value `…}`, a handler's response `…}:h[.<vary>…]`); `None` for bookkeeping
+        // (`…}:g`, claims `…}:r`, `…}:l`, also after a representation's suffix).
+        let user_key = |full: &str| {
+            let (key, rest) = full.strip_prefix(start.as_str())?.split_once('}')?;
+            let response = rest.strip_prefix(key::RESPONSE).filter(|r| r.is_empty() || r.starts_with('.'));
+            (rest.is_empty() || response.is_some_and(|r| !r.contains(':'))).then(|| key.to_owned())
+        };
+        // A key is listed once, whatever representations it has.
+        let unique = |mut keys: Vec<String>| {
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        };
         match &self.inner.store {
             Store::Memory(mem) => {
-                let after = if cursor.is_empty() { String::new() } else { format!("{start}{cursor}}}") };
+                // `~` sorts after every representation's suffix of the cursor's key.
+                let after = if cursor.is_empty() { String::new() } else { format!("{start}{cursor}}}~") };
                 let full = mem.keys_page(&start, &after, count);
                 let next = (full.len() == count).then(|| full.last().and_then(|k| user_key(k))).flatten();
-                Ok((full.iter().filter_map(|k| user_key(k)).collect(), next))
+                Ok((unique(full.iter().filter_map(|k| user_key(k)).collect()), next))
             }
             #[cfg(feature = "redis")]
             Store::Redis { redis, .. } => {
@@ -490,15 +509,23 @@ impl Cache {
                 };
                 let pattern = key::namespace_pattern(&self.inner.prefix, namespace);
                 let (full, next) = redis.scan_page(&pattern, at, count).await?;
-                // Entries end with `}`; their generation (`…}:g`) and claim keys do not.
-                let keys = full.iter().filter_map(|k| user_key(k)).collect();
+                let keys = unique(full.iter().filter_map(|k| user_key(k)).collect());
                 Ok((keys, next.map(|(node, at)| format!("{node}:{at}"))))
             }
         }
     }
 
-    /// What is stored under a full key, without decoding it (`Cache::inspect`).
+    /// What is stored under a full key, without decoding it (`Cache::inspect`): its value, or
+    /// else a handler's response on the key (without `vary`).
     pub(crate) async fn inspect_entry(&self, full: &str) -> Option<EntryInfo> {
+        match self.inspect_stored(full).await {
+            None if !key::is_representation(full) => self.inspect_stored(&format!("{full}{}", key::RESPONSE)).await,
+            found => found,
+        }
+    }
+
+    /// What is stored under exactly `full`.
+    async fn inspect_stored(&self, full: &str) -> Option<EntryInfo> {
         match &self.inner.store {
             Store::Memory(mem) => {
                 let entry = mem.get(full)?;
@@ -519,42 +546,52 @@ impl Cache {
 
 /// A memory-store lookup: a current entry, or the lease its fill needs.
 fn memory_lookup<V: Stored>(mem: &MemoryStore, call: &Call<'_>, refresh: bool) -> Lookup<V> {
-    if let Some((found, times)) = local_entry::<V>(mem, &call.key, Some(0), now_ms()).filter(|_| !refresh) {
+    if let Some((found, times)) = local_entry::<V>(mem, &call.key, call.tags, now_ms()).filter(|_| !refresh) {
         return Lookup::hit(found, times);
     }
     let seen = mem.get(&call.key).is_some();
-    Lookup { hit: None, lease: Some(mem.lease(&call.key, call.namespace, call.tags)), l1_epoch: None, seen }
+    let lease = if key::is_representation(&call.key) {
+        // A handler's response records its key's implicit tag too (see `key.rs`).
+        let mut tags = call.tags.to_vec();
+        tags.push(key::key_tag(&call.key));
+        mem.lease(&call.key, call.namespace, &tags)
+    } else {
+        mem.lease(&call.key, call.namespace, call.tags)
+    };
+    Lookup { hit: None, lease: Some(lease), l1_epoch: None, seen }
 }
 
-/// An entry's tags in Redis: its namespace (the first, implicit, tag), then its own.
+/// An entry's tags in Redis: its namespace (the first, implicit, tag), then its own, then (a
+/// handler's response, see `key.rs`) its key's implicit tag.
 #[cfg(feature = "redis")]
 fn all_tags(call: &Call<'_>) -> Vec<String> {
-    let mut all = Vec::with_capacity(call.tags.len() + 1);
+    let mut all = Vec::with_capacity(call.tags.len() + 2);
     all.push(namespace_tag(call.namespace));
     all.extend_from_slice(call.tags);
+    if key::is_representation(&call.key) {
+        all.push(key::key_tag(&call.key));
+    }
     all
 }
 
 /// A current, typed entry in process memory (the memory store or the L1), fresh or inside its
-/// serve-stale window. `missing`: what a tag this process has no version for counts as (see
-/// `MemoryStore::tags_current`); `until`: the entry must last past this instant (ms).
+/// serve-stale window, that carries the caller's `tags`. `until`: the entry must last past this
+/// instant (ms).
 #[inline]
-fn local_entry<V: Stored>(
-    store: &MemoryStore,
-    key: &str,
-    missing: Option<u64>,
-    until: u64,
-) -> Option<(Found<V>, Times)> {
+fn local_entry<V: Stored>(store: &MemoryStore, key: &str, tags: &[String], until: u64) -> Option<(Found<V>, Times)> {
     let entry = store.get(key)?;
     if entry.meta.stale_until_ms <= until {
         return None;
     }
-    typed_entry(store, &entry, missing)
+    typed_entry(store, &entry, tags)
 }
 
-/// The value of `entry` if every tag it recorded is current.
-fn typed_entry<V: Stored>(store: &MemoryStore, entry: &MemEntry, missing: Option<u64>) -> Option<(Found<V>, Times)> {
-    if !store.tags_current(entry, missing) {
+/// The value of `entry` if it recorded every one of the caller's `tags` and every tag it
+/// recorded is current. An entry without a tag the caller declares (one the plain API stored
+/// under the same key) is a miss: an invalidation of that tag would not reach it.
+fn typed_entry<V: Stored>(store: &MemoryStore, entry: &MemEntry, tags: &[String]) -> Option<(Found<V>, Times)> {
+    if !tags.iter().all(|tag| entry.meta.tags.iter().any(|(recorded, _)| recorded == tag)) || !store.tags_current(entry)
+    {
         return None;
     }
     let times = Times::of(&entry.meta);

@@ -214,14 +214,22 @@ struct Fetched {
 }
 
 /// Whether every tag an entry recorded still has the recorded version: the caller's tags came
-/// with the read, others with `fetched`; `Err` names those neither knows (yet).
+/// with the read, others with `fetched`; `Err` names those neither knows (yet). An entry that did
+/// not record one of the caller's own tags (`read.tags` after the namespace's: one the plain
+/// API stored under the same key) is not current either: an invalidation of that tag would not
+/// reach it.
 fn recorded_tags_current(
     recorded: envelope::RecordedTags<'_>,
     read: &RedisRead<'_>,
     fetched: &Fetched,
 ) -> Result<bool, Vec<String>> {
     let mut unknown = Vec::new();
+    // How many of the caller's own tags the entry recorded (a tag is recorded once).
+    let mut carried = 0;
     for (tag, version) in recorded {
+        if read.tags.iter().skip(1).any(|t| t.as_bytes() == tag) {
+            carried += 1;
+        }
         let current = match read.tags.iter().position(|t| t.as_bytes() == tag) {
             Some(i) => read.version(i),
             None if fetched.done => {
@@ -240,6 +248,9 @@ fn recorded_tags_current(
         if current != Some(version) {
             return Ok(false);
         }
+    }
+    if carried < read.tags.len().saturating_sub(1) {
+        return Ok(false);
     }
     if unknown.is_empty() {
         Ok(true)

@@ -14,8 +14,10 @@
 //! - `If-None-Match` (lists, `*`, weak comparison) answers `304 Not Modified`;
 //!   `If-Modified-Since` is evaluated only when `If-None-Match` is absent; malformed
 //!   conditional headers are ignored;
-//! - headers named in `vary` are hashed (SHA-256) into the key, so a response is only ever
-//!   served to requests with the same values.
+//! - a response is stored as a representation of its key (`prefix:{namespace:key}:h`): a
+//!   service fn cached on the same key keeps its own value, and invalidating the key ends both;
+//! - headers named in `vary` are hashed (SHA-256) into the stored key, so a response is only
+//!   ever served to requests with the same values; invalidating the key ends every variant.
 
 mod opts;
 mod request;
@@ -69,7 +71,7 @@ where
     R: IntoResponse + 'static,
     F: Future<Output = R> + 'a,
 {
-    let Call { cache, mut key, namespace, tags, opts, site } = call;
+    let Call { cache, key, namespace, tags, opts, site } = call;
     let request = request.0;
     let cacheable = !cache.is_disabled() && (request.method == Method::GET || request.method == Method::HEAD);
     let wants = if !cacheable {
@@ -79,10 +81,14 @@ where
     } else {
         Wants::Cached
     };
+    // The response is one representation of the key (see `key.rs`): never the fn's value
+    // stored under the same key, nor its single-flight.
+    let mut key = key.finish();
+    key.push_str(crate::key::RESPONSE);
     if cacheable {
         add_vary(&mut key, &request.headers, http.vary);
     }
-    let call = Call { cache, key: key.finish(), namespace, tags, opts, site };
+    let call = Call { cache, key, namespace, tags, opts, site };
     let into_response = R::into_response as fn(R) -> Response;
     let name = &cache.inner.status_name;
     read(call, HttpReply { request, http, wants, into_response, name, tags, namespace }, body, spawner)

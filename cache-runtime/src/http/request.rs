@@ -79,9 +79,9 @@ impl HttpRequest {
     }
 }
 
-/// Appends one `:h.<name>=<sha256 of its values>` segment per `vary` header, so requests
-/// that differ in any of them never share an entry.
-pub(super) fn add_vary(key: &mut KeyWriter, headers: &HeaderMap, vary: &[&str]) {
+/// Appends one `.<name>=<sha256 of its values>` segment per `vary` header to a response's
+/// stored key, so requests that differ in any of them never share an entry.
+pub(super) fn add_vary(key: &mut String, headers: &HeaderMap, vary: &[&str]) {
     for name in vary {
         let mut hasher = Sha256::new();
         let mut count = 0u32;
@@ -91,11 +91,10 @@ pub(super) fn add_vary(key: &mut KeyWriter, headers: &HeaderMap, vary: &[&str]) 
             count += 1;
         }
         hasher.update(count.to_le_bytes());
-        let mut segment = String::from(":h.");
-        escape_into(&mut segment, name);
-        segment.push('=');
-        segment.push_str(&hex(&hasher.finalize()[..16]));
-        key.lit(&segment);
+        key.push('.');
+        escape_into(key, name);
+        key.push('=');
+        key.push_str(&hex(&hasher.finalize()[..16]));
     }
 }
 

@@ -71,16 +71,48 @@ const SHARDS: usize = 64;
 /// any fill takes.
 const GENERATION_TTL: Duration = Duration::from_secs(3600);
 
+/// Tag versions a process keeps at most (each costs ~300 bytes): past it, half are forgotten.
+/// A forgotten version is unknown, and an entry that recorded it is a miss (never a stale hit);
+/// in process memory a tag's next version comes from a counter that never repeats one.
+const MAX_TAG_VERSIONS: usize = 50_000;
+
 /// Versions of tags and of namespaces, looked up by name without allocating.
 #[derive(Debug, Default)]
 struct Versions {
     tags: HashMap<String, u64>,
     namespaces: HashMap<String, u64>,
+    /// The last tag version handed out in process memory (where this store is the source of
+    /// truth): every new or bumped version is above every earlier one, forgotten ones included.
+    last: u64,
 }
 
 impl Versions {
     fn tag(&self, tag: &str) -> Option<u64> {
         self.tags.get(tag).copied()
+    }
+
+    /// Sets `tag`'s version, keeping at most [`MAX_TAG_VERSIONS`].
+    fn set_tag(&mut self, tag: &str, version: u64) {
+        match self.tags.get_mut(tag) {
+            Some(v) => *v = version,
+            None => {
+                if self.tags.len() >= MAX_TAG_VERSIONS {
+                    // Every other one, in the map's (random) order: amortised O(1) per insert.
+                    let mut keep = false;
+                    self.tags.retain(|_, _| {
+                        keep = !keep;
+                        keep
+                    });
+                }
+                self.tags.insert(tag.to_owned(), version);
+            }
+        }
+    }
+
+    /// A version no tag of this store ever had.
+    fn fresh(&mut self) -> u64 {
+        self.last += 1;
+        self.last
     }
 
     fn namespace(&self, namespace: &str) -> u64 {
@@ -149,23 +181,36 @@ impl MemoryStore {
         self.entries.get(key)
     }
 
-    /// Whether every tag of `entry` still has the version it recorded. `missing` is what an
-    /// unknown tag counts as: version 0 where this store is the source of truth, "unknown"
-    /// (not current) where it mirrors Redis.
-    pub(crate) fn tags_current(&self, entry: &MemEntry, missing: Option<u64>) -> bool {
+    /// Whether every tag of `entry` still has the version it recorded (a tag whose version this
+    /// store does not know, never made or forgotten, is not current).
+    pub(crate) fn tags_current(&self, entry: &MemEntry) -> bool {
         if entry.meta.tags.is_empty() {
             return true;
         }
         let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entry.meta.tags.iter().all(|(tag, v)| versions.tag(tag).or(missing) == Some(*v))
+        entry.meta.tags.iter().all(|(tag, v)| versions.tag(tag) == Some(*v))
     }
 
-    /// The generation of `key` and the versions of its namespace and tags, as they are now.
+    /// The generation of `key` and the versions of its namespace and tags, as they are now (a
+    /// tag without one is given a fresh version first).
     pub(crate) fn lease(&self, key: &str, namespace: &str, tags: &[String]) -> Lease {
-        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tags.iter().any(|t| versions.tag(t).is_none()) {
+            drop(versions);
+            let mut writing = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for tag in tags {
+                if writing.tag(tag).is_none() {
+                    let fresh = writing.fresh();
+                    writing.set_tag(tag, fresh);
+                }
+            }
+            drop(writing);
+            versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
         Lease {
             generation: Some(self.generations.get(key).unwrap_or(0)),
             namespace_version: Some(versions.namespace(namespace)),
+            // One forgotten since (under pressure) is absent: the fill is refused.
             tags: tags.iter().map(|t| (t.clone(), versions.tag(t).unwrap_or(0))).collect(),
         }
     }
@@ -176,7 +221,7 @@ impl MemoryStore {
         let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = Some(self.generations.get(&key).unwrap_or(0)) == lease.generation
             && Some(versions.namespace(namespace)) == lease.namespace_version
-            && lease.tags.iter().all(|(t, v)| versions.tag(t).unwrap_or(0) == *v);
+            && lease.tags.iter().all(|(t, v)| versions.tag(t) == Some(*v));
         if current {
             self.entries.insert(key, Arc::new(entry));
         }
@@ -194,13 +239,21 @@ impl MemoryStore {
     pub(crate) fn set(&self, key: String, entry: MemEntry) {
         let _key_guard = lock(self.shard(&key));
         self.bump_generation(&key);
+        self.end_representations(&key);
         self.entries.insert(key, Arc::new(entry));
     }
 
+    /// Drops `key`'s value and ends its other representations (see `key.rs`).
     pub(crate) fn invalidate_key(&self, key: &str) {
         let _key_guard = lock(self.shard(key));
         self.bump_generation(key);
+        self.end_representations(key);
         self.entries.invalidate(key);
+    }
+
+    /// Ends every representation of `key` but its value (see `key.rs`): bumps its implicit tag.
+    fn end_representations(&self, key: &str) {
+        self.bump_tag(&crate::key::key_tag(key));
     }
 
     /// Moves `key`'s generation: every lease taken before is refused. Under the key's shard lock.
@@ -209,22 +262,22 @@ impl MemoryStore {
         self.generations.insert(key.to_owned(), next);
     }
 
-    /// Bumps a tag's version (here the source of truth); returns the new version.
-    pub(crate) fn bump_tag(&self, tag: &str) -> u64 {
+    /// Bumps a tag's version (here the source of truth) to a fresh one. A tag without a version
+    /// keeps none: no entry that recorded one of its versions is current.
+    pub(crate) fn bump_tag(&self, tag: &str) {
         let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let v = versions.tags.entry(tag.to_owned()).or_insert(0);
-        *v += 1;
-        *v
+        if versions.tag(tag).is_some() {
+            let fresh = versions.fresh();
+            versions.set_tag(tag, fresh);
+        }
     }
 
     /// Records a tag version learned from Redis (versions only grow).
     #[cfg(feature = "redis")]
     pub(crate) fn learn_tag(&self, tag: &str, version: u64) {
         let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match versions.tags.get_mut(tag) {
-            Some(v) => *v = (*v).max(version),
-            None => drop(versions.tags.insert(tag.to_owned(), version)),
-        }
+        let known = versions.tag(tag).unwrap_or(0);
+        versions.set_tag(tag, known.max(version));
     }
 
     /// Forgets what this process knew of a tag's version.
@@ -273,6 +326,93 @@ impl MemoryStore {
     #[cfg(feature = "redis")]
     pub(crate) fn flush(&self) {
         self.entries.invalidate_all();
-        *self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Versions::default();
+        let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *versions = Versions { last: versions.last, ..Versions::default() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry of `value` recording what `lease` saw of its tags, fresh for a minute.
+    fn entry(lease: &Lease, value: u32) -> MemEntry {
+        let now = now_ms();
+        let meta = Meta {
+            fingerprint: 0,
+            stored_at_ms: now,
+            fresh_until_ms: now + 60_000,
+            stale_until_ms: now + 60_000,
+            recompute_ms: 0,
+            etag: None,
+            tags: lease.tags.clone(),
+        };
+        crate::form::mem_entry(meta, Some(&value), 1)
+    }
+
+    fn current(store: &MemoryStore, key: &str) -> bool {
+        store.get(key).is_some_and(|e| store.tags_current(&e))
+    }
+
+    /// Issue 27, finding 5: every tag ever bumped or read kept a version for good (+18 MiB after
+    /// 60,000 tag invalidations). Now at most `MAX_TAG_VERSIONS`, and a version forgotten under
+    /// pressure and made again never equals one an entry recorded: the entry is a miss.
+    #[test]
+    fn tag_versions_are_bounded_and_a_forgotten_one_never_revives_an_entry() {
+        let store = MemoryStore::new(1000, None);
+        let tags = vec!["posts".to_owned()];
+        let lease = store.lease("k", "ns", &tags);
+        assert!(store.fill("k".into(), "ns", &lease, entry(&lease, 1)));
+        assert!(current(&store, "k"));
+        // Many other tags: each read once (a lease) and bumped.
+        for i in 0..3 * MAX_TAG_VERSIONS {
+            let tag = vec![format!("user:{i}")];
+            store.lease("other", "ns", &tag);
+            store.bump_tag(&tag[0]);
+        }
+        let held = store.versions.read().unwrap().tags.len();
+        assert!(held <= MAX_TAG_VERSIONS, "{held} tag versions held");
+        // Whether `posts` was forgotten or not, the entry is current exactly while `posts` has
+        // the version it recorded; once bumped (or forgotten and made again), never again.
+        let kept = store.versions.read().unwrap().tag("posts") == Some(lease.tags[0].1);
+        assert_eq!(current(&store, "k"), kept);
+        store.bump_tag("posts");
+        store.lease("again", "ns", &tags); // makes `posts` again if it was forgotten
+        assert!(!current(&store, "k"), "an invalidated entry never comes back");
+        assert_ne!(store.versions.read().unwrap().tag("posts"), Some(lease.tags[0].1));
+    }
+
+    /// A fill whose tag was forgotten (or bumped) since its lease is refused.
+    #[test]
+    fn a_fill_whose_tag_version_is_gone_is_refused() {
+        let store = MemoryStore::new(1000, None);
+        let tags = vec!["t".to_owned()];
+        let lease = store.lease("k", "ns", &tags);
+        store.versions.write().unwrap().tags.clear(); // forgotten under pressure
+        assert!(!store.fill("k".into(), "ns", &lease, entry(&lease, 1)));
+        let lease = store.lease("k", "ns", &tags);
+        store.bump_tag("t");
+        assert!(!store.fill("k".into(), "ns", &lease, entry(&lease, 1)));
+        let lease = store.lease("k", "ns", &tags);
+        assert!(store.fill("k".into(), "ns", &lease, entry(&lease, 1)));
+    }
+
+    /// Invalidating a key ends its value and every other representation (a handler's
+    /// responses, each `vary` variant), and only its own.
+    #[test]
+    fn invalidating_a_key_ends_every_representation_of_it() {
+        let store = MemoryStore::new(1000, None);
+        let (value, response, variant, other) = ("p:{ns:k}", "p:{ns:k}:h", "p:{ns:k}:h.a=1", "p:{ns:j}:h");
+        for key in [value, response, variant, other] {
+            let tags: Vec<String> =
+                crate::key::is_representation(key).then(|| crate::key::key_tag(key)).into_iter().collect();
+            let lease = store.lease(key, "ns", &tags);
+            assert!(store.fill(key.into(), "ns", &lease, entry(&lease, 1)));
+            assert!(current(&store, key));
+        }
+        store.invalidate_key(value);
+        assert!(store.get(value).is_none());
+        assert!(!current(&store, response) && !current(&store, variant));
+        assert!(current(&store, other));
     }
 }

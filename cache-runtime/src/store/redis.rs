@@ -9,7 +9,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::breaker::Breaker;
 use super::cluster::{cluster_client, one_slot_per_master, ClusterSlot};
-use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, SET_KEY, TAG_VERSION};
+use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, SET_KEY, TAG_VERSION, VERSION_TTL_MS};
 use super::{fresh_version, generation_counter_key, generation_key, push_generation_key, tag_key, Lease};
 use crate::error::CacheError;
 use crate::time::now_ms;
@@ -479,7 +479,7 @@ impl RedisStore {
         let keys = missing.iter().map(|&i| tag_key(prefix, &lease.tags[i].0)).chain(counter.map(str::to_owned));
         let reads = keys.map(|key| async move {
             let mut cmd = evalsha(&self.tag_version, 1);
-            cmd.arg(key).arg(fresh_version());
+            cmd.arg(key).arg(fresh_version()).arg(VERSION_TTL_MS);
             let v = self.invoke::<String>(&self.tag_version, &cmd).await?;
             v.parse::<u64>().map_err(|_| CacheError::Config(format!("version {v:?} is not a number")))
         });
@@ -575,10 +575,11 @@ impl RedisStore {
         self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
     }
 
-    /// Bumps a version key (see [`BUMP`]); returns the new version.
-    pub(crate) async fn bump(&self, version_key: &str) -> Result<u64, CacheError> {
+    /// Bumps a version key (see [`BUMP`]); returns the new version. `known`: only if it exists
+    /// (a key's implicit tag; 0 when it does not).
+    pub(crate) async fn bump(&self, version_key: &str, known: bool) -> Result<u64, CacheError> {
         let mut cmd = evalsha(&self.bump, 1);
-        cmd.arg(version_key).arg(fresh_version());
+        cmd.arg(version_key).arg(fresh_version()).arg(VERSION_TTL_MS).arg(if known { "known" } else { "" });
         self.invoke(&self.bump, &cmd).await
     }
 

@@ -112,33 +112,48 @@ pub(super) const INVALIDATE_KEY: &str =
 pub(super) const SET_KEY: &str =
     concat!(version_rule!(), invalidation!(), "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\nreturn 1\n");
 
-/// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
-/// ([`fresh_version`](super::fresh_version)). `INCR`s the version and returns it. An absent
-/// version (evicted) or one that is not a version (a foreign value or type) is replaced by the
-/// fresh start: no entry can have recorded it, and it is above every version the replicas' L1s
-/// learned before (they keep the highest they saw).
+/// How long a tag (or namespace, or key) version is kept after it was last created or bumped,
+/// in ms (30 days): every version key expires, so versions never pile up, and under a
+/// `volatile-*` policy Redis may evict them. A version that expired is created again at a
+/// fresh start, which no entry can have recorded: the entries that recorded the old one read
+/// as misses, never as hits.
+pub(super) const VERSION_TTL_MS: u64 = 30 * 86_400_000;
+
+/// `KEYS`: a tag (or namespace, or key) version. `ARGV`: a fresh start
+/// ([`fresh_version`](super::fresh_version)), [`VERSION_TTL_MS`], and `known` to bump only a
+/// version that exists. `INCR`s the version and returns it. An absent version (evicted, expired)
+/// or one that is not a version (a foreign value or type) is replaced by the fresh start: no
+/// entry can have recorded it, and it is above every version the replicas' L1s learned before
+/// (they keep the highest they saw). With `known`, an absent one stays absent (returns 0):
+/// nothing current recorded it (a key's implicit tag, bumped by every key invalidation).
 pub(super) const BUMP: &str = concat!(
     version_rule!(),
     r"
 local v = redis.pcall('GET', KEYS[1])
 if version(v) then
-  return redis.call('INCR', KEYS[1])
+  v = redis.call('INCR', KEYS[1])
+elseif ARGV[3] == 'known' and not v then
+  return 0
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+  v = tonumber(ARGV[1])
 end
-redis.call('SET', KEYS[1], ARGV[1])
-return tonumber(ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return v
 "
 );
 
-/// `KEYS`: a tag (or namespace) version. `ARGV`: a fresh start
-/// ([`fresh_version`](super::fresh_version)). Returns the current version, giving an absent one
-/// the fresh start (a version key lost to eviction must not come back as a value some old entry
-/// recorded) and replacing one that is not a version (a foreign value or type) the same way.
+/// `KEYS`: a tag (or namespace, or key) version. `ARGV`: a fresh start
+/// ([`fresh_version`](super::fresh_version)), [`VERSION_TTL_MS`]. Returns the current version,
+/// giving an absent one the fresh start (a version key lost to eviction must not come back as
+/// a value some old entry recorded) and replacing one that is not a version (a foreign value
+/// or type) the same way.
 pub(super) const TAG_VERSION: &str = concat!(
     version_rule!(),
     r"
 local v = redis.pcall('GET', KEYS[1])
 if version(v) then return v end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 "
 );
