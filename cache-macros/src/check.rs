@@ -7,7 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::{Expr, Ident, ItemFn, Member, Path, Type};
 
 use crate::attr::{CacheNone, Errors, Options, Secs, TemplateLit};
-use crate::signature::{self, is_handler, Param, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
+use crate::signature::{self, is_handler, BatchReturns, Param, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
 use crate::template::Segment;
 
 /// What `#[cached]` generates, validated.
@@ -51,8 +51,9 @@ pub(crate) struct BatchPlan {
     pub(crate) param: Ident,
     pub(crate) param_ty: Type,
     pub(crate) collection: signature::Collection,
-    /// The return type is spelled `Result<map, E>`.
-    pub(crate) fallible: bool,
+    /// Whether the return type is a `Result` of the map: `Some` when its spelling says so
+    /// (`Result<map, E>`, or a map), `None` when the type decides (an alias).
+    pub(crate) fallible: Option<bool>,
     /// `V` of the map, when the return type spells it.
     pub(crate) value_ty: Option<Type>,
 }
@@ -424,21 +425,26 @@ fn check_batch(
         }
     };
     let ret_ty = sig.output.as_ref()?;
-    let value_ty = signature::batch_value(ret_ty);
-    let is_map = value_ty.is_some();
-    if !is_map {
-        errors.push(syn::Error::new(
-            ret_ty.span(),
-            "a batch fn returns a map of its elements to their values: `HashMap<K, V>`, `BTreeMap<K, V>` or \
-             `Vec<(K, V)>`, or a `Result` of one (an element missing from it is not found)",
-        ));
-        return None;
-    }
+    // A name the macro cannot see through (an alias, maybe of a `Result`) is left to its type:
+    // the runtime's `BatchMap` bound reports one that is not a map.
+    let (fallible, value_ty) = match signature::batch_returns(ret_ty) {
+        BatchReturns::Map { value, fallible } => (Some(fallible), Some(*value)),
+        BatchReturns::Named { fallible: true } => (Some(true), None),
+        BatchReturns::Named { fallible: false } => (None, None),
+        BatchReturns::NotMap => {
+            errors.push(syn::Error::new(
+                ret_ty.span(),
+                "a batch fn returns a map of its elements to their values: `HashMap<K, V>`, `BTreeMap<K, V>` or \
+                 `Vec<(K, V)>`, or a `Result` of one (an element missing from it is not found)",
+            ));
+            return None;
+        }
+    };
     Some(BatchPlan {
         param: param.names[0].clone(),
         param_ty: param.ty.clone(),
         collection: signature::collection(&param.ty)?,
-        fallible: matches!(signature::returns(ret_ty), Returns::Result(_)),
+        fallible,
         value_ty,
     })
 }
