@@ -197,6 +197,28 @@ pub(crate) fn impl_bounds(ty: &Type) -> Vec<Punctuated<TypeParamBound, syn::Toke
     mentions(ty, &[]).impl_bounds
 }
 
+/// The first reference in `ty` that a stored value would hold (`&'static str`, the `&[u8]` of
+/// `Vec<&[u8]>`): none inside `PhantomData`, a fn pointer, a trait object or a macro.
+pub(crate) fn borrowed(ty: &Type) -> Option<&syn::TypeReference> {
+    struct First<'ast>(Option<&'ast syn::TypeReference>);
+    impl<'ast> Visit<'ast> for First<'ast> {
+        fn visit_type(&mut self, ty: &'ast Type) {
+            if self.0.is_some() {
+                return;
+            }
+            match ty {
+                Type::Reference(r) => self.0 = Some(r),
+                Type::BareFn(_) | Type::TraitObject(_) | Type::ImplTrait(_) | Type::Macro(_) => {}
+                Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "PhantomData") => {}
+                _ => syn::visit::visit_type(self, ty),
+            }
+        }
+    }
+    let mut first = First(None);
+    first.visit_type(ty);
+    first.0
+}
+
 struct Mentions<'a> {
     names: &'a [&'a str],
     found: bool,
