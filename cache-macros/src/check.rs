@@ -7,7 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::{Expr, Ident, ItemFn, Member, Path, Type};
 
 use crate::attr::{CacheNone, Errors, Options, Secs, TemplateLit};
-use crate::signature::{self, is_handler, Param, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
+use crate::signature::{self, is_handler, BatchReturns, Param, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
 use crate::template::Segment;
 
 /// What `#[cached]` generates, validated.
@@ -51,8 +51,9 @@ pub(crate) struct BatchPlan {
     pub(crate) param: Ident,
     pub(crate) param_ty: Type,
     pub(crate) collection: signature::Collection,
-    /// The return type is spelled `Result<map, E>`.
-    pub(crate) fallible: bool,
+    /// Whether the return type is a `Result` of the map: `Some` when its spelling says so
+    /// (`Result<map, E>`, or a map), `None` when the type decides (an alias).
+    pub(crate) fallible: Option<bool>,
     /// `V` of the map, when the return type spells it.
     pub(crate) value_ty: Option<Type>,
 }
@@ -153,6 +154,7 @@ pub(crate) fn cached(options: Options, func: ItemFn) -> syn::Result<CachedPlan> 
         check_handler_params(&options, &sig, &mut errors);
     } else {
         check_service_fn(&options, &sig, &func.sig.generics, &mut errors);
+        check_owned(&options, &sig, &mut errors);
     }
     let batch = options.batch.and_then(|span| check_batch(span, &options, &sig, handler, &mut errors));
     if options.batch.is_none() {
@@ -346,6 +348,50 @@ fn check_service_fn(options: &Options, sig: &Signature, generics: &syn::Generics
     }
 }
 
+/// What a service fn stores is decoded into a new value on a hit, and a decoded value cannot
+/// borrow: `&'static str` would need a `Deserialize` for every lifetime, which rustc reports as
+/// "implementation of `Deserialize` is not general enough". Only what is stored is checked:
+/// the `Some` of an `Option`, the `Ok` of a `Result` (an `Err` may borrow), a batch's values.
+fn check_owned(options: &Options, sig: &Signature, errors: &mut Errors) {
+    let Some(ty) = &sig.output else { return };
+    let stored = if options.batch.is_some() {
+        match signature::batch_returns(ty) {
+            BatchReturns::Map { value, .. } => *value,
+            BatchReturns::Named { .. } | BatchReturns::NotMap => return,
+        }
+    } else {
+        match signature::returns(ty) {
+            Returns::Plain => ty.clone(),
+            Returns::Option(value) | Returns::Result(value) => value,
+        }
+    };
+    let Some(reference) = signature::borrowed(&stored) else { return };
+    let owned = match signature::strip(&reference.elem) {
+        Type::Path(p) if p.path.is_ident("str") => "`String`".to_owned(),
+        Type::Slice(s) => format!("`Vec<{}>`", type_text(&s.elem)),
+        Type::TraitObject(_) => "a type that owns its data".to_owned(),
+        elem => format!("`{}`", type_text(elem)),
+    };
+    errors.push(syn::Error::new_spanned(
+        reference,
+        format!(
+            "a `#[cached]` fn must return an owned type: cached values are stored, and decoded into new values \
+             that cannot borrow; write {owned} instead of `{}`",
+            type_text(&Type::Reference(reference.clone()))
+        ),
+    ));
+}
+
+/// A type as the user wrote it, near enough for a message: `&'static str`, `Vec<u8>` (the token
+/// printer's spaces around `&`, `<`, `>`, `,` and `::` removed).
+fn type_text(ty: &Type) -> String {
+    let mut text = quote::ToTokens::to_token_stream(ty).to_string();
+    for (from, to) in [("& ", "&"), (" < ", "<"), (" <", "<"), ("< ", "<"), (" >", ">"), (" ,", ","), (" :: ", "::")] {
+        text = text.replace(from, to);
+    }
+    text
+}
+
 /// What a type parameter as the return type gets: whether it is a `Result` or an `Option`
 /// is only known per call, after the macro ran.
 fn type_parameter_error(param: &Ident, attribute: &str, decides: &str) -> syn::Error {
@@ -424,21 +470,26 @@ fn check_batch(
         }
     };
     let ret_ty = sig.output.as_ref()?;
-    let value_ty = signature::batch_value(ret_ty);
-    let is_map = value_ty.is_some();
-    if !is_map {
-        errors.push(syn::Error::new(
-            ret_ty.span(),
-            "a batch fn returns a map of its elements to their values: `HashMap<K, V>`, `BTreeMap<K, V>` or \
-             `Vec<(K, V)>`, or a `Result` of one (an element missing from it is not found)",
-        ));
-        return None;
-    }
+    // A name the macro cannot see through (an alias, maybe of a `Result`) is left to its type:
+    // the runtime's `BatchMap` bound reports one that is not a map.
+    let (fallible, value_ty) = match signature::batch_returns(ret_ty) {
+        BatchReturns::Map { value, fallible } => (Some(fallible), Some(*value)),
+        BatchReturns::Named { fallible: true } => (Some(true), None),
+        BatchReturns::Named { fallible: false } => (None, None),
+        BatchReturns::NotMap => {
+            errors.push(syn::Error::new(
+                ret_ty.span(),
+                "a batch fn returns a map of its elements to their values: `HashMap<K, V>`, `BTreeMap<K, V>` or \
+                 `Vec<(K, V)>`, or a `Result` of one (an element missing from it is not found)",
+            ));
+            return None;
+        }
+    };
     Some(BatchPlan {
         param: param.names[0].clone(),
         param_ty: param.ty.clone(),
         collection: signature::collection(&param.ty)?,
-        fallible: matches!(signature::returns(ret_ty), Returns::Result(_)),
+        fallible,
         value_ty,
     })
 }
@@ -534,5 +585,106 @@ fn check_handler_params(options: &Options, sig: &Signature, errors: &mut Errors)
                  would share one entry: {fix}, or list it in `skip = [{name}]` if it never changes the response"
             ),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use crate::attr::{self, Macro};
+
+    /// The errors `#[cached(<args>)]` gives `func`, one message each.
+    fn errors(args: proc_macro2::TokenStream, func: syn::ItemFn) -> Vec<String> {
+        match super::cached(attr::parse(Macro::Cached, args).unwrap(), func) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// What is stored must not borrow, and the message names the owned type to write; an `Err`,
+    /// a handler's return type and `Cow<'static, str>` (always decoded owned) may borrow.
+    #[test]
+    fn a_stored_value_must_be_owned() {
+        let wrote = |func: syn::ItemFn| {
+            let errors = errors(quote!(expire = 60), func);
+            let message = errors.iter().find(|e| e.contains("owned type"))?;
+            Some(message.split("; ").last().unwrap().to_owned())
+        };
+        let cases = [
+            (
+                syn::parse_quote!(
+                    async fn f() -> &'static str {
+                        ""
+                    }
+                ),
+                "write `String` instead of `&'static str`",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn f() -> Option<&'static [u8]> {
+                        None
+                    }
+                ),
+                "write `Vec<u8>` instead of `&'static [u8]`",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn f() -> Result<Vec<&'static Path>, String> {
+                        Ok(vec![])
+                    }
+                ),
+                "write `Path` instead of `&'static Path`",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn f() -> HashMap<u64, &'static str> {
+                        HashMap::new()
+                    }
+                ),
+                "write `String` instead of `&'static str`",
+            ),
+        ];
+        for (func, expected) in cases {
+            assert_eq!(wrote(func).as_deref(), Some(expected));
+        }
+        assert_eq!(
+            wrote(syn::parse_quote!(
+                async fn f() -> Result<String, &'static str> {
+                    Ok(String::new())
+                }
+            )),
+            None
+        );
+        assert_eq!(
+            wrote(syn::parse_quote!(
+                async fn f() -> Cow<'static, str> {
+                    Cow::Borrowed("")
+                }
+            )),
+            None
+        );
+        assert_eq!(
+            wrote(syn::parse_quote!(
+                async fn f() -> PhantomData<&'static str> {
+                    PhantomData
+                }
+            )),
+            None
+        );
+        let handler: syn::ItemFn = syn::parse_quote!(
+            async fn f(Path(id): Path<u64>) -> &'static str {
+                ""
+            }
+        );
+        assert!(errors(quote!(expire = 60, key = "<id>"), handler).is_empty());
+        let batch: syn::ItemFn = syn::parse_quote!(
+            async fn f(ids: Vec<u64>) -> Result<HashMap<u64, &'static str>, String> {
+                todo!()
+            }
+        );
+        let errors = errors(quote!(key = "k:<ids>", batch), batch);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].ends_with("write `String` instead of `&'static str`"), "{errors:?}");
     }
 }

@@ -186,16 +186,30 @@ fn cached_batch(plan: &CachedPlan, batch: &BatchPlan) -> TokenStream {
     let value = batch.value_ty.as_ref().map(ToTokens::to_token_stream);
     let policy =
         policy(&plan.policy, value.as_ref(), &krate).unwrap_or_else(|| quote!(#krate::__private::Policy::new()));
-    let runtime_fn = if batch.fallible { quote!(cached_batch_result) } else { quote!(cached_batch) };
-    let call = quote_spanned! {ret_ty.span()=>
-        #krate::__private::#runtime_fn(
-            #krate::__private::Batch {
-                cache: __cr_cache, namespace: #namespace, opts: &__CR_OPTS, site: ::core::option::Option::Some(&__CR_FN),
-                elements: __cr_elements,
-            },
-            #policy,
-            __cr_body,
-        ).await
+    let batch_call = quote! {
+        #krate::__private::Batch {
+            cache: __cr_cache, namespace: #namespace, opts: &__CR_OPTS, site: ::core::option::Option::Some(&__CR_FN),
+            elements: __cr_elements,
+        }
+    };
+    let call = match batch.fallible {
+        Some(fallible) => {
+            let runtime_fn = if fallible { quote!(cached_batch_result) } else { quote!(cached_batch) };
+            quote_spanned! {ret_ty.span()=>
+                #krate::__private::#runtime_fn(#batch_call, #policy, __cr_body).await
+            }
+        }
+        // Spelled neither as a map nor as `Result<…>`: it may still be a `Result` behind an alias
+        // (`AppResult<HashMap<u64, Product>>`). The type decides (see `cache_runtime::returns`).
+        None => quote_spanned! {ret_ty.span()=>
+            {
+                #[allow(unused_imports)]
+                use #krate::__private::{ViaBatchMap as _, ViaBatchResult as _};
+                (&&#krate::__private::Returns::<#ret_ty>::new())
+                    .cached_batch_by_type(#batch_call, #policy, __cr_body)
+                    .await
+            }
+        },
     };
     let sig = &plan.func.sig;
     let vis = &plan.func.vis;

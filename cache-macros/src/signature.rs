@@ -197,6 +197,28 @@ pub(crate) fn impl_bounds(ty: &Type) -> Vec<Punctuated<TypeParamBound, syn::Toke
     mentions(ty, &[]).impl_bounds
 }
 
+/// The first reference in `ty` that a stored value would hold (`&'static str`, the `&[u8]` of
+/// `Vec<&[u8]>`): none inside `PhantomData`, a fn pointer, a trait object or a macro.
+pub(crate) fn borrowed(ty: &Type) -> Option<&syn::TypeReference> {
+    struct First<'ast>(Option<&'ast syn::TypeReference>);
+    impl<'ast> Visit<'ast> for First<'ast> {
+        fn visit_type(&mut self, ty: &'ast Type) {
+            if self.0.is_some() {
+                return;
+            }
+            match ty {
+                Type::Reference(r) => self.0 = Some(r),
+                Type::BareFn(_) | Type::TraitObject(_) | Type::ImplTrait(_) | Type::Macro(_) => {}
+                Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "PhantomData") => {}
+                _ => syn::visit::visit_type(self, ty),
+            }
+        }
+    }
+    let mut first = First(None);
+    first.visit_type(ty);
+    first.0
+}
+
 struct Mentions<'a> {
     names: &'a [&'a str],
     found: bool,
@@ -282,31 +304,64 @@ pub(crate) fn collection(ty: &Type) -> Option<Collection> {
     }
 }
 
-/// The value type of a batch fn's map (`V` of `HashMap<K, V>`, `BTreeMap<K, V>`,
-/// `Vec<(K, V)>`), when the return type spells one (inside a `Result` or not).
-pub(crate) fn batch_value(ty: &Type) -> Option<Type> {
-    let map = match returns(ty) {
-        Returns::Result(inner) => inner,
-        Returns::Plain => ty.clone(),
-        Returns::Option(_) => return None,
+/// What a batch fn's return type spells.
+pub(crate) enum BatchReturns {
+    /// A map whose values it names: `V` of `HashMap<K, V>`, `BTreeMap<K, V>` or `Vec<(K, V)>`;
+    /// `fallible`: inside a `Result<…, E>`.
+    Map { value: Box<Type>, fallible: bool },
+    /// A name that may stand for a map, or (outside a spelled `Result`) for a `Result` of one: an
+    /// alias (`AppResult<HashMap<u64, Product>>`, `Products`), a type of the user's. The type
+    /// decides; `fallible`: inside a spelled `Result<…, E>`.
+    Named { fallible: bool },
+    /// A type that is never a map: another standard type (`Vec<String>`, `Option<…>`, `String`),
+    /// a tuple, a reference, an array.
+    NotMap,
+}
+
+/// Standard types that are never a batch's map (a `Vec` is one only of pairs).
+const NEVER_MAPS: &[&str] = &[
+    "Option", "Vec", "VecDeque", "HashSet", "BTreeSet", "HashMap", "BTreeMap", "String", "str", "Box", "Rc", "Arc",
+    "Cow", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+    "f32", "f64",
+];
+
+/// What `ty`, a batch fn's return type, spells: a map (inside a `Result` or not), a name whose
+/// type decides, or a type that is never a map.
+pub(crate) fn batch_returns(ty: &Type) -> BatchReturns {
+    let (map, fallible) = match returns(ty) {
+        Returns::Result(inner) => (inner, true),
+        Returns::Plain => (ty.clone(), false),
+        Returns::Option(_) => return BatchReturns::NotMap,
     };
-    let Type::Path(p) = strip(&map) else { return None };
-    let last = p.path.segments.last()?;
-    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
-    let types: Vec<&Type> = args
-        .args
-        .iter()
-        .filter_map(|a| match a {
-            GenericArgument::Type(t) => Some(t),
-            _ => None,
-        })
-        .collect();
-    match (last.ident.to_string().as_str(), types.as_slice()) {
+    let path = match strip(&map) {
+        Type::Path(p) => p,
+        // A macro may expand to any type.
+        Type::Macro(_) => return BatchReturns::Named { fallible },
+        _ => return BatchReturns::NotMap,
+    };
+    let Some(last) = path.path.segments.last() else { return BatchReturns::NotMap };
+    let types: Vec<&Type> = match &last.arguments {
+        PathArguments::AngleBracketed(args) => args
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                GenericArgument::Type(t) => Some(t),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let value = match (last.ident.to_string().as_str(), types.as_slice()) {
         ("HashMap" | "BTreeMap", [_, value, ..]) => Some((*value).clone()),
         ("Vec", [pair]) => match strip(pair) {
             Type::Tuple(t) if t.elems.len() == 2 => t.elems.iter().nth(1).cloned(),
             _ => None,
         },
         _ => None,
+    };
+    match value {
+        Some(value) => BatchReturns::Map { value: Box::new(value), fallible },
+        None if path.qself.is_none() && NEVER_MAPS.iter().any(|n| last.ident == n) => BatchReturns::NotMap,
+        None => BatchReturns::Named { fallible },
     }
 }

@@ -193,7 +193,7 @@ impl KeyWriter {
 
     /// One argument of a default key: JSON-encoded (unambiguous for every type), escaped,
     /// `:`-separated from the previous one.
-    pub fn arg<S: serde::Serialize + ?Sized>(&mut self, value: &S) {
+    pub fn arg<S: KeyArg + ?Sized>(&mut self, value: &S) {
         if !self.first_arg {
             self.buf.push(':');
         }
@@ -455,6 +455,20 @@ pub trait PartInt {
 pub trait PartText {
     fn put(&self, key: &mut KeyWriter);
 }
+
+/// A value a default key can encode: any `Serialize` type. (A trait of its own only for the
+/// compiler's message when a parameter is not `Serialize`: most often a connection or a client,
+/// which belongs in `skip`.)
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a parameter of type `{Self}` cannot be part of the default cache key: it is not `Serialize`",
+    label = "the default key encodes this parameter (every parameter not in `skip`)",
+    note = "if it does not change the result (a connection, a client, a pool, a handle), add it to `skip = [...]`; \
+            otherwise give a `key = \"…\"` that names what does change it, or make its type `Serialize`"
+)]
+pub trait KeyArg: serde::Serialize {}
+
+impl<T: serde::Serialize + ?Sized> KeyArg for T {}
 
 /// See [`Part`]. Implemented for every `Part<T>`; its `put` needs `T: KeyDisplay`, so a value
 /// that is not `Display` is reported as such (not as a method that does not exist).

@@ -259,7 +259,8 @@ pub mod __private {
     pub use crate::read::Spawner;
     pub use crate::returns::{cached_option, cached_result, cached_value};
     pub use crate::returns::{
-        Outcome, Returns, SucceededOption, SucceededResult, SucceededValue, ViaOption, ViaResult, ViaValue,
+        Outcome, Returns, SucceededOption, SucceededResult, SucceededValue, ViaBatchMap, ViaBatchResult, ViaOption,
+        ViaResult, ViaValue,
     };
     pub use crate::secs::{seconds, Seconds, SecondsOther, SecondsType};
     pub use crate::{current, global, Cache, Cacheable};

@@ -6,13 +6,18 @@
 //! through [`Returns`] (for `#[cached]`) or [`Outcome`] (for `#[invalidates]`) and method
 //! resolution: the impls for `&Returns<Result<T, E>>` and `&Returns<Option<T>>` are found
 //! before the one for `Returns<R>` (autoref-based specialization), so an `Err` is never stored
-//! and a `None` is stored only with `cache_none`, however the type is named.
+//! and a `None` is stored only with `cache_none`, however the type is named. A batch fn's
+//! (`#[cached(batch)]`) return type spelled neither as a map nor as `Result<…>` goes through
+//! [`Returns`] the same way: a `Result` stores the elements of an `Ok` map, any other type is
+//! the map.
 
 use std::future::Future;
+use std::hash::Hash;
 use std::marker::PhantomData;
 
 use std::time::Duration;
 
+use crate::batch::{cached_batch, cached_batch_result, Batch, BatchMap};
 use crate::cache::Call;
 use crate::codec::Json;
 use crate::entry::Found;
@@ -130,6 +135,78 @@ impl<R> ViaValue<R> for Returns<R> {
         F: Future<Output = R> + 'a,
     {
         cached_value::<R, F>(call, policy, body, spawner)
+    }
+}
+
+/// The return type `R` of a `#[cached(batch)]` fn spelled neither as a map nor as `Result<…>`
+/// (`AppResult<HashMap<u64, Product>>`, an alias of the map): a `Result<M, E>` stores the
+/// elements of an `Ok` map and nothing of an `Err`.
+#[doc(hidden)]
+pub trait ViaBatchResult<M, E> {
+    fn cached_batch_by_type<K, V, F, Fut>(
+        &self,
+        batch: Batch<'_, K>,
+        policy: Policy<V>,
+        body: F,
+    ) -> impl Future<Output = Result<M, E>>
+    where
+        K: Clone + Eq + Hash,
+        V: Cacheable,
+        M: BatchMap<K, V>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<M, E>>;
+}
+
+impl<M, E> ViaBatchResult<M, E> for &Returns<Result<M, E>> {
+    fn cached_batch_by_type<K, V, F, Fut>(
+        &self,
+        batch: Batch<'_, K>,
+        policy: Policy<V>,
+        body: F,
+    ) -> impl Future<Output = Result<M, E>>
+    where
+        K: Clone + Eq + Hash,
+        V: Cacheable,
+        M: BatchMap<K, V>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<M, E>>,
+    {
+        cached_batch_result::<K, V, M, E, F, Fut>(batch, policy, body)
+    }
+}
+
+/// Any other `R` of a `#[cached(batch)]` fn: the map itself (see [`BatchMap`]).
+#[doc(hidden)]
+pub trait ViaBatchMap<M> {
+    fn cached_batch_by_type<K, V, F, Fut>(
+        &self,
+        batch: Batch<'_, K>,
+        policy: Policy<V>,
+        body: F,
+    ) -> impl Future<Output = M>
+    where
+        K: Clone + Eq + Hash,
+        V: Cacheable,
+        M: BatchMap<K, V>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = M>;
+}
+
+impl<M> ViaBatchMap<M> for Returns<M> {
+    fn cached_batch_by_type<K, V, F, Fut>(
+        &self,
+        batch: Batch<'_, K>,
+        policy: Policy<V>,
+        body: F,
+    ) -> impl Future<Output = M>
+    where
+        K: Clone + Eq + Hash,
+        V: Cacheable,
+        M: BatchMap<K, V>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = M>,
+    {
+        cached_batch::<K, V, M, F, Fut>(batch, policy, body)
     }
 }
 

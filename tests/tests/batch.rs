@@ -223,6 +223,51 @@ async fn every_batch_shape_works() {
     }
 }
 
+/// An application's error, and its `Result` alias.
+#[derive(Debug, PartialEq)]
+struct AppError(String);
+
+type AppResult<T> = Result<T, AppError>;
+
+/// A map behind an alias without parameters.
+type Labels = BTreeMap<u64, String>;
+
+#[cached(expire = 60, key = "product:<ids>", batch, cache = cache, skip = [cache, db])]
+async fn products(cache: &Cache, db: &Db, ids: Vec<u64>) -> AppResult<HashMap<u64, User>> {
+    db.load(&ids).await.map_err(AppError)
+}
+
+#[cached(expire = 60, key = "label:<ids>", batch, cache = cache, skip = [cache, db])]
+async fn labels(cache: &Cache, db: &Db, ids: Vec<u64>) -> Labels {
+    let users = db.load(&ids).await.unwrap_or_default();
+    users.into_values().map(|u| (u.id, u.name)).collect()
+}
+
+/// The type decides, not its spelling: a batch fn returning a `Result` alias stores the
+/// elements of its `Ok` map (a second call does not reach the database) and never an `Err`; a
+/// map behind an alias is a map.
+#[tokio::test]
+async fn a_batch_returning_an_alias_is_cached_by_its_type() {
+    for b in Backend::all() {
+        let db = Db::default();
+        let got = products(&b.cache, &db, vec![1, 2, 2000]).await.unwrap();
+        assert_eq!(got.len(), 2, "{}: 2000 does not exist", b.name);
+        assert_eq!(products(&b.cache, &db, vec![2, 1]).await.unwrap()[&2].name, "user 2");
+        assert_eq!(db.queries(), vec![vec![1, 2, 2000]], "{}: the second call did not reach the database", b.name);
+        let err = products(&b.cache, &db, vec![3, 666]).await.unwrap_err();
+        assert_eq!(err, AppError("the database is down".to_owned()), "{}", b.name);
+        assert!(b.cache.inspect("product:3").await.is_none(), "{}: an `Err` stores nothing", b.name);
+
+        let db = Db::default();
+        assert_eq!(
+            labels(&b.cache, &db, vec![5, 4]).await,
+            Labels::from([(4, "user 4".to_owned()), (5, "user 5".to_owned())])
+        );
+        assert_eq!(labels(&b.cache, &db, vec![4, 5]).await.len(), 2);
+        assert_eq!(db.queries(), vec![vec![4, 5]], "{}: the second call did not reach the database", b.name);
+    }
+}
+
 #[cached(expire = 60, key = "locked:<ids>", batch, lock = 5, cache = cache, skip = [cache, db])]
 async fn locked(cache: &Cache, db: &Db, ids: Vec<u64>) -> Result<HashMap<u64, User>, String> {
     db.load(&ids).await

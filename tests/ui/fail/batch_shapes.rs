@@ -32,4 +32,18 @@ async fn other_key(ids: Vec<u64>) -> HashMap<String, String> {
     ids.into_iter().map(|id| (id.to_string(), id.to_string())).collect()
 }
 
+type AppResult<T> = Result<T, String>;
+type Names = Vec<String>;
+
+// Behind aliases, the type decides: a `Result` of a list is no map, nor is a list.
+#[cached(key = "user:<ids>", batch)]
+async fn result_alias_of_a_list(ids: Vec<u64>) -> AppResult<Vec<String>> {
+    Ok(ids.into_iter().map(|id| id.to_string()).collect())
+}
+
+#[cached(key = "user:<ids>", batch)]
+async fn alias_of_a_list(ids: Vec<u64>) -> Names {
+    ids.into_iter().map(|id| id.to_string()).collect()
+}
+
 fn main() {}
