@@ -1,13 +1,15 @@
 //! An operator's surface over a [`Cache`]: a dashboard page and JSON for per-function
 //! statistics, what is stored under a key, the keys of a namespace, and purges by key, tag or
 //! namespace (the normal invalidation path: every replica's L1 hears of them, and the CDN
-//! purger if there is one). Mount it where you like, behind its token:
+//! purger if there is one). Mount it where you like, behind its token, with `nest_service`: then
+//! every path under the prefix reaches it, `/admin/` included (`nest` works too, but axum leaves
+//! `/admin/` itself to the outer router):
 //!
 //! ```
 //! use cache_runtime::{admin, Cache};
 //!
 //! let cache = Cache::memory();
-//! let app: axum::Router = axum::Router::new().nest("/admin", admin::router(cache, "a long random token"));
+//! let app: axum::Router = axum::Router::new().nest_service("/admin", admin::router(cache, "a long random token"));
 //! # drop(app);
 //! ```
 //!
@@ -22,9 +24,11 @@
 //! | `POST /purge/key?key=user:7&namespace=users` | invalidates the key |
 //! | `POST /purge/tag?tag=users` | invalidates the tag |
 //! | `POST /purge/namespace?namespace=users` | clears the namespace: `{"removed": n}` |
+//! | any other path | `404` |
 //!
-//! Every request needs the token (compared in constant time; `401` with `WWW-Authenticate`
-//! otherwise): `Authorization: Bearer <token>` from scripts, or HTTP Basic with the token as
+//! Every request needs the token, compared in constant time (`401` with `WWW-Authenticate`
+//! otherwise; for an unknown path too, so `401` comes before `404` and the routes cannot be
+//! enumerated): `Authorization: Bearer <token>` from scripts, or HTTP Basic with the token as
 //! the password (any user name) from a browser, which asks for it when the dashboard is opened.
 //! Purges are `POST` only, and one authenticated by Basic must also carry
 //! `X-Requested-With: cache-admin` (the dashboard sends it) and must not say
@@ -92,6 +96,9 @@ pub fn router(cache: Cache, token: impl Into<String>) -> Router {
         .route("/purge/key", post(purge_key))
         .route("/purge/tag", post(purge_tag))
         .route("/purge/namespace", post(purge_namespace))
+        // Set before the guard: a `Router`'s layer wraps its fallback only when it has one of
+        // its own, and an unknown path must be refused without the token like any other.
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&admin), guard))
         .with_state(admin)
 }
@@ -127,7 +134,8 @@ fn cross_site(headers: &HeaderMap, auth: &Auth) -> bool {
     from_elsewhere || (*auth == Auth::Basic && !marked)
 }
 
-/// The token check and `Cache-Control: no-store`, on every answer (a `404` or `405` too).
+/// The token check and `Cache-Control: no-store`, on every answer (a `404` or `405` too: the
+/// router's fallback is inside this layer).
 async fn guard(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
     let mut response = match authorized(&admin, request.headers()) {
         Some(auth) if request.method() == Method::POST && cross_site(request.headers(), &auth) => (
@@ -199,6 +207,11 @@ impl Admin {
         }
         history.last = Some((stats.hits, stats.misses));
     }
+}
+
+/// A path under the admin root that names no route (answered only with the token).
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"error": "no such admin route"}))).into_response()
 }
 
 /// The router's root sends a browser to the dashboard, wherever the router is mounted.

@@ -327,7 +327,9 @@ impl CacheBuilder {
 
     /// How long a failing CDN purge is retried (with backoff, 100 ms doubling to 10 s) before
     /// it is given up on, counted in [`Stats::purges_dropped`](crate::Stats::purges_dropped)
-    /// and logged as an error (default 5 minutes).
+    /// and logged as an error (default 5 minutes). One the CDN refuses (a `4xx` other than `408`
+    /// and `429`) is given up at once, without holding back the others (see
+    /// [`cdn`](crate::cdn)).
     ///
     /// ```
     /// let builder = cache_runtime::Cache::builder().purge_retry_for(std::time::Duration::from_secs(60));

@@ -144,10 +144,11 @@ pub struct Stats {
     pub memory_bytes: u64,
     /// CDN purges the purger accepted (several invalidations queued together are one).
     pub purges: u64,
-    /// CDN purge attempts that failed (each is retried, see [`cdn`](crate::cdn)).
+    /// CDN purge attempts that failed (retried unless the CDN refused them, see
+    /// [`cdn`](crate::cdn)).
     pub purge_failures: u64,
     /// Invalidations whose CDN purge was given up on (failing for `purge_retry_for` since it was
-    /// queued, or queued outside a tokio runtime).
+    /// queued, refused by the CDN, or queued outside a tokio runtime).
     pub purges_dropped: u64,
 }
 

@@ -36,7 +36,7 @@ pub async fn serve_from_env() -> Result<(), Box<dyn std::error::Error + Send + S
     let mut routes = router(app.clone());
     if let Some(token) = &config.admin_token {
         // The cache's admin surface (statistics, entries, purges), behind the token.
-        routes = routes.nest("/admin", cache_runtime::admin::router(app.cache.clone(), token.clone()));
+        routes = routes.nest_service("/admin", cache_runtime::admin::router(app.cache.clone(), token.clone()));
     }
     serve(listener, routes, config.header_read_timeout, shutdown()).await;
     println!("shut down");

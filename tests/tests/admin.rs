@@ -20,12 +20,15 @@ async fn admin_post(Path(id): Path<String>, State(app): State<Arc<(Cache, Calls)
     format!("post {id} (run {})", app.1.hit())
 }
 
+/// The app with the admin router mounted as documented (`nest_service`).
 async fn serve(cache: Cache) -> (String, Arc<(Cache, Calls)>) {
+    serve_mounted(cache, |router, admin| router.nest_service("/admin", admin)).await
+}
+
+async fn serve_mounted(cache: Cache, mount: fn(Router, Router) -> Router) -> (String, Arc<(Cache, Calls)>) {
     let app = Arc::new((cache.clone(), Calls::default()));
-    let router = Router::new()
-        .route("/posts/{id}", get(admin_post))
-        .with_state(app.clone())
-        .nest("/admin", admin::router(cache, TOKEN));
+    let router =
+        mount(Router::new().route("/posts/{id}", get(admin_post)).with_state(app.clone()), admin::router(cache, TOKEN));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -245,4 +248,47 @@ async fn the_history_counts_hits_and_misses_per_interval() {
         hits == 2 && misses == 1
     })
     .await;
+}
+
+/// Every path under the admin root is behind the token: an unknown one (`/admin/nope`,
+/// `/admin/purge`) is a `401` without it and a `404` with it, never a bare `404` that tells
+/// anyone which routes exist; both say `no-store` and `nosniff`, as every admin answer. Mounted
+/// with `nest_service` (as documented), `/admin/` is the router's root too: `401`, or with the
+/// token the redirect to the dashboard. Mounted with `nest`, axum leaves `/admin/` to the outer
+/// router; every path below it is guarded all the same.
+#[tokio::test]
+async fn unknown_admin_paths_need_the_token_and_carry_the_admin_headers() {
+    let nest: fn(Router, Router) -> Router = |router, admin| router.nest("/admin", admin);
+    let nest_service: fn(Router, Router) -> Router = |router, admin| router.nest_service("/admin", admin);
+    let below = ["/admin/nope", "/admin/purge", "/admin/stats/x", "/admin/dashboard.js/", "/admin/purge/tag/x"];
+    for (mounted, mount, root) in [("nest", nest, &[][..]), ("nest_service", nest_service, &["/admin/"][..])] {
+        let (base, _) = serve_mounted(Cache::memory(), mount).await;
+        let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let answers = below.iter().map(|path| (path, 404)).chain(root.iter().map(|path| (path, 303)));
+        for (path, with_token) in answers {
+            for (token, status) in [(None, 401), (Some(TOKEN), with_token)] {
+                let mut request = c.get(format!("{base}{path}"));
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let r = request.send().await.unwrap();
+                let said = format!("{mounted}: {path} with the token: {}", token.is_some());
+                assert_eq!(r.status(), status, "{said}");
+                let header = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+                assert_eq!(header("cache-control").as_deref(), Some("no-store"), "{said}");
+                assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{said}");
+                if token.is_none() {
+                    assert_eq!(header("www-authenticate").as_deref(), Some("Bearer realm=\"cache admin\""), "{said}");
+                }
+                if status == 303 {
+                    assert_eq!(header("location").as_deref(), Some("/admin/dashboard"), "{said}");
+                }
+            }
+        }
+        // The root sends a browser to the dashboard; paths outside the root are the app's.
+        let r = c.get(format!("{base}/admin")).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{mounted}");
+        assert_eq!(r.headers()["location"], "/admin/dashboard", "{mounted}");
+        assert_eq!(c.get(format!("{base}/administrator")).send().await.unwrap().status(), 404, "{mounted}");
+    }
 }

@@ -390,3 +390,78 @@ async fn a_purger_that_panics_does_not_lose_the_purge() {
     cache.invalidate_tag("users").await.unwrap();
     eventually("the queue goes on", async || purger.0 .1.lock().unwrap().len() == 2).await;
 }
+
+/// A cache purging through `provider`'s API at `base`.
+fn purging_at(provider: &str, base: &str) -> CacheBuilder {
+    match provider {
+        "fastly" => Cache::builder().purger(Fastly::new("svc", "fastly-token").base_url(base)),
+        _ => Cache::builder().purger(Cloudflare::new("zone", "cf-token").base_url(base)),
+    }
+}
+
+/// A tag the CDN refuses (a `400` for every call that names it) does not hold back the purges
+/// merged with it: the refused call is split, each invalidation's part sent alone, the refused
+/// part given up at once (counted, logged) and never sent again, and `/posts` is purged before
+/// the write that invalidated it answers. Fastly and Cloudflare alike.
+#[tokio::test]
+async fn a_tag_the_cdn_refuses_does_not_hold_back_the_others() {
+    for provider in ["fastly", "cloudflare"] {
+        let cdn = MockCdn::start().await;
+        cdn.refuse_tag("refused");
+        let cache = purging_at(provider, &cdn.base).purge_wait(Duration::from_secs(3)).build().unwrap();
+        let (base, _app) = serve_app(cache.clone()).await;
+        // A slow first purge: what is invalidated while it is in flight goes out merged, next.
+        cdn.shared.delay_ms.store(600, Ordering::SeqCst);
+        let first = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.invalidate_tag("first").await }
+        });
+        eventually("the first purge reached the CDN", async || cdn.shared.arrived.load(Ordering::SeqCst) == 1).await;
+        cdn.shared.delay_ms.store(0, Ordering::SeqCst);
+        let refused = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.invalidate_tag("refused").await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = reqwest::Client::new().post(format!("{base}/posts")).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{provider}");
+        // The write waited for its purge (well within `purge_wait`, and long before
+        // `purge_retry_for`): `/posts` is purged at the edge.
+        let accepted: Vec<Vec<String>> = cdn.calls().iter().map(|call| call.tags()).collect();
+        assert_eq!(accepted, [["first"], ["posts"]], "{provider}: accepted");
+        first.await.unwrap().unwrap();
+        refused.await.unwrap().expect("a refused purge never fails the invalidation");
+        // The merged call, then the refused part alone; never again.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut rejected: Vec<Vec<String>> = cdn.rejected().iter().map(|call| call.tags()).collect();
+        rejected[0].sort();
+        assert_eq!(rejected, [vec!["posts", "refused"], vec!["refused"]], "{provider}: refused");
+        let stats = cache.stats();
+        assert_eq!((stats.purges, stats.purge_failures, stats.purges_dropped), (2, 2, 1), "{provider}");
+    }
+}
+
+/// A CDN API that answers with a redirect has not purged anything: the redirect is not followed
+/// (the API token never goes to the host it names, and nothing counts as purged); the purge
+/// fails, is retried, and is given up after `purge_retry_for`. Fastly and Cloudflare alike.
+#[tokio::test]
+async fn a_redirect_from_the_cdn_api_is_a_failure_and_never_followed() {
+    for provider in ["fastly", "cloudflare"] {
+        let (cdn, elsewhere) = (MockCdn::start().await, MockCdn::start().await);
+        cdn.redirect_to(&elsewhere.base);
+        let cache = purging_at(provider, &cdn.base)
+            .purge_wait(Duration::from_millis(300))
+            .purge_retry_for(Duration::from_millis(600))
+            .build()
+            .unwrap();
+        cache.invalidate_tag("posts").await.unwrap();
+        let followed = elsewhere.calls();
+        assert!(followed.is_empty(), "{provider}: the redirect was followed: {followed:?}");
+        assert_eq!(cache.stats().purges, 0, "{provider}: a redirect is not a purge");
+        eventually("the purge was given up", async || cache.stats().purges_dropped == 1).await;
+        let stats = cache.stats();
+        assert!(stats.purge_failures >= 2, "{provider}: retried: {stats:?}");
+        assert_eq!(stats.purges, 0, "{provider}");
+        assert!(elsewhere.calls().is_empty() && cdn.calls().is_empty(), "{provider}");
+    }
+}

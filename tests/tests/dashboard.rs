@@ -31,7 +31,7 @@ async fn an_operator_uses_the_dashboard_in_chromium() {
     let (dir, chromium) = browser_tools();
     let config = Config { admin_token: Some(TOKEN.to_owned()), ..Config::local() };
     let app = App::new(&config).unwrap();
-    let routes = router(app.clone()).nest("/admin", cache_runtime::admin::router(app.cache.clone(), TOKEN));
+    let routes = router(app.clone()).nest_service("/admin", cache_runtime::admin::router(app.cache.clone(), TOKEN));
     let base = support::serve(routes).await;
     let http = reqwest::Client::new();
     // A miss and a hit of the list: its row says 50 %.

@@ -681,3 +681,75 @@ async fn a_handler_invalidates_only_after_a_2xx() {
         assert_eq!(state.calls.get(), 2);
     }
 }
+
+/// What `/answers/{case}` answers: each case is kept out of the cache for its own reason, but
+/// `stored`, which is stored.
+#[cached(
+    expire = 60,
+    unless = |r: &axum::response::Response| r.headers().contains_key("x-draft"),
+    cache = state.cache
+)]
+async fn unstored(State(state): State<Counted>, Path(case): Path<String>) -> axum::response::Response {
+    state.calls.hit();
+    match case.as_str() {
+        "missing" => StatusCode::NOT_FOUND.into_response(),
+        "missing-own" => (StatusCode::NOT_FOUND, [(header::CACHE_CONTROL, "public, max-age=5")]).into_response(),
+        "failing" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "cookie" => ([(header::SET_COOKIE, "session=1")], "personal").into_response(),
+        "draft" => ([("x-draft", "1")], "draft").into_response(),
+        _ => "stored".into_response(),
+    }
+}
+
+/// An answer a cached handler does not store (a 404, a 5xx, a response that sets a cookie or
+/// that `unless` keeps out, any method but `GET` / `HEAD`, a disabled cache) says
+/// `Cache-Control: no-store`: a CDN in front does not keep it by its own default (an hour at
+/// Fastly for a 404), so once the user is created the edge does not still say 404. A
+/// `Cache-Control` the handler set itself is kept. The same through `CacheLayer`.
+#[tokio::test]
+async fn answers_that_are_not_stored_say_no_store() {
+    let c = client();
+    let cache_control = |r: &reqwest::Response| h(r.headers(), "cache-control").to_owned();
+    // The example app: a user that does not exist (yet).
+    let t = TestApp::start(false).await;
+    let r = c.get(t.url("/users/5000")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), cache_control(&r).as_str()), (404, "no-store"), "a missing user");
+
+    for (name, cache) in [("memory", Cache::memory()), ("disabled", Cache::disabled())] {
+        let state = Counted { cache, calls: std::sync::Arc::default() };
+        let router = Router::new().route("/answers/{case}", get(unstored).post(unstored)).with_state(state);
+        let base = serve(router).await;
+        let stored = if name == "memory" { ("MISS", "private, max-age=60") } else { ("BYPASS", "no-store") };
+        let cases = [
+            (reqwest::Method::GET, "stored", 200, stored.0, stored.1),
+            (reqwest::Method::GET, "missing", 404, "MISS", "no-store"),
+            (reqwest::Method::GET, "missing-own", 404, "MISS", "public, max-age=5"),
+            (reqwest::Method::GET, "failing", 503, "MISS", "no-store"),
+            (reqwest::Method::GET, "cookie", 200, "MISS", "no-store"),
+            (reqwest::Method::GET, "draft", 200, "MISS", "no-store"),
+            (reqwest::Method::HEAD, "missing", 404, "MISS", "no-store"),
+            (reqwest::Method::POST, "stored", 200, "BYPASS", "no-store"),
+            (reqwest::Method::POST, "missing-own", 404, "BYPASS", "public, max-age=5"),
+        ];
+        for (method, case, status, x_cache, expected) in cases {
+            let r = c.request(method.clone(), format!("{base}/answers/{case}")).send().await.unwrap();
+            let x_cache = if name == "disabled" { "BYPASS" } else { x_cache };
+            let said = format!("{name}: {method} {case}");
+            assert_eq!((r.status().as_u16(), h(r.headers(), "x-cache")), (status, x_cache), "{said}");
+            assert_eq!(cache_control(&r), expected, "{said}");
+        }
+    }
+
+    // `CacheLayer` answers through the same code.
+    let router = Router::new()
+        .route("/page", get(|| async { "page" }).post(|| async { "posted" }))
+        .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
+        .layer(cache_runtime::CacheLayer::new(Cache::memory()).expire(60));
+    let base = serve(router).await;
+    let r = c.get(format!("{base}/page")).send().await.unwrap();
+    assert_eq!(cache_control(&r), "private, max-age=60", "layer: a stored page");
+    let r = c.get(format!("{base}/gone")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), cache_control(&r).as_str()), (404, "no-store"), "layer: a 404");
+    let r = c.post(format!("{base}/page")).send().await.unwrap();
+    assert_eq!((h(r.headers(), "x-cache"), cache_control(&r).as_str()), ("BYPASS", "no-store"), "layer: a POST");
+}

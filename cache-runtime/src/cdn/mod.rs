@@ -11,6 +11,13 @@
 //! [`CacheBuilder::purge_wait`] (1 s by default) before it returns. A purger that panics loses
 //! nothing: what it was sending goes back to the queue and a new task sends it.
 //!
+//! A purge the CDN refuses ([`PurgeError::refused`]: a `4xx` other than `408` and `429`, such as
+//! a `400` for a tag it does not accept) would be refused again: it is not retried, and it holds
+//! back nothing merged with it. A refused call of several invalidations is split, each sent
+//! alone at once; one refused alone is given up (counted in [`Stats::purges_dropped`], logged as
+//! an error), the others are purged (or, failing otherwise, retried as above). A redirect is
+//! never followed (it would send the API token to another address): it is a failure, retried.
+//!
 //! [`Fastly`] and [`Cloudflare`] (feature `cdn`) speak those CDNs' documented purge APIs; any
 //! other CDN is one `impl Purger` away:
 //!
@@ -104,31 +111,56 @@ impl Purge {
 pub type PurgeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), PurgeError>> + Send + 'a>>;
 
 /// Tells a CDN to drop what an invalidation touched. Called from the cache's purge queue, one
-/// call at a time; an `Err` is retried with backoff (see the [module](self)).
+/// call at a time; an `Err` is retried with backoff, unless it is [`PurgeError::refused`] (see
+/// the [module](self)).
 pub trait Purger: Send + Sync + 'static {
     /// Purges `purge`'s tags and URLs; `Ok` once the CDN accepted every one.
     fn purge<'a>(&'a self, purge: &'a Purge) -> PurgeFuture<'a>;
 }
 
-/// A purge the CDN did not accept (it is retried).
+/// A purge the CDN did not accept: a failure, retried, or a refusal, which is not.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PurgeError(String);
+pub struct PurgeError {
+    why: String,
+    refused: bool,
+}
 
 impl PurgeError {
-    /// An error saying `why`.
+    /// A failure saying `why` (the CDN down, unreachable, slow, rate-limiting, redirecting): the
+    /// purge is retried.
     ///
     /// ```
     /// let err = cache_runtime::cdn::PurgeError::new("503 from the CDN");
     /// assert_eq!(err.to_string(), "CDN purge failed: 503 from the CDN");
+    /// assert!(!err.is_refused());
     /// ```
     pub fn new(why: impl Into<String>) -> Self {
-        PurgeError(why.into())
+        PurgeError { why: why.into(), refused: false }
+    }
+
+    /// The CDN refused this purge, saying `why` (a `4xx` other than `408` and `429`: a tag or URL
+    /// it does not accept, a token it does not know): sent again it would be refused again. The
+    /// queue sends each invalidation of a refused call alone, and gives up one refused alone.
+    ///
+    /// ```
+    /// let err = cache_runtime::cdn::PurgeError::refused("400 Bad Request: invalid tag");
+    /// assert_eq!(err.to_string(), "CDN purge refused: 400 Bad Request: invalid tag");
+    /// assert!(err.is_refused());
+    /// ```
+    pub fn refused(why: impl Into<String>) -> Self {
+        PurgeError { why: why.into(), refused: true }
+    }
+
+    /// Made by [`refused`](Self::refused): retrying will not help.
+    pub fn is_refused(&self) -> bool {
+        self.refused
     }
 }
 
 impl fmt::Display for PurgeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CDN purge failed: {}", self.0)
+        let what = if self.refused { "refused" } else { "failed" };
+        write!(f, "CDN purge {what}: {}", self.why)
     }
 }
 

@@ -11,24 +11,41 @@ use super::{Purge, PurgeError, PurgeFuture, Purger};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The HTTPS client, or why it could not start (its TLS backend): every purge then fails with
-/// that reason (counted, logged, retried) instead of a panic here.
+/// that reason (counted, logged, retried) instead of a panic here. It follows no redirect: one
+/// would send the API token to the address it names, and purge nothing at the CDN.
 fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(|err| format!("no HTTPS client: {err}"))
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|err| format!("no HTTPS client: {err}"))
 }
 
 fn started(client: &Result<reqwest::Client, String>) -> Result<&reqwest::Client, PurgeError> {
     client.as_ref().map_err(|why| PurgeError::new(why.clone()))
 }
 
-/// `Ok` for a 2xx answer, else the status and the start of the body.
+/// `Ok` for a 2xx answer, else the status and the start of the body: refused for a `4xx` other
+/// than `408` and `429` (sent again, it would be refused again), a failure otherwise (a `3xx`,
+/// never followed, included).
 async fn accepted(sent: Result<reqwest::Response, reqwest::Error>) -> Result<String, PurgeError> {
     let response = sent.map_err(|err| PurgeError::new(err.to_string()))?;
     let status = response.status();
+    let location = response.headers().get(reqwest::header::LOCATION).cloned();
     let body = response.text().await.unwrap_or_default();
+    let start = body.chars().take(200).collect::<String>();
     if status.is_success() {
         Ok(body)
+    } else if status.is_redirection() {
+        let to = location.as_ref().and_then(|l| l.to_str().ok()).unwrap_or("nowhere");
+        Err(PurgeError::new(format!("{status} to {to}: redirects are not followed")))
+    } else if status.is_client_error()
+        && status != reqwest::StatusCode::REQUEST_TIMEOUT
+        && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+    {
+        Err(PurgeError::refused(format!("{status}: {start}")))
     } else {
-        Err(PurgeError::new(format!("{status}: {}", body.chars().take(200).collect::<String>())))
+        Err(PurgeError::new(format!("{status}: {start}")))
     }
 }
 
@@ -100,8 +117,12 @@ impl Purger for Fastly {
                 let url = format!("{}/purge/{without_scheme}", self.base);
                 accepted(self.post(url)?.send().await).await
             });
-            crate::sync::join_all(each).await.into_iter().collect::<Result<Vec<_>, _>>()?;
-            Ok(())
+            // A failure before a refusal: the purge is then retried, not split.
+            let failed = crate::sync::join_all(each).await.into_iter().filter_map(Result::err);
+            match failed.min_by_key(PurgeError::is_refused) {
+                Some(err) => Err(err),
+                None => Ok(()),
+            }
         })
     }
 }
@@ -167,5 +188,38 @@ impl Purger for Cloudflare {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepted;
+
+    /// What each status of a purge API's answer is: accepted, refused (not retried), or a
+    /// failure (retried; a redirect included, never followed).
+    #[tokio::test]
+    async fn statuses_are_accepted_refused_or_failures() {
+        for (status, outcome) in [
+            (200, "accepted"),
+            (204, "accepted"),
+            (400, "refused"),
+            (401, "refused"),
+            (403, "refused"),
+            (404, "refused"),
+            (408, "failed"),
+            (429, "failed"),
+            (301, "failed"),
+            (308, "failed"),
+            (500, "failed"),
+            (503, "failed"),
+        ] {
+            let answer = axum::http::Response::builder().status(status).body("why").unwrap();
+            let got = match accepted(Ok(reqwest::Response::from(answer))).await {
+                Ok(_) => "accepted",
+                Err(err) if err.is_refused() => "refused",
+                Err(_) => "failed",
+            };
+            assert_eq!(got, outcome, "{status}");
+        }
     }
 }

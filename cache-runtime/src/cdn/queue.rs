@@ -1,6 +1,13 @@
 //! The purge queue: one worker task per cache sends what is queued, merged into one purge,
-//! and retries a failed one with backoff until `retry_for` has passed since its oldest part
-//! was queued.
+//! and retries a failed one with backoff, each part until `retry_for` has passed since it was
+//! queued.
+//!
+//! A call the CDN refuses ([`PurgeError::refused`](super::PurgeError::refused): a `4xx` other
+//! than `408` and `429`) is not retried as it is: one part it does not accept (a tag it
+//! rejects) would keep every part merged with it waiting for `retry_for`. Its parts are sent
+//! again one by one, at once; a part refused alone is given up (counted in `dropped`, logged as
+//! an error), a part that fails otherwise is retried with backoff. So a refused tag costs one
+//! more call per part merged with it, and never holds the others back.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{Purge, Purger};
+use super::{Purge, PurgeError, Purger};
 use crate::sync::lock;
 
 /// Maps an invalidated key (its namespace, escaped, and the key as written) to the URL the
@@ -167,21 +174,22 @@ impl PurgeQueue {
         let mut guard = Worker { queue: Arc::clone(&self), batch: Vec::new(), done: false };
         while self.take_into(&mut guard.batch) {
             let mut backoff = FIRST_BACKOFF;
+            // The last ticket of a part this batch sent or gave up on.
+            let mut last = 0;
             loop {
                 let mut purge = Purge::default();
                 for part in &guard.batch {
                     purge.merge(part.purge.clone());
                 }
-                let result = match tokio::time::timeout(CALL_TIMEOUT, self.purger.purge(&purge)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(super::PurgeError::new(format!("no answer within {CALL_TIMEOUT:?}"))),
-                };
-                let Err(err) = result else {
-                    self.sent.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(target: "cache_runtime", tags = ?purge.tags, urls = ?purge.urls, "CDN purged");
+                let Err(mut err) = self.send(&purge).await else {
+                    last = guard.batch.drain(..).map(|part| part.ticket).fold(last, u64::max);
                     break;
                 };
-                self.failures.fetch_add(1, Ordering::Relaxed);
+                if err.is_refused() {
+                    let (done, failed) = self.send_each(&mut guard.batch, &err).await;
+                    last = last.max(done);
+                    err = failed.unwrap_or(err);
+                }
                 // Each part is given up once it has been retried for `retry_for` since it was
                 // queued; the others go on.
                 let retry_for = self.settings.retry_for;
@@ -189,6 +197,7 @@ impl PurgeQueue {
                 guard.batch.retain(|part| {
                     let keep = part.queued.elapsed() < retry_for;
                     if !keep {
+                        last = last.max(part.ticket);
                         tracing::error!(target: "cache_runtime", %err, tags = ?part.purge.tags, urls = ?part.purge.urls, "CDN purge given up after {retry_for:?}");
                     }
                     keep
@@ -203,15 +212,54 @@ impl PurgeQueue {
                 // What was queued meanwhile goes out with the retry (as much as fits).
                 self.take_into(&mut guard.batch);
             }
-            if let Some(last) = guard.batch.drain(..).map(|part| part.ticket).max() {
-                self.settled.send_if_modified(|done| {
-                    let newer = last > *done;
-                    *done = (*done).max(last);
-                    newer
-                });
-            }
+            self.settled.send_if_modified(|done| {
+                let newer = last > *done;
+                *done = (*done).max(last);
+                newer
+            });
         }
         guard.done = true;
+    }
+
+    /// One purge call, bounded by [`CALL_TIMEOUT`], counted (`sent` or `failures`).
+    async fn send(&self, purge: &Purge) -> Result<(), PurgeError> {
+        let result = match tokio::time::timeout(CALL_TIMEOUT, self.purger.purge(purge)).await {
+            Ok(result) => result,
+            Err(_) => Err(PurgeError::new(format!("no answer within {CALL_TIMEOUT:?}"))),
+        };
+        match &result {
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "cache_runtime", tags = ?purge.tags, urls = ?purge.urls, "CDN purged");
+            }
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// After the CDN refused the merged call of `batch` (with `refused`): each part sent alone
+    /// (a part alone in the batch already was), and taken out of `batch` once purged, or given
+    /// up if refused alone. A part that fails otherwise (the CDN is down) stops this: it and
+    /// the parts not sent yet stay, to be retried together. The last ticket of the parts taken
+    /// out, and that failure.
+    async fn send_each(&self, batch: &mut Vec<Part>, refused: &PurgeError) -> (u64, Option<PurgeError>) {
+        let sent_alone = batch.len() == 1;
+        let mut last = 0;
+        while let Some(part) = batch.first() {
+            let alone = if sent_alone { Err(refused.clone()) } else { self.send(&part.purge).await };
+            if let Some(err) = alone.as_ref().err().filter(|err| !err.is_refused()) {
+                return (last, Some(err.clone()));
+            }
+            let part = batch.remove(0);
+            last = last.max(part.ticket);
+            if let Err(err) = alone {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(target: "cache_runtime", %err, tags = ?part.purge.tags, urls = ?part.purge.urls, "CDN purge given up: the CDN refused it (a 4xx is not retried)");
+            }
+        }
+        (last, None)
     }
 }
 

@@ -3,14 +3,19 @@
 //! `#[cached]` on a handler adds a hidden [`HttpRequest`] extractor (method, URI, headers)
 //! and hands the handler's future to [`cached_handler`]:
 //!
-//! - only `GET` and `HEAD` are cached; other methods run the handler untouched (`X-Cache: BYPASS`);
+//! - only `GET` and `HEAD` are cached; other methods run the handler (`X-Cache: BYPASS`,
+//!   nothing stored);
 //! - only 2xx responses are stored (status, body, headers other than `Set-Cookie`,
 //!   hop-by-hop and caching headers); a response with `Set-Cookie` or `Cache-Control: no-store`
 //!   is never stored;
-//! - every response carries a strong `ETag` (the first 128 bits of the SHA-256 of the body, 32
-//!   hex digits, quoted: the same on every replica
+//! - every stored response carries a strong `ETag` (the first 128 bits of the SHA-256 of the
+//!   body, 32 hex digits, quoted: the same on every replica
 //!   and after restarts), `Cache-Control`, `Last-Modified`, `Vary` (when configured) and
 //!   `X-Cache: HIT | MISS | BYPASS`;
+//! - an answer that is not stored (not 2xx, `Set-Cookie`, `unless`, too large, another method,
+//!   a disabled cache) carries `X-Cache` and `Cache-Control: no-store`, unless the handler set a
+//!   `Cache-Control` of its own, so a CDN in front does not keep it by its own default (Fastly
+//!   keeps a `404` for an hour) and go on answering it once the handler answers otherwise;
 //! - `If-None-Match` (lists, `*`, weak comparison) answers `304 Not Modified`;
 //!   `If-Modified-Since` is evaluated only when `If-None-Match` is absent; malformed
 //!   conditional headers are ignored;
@@ -150,7 +155,7 @@ impl<R> Reply for HttpReply<'_, R> {
                 Settled { shared: Some(Found::Value(stored)), ttl: Some(ttl), failed: false, answer }
             }
             Err(mut response) => {
-                set_x_cache(&mut response, x_cache);
+                label_unstored(&mut response, x_cache);
                 Settled { shared: None, ttl: None, failed: response.status().is_server_error(), answer: response }
             }
         }
@@ -158,7 +163,7 @@ impl<R> Reply for HttpReply<'_, R> {
 
     fn bypass(&self, out: R) -> Response {
         let mut response = (self.into_response)(out);
-        set_x_cache(&mut response, "BYPASS");
+        label_unstored(&mut response, "BYPASS");
         let cacheable = self.request.method == Method::GET || self.request.method == Method::HEAD;
         let origin = response.status();
         self.mark(

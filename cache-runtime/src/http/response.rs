@@ -148,8 +148,16 @@ impl Codec<Arc<StoredResponse>> for ResponseCodec {
     }
 }
 
-pub(super) fn set_x_cache(response: &mut Response, status: &'static str) {
-    response.headers_mut().insert(X_CACHE, HeaderValue::from_static(status));
+/// Labels an answer the cache does not store (`X-Cache`), and gives it `Cache-Control: no-store`
+/// unless its handler set a `Cache-Control` of its own: without one, a CDN or browser in front
+/// would keep it by its own default (Fastly keeps a `404` for an hour), and still answer it once
+/// the handler answers otherwise.
+pub(super) fn label_unstored(response: &mut Response, x_cache: &'static str) {
+    let headers = response.headers_mut();
+    headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
 }
 
 /// Headers of a handler's response that are never stored or replayed.
