@@ -98,6 +98,7 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
     def("keys", INVALIDATES, AnyFn, Kind::Templates(|o, v| o.keys.extend(v))),
     def("tags", BOTH, AnyFn, Kind::Templates(|o, v| o.tags.extend(v))),
     def("namespace", BOTH, AnyFn, Kind::Segment(|o, v| o.namespace = Some(v))),
+    def("in_namespace", INVALIDATES, AnyFn, Kind::Segment(|o, v| o.in_namespace = Some(v))),
     def("skip", CACHED, AnyFn, Kind::Params(|o, v| o.skip = v)),
     def("cache_none", CACHED, AnyFn, Kind::FlagOrSecs {
         flag: |o, span| o.cache_none = Some(Spanned { value: CacheNone::SameTtl, span }),
@@ -206,6 +207,8 @@ pub(crate) struct Options {
     pub(crate) keys: Vec<TemplateLit>,
     pub(crate) tags: Vec<TemplateLit>,
     pub(crate) namespace: Option<Spanned<String>>,
+    /// `#[invalidates]`: the namespace its `key` / `keys` are in.
+    pub(crate) in_namespace: Option<Spanned<String>>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) cache_none: Option<Spanned<CacheNone>>,
     pub(crate) before: Option<Span>,
@@ -247,6 +250,7 @@ impl Options {
             keys: Vec::new(),
             tags: Vec::new(),
             namespace: None,
+            in_namespace: None,
             skip: Vec::new(),
             cache_none: None,
             before: None,
@@ -607,7 +611,7 @@ mod tests {
         let err = parse(Macro::Invalidates, "expire = 60".parse().unwrap()).unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown option `expire`; the options of `#[invalidates]` are: key, keys, tags, namespace, before, cache, \
+            "unknown option `expire`; the options of `#[invalidates]` are: key, keys, tags, namespace, in_namespace, before, cache, \
              crate, http"
         );
     }

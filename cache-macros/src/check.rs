@@ -117,7 +117,10 @@ pub(crate) struct InvalidatesPlan {
     pub(crate) cache: Option<Expr>,
     pub(crate) keys: Vec<Template>,
     pub(crate) tags: Vec<Template>,
+    /// The namespace to clear.
     pub(crate) namespace: Option<String>,
+    /// The namespace `keys` are in (`None`: the default one).
+    pub(crate) key_namespace: Option<String>,
     pub(crate) before: bool,
     pub(crate) handler: bool,
 }
@@ -224,6 +227,28 @@ pub(crate) fn invalidates(options: Options, func: ItemFn) -> syn::Result<Invalid
             "`#[invalidates]` needs something to invalidate: `key`, `keys`, `tags` or `namespace`",
         ));
     }
+    match (&options.namespace, &options.in_namespace) {
+        // `namespace` clears a namespace; with keys, a reader may take it for the keys' own.
+        (Some(ns), None) if !options.keys.is_empty() => errors.push(syn::Error::new(
+            ns.span,
+            format!(
+                "ambiguous: `namespace = \"{ns}\"` clears the whole namespace `{ns}`, and `key`/`keys` are in the \
+                 default namespace. To invalidate these keys in `{ns}` (and nothing else there), write \
+                 `in_namespace = \"{ns}\"` instead; to clear `{ns}` and invalidate the keys in the default \
+                 namespace, add `in_namespace = \"default\"`",
+                ns = ns.value
+            ),
+        )),
+        (_, Some(ns)) if options.keys.is_empty() => errors.push(syn::Error::new(
+            ns.span,
+            format!(
+                "`in_namespace` is the namespace of `key`/`keys`, and there are none: to clear the namespace, write \
+                 `namespace = \"{}\"`",
+                ns.value
+            ),
+        )),
+        _ => {}
+    }
     if func.sig.asyncness.is_none() {
         errors.push(syn::Error::new(func.sig.fn_token.span, "`#[invalidates]` can only be used on an `async fn`"));
     }
@@ -243,6 +268,7 @@ pub(crate) fn invalidates(options: Options, func: ItemFn) -> syn::Result<Invalid
         krate: options.krate,
         cache: options.cache,
         namespace: options.namespace.map(|ns| ns.value),
+        key_namespace: options.in_namespace.map(|ns| ns.value),
         before: options.before.is_some(),
         func,
         keys,

@@ -522,10 +522,12 @@ fn render_tags(tags: &[Template], krate: &TokenStream) -> Vec<TokenStream> {
 pub(crate) fn invalidates(plan: &InvalidatesPlan) -> TokenStream {
     let krate = krate(plan.krate.as_ref());
     let mut ops = Vec::new();
+    let key_namespace =
+        plan.key_namespace.as_ref().map_or_else(|| quote!(#krate::__private::DEFAULT_NAMESPACE), |ns| quote!(#ns));
     for key in &plan.keys {
         let (stmts, capacity) = template_key(key, &krate);
         ops.push(quote!(.key({
-            let mut __cr_w = #krate::__private::key_writer(__cr_cache, #krate::__private::DEFAULT_NAMESPACE, #capacity);
+            let mut __cr_w = #krate::__private::key_writer(__cr_cache, #key_namespace, #capacity);
             #stmts
             __cr_w.finish()
         })));

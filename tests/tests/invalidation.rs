@@ -314,7 +314,7 @@ async fn write_namespace(cache: &Cache) -> Option<u8> {
     Some(1)
 }
 
-#[invalidates(keys = ["k:<id>"], namespace = "inv-ns", cache = cache)]
+#[invalidates(keys = ["k:<id>"], in_namespace = "default", namespace = "inv-ns", cache = cache)]
 async fn write_result(cache: &Cache, id: u32, ok: bool) -> Result<u32, String> {
     if ok {
         Ok(id)
@@ -323,7 +323,7 @@ async fn write_result(cache: &Cache, id: u32, ok: bool) -> Result<u32, String> {
     }
 }
 
-#[invalidates(keys = ["k:<id>"], namespace = "inv-ns", cache = cache)]
+#[invalidates(keys = ["k:<id>"], in_namespace = "default", namespace = "inv-ns", cache = cache)]
 async fn write_option(cache: &Cache, id: u32, some: bool) -> Option<u32> {
     some.then_some(id)
 }

@@ -99,10 +99,26 @@ async fn put_cart(Path(user): Path<String>, State(app): State<Db>, Json(items): 
     StatusCode::NO_CONTENT
 }
 
+/// Carts in a namespace of their own.
+#[cached(expire = 60, key = "cart:<user>", namespace = "carts", cache = app.cache)]
+async fn show_carts_cart(Path(user): Path<String>, State(app): State<Db>) -> Json<Vec<String>> {
+    app.rows.load();
+    Json(app.rows.carts.lock().unwrap().get(&user).cloned().unwrap_or_default())
+}
+
+/// Issue 27, finding 3: `namespace = "carts"` here cleared every cart; `in_namespace` names
+/// the key's namespace.
+#[invalidates(key = "cart:<user>", in_namespace = "carts", cache = app.cache)]
+async fn put_carts_cart(Path(user): Path<String>, State(app): State<Db>, Json(items): Json<Vec<String>>) -> StatusCode {
+    app.rows.carts.lock().unwrap().insert(user, items);
+    StatusCode::NO_CONTENT
+}
+
 fn router(db: Db) -> Router {
     Router::new()
         .route("/users/{id}", get(show_user).put(rename_user))
         .route("/carts/{user}", get(show_cart).put(put_cart))
+        .route("/ns/carts/{user}", get(show_carts_cart).put(put_carts_cart))
         .with_state(db)
 }
 
@@ -228,5 +244,45 @@ async fn invalidating_a_key_ends_every_vary_variant_on_every_replica() {
         backend.cache.invalidate("cart:alice").await.unwrap();
         rows.carts.lock().unwrap().insert("alice".into(), vec!["rice".into()]);
         assert_eq!(cart(&base_b).await.1, ["rice"], "{}: the plain API's invalidate", backend.name);
+    }
+}
+
+/// `#[invalidates(key, in_namespace)]` drops that key in that namespace, on every replica, and
+/// nothing else there.
+#[tokio::test]
+async fn a_key_in_another_namespace_is_invalidated_alone() {
+    for backend in Backend::all() {
+        let rows = Arc::new(Rows::default());
+        for user in ["alice", "bob"] {
+            rows.carts.lock().unwrap().insert(user.into(), vec![format!("{user}'s tea")]);
+        }
+        let (_, base_a, _, base_b) = replicas(&backend, &rows).await;
+        let c = client();
+        let cart = |base: &String, user: &str| {
+            let (c, url) = (c.clone(), format!("{base}/ns/carts/{user}"));
+            async move {
+                let r = c.get(url).send().await.unwrap();
+                let x_cache = header(&r, "x-cache").to_owned();
+                (x_cache, r.json::<Vec<String>>().await.unwrap())
+            }
+        };
+        for base in [&base_a, &base_b] {
+            for user in ["alice", "bob"] {
+                cart(base, user).await;
+            }
+        }
+        assert_eq!(cart(&base_b, "bob").await.0, "HIT", "{}", backend.name);
+        let r = c.put(format!("{base_a}/ns/carts/alice")).json(&["milk"]).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        for base in [&base_a, &base_b] {
+            assert_eq!(cart(base, "alice").await.1, ["milk"], "{}: alice's cart is fresh", backend.name);
+            let (x_cache, items) = cart(base, "bob").await;
+            assert_eq!(
+                (x_cache.as_str(), items),
+                ("HIT", vec!["bob's tea".to_owned()]),
+                "{}: bob's stays",
+                backend.name
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ async fn user(id: u64) -> Option<String> {
     Some(id.to_string())
 }
 
-#[invalidates(key = "user:<id>", keys = ["profile:<id>"], tags = ["users"], namespace = "feeds")]
+#[invalidates(key = "user:<id>", keys = ["profile:<id>"], tags = ["users"], in_namespace = "default", namespace = "feeds")]
 async fn service(id: u64) -> Result<(), std::io::Error> {
     let _ = id;
     Ok(())

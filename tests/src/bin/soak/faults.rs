@@ -123,7 +123,10 @@ pub fn run(
                 log.lock().unwrap().push(Injected { fault, began, users, lists });
                 what
             }
-            Err(err) => format!("NOT INJECTED: {err}"),
+            Err(err) => {
+                t.not_injected.fetch_add(1, Ordering::Relaxed);
+                format!("NOT INJECTED: {err}")
+            }
         };
         println!(
             "[{:6.1} s] {:<14} {outcome} (so far: {} requests, {} stale beyond bound, {} wrong answers, {} 5xx)",

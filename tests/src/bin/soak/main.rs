@@ -45,6 +45,9 @@ struct Settings {
     fault_every: Duration,
     /// Indexes of the replicas writes go through.
     write_through: Vec<usize>,
+    /// Checked reads each replica must answer for a run to count (`SOAK_MIN_CHECKED`; default
+    /// 20 a second of the run).
+    min_checked: u64,
 }
 
 impl Settings {
@@ -72,8 +75,10 @@ impl Settings {
             Some("b") => vec![1],
             Some(other) => return Err(format!("SOAK_WRITE_THROUGH={other:?}: a, b or both")),
         };
+        let secs = number("SOAK_SECS", 300)?;
         Ok(Settings {
-            run_for: Duration::from_secs(number("SOAK_SECS", 300)?),
+            min_checked: number("SOAK_MIN_CHECKED", 20 * secs)?,
+            run_for: Duration::from_secs(secs),
             bound: Duration::from_millis(number("SOAK_BOUND_MS", 1000)?),
             faults,
             fault_every: Duration::from_millis(number("SOAK_FAULT_EVERY_MS", 5000)?.max(100)),
@@ -331,14 +336,27 @@ fn report(
         }
     }
 
-    let clean = stale == 0 && wrong == 0 && server_errors == 0;
+    // Not vacuous: each replica answered enough checked reads, and every scheduled fault was
+    // injected.
+    let checked = [get(&t.checked[0]), get(&t.checked[1])];
+    let min_checked = settings.min_checked;
+    let not_injected = get(&t.not_injected);
+    println!("checked reads             A {}, B {} (at least {min_checked} each)", checked[0], checked[1]);
+    println!("faults not injected       {not_injected}");
+    let vacuous = checked.iter().any(|&n| n < min_checked) || not_injected > 0;
+    if vacuous {
+        println!("the run proves nothing: a replica answered too few checked reads, or a fault was not injected");
+    }
+    let clean = stale == 0 && wrong == 0 && server_errors == 0 && !vacuous;
     println!(
         "SOAK {} secs={} bound_ms={} requests={requests} writes={writes} faults={} stale_beyond_bound={stale} \
-         wrong_answers={wrong} 5xx={server_errors}",
+         wrong_answers={wrong} 5xx={server_errors} checked_a={} checked_b={} not_injected={not_injected}",
         if clean { "PASS" } else { "FAIL" },
         elapsed.as_secs(),
         settings.bound.as_millis(),
         log.len(),
+        checked[0],
+        checked[1],
     );
     clean
 }

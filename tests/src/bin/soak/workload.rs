@@ -60,6 +60,10 @@ pub struct Tally {
     /// `X-Cache` of the reads: HIT, MISS, STALE, other.
     pub x_cache: [AtomicU64; 4],
     pub slowest_ms: AtomicU64,
+    /// Reads whose answer was checked against the history, per replica (A, B).
+    pub checked: [AtomicU64; 2],
+    /// Scheduled faults that could not be injected.
+    pub not_injected: AtomicU64,
     pub findings: Mutex<Vec<Finding>>,
 }
 
@@ -166,6 +170,7 @@ impl Shared {
     }
 
     fn judge(&self, verdict: Verdict, sent: Instant, read: Read, what: impl FnOnce() -> String) {
+        self.tally.checked[read.replica].fetch_add(1, Ordering::Relaxed);
         match verdict {
             Verdict::Fresh => {}
             Verdict::StaleWithinBound => {
