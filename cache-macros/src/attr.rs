@@ -79,6 +79,8 @@ pub(crate) enum Kind {
     Headers(fn(&mut Options, Spanned<Vec<String>>)),
     /// Any expression.
     Expr(fn(&mut Options, Expr)),
+    /// A name for an item the macro generates.
+    Name(fn(&mut Options, Ident)),
 }
 
 const CACHED: &[Macro] = &[Macro::Cached];
@@ -131,6 +133,7 @@ pub(crate) const OPTIONS: &[OptionDef] = &[
         secs: |o, v| o.lock = Some(v),
         other: None,
     }),
+    def("key_fn", CACHED, AnyFn, Kind::Name(|o, v| o.key_fn = Some(v))),
 ];
 
 /// The options `mac` takes, in table order.
@@ -207,6 +210,8 @@ pub(crate) struct Options {
     pub(crate) keys: Vec<TemplateLit>,
     pub(crate) tags: Vec<TemplateLit>,
     pub(crate) namespace: Option<Spanned<String>>,
+    /// `#[cached]`: the name of the generated fn that renders the key.
+    pub(crate) key_fn: Option<Ident>,
     /// `#[invalidates]`: the namespace its `key` / `keys` are in.
     pub(crate) in_namespace: Option<Spanned<String>>,
     pub(crate) skip: Vec<Ident>,
@@ -251,6 +256,7 @@ impl Options {
             tags: Vec::new(),
             namespace: None,
             in_namespace: None,
+            key_fn: None,
             skip: Vec::new(),
             cache_none: None,
             before: None,
@@ -385,6 +391,16 @@ fn parse_value(def: &OptionDef, input: ParseStream<'_>, options: &mut Options) -
         Kind::Params(set) => set(options, params(input)?),
         Kind::Headers(set) => set(options, headers(input)?),
         Kind::Expr(set) => set(options, input.parse()?),
+        // One token, consumed whatever it is (so the next option still parses).
+        Kind::Name(set) => match input.parse::<proc_macro2::TokenTree>()? {
+            proc_macro2::TokenTree::Ident(ident) => set(options, ident),
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    format!("`{name}` expects a name for the fn it generates, e.g. `{name} = user_key`"),
+                ))
+            }
+        },
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use proc_macro2::Span;
 use syn::spanned::Spanned as _;
-use syn::{Expr, Ident, ItemFn, Member, Path, Type};
+use syn::{Expr, FnArg, Ident, ItemFn, Member, Pat, Path, Type};
 
 use crate::attr::{CacheNone, Errors, Options, Secs, TemplateLit};
 use crate::signature::{self, is_handler, BatchReturns, Param, Returns, Signature, NEUTRAL_EXTRACTORS, URI_EXTRACTORS};
@@ -20,6 +20,8 @@ pub(crate) struct CachedPlan {
     pub(crate) cache: Option<Expr>,
     pub(crate) namespace: Option<String>,
     pub(crate) key: Key,
+    /// `key_fn`: the fn to generate beside the cached one.
+    pub(crate) key_fn: Option<KeyFn>,
     pub(crate) tags: Vec<Template>,
     pub(crate) opts: CallOpts,
     /// A refresh may run in a background task: the body owns everything it uses.
@@ -89,6 +91,13 @@ pub(crate) enum Key {
     Request,
     /// A service fn without `key`: the fn's path, then every argument not skipped.
     Args { args: Vec<Ident>, params: usize, returned_types: Vec<Ident> },
+}
+
+/// `key_fn = name`: the fn that renders the key, and the parameters it takes (each
+/// placeholder's root once, by reference, with its declared type).
+pub(crate) struct KeyFn {
+    pub(crate) name: Ident,
+    pub(crate) params: Vec<(Ident, Type)>,
 }
 
 /// A key or tag template whose placeholders all name something the fn has.
@@ -173,6 +182,7 @@ pub(crate) fn cached(options: Options, func: ItemFn) -> syn::Result<CachedPlan> 
             returned_types: sig.returned_types.clone(),
         },
     };
+    let key_fn = options.key_fn.as_ref().and_then(|name| check_key_fn(name, &options, &func, &key, &mut errors));
     let tags = options.tags.iter().map(|tag| resolve(tag, &sig, &options.skip, &mut errors)).collect();
     errors.finish()?;
     let ret_ty = ret_ty?;
@@ -202,9 +212,77 @@ pub(crate) fn cached(options: Options, func: ItemFn) -> syn::Result<CachedPlan> 
         func,
         ret_ty,
         key,
+        key_fn,
         tags,
         mode,
     })
+}
+
+/// `key_fn = name`: a fn beside the cached one that renders its key from the placeholders'
+/// parameters (by reference), as the plain API and `#[invalidates]` take it. Needs a `key`
+/// template whose placeholders name parameters declared as `name: Type`.
+fn check_key_fn(name: &Ident, options: &Options, func: &ItemFn, key: &Key, errors: &mut Errors) -> Option<KeyFn> {
+    let fail = |errors: &mut Errors, span: Span, why: String| {
+        errors.push(syn::Error::new(span, why));
+        None
+    };
+    let Key::Template(template) = key else {
+        return fail(
+            errors,
+            name.span(),
+            format!("`key_fn = {name}` renders the `key` template: give one, e.g. `key = \"user:<id>\"`"),
+        );
+    };
+    if options.batch.is_some() {
+        return fail(
+            errors,
+            name.span(),
+            "`key_fn` is for single-key fns: a batch element's key is the one its single-key fn renders (give that fn the `key_fn`)".to_owned(),
+        );
+    }
+    if let Some(param) = func.sig.generics.type_params().next() {
+        return fail(errors, param.ident.span(), format!("`key_fn = {name}` is not available on a generic fn"));
+    }
+    let mut params: Vec<(Ident, Type)> = Vec::new();
+    for part in &template.0 {
+        match part {
+            Part::Lit(_) => {}
+            Part::TypeName(ty) => {
+                return fail(
+                    errors,
+                    ty.span(),
+                    format!("`key_fn = {name}` cannot render a `<{ty}>` placeholder (a type)"),
+                );
+            }
+            Part::Value { root, span, .. } => {
+                if params.iter().any(|(p, _)| p == root) {
+                    continue;
+                }
+                let declared = func.sig.inputs.iter().find_map(|input| match input {
+                    FnArg::Typed(typed) => match &*typed.pat {
+                        Pat::Ident(ident) if ident.ident == *root => Some((*typed.ty).clone()),
+                        _ => None,
+                    },
+                    FnArg::Receiver(_) => None,
+                });
+                match declared {
+                    Some(ty) => params.push((root.clone(), ty)),
+                    None => {
+                        return fail(
+                            errors,
+                            *span,
+                            format!(
+                                "`key_fn = {name}` takes the placeholders' parameters as declared (`{root}: Type`); \
+                                 `<{root}>` is `self` or bound by a pattern (`Path({root})`): render the key with \
+                                 `cache_runtime::key_of(…)` instead"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Some(KeyFn { name: name.clone(), params })
 }
 
 fn http_opts(options: &Options) -> HttpOpts {

@@ -639,7 +639,7 @@ async fn a_methods_default_key_names_its_module_once() {
     assert!(!entry.contains("%3A%3A"), "{entry}");
 }
 
-#[cached(expire = 60, key = "name:<name>", cache = cache, skip = [cache, calls])]
+#[cached(expire = 60, key = "name:<name>", key_fn = by_name_key, cache = cache, skip = [cache, calls])]
 async fn by_name(cache: &Cache, calls: &Calls, name: &str) -> String {
     calls.hit();
     name.to_uppercase()
@@ -685,6 +685,48 @@ async fn plain_keys_are_escaped_like_macro_keys() {
             by_name(&b.cache, &calls, name).await;
         }
         assert_eq!(calls.get(), 3 * names.len(), "{}: every listed key reached its entry", b.name);
+    }
+}
+
+/// A method in a namespace, with its key from Rust (an associated fn beside it).
+struct Shelf {
+    cache: Cache,
+    calls: Calls,
+}
+
+impl Shelf {
+    #[cached(expire = 60, key = "book:<id>:<lang>", namespace = "shelf", key_fn = book_key, cache = self.cache)]
+    async fn book(&self, id: u32, lang: String) -> String {
+        self.calls.hit();
+        format!("book {id} in {lang}")
+    }
+}
+
+/// Issue 27, finding 4: a typed way to name a fn's key from Rust, so no user re-spells a
+/// template (and values with a `:`, which the plain grammar reads as a separator, are named).
+#[tokio::test]
+async fn a_key_fn_names_the_entry_of_its_fn() {
+    for b in Backend::all() {
+        let calls = Calls::default();
+        let names = ["a:b", "x y", "it's", "50%"];
+        for name in names {
+            by_name(&b.cache, &calls, name).await;
+            let key = by_name_key(&name);
+            assert!(b.cache.inspect(&key).await.is_some(), "{}: {key}", b.name);
+            b.cache.invalidate(&key).await.unwrap();
+            by_name(&b.cache, &calls, name).await;
+        }
+        assert_eq!(calls.get(), 2 * names.len(), "{}: every key_fn key reached its entry", b.name);
+        assert_eq!(by_name_key(&"a:b"), "name:a%3Ab");
+
+        let shelf = Shelf { cache: b.cache.clone(), calls: Calls::default() };
+        shelf.book(7, "pt br".into()).await;
+        shelf.book(7, "pt br".into()).await;
+        assert_eq!(shelf.calls.get(), 1);
+        let key = Shelf::book_key(&7, &"pt br".to_owned());
+        b.cache.namespace("shelf").invalidate(&key).await.unwrap();
+        shelf.book(7, "pt br".into()).await;
+        assert_eq!(shelf.calls.get(), 2, "{}: {key} in `shelf` was the method's entry", b.name);
     }
 }
 

@@ -76,6 +76,8 @@ impl Cache {
     /// read path tries this first.
     #[inline]
     pub(crate) fn local_hit<V: Stored>(&self, key: &str, tags: &[String]) -> Option<(Found<V>, Times)> {
+        // Without `redis`, the memory store is the only one.
+        #[cfg_attr(not(feature = "redis"), allow(clippy::infallible_destructuring_match))]
         let store = match &self.inner.store {
             Store::Memory(mem) => mem,
             #[cfg(feature = "redis")]
