@@ -9,7 +9,7 @@
 //! `.<header>=<hash>` per `vary` header (`prefix:{namespace:key}:h.authorization=…`). A fn and
 //! a handler on one key therefore never overwrite each other, and never share a single-flight.
 //! Every representation other than the fn's value records the key's implicit tag
-//! ([`key_tag`]): invalidating the key drops its value and bumps that tag, which ends every
+//! (`key_tag`): invalidating the key drops its value and bumps that tag, which ends every
 //! other representation at once (each `vary` variant included).
 //!
 //! Values put into a key through placeholders are escaped with percent-encoding, so they can
