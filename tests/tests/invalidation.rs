@@ -482,6 +482,32 @@ fn now_ms() -> u64 {
     u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
 }
 
+/// Issue 27, finding 5: `TTL <prefix>:t:{posts}` was -1: every tag ever purged or read kept a
+/// version key that `volatile-*` never evicts (2,000 purges left 2,002 keys). Now every version
+/// key expires (30 days after it was last made or bumped), and invalidating a key whose
+/// responses never recorded its implicit tag creates no version key at all.
+#[tokio::test]
+async fn version_keys_expire_and_key_invalidations_make_none() {
+    for b in [Backend::redis_without_l1(), Backend::redis_cluster()] {
+        let db = Db::default();
+        read_row(&b.cache, &db, None, 1).await; // makes the versions of its tags and namespace
+        for i in 0..200 {
+            b.cache.invalidate_tag(&format!("purged:{i}")).await.unwrap();
+            b.cache.invalidate(&format!("gone:{i}")).await.unwrap();
+        }
+        b.cache.invalidate_tag("rows").await.unwrap();
+        let month_ms: i64 = 30 * 86_400_000;
+        for key in ["t:t:{rows}", "t:t:{row:1}", "t:t:{%%ns:default}", "t:t:{purged:0}", "t:t:{purged:199}"] {
+            let ttl: i64 = b.query(redis::cmd("PTTL").arg(key)).await;
+            assert!(ttl > month_ms - 600_000 && ttl <= month_ms, "{}: PTTL {key} = {ttl}", b.name);
+        }
+        for i in [0, 199] {
+            let exists: i64 = b.query(redis::cmd("EXISTS").arg(format!("t:t:{{%%k:default:gone:{i}}}"))).await;
+            assert_eq!(exists, 0, "{}: a key invalidation made a version key", b.name);
+        }
+    }
+}
+
 /// Tag and namespace versions created by the cache start at `now_ms × 1024 + random`, never at
 /// a small integer (one lost to eviction must never match an old entry again): read them raw.
 #[tokio::test]
