@@ -45,7 +45,10 @@ impl Cache {
                     if result.is_err() {
                         return Lookup::nothing();
                     }
-                    if let Some(c) = l1 {
+                    // Learned only if no invalidation arrived since the read began (as `l1_insert`
+                    // checks): one that made the L1 forget a tag must not be undone by a version
+                    // read before it.
+                    if let Some(c) = l1.as_ref().filter(|c| l1_epoch == Some(c.epoch())) {
                         for &i in &missing {
                             let (tag, version) = &lease.tags[i];
                             c.l1.learn_tag(tag, *version);
@@ -86,7 +89,10 @@ impl Cache {
     ) -> Settled<V> {
         let Store::Redis { l1, channel, .. } = &self.inner.store else { return Settled::Done(Lookup::nothing()) };
         let key = call.key.as_str();
-        if let (Some(c), Some(_)) = (l1, l1_epoch) {
+        // Learned only if no invalidation arrived since the read began: a version read before
+        // a key or tag invalidation that made the L1 forget it would make its old entries current
+        // again.
+        if let Some(c) = l1.as_ref().filter(|c| l1_epoch == Some(c.epoch())) {
             for (tag, version) in read.known_versions() {
                 c.l1.learn_tag(tag, version);
             }

@@ -60,9 +60,16 @@ impl Fault {
     }
 }
 
-/// The stored keys the faults touch (the layout of `cache-runtime/src/store/` and `key.rs`).
+/// The stored keys the faults touch (the layout of `cache-runtime/src/store/` and `key.rs`):
+/// `GET /users/{id}`'s response, a representation of the key `user:{id}` (`…}:h`).
 fn user_entry(id: u64) -> String {
-    format!("{PREFIX}:{{default:user:{id}}}")
+    format!("{PREFIX}:{{default:user:{id}}}:h")
+}
+
+/// The key `user:{id}`'s implicit tag, which every response of the key records and a write of
+/// the user bumps.
+fn user_key_tag(id: u64) -> String {
+    version(&format!("%%k:default:user:{id}"))
 }
 
 fn generation(entry: &str) -> String {
@@ -241,13 +248,14 @@ fn inject(redis: &mut RedisServer, fault: Fault, rng: &mut Rng, shared: &Shared)
     }
 }
 
-/// An entry, two generations, the `posts` tag's version, the `feed` namespace's version and the
-/// generation counter.
+/// An entry, two generations, a key's implicit tag, the `posts` tag's version, the `feed`
+/// namespace's version and the generation counter.
 fn corrupted_keys(users: &[u64]) -> Vec<String> {
     vec![
         user_entry(users[0]),
         generation(&user_entry(users[1])),
         generation(&user_entry(users[2])),
+        user_key_tag(users[1]),
         version("posts"),
         version("%%ns:feed"),
         // The lease counter every user's fills are checked against: damaged, no user's read
