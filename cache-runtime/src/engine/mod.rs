@@ -22,6 +22,7 @@ use crate::policy::duration_ms;
 use crate::store::{self, namespace_tag, tag_key, RedisStore};
 use crate::store::{Lease, MemEntry, MemoryStore};
 use crate::time::now_ms;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -381,7 +382,7 @@ impl Cache {
                     let mut stored = redis.set(&key, &bytes, ttl).await;
                     if stored.is_ok() {
                         // A set ends the key's other representations too (see `key.rs`).
-                        stored = redis.bump(&tag_key(&self.inner.prefix, &key::key_tag(&key)), true).await.map(drop);
+                        stored = redis.end_representations(&self.inner.prefix, &key).await;
                     }
                     if stored.is_ok() {
                         channel.ensure_started(redis);
@@ -440,16 +441,15 @@ impl Cache {
                 let (message, removed) = match op {
                     Op::Key(key) => {
                         redis.invalidate_key(key).await?;
-                        // Ends the key's other representations (a handler's responses).
-                        redis.bump(&tag_key(prefix, &key::key_tag(key)), true).await?;
+                        redis.end_representations(prefix, key).await?;
                         (Message::Key(key.clone()), 0)
                     }
                     Op::Tag(tag) => {
-                        let version = redis.bump(&tag_key(prefix, tag), false).await?;
+                        let version = redis.bump(&tag_key(prefix, tag)).await?;
                         (Message::Tag { tag: tag.clone(), version }, 0)
                     }
                     Op::Namespace(ns) => {
-                        redis.bump(&tag_key(prefix, &namespace_tag(ns)), false).await?;
+                        redis.bump(&tag_key(prefix, &namespace_tag(ns))).await?;
                         // The version bump above is the invalidation; removing the entries only
                         // reclaims memory, so its failure must not stop the replicas' L1s
                         // from hearing of the clear.
@@ -552,27 +552,30 @@ fn memory_lookup<V: Stored>(mem: &MemoryStore, call: &Call<'_>, refresh: bool) -
         return Lookup::hit(found, times);
     }
     let seen = mem.get(&call.key).is_some();
-    let lease = if key::is_representation(&call.key) {
-        // A handler's response records its key's implicit tag too (see `key.rs`).
-        let mut tags = call.tags.to_vec();
-        tags.push(key::key_tag(&call.key));
-        mem.lease(&call.key, call.namespace, &tags)
-    } else {
-        mem.lease(&call.key, call.namespace, call.tags)
-    };
+    let lease = mem.lease(&call.key, call.namespace, &own_tags(call));
     Lookup { hit: None, lease: Some(lease), l1_epoch: None, seen }
 }
 
-/// An entry's tags in Redis: its namespace (the first, implicit, tag), then its own, then (a
-/// handler's response, see `key.rs`) its key's implicit tag.
+/// The tags an entry of `call` records beside its namespace: its own, then (a handler's
+/// response, see `key.rs`) its key's implicit tag.
+fn own_tags<'c>(call: &'c Call<'_>) -> Cow<'c, [String]> {
+    if key::is_representation(&call.key) {
+        let mut tags = Vec::with_capacity(call.tags.len() + 1);
+        tags.extend_from_slice(call.tags);
+        tags.push(key::key_tag(&call.key));
+        Cow::Owned(tags)
+    } else {
+        Cow::Borrowed(call.tags)
+    }
+}
+
+/// An entry's tags in Redis: its namespace (the first, implicit, tag), then [`own_tags`].
 #[cfg(feature = "redis")]
 fn all_tags(call: &Call<'_>) -> Vec<String> {
-    let mut all = Vec::with_capacity(call.tags.len() + 2);
+    let own = own_tags(call);
+    let mut all = Vec::with_capacity(own.len() + 1);
     all.push(namespace_tag(call.namespace));
-    all.extend_from_slice(call.tags);
-    if key::is_representation(&call.key) {
-        all.push(key::key_tag(&call.key));
-    }
+    all.extend_from_slice(&own);
     all
 }
 

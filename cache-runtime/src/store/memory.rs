@@ -194,25 +194,26 @@ impl MemoryStore {
     /// The generation of `key` and the versions of its namespace and tags, as they are now (a
     /// tag without one is given a fresh version first).
     pub(crate) fn lease(&self, key: &str, namespace: &str, tags: &[String]) -> Lease {
-        let mut versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if tags.iter().any(|t| versions.tag(t).is_none()) {
-            drop(versions);
-            let mut writing = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for tag in tags {
-                if writing.tag(tag).is_none() {
-                    let fresh = writing.fresh();
-                    writing.set_tag(tag, fresh);
-                }
-            }
-            drop(writing);
-            versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        Lease {
+        let lease = |versions: &Versions| Lease {
             generation: Some(self.generations.get(key).unwrap_or(0)),
             namespace_version: Some(versions.namespace(namespace)),
-            // One forgotten since (under pressure) is absent: the fill is refused.
+            // One forgotten under pressure while the others were made is absent: the fill is
+            // refused.
             tags: tags.iter().map(|t| (t.clone(), versions.tag(t).unwrap_or(0))).collect(),
+        };
+        let versions = self.versions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tags.iter().all(|t| versions.tag(t).is_some()) {
+            return lease(&versions);
         }
+        drop(versions);
+        let mut versions = self.versions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for tag in tags {
+            if versions.tag(tag).is_none() {
+                let fresh = versions.fresh();
+                versions.set_tag(tag, fresh);
+            }
+        }
+        lease(&versions)
     }
 
     /// Inserts `entry` if nothing it depends on was invalidated since `lease` was taken.

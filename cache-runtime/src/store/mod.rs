@@ -39,7 +39,9 @@ pub(crate) use self::memory::{entry_weight, MemEntry, MemoryStore};
 #[cfg(feature = "redis")]
 pub(crate) use self::pubsub::{listen, Listener, Received};
 #[cfg(feature = "redis")]
-pub(crate) use self::redis::{evalsha, RedisRead, RedisStore, RedisTarget};
+pub(crate) use self::redis::{RedisRead, RedisStore, RedisTarget};
+#[cfg(feature = "redis")]
+pub(crate) use self::scripts::evalsha;
 
 /// What a read saw, that its fill must still see to be allowed to store.
 #[derive(Debug, Clone, Default)]

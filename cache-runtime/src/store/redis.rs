@@ -9,9 +9,10 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::breaker::Breaker;
 use super::cluster::{cluster_client, one_slot_per_master, ClusterSlot};
-use super::scripts::{BUMP, CLAIM, FILL, INVALIDATE_KEY, SET_KEY, TAG_VERSION, VERSION_TTL_MS};
+use super::scripts::{evalsha, parse_version, BUMP, CLAIM, FILL, INVALIDATE_KEY, SET_KEY, TAG_VERSION, VERSION_TTL_MS};
 use super::{fresh_version, generation_counter_key, generation_key, push_generation_key, tag_key, Lease};
 use crate::error::CacheError;
+use crate::policy::duration_ms;
 use crate::time::now_ms;
 
 /// Where the commands go: one server or a cluster.
@@ -173,25 +174,6 @@ impl RedisRead<'_> {
         let tags = self.tags.iter().enumerate().map(|(i, tag)| (tag.clone(), self.version(i).unwrap_or(0))).collect();
         (Lease { generation: self.counter, namespace_version: None, tags }, missing)
     }
-}
-
-/// `EVALSHA` of `script` with `keys` keys: the caller adds the keys, then the arguments
-/// (`Cmd::arg` copies each once; redis-rs's `ScriptInvocation` copies each twice). Run with
-/// [`RedisStore::invoke`].
-pub(crate) fn evalsha(script: &redis::Script, keys: usize) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys);
-    cmd
-}
-
-/// A version as the scripts accept one (at most 16 digits, below 9,007,199,254,740,000: exact
-/// in Lua's numbers); anything else is `None` (absent, or damaged: repaired before a fill).
-fn parse_version(raw: Option<&Vec<u8>>) -> Option<u64> {
-    let raw = raw?;
-    if raw.is_empty() || raw.len() > 16 || !raw.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(raw).ok()?.parse().ok().filter(|&v: &u64| v < 9_007_199_254_740_000)
 }
 
 fn invalid_url(e: &redis::RedisError) -> CacheError {
@@ -519,7 +501,7 @@ impl RedisStore {
                 Some(generation) => cmd.arg(generation),
                 None => cmd.arg(""),
             };
-            cmd.arg(*bytes).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            cmd.arg(*bytes).arg(duration_ms(*ttl).max(1));
         }
         cmd
     }
@@ -545,10 +527,9 @@ impl RedisStore {
     /// Stores `bytes` under `key` unconditionally and moves the key's generation (see
     /// [`SET_KEY`]): a fill leased before this set is refused.
     pub(crate) async fn set(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), CacheError> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = evalsha(&self.set_key, 3);
         cmd.arg(self.counter_key(key)).arg(key).arg(generation_key(key));
-        cmd.arg(fresh_version()).arg(bytes).arg(ms);
+        cmd.arg(fresh_version()).arg(bytes).arg(duration_ms(ttl).max(1));
         self.invoke::<i64>(&self.set_key, &cmd).await.map(drop)
     }
 
@@ -560,9 +541,8 @@ impl RedisStore {
 
     /// `SET key token NX PX hold` (see [`CLAIM`]): whether this caller got it.
     pub(crate) async fn claim_token(&self, key: &str, token: &str, hold: Duration) -> Result<bool, CacheError> {
-        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = evalsha(&self.claim, 1);
-        cmd.arg(key).arg(token).arg(ms);
+        cmd.arg(key).arg(token).arg(duration_ms(hold).max(1));
         Ok(self.invoke::<i64>(&self.claim, &cmd).await? == 1)
     }
 
@@ -575,12 +555,16 @@ impl RedisStore {
         self.run::<i64>(redis::cmd("UNLINK").arg(key)).await.map(drop)
     }
 
-    /// Bumps a version key (see [`BUMP`]); returns the new version. `known`: only if it exists
-    /// (a key's implicit tag; 0 when it does not).
-    pub(crate) async fn bump(&self, version_key: &str, known: bool) -> Result<u64, CacheError> {
+    /// Bumps a version key (see [`BUMP`]); returns the new version.
+    pub(crate) async fn bump(&self, version_key: &str) -> Result<u64, CacheError> {
+        self.invoke(&self.bump, evalsha(&self.bump, 1).arg(version_key).arg(fresh_version()).arg(VERSION_TTL_MS)).await
+    }
+
+    /// Ends every representation of `key` but its value: bumps its implicit tag if it exists (`key.rs`).
+    pub(crate) async fn end_representations(&self, prefix: &str, key: &str) -> Result<(), CacheError> {
         let mut cmd = evalsha(&self.bump, 1);
-        cmd.arg(version_key).arg(fresh_version()).arg(VERSION_TTL_MS).arg(if known { "known" } else { "" });
-        self.invoke(&self.bump, &cmd).await
+        cmd.arg(tag_key(prefix, &crate::key::key_tag(key))).arg(fresh_version()).arg(VERSION_TTL_MS).arg("known");
+        self.invoke::<u64>(&self.bump, &cmd).await.map(drop)
     }
 
     /// Deletes every key matching `pattern` with `SCAN` + `UNLINK` in batches (never `KEYS`),

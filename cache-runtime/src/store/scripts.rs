@@ -1,4 +1,24 @@
-//! The Lua scripts of the Redis store: fill, key invalidation, version bump and read, claim.
+//! The Lua scripts of the Redis store: fill, key invalidation, version bump and read, claim; how
+//! one is called (`evalsha`) and the Rust side of their rule for a version (`parse_version`).
+
+/// `EVALSHA` of `script` with `keys` keys: the caller adds the keys, then the arguments
+/// (`Cmd::arg` copies each once; redis-rs's `ScriptInvocation` copies each twice). Run with
+/// [`RedisStore::invoke`](super::RedisStore::invoke).
+pub(crate) fn evalsha(script: &redis::Script, keys: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    cmd
+}
+
+/// A version as the scripts accept one (at most 16 digits, below 9,007,199,254,740,000: exact
+/// in Lua's numbers); anything else is `None` (absent, or damaged: repaired before a fill).
+pub(super) fn parse_version(raw: Option<&Vec<u8>>) -> Option<u64> {
+    let raw = raw?;
+    if raw.is_empty() || raw.len() > 16 || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse().ok().filter(|&v: &u64| v < 9_007_199_254_740_000)
+}
 
 /// What every script takes for a version (a generation, the generation counter, a tag or
 /// namespace version): at most 16 digits and below 9,007,199,254,740,000 (exact in Lua's
